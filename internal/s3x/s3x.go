@@ -1,0 +1,147 @@
+// Package s3x builds S3 clients from genfleet's configuration and parses
+// s3://bucket/key references. It is shared by the CLI, the scheduler, the
+// worker and the model cache so that every part talks to S3 the same way.
+package s3x
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+)
+
+// Config says how to reach an S3-compatible server.
+type Config struct {
+	// Endpoint is the server's base URL, e.g. "http://127.0.0.1:7070".
+	// Empty means AWS S3 itself (region-derived endpoint).
+	Endpoint string
+	// Region defaults to "us-east-1".
+	Region string
+	// AccessKey and SecretKey; when both are empty the SDK's default
+	// credential chain (AWS_* environment, shared config, instance role) is used.
+	AccessKey string
+	SecretKey string
+	// PathStyle addresses buckets as endpoint/bucket/key rather than
+	// bucket.endpoint/key. S3-compatible servers usually need it; default true
+	// in genfleet's flags.
+	PathStyle bool
+}
+
+// NewClient returns an S3 client for cfg. Checksums are computed and validated
+// only where S3 requires them, which keeps the client compatible with
+// S3-compatible servers that do not implement flexible checksums.
+func NewClient(ctx context.Context, cfg Config) (*s3.Client, error) {
+	region := cfg.Region
+	if region == "" {
+		region = "us-east-1"
+	}
+	opts := []func(*config.LoadOptions) error{
+		config.WithRegion(region),
+		config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
+		config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
+		config.WithHTTPClient(awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+			tr.MaxIdleConnsPerHost = 64
+			tr.IdleConnTimeout = 90 * time.Second
+		})),
+	}
+	if cfg.AccessKey != "" || cfg.SecretKey != "" {
+		opts = append(opts, config.WithCredentialsProvider(
+			credentials.NewStaticCredentialsProvider(cfg.AccessKey, cfg.SecretKey, "")))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("s3 config: %w", err)
+	}
+	return s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.Endpoint)
+		}
+		o.UsePathStyle = cfg.PathStyle
+	}), nil
+}
+
+// URL is a parsed s3://bucket/key reference. Key may be empty or end in "/"
+// when the URL names a prefix.
+type URL struct {
+	Bucket string
+	Key    string
+}
+
+func (u URL) String() string { return "s3://" + u.Bucket + "/" + u.Key }
+
+var bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+
+// ValidBucket reports whether name is a valid S3 bucket name.
+func ValidBucket(name string) bool { return bucketRE.MatchString(name) && !strings.Contains(name, "..") }
+
+// ParseURL parses "s3://bucket/key". It rejects invalid bucket names and
+// keys with empty, "." or ".." path segments, so that a reference can never
+// climb out of the prefix it names.
+func ParseURL(s string) (URL, error) {
+	rest, ok := strings.CutPrefix(s, "s3://")
+	if !ok {
+		return URL{}, fmt.Errorf("%q is not an s3:// URL", s)
+	}
+	bucket, key, _ := strings.Cut(rest, "/")
+	if !ValidBucket(bucket) {
+		return URL{}, fmt.Errorf("%q: invalid bucket name %q", s, bucket)
+	}
+	if key != "" {
+		segs := strings.Split(strings.TrimSuffix(key, "/"), "/")
+		for _, seg := range segs {
+			if seg == "" || seg == "." || seg == ".." {
+				return URL{}, fmt.Errorf("%q: key has an empty, \".\" or \"..\" segment", s)
+			}
+		}
+		if len(key) > 1024 {
+			return URL{}, fmt.Errorf("%q: key longer than 1024 bytes", s)
+		}
+	}
+	return URL{Bucket: bucket, Key: key}, nil
+}
+
+// IsNotFound reports whether err is S3's answer for a missing bucket or key.
+func IsNotFound(err error) bool {
+	var nsk *types.NoSuchKey
+	var nf *types.NotFound
+	var nb *types.NoSuchBucket
+	if errors.As(err, &nsk) || errors.As(err, &nf) || errors.As(err, &nb) {
+		return true
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "NoSuchKey", "NotFound", "NoSuchBucket", "404":
+			return true
+		}
+	}
+	return false
+}
+
+// EnsureBucket creates bucket if it does not exist yet.
+func EnsureBucket(ctx context.Context, c *s3.Client, bucket string) error {
+	if _, err := c.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &bucket}); err == nil {
+		return nil
+	}
+	_, err := c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &bucket})
+	if err != nil {
+		var owned *types.BucketAlreadyOwnedByYou
+		var exists *types.BucketAlreadyExists
+		if errors.As(err, &owned) || errors.As(err, &exists) {
+			return nil
+		}
+		return fmt.Errorf("create bucket %q: %w", bucket, err)
+	}
+	return nil
+}
