@@ -83,7 +83,9 @@ func (u URL) String() string { return "s3://" + u.Bucket + "/" + u.Key }
 var bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 
 // ValidBucket reports whether name is a valid S3 bucket name.
-func ValidBucket(name string) bool { return bucketRE.MatchString(name) && !strings.Contains(name, "..") }
+func ValidBucket(name string) bool {
+	return bucketRE.MatchString(name) && !strings.Contains(name, "..")
+}
 
 // ParseURL parses "s3://bucket/key". It rejects invalid bucket names and
 // keys with empty, "." or ".." path segments, so that a reference can never
