@@ -1,0 +1,103 @@
+package job
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// Payload is the JSON body of a TaskType task.
+type Payload struct {
+	// Version is PayloadVersion of the producer; 0 is read as 1.
+	Version int `json:"v"`
+	// Request is the generation request.
+	Request Request `json:"request"`
+	// SubmittedAt is when the producer enqueued the job (optional); the
+	// worker reports queue wait from it.
+	SubmittedAt time.Time `json:"submitted_at,omitzero"`
+}
+
+// Queue names. Jobs routed to a host that holds the model warm go to
+// HostQueue(id); anything else to PoolQueue(deviceClass). Workers listen to
+// their host queue first and their pool queue second.
+func HostQueue(hostID string) string { return "host:" + hostID }
+
+// PoolQueue is the queue every worker of a device class listens to.
+func PoolQueue(class string) string { return "pool:" + class }
+
+// DefaultPool is the device class used when a producer names none.
+const DefaultPool = "cpu"
+
+// Task defaults. Retention keeps a finished task's state in Redis so that
+// the API can report it; the worker also records every result under
+// ResultKey, which is what the API reads first.
+const (
+	DefaultMaxRetry  = 5
+	DefaultTimeout   = 30 * time.Minute
+	DefaultRetention = 24 * time.Hour
+)
+
+// EncodePayload validates req (after ApplyDefaults) and returns the payload
+// bytes.
+func EncodePayload(req Request, submitted time.Time) ([]byte, error) {
+	req.ApplyDefaults()
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(Payload{Version: PayloadVersion, Request: req, SubmittedAt: submitted.UTC()})
+}
+
+// DecodePayload parses and validates a payload. Errors wrap ErrInvalid:
+// a payload that fails here never succeeds on retry.
+func DecodePayload(b []byte) (*Payload, error) {
+	var p Payload
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("%w: payload is not valid JSON for %s: %w", ErrInvalid, TaskType, err)
+	}
+	if p.Version == 0 {
+		p.Version = 1
+	}
+	if p.Version > PayloadVersion {
+		return nil, fmt.Errorf("%w: payload version %d is newer than this worker understands (max %d)", ErrInvalid, p.Version, PayloadVersion)
+	}
+	if err := p.Request.Validate(); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// NewTask returns the asynq task for req with job id id (the asynq task id,
+// which dedupes: a second enqueue with the same id fails with
+// asynq.ErrTaskIDConflict). The returned options put it on the pool queue of
+// class with genfleet's retry, timeout and retention defaults; options
+// passed in opts come later and win.
+//
+// A Go producer enqueues directly with:
+//
+//	task, opts, err := job.NewTask(id, req, job.DefaultPool)
+//	info, err := client.Enqueue(task, opts...)
+func NewTask(id string, req Request, class string, opts ...asynq.Option) (*asynq.Task, []asynq.Option, error) {
+	if id == "" {
+		return nil, nil, fmt.Errorf("%w: empty job id", ErrInvalid)
+	}
+	b, err := EncodePayload(req, time.Now())
+	if err != nil {
+		return nil, nil, err
+	}
+	if class == "" {
+		class = DefaultPool
+	}
+	all := append([]asynq.Option{
+		asynq.TaskID(id),
+		asynq.Queue(PoolQueue(class)),
+		asynq.MaxRetry(DefaultMaxRetry),
+		asynq.Timeout(DefaultTimeout),
+		asynq.Retention(DefaultRetention),
+	}, opts...)
+	return asynq.NewTask(TaskType, b), all, nil
+}

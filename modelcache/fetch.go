@@ -1,0 +1,359 @@
+package modelcache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/genfleet/genfleet/internal/s3x"
+)
+
+// copyBufSize is the buffer between the S3 body and the tmp file.
+const copyBufSize = 1 << 20
+
+// maxRefRecordBytes bounds how much of a refs/ record is read.
+const maxRefRecordBytes = 64 << 10
+
+// acquireDigest makes a file with a known digest available.
+func (c *Cache) acquireDigest(ctx context.Context, f File) (*Blob, Report, error) {
+	var rep Report
+	want, _ := parseDigest(f.Digest) // Validate checked it
+	if b, err := c.openBlobTimed(ctx, want, f.Size, &rep); !errors.Is(err, errNoBlob) {
+		rep.Hit = err == nil
+		return b, rep, err
+	}
+
+	lk, wait, err := c.lock(ctx, blobKey(want))
+	rep.Wait += wait
+	if err != nil {
+		return nil, rep, err
+	}
+	defer lk.Close()
+
+	// Double check. Our first look and our lock are not atomic: between
+	// them another fetcher (in this or another process) may have downloaded,
+	// verified and renamed the blob into place and released the lock; that
+	// is exactly the fetcher we were waiting for. Only a look taken while
+	// holding the lock is conclusive, since every install happens under it.
+	if b, err := c.openBlobTimed(ctx, want, f.Size, &rep); !errors.Is(err, errNoBlob) {
+		rep.Hit = err == nil
+		return b, rep, err
+	}
+
+	u, _ := parseObjectURL(f.URL) // Validate checked it
+	info, err := c.head(ctx, u, f.Size, &rep)
+	if err != nil {
+		return nil, rep, err
+	}
+	p, err := c.download(ctx, u, info, blobKey(want), &rep)
+	if err != nil {
+		return nil, rep, err
+	}
+	defer p.discard()
+	b, err := c.install(p, want, u, &rep)
+	return b, rep, err
+}
+
+// acquireRef makes a file without a digest (a raw s3:// ref) available. The
+// digest is unknown until the bytes are hashed, so fetchers serialise on a
+// lock named by the URL, and refs/ remembers which version of the object
+// hashed to which digest.
+func (c *Cache) acquireRef(ctx context.Context, f File) (*Blob, Report, error) {
+	var rep Report
+	u, _ := parseObjectURL(f.URL) // Validate checked it
+	urlHash := sha256Hex([]byte(u.String()))
+
+	// The Head is needed even on a hit: only the current ETag tells whether
+	// the recorded digest still describes the object.
+	info, err := c.head(ctx, u, f.Size, &rep)
+	if err != nil {
+		return nil, rep, err
+	}
+	if b, err := c.refHit(ctx, urlHash, u, info, &rep); b != nil || err != nil {
+		rep.Hit = err == nil
+		return b, rep, err
+	}
+
+	lk, wait, err := c.lock(ctx, refKey(urlHash))
+	rep.Wait += wait
+	if err != nil {
+		return nil, rep, err
+	}
+	defer lk.Close()
+
+	// Double check, for the same race as in acquireDigest: the fetcher we
+	// waited for may have just recorded this very version of the object.
+	if b, err := c.refHit(ctx, urlHash, u, info, &rep); b != nil || err != nil {
+		rep.Hit = err == nil
+		return b, rep, err
+	}
+
+	p, err := c.download(ctx, u, info, refKey(urlHash), &rep)
+	if err != nil {
+		return nil, rep, err
+	}
+	defer p.discard()
+
+	// Now the digest is known. Install under its lock (ref lock, then digest
+	// lock; nothing takes them in the other order), because the same content
+	// may be cached or being installed under its digest already: a registered
+	// model, or another URL with the same bytes. Then keep the existing blob.
+	dlk, wait, err := c.lock(ctx, blobKey(p.hex))
+	rep.Wait += wait
+	if err != nil {
+		return nil, rep, err
+	}
+	defer dlk.Close()
+	b, err := c.openBlobTimed(ctx, p.hex, info.Size, &rep)
+	if errors.Is(err, errNoBlob) {
+		b, err = c.install(p, "", u, &rep)
+	}
+	if err != nil {
+		return nil, rep, err
+	}
+	rec := refRecord{URL: u.String(), ETag: info.ETag, Size: info.Size, Digest: b.Digest}
+	if err := c.writeRef(urlHash, rec); err != nil {
+		b.close()
+		return nil, rep, err
+	}
+	return b, rep, nil
+}
+
+// openBlobTimed is openBlob, adding its time to rep.Map.
+func (c *Cache) openBlobTimed(ctx context.Context, hex string, size int64, rep *Report) (*Blob, error) {
+	t := time.Now()
+	b, err := c.openBlob(ctx, hex, size)
+	rep.Map += time.Since(t)
+	return b, err
+}
+
+// head asks S3 for the object's current ETag (the GET is pinned to it) and
+// checks its size against the manifest's.
+func (c *Cache) head(ctx context.Context, u s3x.URL, size int64, rep *Report) (ObjectInfo, error) {
+	if c.src == nil {
+		return ObjectInfo{}, fmt.Errorf("%s is not in the cache, which has no source to fetch it from", u)
+	}
+	t := time.Now()
+	info, err := c.src.Head(ctx, u.Bucket, u.Key)
+	rep.Fetch += time.Since(t)
+	if err != nil {
+		return ObjectInfo{}, err
+	}
+	if info.Size != size {
+		return ObjectInfo{}, &kindError{kind: ErrChanged, msg: fmt.Sprintf(
+			"%s is %d bytes but the manifest says %d (the object changed; resolve the model again)", u, info.Size, size)}
+	}
+	return info, nil
+}
+
+// partial is a download in tmp/, complete and hashed but not yet installed.
+type partial struct {
+	f    *os.File // open for writing; nil once installed or discarded
+	path string
+	hex  string // sha256 of the content
+	size int64
+}
+
+// discard removes the partial file unless it was installed.
+func (p *partial) discard() {
+	if p.f != nil {
+		p.f.Close()
+		os.Remove(p.path)
+		p.f = nil
+	}
+}
+
+// download streams the object, pinned to info.ETag, into tmp/<key>.part,
+// hashing the bytes as they arrive. The caller must hold key's lock, which
+// makes it the tmp file's only writer. On error the tmp file is removed.
+//
+// This is the single place bytes come from S3; parallel ranged GETs and
+// resuming from saved progress belong here.
+func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key string, rep *Report) (*partial, error) {
+	t := time.Now()
+	defer func() { rep.Fetch += time.Since(t) }()
+	body, err := c.src.Get(ctx, u.Bucket, u.Key, info.ETag)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	path := c.tmpPath(key)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("download %s: %w", u, err)
+	}
+	p := &partial{f: f, path: path, size: info.Size}
+	h := sha256.New()
+	// Read one byte more than expected so that an overlong body is noticed.
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(body, info.Size+1), make([]byte, copyBufSize))
+	rep.FetchedBytes += n
+	if err != nil {
+		p.discard()
+		return nil, fmt.Errorf("download %s: %w", u, err)
+	}
+	if n != info.Size {
+		p.discard()
+		return nil, &kindError{kind: ErrChanged, msg: fmt.Sprintf(
+			"download %s: got %d bytes, Head said %d", u, n, info.Size)}
+	}
+	p.hex = hex.EncodeToString(h.Sum(nil))
+	return p, nil
+}
+
+// install verifies p against want (skipped when want is "") and moves it
+// into blobs/ durably: fsync, chmod 0444, rename, fsync the directory. It
+// returns the blob mapped, with its lease taken before the rename so that
+// no evictor can remove it between the rename and the map. The caller must
+// hold the digest's lock.
+func (c *Cache) install(p *partial, want string, u s3x.URL, rep *Report) (*Blob, error) {
+	t := time.Now()
+	if want != "" && p.hex != want {
+		p.discard()
+		rep.Verify += time.Since(t)
+		return nil, &kindError{kind: ErrDigestMismatch, msg: fmt.Sprintf(
+			"%s: content hashes to sha256:%s but the manifest says sha256:%s; nothing was cached", u, p.hex, want)}
+	}
+	rf, err := c.installFile(p)
+	rep.Verify += time.Since(t)
+	if err != nil {
+		return nil, fmt.Errorf("install %s as sha256:%s: %w", u, p.hex, err)
+	}
+	t = time.Now()
+	b, err := mapBlob(rf, p.hex, c.blobPath(p.hex), p.size)
+	rep.Map += time.Since(t)
+	return b, err
+}
+
+// installFile does install's file-system part and returns a read-only,
+// leased descriptor of the installed blob.
+func (c *Cache) installFile(p *partial) (*os.File, error) {
+	if err := p.f.Sync(); err != nil {
+		return nil, err
+	}
+	if err := p.f.Chmod(0o444); err != nil {
+		return nil, err
+	}
+	rf, err := os.Open(p.path)
+	if err != nil {
+		return nil, err
+	}
+	// No one else can hold a lock on this inode yet: it is only reachable
+	// through tmp/, whose file we own while holding the fetch lock.
+	if ok, err := tryFlock(rf, unix.LOCK_SH); err != nil || !ok {
+		rf.Close()
+		if err == nil {
+			err = errors.New("tmp file unexpectedly locked")
+		}
+		return nil, err
+	}
+	if err := os.Rename(p.path, c.blobPath(p.hex)); err != nil {
+		rf.Close()
+		return nil, err
+	}
+	p.f.Close()
+	p.f = nil // installed: nothing to discard
+	if err := syncDir(filepath.Join(c.root, blobsDir)); err != nil {
+		rf.Close()
+		return nil, err
+	}
+	return rf, nil
+}
+
+// refRecord remembers what a raw s3:// ref hashed to, for one version of the
+// object (identified by ETag and size).
+type refRecord struct {
+	URL    string `json:"url"`
+	ETag   string `json:"etag"`
+	Size   int64  `json:"size"`
+	Digest string `json:"digest"`
+}
+
+func (c *Cache) refPath(urlHash string) string {
+	return filepath.Join(c.root, refsDir, urlHash+".json")
+}
+
+// refHit returns the blob that refs/ records for this version of the object
+// at u, or nil, nil when there is no usable record or the blob is gone.
+func (c *Cache) refHit(ctx context.Context, urlHash string, u s3x.URL, info ObjectInfo, rep *Report) (*Blob, error) {
+	rec, ok := c.readRef(urlHash)
+	if !ok || info.ETag == "" || rec.URL != u.String() || rec.ETag != info.ETag || rec.Size != info.Size {
+		return nil, nil
+	}
+	h, err := parseDigest(rec.Digest)
+	if err != nil {
+		return nil, nil
+	}
+	b, err := c.openBlobTimed(ctx, h, info.Size, rep)
+	if errors.Is(err, errNoBlob) {
+		return nil, nil // evicted; fetch again
+	}
+	return b, err
+}
+
+// readRef reads a refs/ record. A missing or unreadable record counts as
+// absent: it only saves a download, and is rewritten after the next one.
+func (c *Cache) readRef(urlHash string) (refRecord, bool) {
+	f, err := os.Open(c.refPath(urlHash))
+	if err != nil {
+		return refRecord{}, false
+	}
+	defer f.Close()
+	var rec refRecord
+	if err := json.NewDecoder(io.LimitReader(f, maxRefRecordBytes)).Decode(&rec); err != nil {
+		return refRecord{}, false
+	}
+	return rec, true
+}
+
+// writeRef replaces a refs/ record atomically (tmp file, fsync, rename,
+// fsync dir). The caller holds the ref's lock, which also protects the tmp
+// file from cleanTmp.
+func (c *Cache) writeRef(urlHash string, rec refRecord) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(c.root, tmpDir, refKey(urlHash)+".json.new")
+	if err := writeFileSync(tmp, append(data, '\n')); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("record %s: %w", rec.URL, err)
+	}
+	if err := os.Rename(tmp, c.refPath(urlHash)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("record %s: %w", rec.URL, err)
+	}
+	if err := syncDir(filepath.Join(c.root, refsDir)); err != nil {
+		return fmt.Errorf("record %s: %w", rec.URL, err)
+	}
+	return nil
+}
+
+func writeFileSync(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}

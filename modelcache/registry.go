@@ -1,0 +1,420 @@
+package modelcache
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/genfleet/genfleet/internal/s3x"
+)
+
+// ManifestSchema is the manifest schema version this package writes and reads.
+const ManifestSchema = 1
+
+// maxManifestBytes bounds how much of a manifest object is read; real ones
+// are a few hundred bytes.
+const maxManifestBytes = 1 << 20
+
+// Manifest describes a model: the files that make it up and how to check them.
+type Manifest struct {
+	Schema int `json:"schema"` // ManifestSchema
+	// Name is the registered name; empty for a raw s3:// ref.
+	Name string `json:"name,omitempty"`
+	// Format of the files, e.g. "safetensors" or "gguf"; empty when unknown.
+	Format string `json:"format"`
+	// Files are the model's files (shards or components); at least one.
+	Files   []File    `json:"files"`
+	Created time.Time `json:"created,omitzero"`
+}
+
+// File is one file of a model.
+type File struct {
+	Name string `json:"name"`
+	// URL is where the file lives, "s3://bucket/key".
+	URL  string `json:"url"`
+	Size int64  `json:"size"`
+	// Digest is "sha256:<hex>"; empty when unknown (a raw s3:// ref, whose
+	// digest the cache computes on fetch).
+	Digest string `json:"digest,omitempty"`
+}
+
+// Ref is how messages name the model: its registered name, or the URL of its
+// first file for a raw ref.
+func (m *Manifest) Ref() string {
+	if m.Name != "" {
+		return m.Name
+	}
+	if len(m.Files) > 0 {
+		return m.Files[0].URL
+	}
+	return "(unnamed)"
+}
+
+// Validate checks what the cache relies on: schema, name, at least one file,
+// and for each file a name, an s3:// URL naming an object, a non-negative
+// size and a well-formed digest if there is one.
+func (m *Manifest) Validate() error {
+	if m.Schema != ManifestSchema {
+		return fmt.Errorf("manifest schema %d not supported (want %d)", m.Schema, ManifestSchema)
+	}
+	if m.Name != "" {
+		if err := ValidName(m.Name); err != nil {
+			return err
+		}
+	}
+	if len(m.Files) == 0 {
+		return errors.New("manifest lists no files")
+	}
+	for i, f := range m.Files {
+		if f.Name == "" {
+			return fmt.Errorf("manifest file %d has no name", i)
+		}
+		if _, err := parseObjectURL(f.URL); err != nil {
+			return fmt.Errorf("manifest file %q: %w", f.Name, err)
+		}
+		if f.Size < 0 {
+			return fmt.Errorf("manifest file %q: negative size %d", f.Name, f.Size)
+		}
+		if f.Digest != "" {
+			if _, err := parseDigest(f.Digest); err != nil {
+				return fmt.Errorf("manifest file %q: %w", f.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ParseManifest decodes and validates a manifest's JSON. Unknown fields are
+// ignored so that older readers accept manifests with additions that do not
+// change the schema number.
+func ParseManifest(data []byte) (*Manifest, error) {
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("decode manifest: %w", err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,127}$`)
+
+// ValidName reports whether name can be a registered model name: 1 to 128
+// characters from a-z, 0-9, '.', '_' and '-', starting with a letter or
+// digit. The error wraps ErrInvalidRef.
+func ValidName(name string) error {
+	if nameRE.MatchString(name) {
+		return nil
+	}
+	shown := name
+	if len(shown) > 64 {
+		shown = shown[:64] + "..."
+	}
+	return &kindError{kind: ErrInvalidRef, msg: fmt.Sprintf(
+		"invalid model name %q: use 1 to 128 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit", shown)}
+}
+
+// parseDigest returns the hex of a "sha256:<64 lowercase hex>" digest.
+func parseDigest(d string) (string, error) {
+	h, ok := strings.CutPrefix(d, "sha256:")
+	if !ok || len(h) != sha256.Size*2 || !isLowerHex(h) {
+		return "", fmt.Errorf("invalid digest %q: want sha256:<64 lowercase hex digits>", d)
+	}
+	return h, nil
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// parseObjectURL parses an s3:// URL that must name an object, not a prefix.
+func parseObjectURL(s string) (s3x.URL, error) {
+	u, err := s3x.ParseURL(s)
+	if err != nil {
+		return s3x.URL{}, err
+	}
+	if u.Key == "" || strings.HasSuffix(u.Key, "/") {
+		return s3x.URL{}, fmt.Errorf("%q names a prefix, not an object", s)
+	}
+	return u, nil
+}
+
+// formatOf guesses a file's format from its name; "" when unknown.
+func formatOf(name string) string {
+	switch strings.ToLower(path.Ext(name)) {
+	case ".safetensors":
+		return "safetensors"
+	case ".gguf":
+		return "gguf"
+	}
+	return ""
+}
+
+// Registry maps model names to manifests stored in S3 beside the weights, at
+// <Root.Bucket>/<Root.Key>manifests/<name>.json. A Root.Key that does not
+// end in "/" is treated as if it did.
+type Registry struct {
+	Src  Source
+	Root s3x.URL
+}
+
+func (r *Registry) prefix() string {
+	p := r.Root.Key
+	if p != "" && !strings.HasSuffix(p, "/") {
+		p += "/"
+	}
+	return p + "manifests/"
+}
+
+// ManifestURL is where the manifest of name lives.
+func (r *Registry) ManifestURL(name string) s3x.URL {
+	return s3x.URL{Bucket: r.Root.Bucket, Key: r.prefix() + name + ".json"}
+}
+
+func (r *Registry) check() error {
+	if r.Src == nil {
+		return errors.New("registry has no source")
+	}
+	if !s3x.ValidBucket(r.Root.Bucket) {
+		return fmt.Errorf("registry root %s: invalid bucket name %q", r.Root, r.Root.Bucket)
+	}
+	return nil
+}
+
+// Resolve turns a reference into a manifest. ref is a registered name, or an
+// "s3://bucket/key" URL, which is resolved with a Head into a one-file
+// manifest with an empty Digest.
+//
+// A name or URL that is malformed yields an error wrapping ErrInvalidRef; a
+// missing manifest or object one wrapping ErrModelNotFound whose message
+// says where it looked.
+func (r *Registry) Resolve(ctx context.Context, ref string) (*Manifest, error) {
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(ref, "s3://") {
+		return r.resolveURL(ctx, ref)
+	}
+	if err := ValidName(ref); err != nil {
+		return nil, err
+	}
+	u := r.ManifestURL(ref)
+	m, err := r.readManifest(ctx, u)
+	if errors.Is(err, ErrNotFound) {
+		return nil, &kindError{kind: ErrModelNotFound, cause: err,
+			msg: fmt.Sprintf("model %q not found (no manifest at %s)", ref, u)}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("model %q: %w", ref, err)
+	}
+	if m.Name != ref {
+		return nil, fmt.Errorf("model %q: manifest %s names model %q", ref, u, m.Name)
+	}
+	return m, nil
+}
+
+func (r *Registry) resolveURL(ctx context.Context, ref string) (*Manifest, error) {
+	u, err := parseObjectURL(ref)
+	if err != nil {
+		return nil, &kindError{kind: ErrInvalidRef, cause: err,
+			msg: fmt.Sprintf("invalid model reference: %v", err)}
+	}
+	info, err := r.Src.Head(ctx, u.Bucket, u.Key)
+	if errors.Is(err, ErrNotFound) {
+		return nil, &kindError{kind: ErrModelNotFound, cause: err,
+			msg: fmt.Sprintf("model %q not found (no object at %s)", ref, u)}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("model %q: %w", ref, err)
+	}
+	name := path.Base(u.Key)
+	return &Manifest{
+		Schema: ManifestSchema,
+		Format: formatOf(name),
+		Files:  []File{{Name: name, URL: u.String(), Size: info.Size}},
+	}, nil
+}
+
+// readManifest reads and parses the manifest at u. A missing object yields
+// the Source's error, which wraps ErrNotFound.
+func (r *Registry) readManifest(ctx context.Context, u s3x.URL) (*Manifest, error) {
+	body, err := r.Src.Get(ctx, u.Bucket, u.Key, "")
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	data, err := io.ReadAll(io.LimitReader(body, maxManifestBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read manifest %s: %w", u, err)
+	}
+	if len(data) > maxManifestBytes {
+		return nil, fmt.Errorf("manifest %s is larger than %d bytes", u, maxManifestBytes)
+	}
+	m, err := ParseManifest(data)
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", u, err)
+	}
+	return m, nil
+}
+
+// Push registers the file at localPath as model name: it hashes the file,
+// uploads it to dest (to dest + the file's base name when dest.Key is empty
+// or ends in "/"), checks the upload with a Head and only then writes the
+// manifest, so a name never points at a missing or partial blob. An existing
+// manifest of the same name is replaced.
+//
+// progress, if not nil, is called with the bytes of the file read by the
+// upload so far; done can go back to 0 when the S3 client rereads the body
+// (to sign it) before sending it.
+func (r *Registry) Push(ctx context.Context, localPath string, dest s3x.URL, name string, progress func(done, total int64)) (*Manifest, error) {
+	if err := ValidName(name); err != nil {
+		return nil, err
+	}
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	if dest.Key == "" || strings.HasSuffix(dest.Key, "/") {
+		dest.Key += filepath.Base(localPath)
+	}
+	if _, err := parseObjectURL(dest.String()); err != nil {
+		return nil, &kindError{kind: ErrInvalidRef, cause: err,
+			msg: fmt.Sprintf("push %s: invalid destination: %v", name, err)}
+	}
+
+	f, err := os.Open(localPath)
+	if err != nil {
+		return nil, fmt.Errorf("push %s: %w", name, err)
+	}
+	defer f.Close()
+	before, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("push %s: %w", name, err)
+	}
+	if !before.Mode().IsRegular() {
+		return nil, fmt.Errorf("push %s: %s is not a regular file", name, localPath)
+	}
+	size := before.Size()
+	if size == 0 {
+		return nil, fmt.Errorf("push %s: %s is empty; an empty file cannot be mapped", name, localPath)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, fmt.Errorf("push %s: hash %s: %w", name, localPath, err)
+	}
+	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("push %s: %w", name, err)
+	}
+	body := &progressReader{r: f, total: size, fn: progress}
+	if err := r.Src.Put(ctx, dest.Bucket, dest.Key, body, size); err != nil {
+		return nil, fmt.Errorf("push %s: upload %s: %w", name, localPath, err)
+	}
+	if after, err := f.Stat(); err != nil || after.Size() != size || !after.ModTime().Equal(before.ModTime()) {
+		return nil, fmt.Errorf("push %s: %s changed while it was pushed; push it again", name, localPath)
+	}
+	info, err := r.Src.Head(ctx, dest.Bucket, dest.Key)
+	if err != nil {
+		return nil, fmt.Errorf("push %s: check upload: %w", name, err)
+	}
+	if info.Size != size {
+		return nil, fmt.Errorf("push %s: %s holds %d bytes after upload, want %d", name, dest, info.Size, size)
+	}
+
+	m := &Manifest{
+		Schema:  ManifestSchema,
+		Name:    name,
+		Format:  formatOf(localPath),
+		Files:   []File{{Name: filepath.Base(localPath), URL: dest.String(), Size: size, Digest: digest}},
+		Created: time.Now().UTC().Truncate(time.Second),
+	}
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("push %s: %w", name, err)
+	}
+	data = append(data, '\n')
+	mu := r.ManifestURL(name)
+	if err := r.Src.Put(ctx, mu.Bucket, mu.Key, bytes.NewReader(data), int64(len(data))); err != nil {
+		return nil, fmt.Errorf("push %s: write manifest: %w", name, err)
+	}
+	return m, nil
+}
+
+// List returns every registered model's manifest, sorted by name. Keys under
+// the manifests prefix that are not <valid name>.json are ignored. A manifest
+// that cannot be read or parsed is left out and reported in err, which joins
+// one error per such manifest; the others are still returned.
+func (r *Registry) List(ctx context.Context) ([]Manifest, error) {
+	if err := r.check(); err != nil {
+		return nil, err
+	}
+	prefix := r.prefix()
+	keys, err := r.Src.List(ctx, r.Root.Bucket, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("list models: %w", err)
+	}
+	var out []Manifest
+	var errs []error
+	for _, key := range keys {
+		name, ok := strings.CutSuffix(strings.TrimPrefix(key, prefix), ".json")
+		if !ok || ValidName(name) != nil {
+			continue
+		}
+		m, err := r.readManifest(ctx, s3x.URL{Bucket: r.Root.Bucket, Key: key})
+		if err == nil && m.Name != name {
+			err = fmt.Errorf("manifest s3://%s/%s names model %q", r.Root.Bucket, key, m.Name)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("model %q: %w", name, err))
+			continue
+		}
+		out = append(out, *m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, errors.Join(errs...)
+}
+
+// progressReader reports the read position of an upload body.
+type progressReader struct {
+	r     io.ReadSeeker
+	pos   int64
+	total int64
+	fn    func(done, total int64)
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.pos += int64(n)
+		if p.fn != nil {
+			p.fn(p.pos, p.total)
+		}
+	}
+	return n, err
+}
+
+func (p *progressReader) Seek(off int64, whence int) (int64, error) {
+	pos, err := p.r.Seek(off, whence)
+	if err == nil {
+		p.pos = pos
+	}
+	return pos, err
+}

@@ -1,0 +1,299 @@
+package modelcache
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/genfleet/genfleet/internal/s3x"
+)
+
+func TestValidName(t *testing.T) {
+	tests := []struct {
+		name, in string
+		ok       bool
+	}{
+		{"simple", "sdxl", true},
+		{"punctuation", "sd-1.5_fp16", true},
+		{"digit first", "1girl", true},
+		{"max length", strings.Repeat("a", 128), true},
+		{"path traversal", "../../etc/passwd", false},
+		{"upper case", "A", false},
+		{"empty", "", false},
+		{"too long", strings.Repeat("a", 129), false},
+		{"leading dash", "-x", false},
+		{"leading dot", ".hidden", false},
+		{"slash", "a/b", false},
+		{"space", "a b", false},
+		{"newline", "a\n", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidName(tt.in)
+			if (err == nil) != tt.ok {
+				t.Fatalf("ValidName(%q) = %v, want ok=%v", tt.in, err, tt.ok)
+			}
+			if err != nil {
+				if !errors.Is(err, ErrInvalidRef) {
+					t.Errorf("error %v does not wrap ErrInvalidRef", err)
+				}
+				if !strings.Contains(err.Error(), "a-z, 0-9") {
+					t.Errorf("error %q does not say what is allowed", err)
+				}
+			}
+		})
+	}
+}
+
+func TestPushThenResolve(t *testing.T) {
+	e := newEnv(t)
+	data := randomBytes(100_000, 1)
+	p := writeFile(t, "tiny.safetensors", data)
+	var last, total int64
+	m, err := e.reg.Push(t.Context(), p, s3x.URL{Bucket: "models", Key: "weights/"}, "tiny", func(done, tot int64) {
+		last, total = done, tot
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last != int64(len(data)) || total != int64(len(data)) {
+		t.Errorf("last progress = %d/%d, want %d/%d", last, total, len(data), len(data))
+	}
+	want := File{Name: "tiny.safetensors", URL: "s3://models/weights/tiny.safetensors", Size: 100_000, Digest: "sha256:" + sha256Hex(data)}
+	if len(m.Files) != 1 || m.Files[0] != want {
+		t.Fatalf("pushed files = %+v, want [%+v]", m.Files, want)
+	}
+	if m.Schema != 1 || m.Name != "tiny" || m.Format != "safetensors" || m.Created.IsZero() {
+		t.Errorf("pushed manifest = %+v", m)
+	}
+
+	got, err := e.reg.Resolve(t.Context(), "tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, m) {
+		t.Errorf("Resolve = %+v, want %+v", got, m)
+	}
+
+	// The manifest is indented JSON at <root>manifests/<name>.json.
+	body, err := e.src.Get(t.Context(), "models", "manifests/tiny.json", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(body)
+	body.Close()
+	if !bytes.Contains(raw, []byte("\n  \"schema\": 1,")) {
+		t.Errorf("manifest is not indented JSON:\n%s", raw)
+	}
+}
+
+func TestRegistryRootPrefix(t *testing.T) {
+	e := newEnv(t)
+	reg := &Registry{Src: e.src, Root: s3x.URL{Bucket: "models", Key: "team"}}
+	p := writeFile(t, "w.gguf", randomBytes(1000, 2))
+	m, err := reg.Push(t.Context(), p, s3x.URL{Bucket: "models", Key: "blobs/w.gguf"}, "w", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Format != "gguf" || m.Files[0].URL != "s3://models/blobs/w.gguf" {
+		t.Errorf("manifest = %+v", m)
+	}
+	if _, err := e.src.Head(t.Context(), "models", "team/manifests/w.json"); err != nil {
+		t.Fatalf("manifest not under the root prefix: %v", err)
+	}
+	if _, err := e.reg.Resolve(t.Context(), "w"); !errors.Is(err, ErrModelNotFound) {
+		t.Errorf("registry without the prefix found it: %v", err)
+	}
+}
+
+func TestResolveUnknownName(t *testing.T) {
+	e := newEnv(t)
+	_, err := e.reg.Resolve(t.Context(), "sdxl")
+	if !errors.Is(err, ErrModelNotFound) {
+		t.Fatalf("err = %v, want ErrModelNotFound", err)
+	}
+	want := `model "sdxl" not found (no manifest at s3://models/manifests/sdxl.json)`
+	if err.Error() != want {
+		t.Errorf("message = %q, want %q", err, want)
+	}
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("err %v does not keep the S3 cause", err)
+	}
+}
+
+func TestResolveInvalid(t *testing.T) {
+	e := newEnv(t)
+	for _, ref := range []string{
+		"../../etc/passwd", "A", "", strings.Repeat("x", 200),
+		"s3://", "s3://Bad_Bucket/k", "s3://models/../k", "s3://models/dir/", "s3://models",
+	} {
+		_, err := e.reg.Resolve(t.Context(), ref)
+		if !errors.Is(err, ErrInvalidRef) {
+			t.Errorf("Resolve(%q) = %v, want ErrInvalidRef", ref, err)
+		}
+	}
+}
+
+func TestResolveS3Ref(t *testing.T) {
+	e := newEnv(t)
+	e.putObject(t, "raw/model.safetensors", randomBytes(4321, 3))
+	m, err := e.reg.Resolve(t.Context(), "s3://models/raw/model.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Manifest{Schema: 1, Format: "safetensors", Files: []File{{
+		Name: "model.safetensors", URL: "s3://models/raw/model.safetensors", Size: 4321,
+	}}}
+	if !reflect.DeepEqual(m, want) {
+		t.Errorf("Resolve = %+v, want %+v", m, want)
+	}
+
+	_, err = e.reg.Resolve(t.Context(), "s3://models/raw/missing.safetensors")
+	if !errors.Is(err, ErrModelNotFound) || !strings.Contains(err.Error(), "s3://models/raw/missing.safetensors") {
+		t.Errorf("missing object: err = %v, want ErrModelNotFound naming the URL", err)
+	}
+}
+
+func TestPushRejectsBadInput(t *testing.T) {
+	e := newEnv(t)
+	p := writeFile(t, "m.safetensors", randomBytes(10, 4))
+	for _, name := range []string{"../../etc/passwd", "A", "", strings.Repeat("a", 129)} {
+		if _, err := e.reg.Push(t.Context(), p, s3x.URL{Bucket: "models", Key: "w/"}, name, nil); !errors.Is(err, ErrInvalidRef) {
+			t.Errorf("Push name %q: err = %v, want ErrInvalidRef", name, err)
+		}
+	}
+	empty := writeFile(t, "empty.safetensors", nil)
+	if _, err := e.reg.Push(t.Context(), empty, s3x.URL{Bucket: "models", Key: "w/"}, "empty", nil); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Errorf("Push of an empty file: err = %v", err)
+	}
+	keys, err := e.src.List(t.Context(), "models", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 0 {
+		t.Errorf("rejected pushes left objects: %v", keys)
+	}
+}
+
+// A blob upload that fails must not leave a manifest behind.
+func TestPushWritesManifestOnlyAfterBlob(t *testing.T) {
+	e := newEnv(t)
+	e.reg.Src = &failingPut{Source: e.src, failKey: "w/m.safetensors"}
+	p := writeFile(t, "m.safetensors", randomBytes(1000, 5))
+	if _, err := e.reg.Push(t.Context(), p, s3x.URL{Bucket: "models", Key: "w/"}, "m", nil); !errors.Is(err, errInjected) {
+		t.Fatalf("Push: err = %v, want the injected fault", err)
+	}
+	e.reg.Src = e.src
+	if _, err := e.reg.Resolve(t.Context(), "m"); !errors.Is(err, ErrModelNotFound) {
+		t.Errorf("Resolve after failed push: err = %v, want ErrModelNotFound", err)
+	}
+}
+
+type failingPut struct {
+	Source
+	failKey string
+}
+
+func (s *failingPut) Put(ctx context.Context, bucket, key string, body io.ReadSeeker, size int64) error {
+	if key == s.failKey {
+		return errInjected
+	}
+	return s.Source.Put(ctx, bucket, key, body, size)
+}
+
+func TestRegistryList(t *testing.T) {
+	e := newEnv(t)
+	b, _ := e.push(t, "beta", 300)
+	a, _ := e.push(t, "alpha", 200)
+	e.putObject(t, "manifests/NOT-A-NAME.json", []byte("{}"))
+	e.putObject(t, "manifests/readme.txt", []byte("hi"))
+	got, err := e.reg.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !reflect.DeepEqual(&got[0], a) || !reflect.DeepEqual(&got[1], b) {
+		t.Fatalf("List = %+v, want [alpha beta]", got)
+	}
+
+	e.putObject(t, "manifests/broken.json", []byte("{not json"))
+	got, err = e.reg.List(t.Context())
+	if len(got) != 2 || err == nil || !strings.Contains(err.Error(), `"broken"`) {
+		t.Errorf("List with a broken manifest = %d manifests, err %v; want 2 and an error naming it", len(got), err)
+	}
+}
+
+func TestMultipartPut(t *testing.T) {
+	e := newEnv(t)
+	src := &s3Source{c: e.s3.Client, threshold: 5 << 20, partSize: 5 << 20}
+	data := randomBytes(11<<20+123, 6)
+	if err := src.Put(t.Context(), "models", "big/m.bin", bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	body, err := src.Get(t.Context(), "models", "big/m.bin", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(body)
+	body.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("multipart round trip: %d bytes, err %v; want %d equal bytes", len(got), err, len(data))
+	}
+	// A failed multipart upload leaves no object and no open upload.
+	short := bytes.NewReader(data[:6<<20])
+	if err := src.Put(t.Context(), "models", "big/short.bin", short, int64(len(data))); err == nil {
+		t.Fatal("Put with a short body succeeded")
+	}
+	if _, err := src.Head(t.Context(), "models", "big/short.bin"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("failed upload left an object: %v", err)
+	}
+	ups, err := e.s3.Client.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String("models")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ups.Uploads) != 0 {
+		t.Errorf("failed upload was not aborted: %d open uploads", len(ups.Uploads))
+	}
+}
+
+func TestParseManifestRejects(t *testing.T) {
+	good := Manifest{Schema: 1, Name: "m", Format: "safetensors", Files: []File{{
+		Name: "m.safetensors", URL: "s3://models/m.safetensors", Size: 1, Digest: "sha256:" + strings.Repeat("ab", 32),
+	}}}
+	tests := []struct {
+		name   string
+		mutate func(*Manifest)
+	}{
+		{"schema 2", func(m *Manifest) { m.Schema = 2 }},
+		{"bad name", func(m *Manifest) { m.Name = "../x" }},
+		{"no files", func(m *Manifest) { m.Files = nil }},
+		{"file without name", func(m *Manifest) { m.Files[0].Name = "" }},
+		{"prefix URL", func(m *Manifest) { m.Files[0].URL = "s3://models/dir/" }},
+		{"http URL", func(m *Manifest) { m.Files[0].URL = "http://x/y" }},
+		{"negative size", func(m *Manifest) { m.Files[0].Size = -1 }},
+		{"md5 digest", func(m *Manifest) { m.Files[0].Digest = "md5:abc" }},
+		{"upper hex", func(m *Manifest) { m.Files[0].Digest = "sha256:" + strings.Repeat("AB", 32) }},
+	}
+	data, _ := json.Marshal(good)
+	if _, err := ParseManifest(data); err != nil {
+		t.Fatalf("good manifest rejected: %v", err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := good
+			m.Files = append([]File(nil), good.Files...)
+			tt.mutate(&m)
+			data, _ := json.Marshal(m)
+			if _, err := ParseManifest(data); err == nil {
+				t.Errorf("ParseManifest accepted %s", data)
+			}
+		})
+	}
+}
