@@ -1,0 +1,61 @@
+// Package cpu is the "cpu" backend: it runs genfleet's reference model
+// family (package refgen) on the CPU, reading the weights straight from
+// the worker's read-only mapping. Importing it registers the backend.
+package cpu
+
+import (
+	"context"
+	"fmt"
+	"image"
+
+	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/backends/refgen"
+)
+
+func init() { backends.Register("cpu", New) }
+
+// Backend runs refgen models on the CPU. It holds no state; one Backend
+// may serve concurrent Generate calls, each using up to GOMAXPROCS
+// goroutines while it sweeps the weights.
+type Backend struct{}
+
+var _ backends.Backend = (*Backend)(nil)
+
+// New returns the cpu backend. It never fails: every machine has a CPU.
+func New() (backends.Backend, error) { return &Backend{}, nil }
+
+// Name returns "cpu".
+func (*Backend) Name() string { return "cpu" }
+
+// DeviceClass returns "cpu".
+func (*Backend) DeviceClass() string { return "cpu" }
+
+// Generate runs the refgen model in m.Data (without copying it) for p and
+// returns an *image.NRGBA of exactly p.Width×p.Height. It checks ctx before
+// each step and between 64 MiB rounds of a step's sweep, and once ctx is
+// done returns an error wrapping ctx.Err(). progress, if not nil, is called
+// after each step. A model that is not a refgen model yields an error
+// wrapping backends.ErrBadModel; parameters refgen cannot honour yield a
+// plain error.
+func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
+	model, err := refgen.Open(m.Data)
+	if err != nil {
+		return nil, fmt.Errorf("cpu: %w", err)
+	}
+	g, err := model.NewGeneration(m.Digest, p)
+	if err != nil {
+		return nil, fmt.Errorf("cpu: %w", err)
+	}
+	for !g.Done() {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("cpu: stopped after %d of %d steps: %w", g.StepsDone(), g.Steps(), err)
+		}
+		if err := g.Step(ctx); err != nil {
+			return nil, fmt.Errorf("cpu: stopped in step %d of %d: %w", g.StepsDone()+1, g.Steps(), err)
+		}
+		if progress != nil {
+			progress(g.StepsDone(), g.Steps())
+		}
+	}
+	return g.Render(), nil
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package refgen
+
+const raceEnabled = false

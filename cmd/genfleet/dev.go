@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
+
+	"github.com/genfleet/genfleet/internal/s3x"
+)
+
+// Credentials of the embedded S3 server; it listens on loopback only.
+const (
+	devAccessKey = "genfleet-dev"
+	devSecretKey = "genfleet-dev-secret"
+)
+
+func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("dev", stderr)
+	listen := f.str("listen", "GENFLEET_LISTEN", "127.0.0.1:8080", "API listen address")
+	workers := f.Int("workers", 2, "worker processes (they share one cache directory)")
+	dir := f.String("dir", "", "directory for the shared model cache (default: a temporary directory removed on exit)")
+	demoSize := f.String("demo-size", "32MiB", "size of the seeded demo model")
+	logLevel := f.str("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	if err := f.parse(args, 0); err != nil {
+		return err
+	}
+	size, err := parseSize(*demoSize)
+	if err != nil {
+		return fmt.Errorf("--demo-size: %w", err)
+	}
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(*logLevel))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+
+	// Bind the API address first: a clash should fail before anything starts.
+	apiLn, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (pick another with --listen)", *listen, err)
+	}
+	defer apiLn.Close()
+
+	root := *dir
+	if root == "" {
+		if root, err = os.MkdirTemp("", "genfleet-dev-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(root)
+	} else if err := os.MkdirAll(root, 0o755); err != nil {
+		return err
+	}
+
+	// Embedded Redis-protocol server.
+	mr := miniredis.NewMiniRedis()
+	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+		return fmt.Errorf("start embedded redis: %w", err)
+	}
+	defer mr.Close()
+
+	// Embedded S3-protocol server, in memory.
+	s3Ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	faker := gofakes3.New(s3mem.New(), gofakes3.WithLogger(gofakes3.DiscardLog()))
+	s3Srv := &http.Server{Handler: faker.Server(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s3Srv.Serve(s3Ln) }()
+	defer s3Srv.Close()
+	s3Endpoint := "http://" + s3Ln.Addr().String()
+
+	env := map[string]string{
+		"GENFLEET_REDIS":         mr.Addr(),
+		"GENFLEET_S3_ENDPOINT":   s3Endpoint,
+		"GENFLEET_S3_ACCESS_KEY": devAccessKey,
+		"GENFLEET_S3_SECRET_KEY": devSecretKey,
+		"GENFLEET_S3_PATH_STYLE": "true",
+		"GENFLEET_S3_REGION":     "us-east-1",
+		"GENFLEET_LOG_LEVEL":     *logLevel,
+	}
+	// The in-process scheduler reads the same settings through its flags.
+	c := addCommon(newFlags("dev-internal", io.Discard))
+	*c.redis, *c.s3Endpoint, *c.s3Access, *c.s3Secret, *c.logLevel = mr.Addr(), s3Endpoint, devAccessKey, devSecretKey, *logLevel
+
+	// Seed the demo model.
+	fmt.Fprintf(stderr, "genfleet dev: making the %s demo model…\n", *demoSize)
+	modelPath := filepath.Join(root, "demo.safetensors")
+	if err := writeModel(modelPath, size, 1); err != nil {
+		return fmt.Errorf("make demo model: %w", err)
+	}
+	reg, cl, err := c.openRegistry(ctx)
+	if err != nil {
+		return err
+	}
+	outputs, _ := c.outputsURL()
+	for _, b := range []string{reg.Root.Bucket, outputs.Bucket} {
+		if err := s3x.EnsureBucket(ctx, cl, b); err != nil {
+			return fmt.Errorf("embedded s3: %w", err)
+		}
+	}
+	if _, err := reg.Push(ctx, modelPath, s3x.URL{Bucket: reg.Root.Bucket, Key: "blobs/demo.safetensors"}, "demo", nil); err != nil {
+		return fmt.Errorf("push demo model: %w", err)
+	}
+	_ = os.Remove(modelPath)
+
+	// Worker processes: this same binary, sharing one cache directory.
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	cacheDir := filepath.Join(root, "cache")
+	var procs []*exec.Cmd
+	var wg sync.WaitGroup
+	defer func() {
+		for _, p := range procs {
+			_ = p.Process.Signal(syscall.SIGTERM)
+		}
+		wg.Wait()
+	}()
+	for i := 1; i <= *workers; i++ {
+		cmd := exec.Command(self, "worker",
+			"--cache-dir", cacheDir, "--host-id", "dev", "--metrics-listen", "127.0.0.1:0",
+			"--shutdown-timeout", "10s")
+		cmd.Env = os.Environ()
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		cmd.Stdout = stderr
+		cmd.Stderr = &prefixWriter{w: stderr, prefix: fmt.Sprintf("worker-%d | ", i)}
+		// Own process group: Ctrl-C reaches the workers only through us, so
+		// they stop after the API, in order. Pdeathsig stops them if we die.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start worker %d: %w", i, err)
+		}
+		procs = append(procs, cmd)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = cmd.Wait() }()
+	}
+
+	url := "http://" + apiLn.Addr().String()
+	fmt.Fprintf(stdout, `
+genfleet dev is running: API %s, %d worker processes sharing %s
+  embedded redis %s, embedded s3 %s (model "demo" registered)
+
+Try:
+  curl -s -X POST %s/v1/jobs -H 'Content-Type: application/json' \
+    -d '{"model":"demo","prompt":"a red fox","seed":7,"width":256,"height":256,"steps":4}'
+  curl -s %s/v1/jobs/JOB_ID
+  curl -s -o fox.png %s/v1/jobs/JOB_ID/image
+or:
+  go run ./cmd/genfleet submit --api %s --model demo --prompt "a red fox" --seed 7 --width 256 --height 256 --steps 4 -o fox.png
+
+Ctrl-C stops everything.
+`, url, *workers, cacheDir, mr.Addr(), s3Endpoint, url, url, url, url)
+
+	err = serveScheduler(ctx, c, apiLn, "cpu", log)
+	fmt.Fprintln(stderr, "genfleet dev: stopping")
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// prefixWriter prefixes each line written through it.
+type prefixWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	buf    []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.buf = append(p.buf, b...)
+	for {
+		i := strings.IndexByte(string(p.buf), '\n')
+		if i < 0 {
+			break
+		}
+		if _, err := fmt.Fprintf(p.w, "%s%s\n", p.prefix, p.buf[:i]); err != nil {
+			return 0, err
+		}
+		p.buf = p.buf[i+1:]
+	}
+	return len(b), nil
+}

@@ -1,0 +1,311 @@
+package main
+
+// End-to-end tests: a real redis-server, a real S3 server (versitygw), the
+// scheduler's API in this process and worker *processes* (this test binary
+// re-executed as `genfleet worker`).
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/internal/testenv"
+	"github.com/genfleet/genfleet/job"
+	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/scheduler"
+)
+
+// childEnv marks a re-executed test binary that must act as genfleet.
+const childEnv = "GENFLEET_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// countingProxy sits in front of the real S3 server. It counts GETs and
+// bytes served per object key and can slow down a key's body, which is how
+// a test holds a download open long enough for a second process to arrive.
+type countingProxy struct {
+	srv   *httptest.Server
+	mu    sync.Mutex
+	gets  map[string]int
+	bytes map[string]int64
+	slow  atomic.Value // string: key path prefix to slow down
+	delay time.Duration
+}
+
+func newCountingProxy(t *testing.T, target string) *countingProxy {
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &countingProxy{gets: map[string]int{}, bytes: map[string]int64{}}
+	p.slow.Store("")
+	rp := httputil.NewSingleHostReverseProxy(u) // keeps the client's Host header, so SigV4 still verifies
+	rp.ModifyResponse = func(resp *http.Response) error {
+		req := resp.Request
+		if req.Method != http.MethodGet || resp.StatusCode >= 300 {
+			return nil
+		}
+		path := req.URL.Path
+		p.mu.Lock()
+		p.gets[path]++
+		p.mu.Unlock()
+		slow := p.slow.Load().(string)
+		resp.Body = &countingBody{ReadCloser: resp.Body, p: p, path: path, slow: slow != "" && strings.HasPrefix(path, slow), delay: p.delay}
+		return nil
+	}
+	p.srv = httptest.NewServer(rp)
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *countingProxy) counts(path string) (int, int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.gets[path], p.bytes[path]
+}
+
+type countingBody struct {
+	io.ReadCloser
+	p     *countingProxy
+	path  string
+	slow  bool
+	delay time.Duration
+	once  sync.Once
+}
+
+func (b *countingBody) Read(buf []byte) (int, error) {
+	if b.slow {
+		b.once.Do(func() { time.Sleep(b.delay) })
+	}
+	n, err := b.ReadCloser.Read(buf)
+	b.p.mu.Lock()
+	b.p.bytes[b.path] += int64(n)
+	b.p.mu.Unlock()
+	return n, err
+}
+
+// fleet is a running test fleet.
+type fleet struct {
+	t        *testing.T
+	redis    *testenv.Server
+	s3       *testenv.S3
+	proxy    *countingProxy
+	api      *httptest.Server
+	sched    *scheduler.Server
+	cacheDir string
+	workers  []*exec.Cmd
+	logs     []*bytes.Buffer
+	reg      *modelcache.Registry
+}
+
+const (
+	modelsBucket  = "genfleet-models"
+	outputsBucket = "genfleet-outputs"
+)
+
+// newFleet starts Redis, S3 (behind the counting proxy) and the API, and
+// registers a reference model of modelSize bytes as "demo".
+func newFleet(t *testing.T, modelSize int64, pool string) *fleet {
+	t.Helper()
+	fl := &fleet{t: t, cacheDir: t.TempDir()}
+	fl.redis = testenv.Redis(t)
+	fl.s3 = testenv.S3Server(t, modelsBucket, outputsBucket)
+	fl.proxy = newCountingProxy(t, fl.s3.Endpoint)
+	ctx := context.Background()
+
+	fl.reg = &modelcache.Registry{Src: modelcache.NewS3Source(fl.s3.Client), Root: s3x.URL{Bucket: modelsBucket}}
+	model := filepath.Join(t.TempDir(), "demo.safetensors")
+	if err := writeModel(model, modelSize, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fl.reg.Push(ctx, model, s3x.URL{Bucket: modelsBucket, Key: "blobs/demo.safetensors"}, "demo", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	sched, err := scheduler.New(scheduler.Config{
+		Redis: asynq.RedisClientOpt{Addr: fl.redis.Addr}, S3: fl.s3.Client, Registry: fl.reg,
+		Pool: pool, CheckModels: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl.sched = sched
+	fl.api = httptest.NewServer(sched.Handler())
+	t.Cleanup(func() { fl.api.Close(); sched.Close() })
+	return fl
+}
+
+// startWorker starts one worker process on the shared cache directory.
+func (fl *fleet) startWorker(extra ...string) *exec.Cmd {
+	fl.t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		fl.t.Fatal(err)
+	}
+	args := append([]string{"worker", "--cache-dir", fl.cacheDir, "--host-id", "testhost",
+		"--metrics-listen", "127.0.0.1:0", "--shutdown-timeout", "10s"}, extra...)
+	cmd := exec.Command(self, args...)
+	cmd.Env = append(os.Environ(),
+		childEnv+"=1",
+		"GENFLEET_REDIS="+fl.redis.Addr,
+		"GENFLEET_S3_ENDPOINT="+fl.proxy.srv.URL,
+		"GENFLEET_S3_ACCESS_KEY="+testenv.AccessKey,
+		"GENFLEET_S3_SECRET_KEY="+testenv.SecretKey,
+		"GENFLEET_REGISTRY=s3://"+modelsBucket+"/",
+		"GENFLEET_OUTPUTS=s3://"+outputsBucket+"/outputs/",
+		"GENFLEET_LOG_LEVEL=debug",
+	)
+	var buf bytes.Buffer
+	cmd.Stdout = &syncWriter{w: &buf}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		fl.t.Fatal(err)
+	}
+	fl.workers = append(fl.workers, cmd)
+	fl.logs = append(fl.logs, &buf)
+	fl.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		if fl.t.Failed() {
+			fl.t.Logf("worker pid %d log:\n%s", cmd.Process.Pid, cmd.Stdout.(*syncWriter).String())
+		}
+	})
+	return cmd
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
+}
+
+// do sends a request to the API and returns status and body.
+func (fl *fleet) do(method, path, body string, hdr ...string) (int, []byte) {
+	fl.t.Helper()
+	req, err := http.NewRequest(method, fl.api.URL+path, strings.NewReader(body))
+	if err != nil {
+		fl.t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fl.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func (fl *fleet) submit(body string, hdr ...string) string {
+	fl.t.Helper()
+	code, b := fl.do("POST", "/v1/jobs", body, hdr...)
+	if code != http.StatusAccepted {
+		fl.t.Fatalf("POST /v1/jobs = %d %s", code, b)
+	}
+	var r struct{ ID, Status string }
+	if err := json.Unmarshal(b, &r); err != nil || r.ID == "" || r.Status != "queued" {
+		fl.t.Fatalf("POST /v1/jobs answered %s", b)
+	}
+	return r.ID
+}
+
+func (fl *fleet) get(id string) job.Record {
+	fl.t.Helper()
+	code, b := fl.do("GET", "/v1/jobs/"+id, "")
+	if code != http.StatusOK {
+		fl.t.Fatalf("GET /v1/jobs/%s = %d %s", id, code, b)
+	}
+	var rec job.Record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		fl.t.Fatal(err)
+	}
+	return rec
+}
+
+// wait polls until the job reaches a terminal status or until(rec) holds.
+func (fl *fleet) wait(id string, timeout time.Duration, until func(job.Record) bool) job.Record {
+	fl.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		rec := fl.get(id)
+		if rec.Status.Terminal() || (until != nil && until(rec)) {
+			return rec
+		}
+		if time.Now().After(deadline) {
+			fl.t.Fatalf("job %s still %s after %v", id, rec.Status, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (fl *fleet) image(id string) []byte {
+	fl.t.Helper()
+	code, b := fl.do("GET", "/v1/jobs/"+id+"/image", "")
+	if code != http.StatusOK {
+		fl.t.Fatalf("GET image of %s = %d %s", id, code, b)
+	}
+	return b
+}
+
+func jobBody(seed int) string {
+	return fmt.Sprintf(`{"model":"demo","prompt":"a red fox","seed":%d,"width":256,"height":256,"steps":4}`, seed)
+}
+
+// stopWorkers sends SIGTERM to every worker and checks each exits cleanly.
+func (fl *fleet) stopWorkers() {
+	fl.t.Helper()
+	for _, w := range fl.workers {
+		if w.ProcessState != nil {
+			continue
+		}
+		_ = w.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- w.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				fl.t.Errorf("worker pid %d exited with %v after SIGTERM", w.Process.Pid, err)
+			}
+		case <-time.After(30 * time.Second):
+			fl.t.Errorf("worker pid %d did not exit within 30s of SIGTERM", w.Process.Pid)
+		}
+	}
+}

@@ -1,0 +1,273 @@
+// Command genfleet runs image-generation jobs on a fleet of workers. One
+// binary, several roles:
+//
+//	genfleet dev         the whole fleet in one process tree, no services needed
+//	genfleet scheduler   the HTTP API
+//	genfleet worker      a worker process
+//	genfleet submit      submit a job through the API
+//	genfleet models      make, push, inspect and list models
+//
+// Every flag has a GENFLEET_* environment fallback; `genfleet CMD -h` lists them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/hibiken/asynq"
+
+	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/modelcache"
+)
+
+const usage = `genfleet — run image-generation jobs on a fleet of GPU and CPU workers.
+
+Usage: genfleet COMMAND [flags]
+
+Commands:
+  dev         run the whole fleet locally: embedded Redis and S3, a demo model,
+              the scheduler and two worker processes sharing one model cache
+  scheduler   serve the HTTP API (jobs, models, health, metrics)
+  worker      run a worker process
+  submit      submit a job through the API, optionally wait and save the PNG
+  models      make | push | inspect | ls reference and registered models
+
+Run 'genfleet COMMAND -h' for a command's flags; each flag also reads the
+GENFLEET_* environment variable named in its help.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks a command-line mistake; the message has been printed.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "dev":
+		err = cmdDev(ctx, args[1:], stdout, stderr)
+	case "scheduler":
+		err = cmdScheduler(ctx, args[1:], stderr)
+	case "worker":
+		err = cmdWorker(ctx, args[1:], stderr)
+	case "submit":
+		err = cmdSubmit(ctx, args[1:], stdout, stderr)
+	case "models":
+		err = cmdModels(ctx, args[1:], stdout, stderr)
+	default:
+		fmt.Fprintf(stderr, "genfleet: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "genfleet %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+// flags is a flag.FlagSet whose flags default to GENFLEET_* variables.
+type flags struct {
+	*flag.FlagSet
+}
+
+func newFlags(name string, stderr io.Writer) flags {
+	fs := flag.NewFlagSet("genfleet "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return flags{fs}
+}
+
+func envOr(env, def string) string {
+	if v, ok := os.LookupEnv(env); ok {
+		return v
+	}
+	return def
+}
+
+func (f flags) str(name, env, def, usage string) *string {
+	return f.String(name, envOr(env, def), usage+" (env "+env+")")
+}
+
+func (f flags) integer(name, env string, def int, usage string) *int {
+	v := def
+	if s, ok := os.LookupEnv(env); ok {
+		if n, err := strconv.Atoi(s); err == nil {
+			v = n
+		}
+	}
+	return f.Int(name, v, usage+" (env "+env+")")
+}
+
+func (f flags) boolean(name, env string, def bool, usage string) *bool {
+	v := def
+	if s, ok := os.LookupEnv(env); ok {
+		if b, err := strconv.ParseBool(s); err == nil {
+			v = b
+		}
+	}
+	return f.Bool(name, v, usage+" (env "+env+")")
+}
+
+func (f flags) duration(name, env string, def time.Duration, usage string) *time.Duration {
+	v := def
+	if s, ok := os.LookupEnv(env); ok {
+		if d, err := time.ParseDuration(s); err == nil {
+			v = d
+		}
+	}
+	return f.Duration(name, v, usage+" (env "+env+")")
+}
+
+// parse parses args and rejects stray positional arguments beyond want.
+func (f flags) parse(args []string, want int) error {
+	if err := f.Parse(args); err != nil {
+		return err
+	}
+	if f.NArg() > want {
+		fmt.Fprintf(f.Output(), "unexpected arguments: %q\n", f.Args()[want:])
+		return errUsage
+	}
+	return nil
+}
+
+// common holds the connection flags every role shares.
+type common struct {
+	redis       *string
+	s3Endpoint  *string
+	s3Region    *string
+	s3Access    *string
+	s3Secret    *string
+	s3PathStyle *bool
+	registry    *string
+	outputs     *string
+	logLevel    *string
+}
+
+func addCommon(f flags) *common {
+	return &common{
+		redis:       f.str("redis", "GENFLEET_REDIS", "127.0.0.1:6379", "Redis address host:port or redis://[:password@]host:port[/db]"),
+		s3Endpoint:  f.str("s3-endpoint", "GENFLEET_S3_ENDPOINT", "", "S3 endpoint URL; empty means AWS S3"),
+		s3Region:    f.str("s3-region", "GENFLEET_S3_REGION", "us-east-1", "S3 region"),
+		s3Access:    f.str("s3-access-key", "GENFLEET_S3_ACCESS_KEY", "", "S3 access key; empty uses the AWS default credential chain"),
+		s3Secret:    f.str("s3-secret-key", "GENFLEET_S3_SECRET_KEY", "", "S3 secret key"),
+		s3PathStyle: f.boolean("s3-path-style", "GENFLEET_S3_PATH_STYLE", true, "address buckets by path (needed by most S3-compatible servers)"),
+		registry:    f.str("registry", "GENFLEET_REGISTRY", "s3://genfleet-models/", "model registry: manifests live at <registry>manifests/<name>.json"),
+		outputs:     f.str("outputs", "GENFLEET_OUTPUTS", "s3://genfleet-outputs/outputs/", "bucket and prefix for output images"),
+		logLevel:    f.str("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error"),
+	}
+}
+
+func (c *common) logger(stderr io.Writer) *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*c.logLevel)); err != nil {
+		lvl = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+func (c *common) redisOpt() (asynq.RedisConnOpt, error) {
+	addr := *c.redis
+	if strings.Contains(addr, "://") {
+		opt, err := asynq.ParseRedisURI(addr)
+		if err != nil {
+			return nil, fmt.Errorf("--redis %q: %w", addr, err)
+		}
+		return opt, nil
+	}
+	if addr == "" {
+		return nil, errors.New("--redis is empty")
+	}
+	return asynq.RedisClientOpt{Addr: addr}, nil
+}
+
+func (c *common) s3Config() s3x.Config {
+	return s3x.Config{Endpoint: *c.s3Endpoint, Region: *c.s3Region, AccessKey: *c.s3Access, SecretKey: *c.s3Secret, PathStyle: *c.s3PathStyle}
+}
+
+func (c *common) s3Client(ctx context.Context) (*s3.Client, error) {
+	return s3x.NewClient(ctx, c.s3Config())
+}
+
+func (c *common) registryURL() (s3x.URL, error) {
+	u, err := s3x.ParseURL(*c.registry)
+	if err != nil {
+		return s3x.URL{}, fmt.Errorf("--registry: %w", err)
+	}
+	if u.Key != "" && !strings.HasSuffix(u.Key, "/") {
+		u.Key += "/"
+	}
+	return u, nil
+}
+
+func (c *common) outputsURL() (s3x.URL, error) {
+	u, err := s3x.ParseURL(*c.outputs)
+	if err != nil {
+		return s3x.URL{}, fmt.Errorf("--outputs: %w", err)
+	}
+	if u.Key != "" && !strings.HasSuffix(u.Key, "/") {
+		u.Key += "/"
+	}
+	return u, nil
+}
+
+func (c *common) openRegistry(ctx context.Context) (*modelcache.Registry, *s3.Client, error) {
+	root, err := c.registryURL()
+	if err != nil {
+		return nil, nil, err
+	}
+	cl, err := c.s3Client(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &modelcache.Registry{Src: modelcache.NewS3Source(cl), Root: root}, cl, nil
+}
+
+// parseSize parses "64MiB", "4GiB", "1.5GB", "65536".
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   float64
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1},
+	}
+	mult := 1.0
+	for _, u := range units {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v < 0 || v*mult > 1<<50 {
+		return 0, fmt.Errorf("invalid size %q (examples: 65536, 64MiB, 4GiB)", s)
+	}
+	return int64(v * mult), nil
+}

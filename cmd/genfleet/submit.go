@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/genfleet/genfleet/job"
+)
+
+func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("submit", stderr)
+	api := f.str("api", "GENFLEET_API", "http://127.0.0.1:8080", "scheduler API base URL")
+	model := f.String("model", "", "model name or s3://bucket/key (required)")
+	prompt := f.String("prompt", "", "prompt (required)")
+	negative := f.String("negative-prompt", "", "negative prompt")
+	seed := f.Int64("seed", 0, "seed; same seed, same image")
+	width := f.Int("width", 512, "width in pixels (64..2048, multiple of 8)")
+	height := f.Int("height", 512, "height in pixels (64..2048, multiple of 8)")
+	steps := f.Int("steps", 20, "steps (1..200)")
+	guidance := f.Float64("guidance", job.DefaultGuidance, "guidance scale")
+	wait := f.Bool("wait", false, "wait until the job ends, showing progress")
+	out := f.String("o", "", "write the PNG to this file (implies --wait)")
+	idem := f.String("idempotency-key", "", "Idempotency-Key header: the same key returns the same job")
+	timeout := f.Duration("timeout", 30*time.Minute, "give up waiting after this long")
+	if err := f.parse(args, 0); err != nil {
+		return err
+	}
+	req := job.Request{Model: *model, Prompt: *prompt, NegativePrompt: *negative, Seed: *seed,
+		Width: *width, Height: *height, Steps: *steps, Guidance: *guidance, OutputFormat: job.FormatPNG}
+	if err := req.Validate(); err != nil {
+		return fmt.Errorf("--%s", strings.ReplaceAll(err.Error(), "_", "-"))
+	}
+	body, _ := json.Marshal(req)
+	base := strings.TrimSuffix(*api, "/")
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/jobs", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	if *idem != "" {
+		hreq.Header.Set("Idempotency-Key", *idem)
+	}
+	var created struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+	}
+	if err := doJSON(hreq, http.StatusAccepted, &created); err != nil {
+		return err
+	}
+	if *out == "" && !*wait {
+		fmt.Fprintln(stdout, created.ID)
+		return nil
+	}
+	fmt.Fprintf(stderr, "job %s queued\n", created.ID)
+
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	var rec job.Record
+	lastLine := ""
+	for {
+		greq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+created.ID, nil)
+		if err := doJSON(greq, http.StatusOK, &rec); err != nil {
+			return err
+		}
+		line := string(rec.Status)
+		if rec.Progress != nil {
+			line = fmt.Sprintf("%s step %d/%d", rec.Status, rec.Progress.Step, rec.Progress.Steps)
+		}
+		if line != lastLine {
+			fmt.Fprintf(stderr, "job %s %s\n", created.ID, line)
+			lastLine = line
+		}
+		if rec.Status.Terminal() {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gave up waiting for job %s (last status %s): %w", created.ID, rec.Status, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if rec.Status != job.StatusSucceeded {
+		return fmt.Errorf("job %s %s: %s", created.ID, rec.Status, rec.Error)
+	}
+	fmt.Fprintln(stdout, created.ID)
+	if *out == "" {
+		return nil
+	}
+	ireq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+created.ID+"/image", nil)
+	resp, err := http.DefaultClient.Do(ireq)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("GET image: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	// Write to a temp file and rename so a failed download leaves nothing half-written.
+	tmp, err := os.CreateTemp(filepath.Dir(*out), ".genfleet-*.png")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, resp.Body); err != nil {
+		tmp.Close()
+		return fmt.Errorf("download image: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), *out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "wrote %s\n", *out)
+	return nil
+}
+
+// doJSON sends req and decodes a JSON answer with status want into v;
+// any other status becomes an error carrying the API's message.
+func doJSON(req *http.Request, want int, v any) error {
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != want {
+		var e struct {
+			Error string `json:"error"`
+			Field string `json:"field"`
+		}
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return fmt.Errorf("%s %s: %s: %s", req.Method, req.URL.Path, resp.Status, e.Error)
+		}
+		return fmt.Errorf("%s %s: %s", req.Method, req.URL.Path, resp.Status)
+	}
+	return json.Unmarshal(b, v)
+}

@@ -1,0 +1,446 @@
+// Package scheduler is genfleet's HTTP API: it validates generation
+// requests, enqueues them into Redis with asynq, reports job status (also of
+// jobs that producers enqueued straight into Redis), serves finished images
+// from the outputs bucket, cancels jobs, and lists the models the registry
+// knows.
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/job"
+	"github.com/genfleet/genfleet/modelcache"
+)
+
+// Config configures the API server. Fields without a stated default are
+// required.
+type Config struct {
+	Redis    asynq.RedisConnOpt
+	S3       *s3.Client
+	Registry *modelcache.Registry
+	// Pool is the device class jobs are queued for. Default job.DefaultPool.
+	Pool string
+	// MaxBodyBytes limits a request body. Default 64 KiB.
+	MaxBodyBytes int64
+	// IdempotencyTTL is how long an Idempotency-Key keeps naming its job.
+	// Default 24h.
+	IdempotencyTTL time.Duration
+	// CheckModels makes POST /v1/jobs resolve the model in the registry and
+	// answer 404 for an unknown one. Default true via New's callers; a
+	// registry that cannot be reached does not block submission.
+	CheckModels bool
+	Logger      *slog.Logger
+}
+
+// Server is the API.
+type Server struct {
+	cfg       Config
+	rdb       redis.UniversalClient
+	client    *asynq.Client
+	inspector *asynq.Inspector
+	store     *job.Store
+	log       *slog.Logger
+	reg       *prometheus.Registry
+	submitted *prometheus.CounterVec
+	requests  *prometheus.CounterVec
+	handler   http.Handler
+}
+
+// New returns an API server. Close releases its connections.
+func New(cfg Config) (*Server, error) {
+	if cfg.Redis == nil || cfg.S3 == nil || cfg.Registry == nil {
+		return nil, errors.New("scheduler: Redis, S3 and Registry are required")
+	}
+	if cfg.Pool == "" {
+		cfg.Pool = job.DefaultPool
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 64 << 10
+	}
+	if cfg.IdempotencyTTL <= 0 {
+		cfg.IdempotencyTTL = 24 * time.Hour
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		return nil, errors.New("scheduler: unsupported Redis connection option")
+	}
+	s := &Server{
+		cfg:       cfg,
+		rdb:       rdb,
+		client:    asynq.NewClientFromRedisClient(rdb),
+		inspector: asynq.NewInspectorFromRedisClient(rdb),
+		store:     job.NewStore(rdb),
+		log:       cfg.Logger,
+		reg:       prometheus.NewRegistry(),
+		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "genfleet_scheduler_jobs_submitted_total",
+			Help: "POST /v1/jobs outcomes: enqueued, duplicate (same Idempotency-Key), invalid, unknown_model, unavailable.",
+		}, []string{"result"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "genfleet_scheduler_http_requests_total",
+			Help: "HTTP requests by route and status code.",
+		}, []string{"route", "code"}),
+	}
+	s.reg.MustRegister(s.submitted, s.requests, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	mux := http.NewServeMux()
+	s.route(mux, "POST /v1/jobs", s.createJob)
+	s.route(mux, "GET /v1/jobs/{id}", s.getJob)
+	s.route(mux, "GET /v1/jobs/{id}/image", s.getImage)
+	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
+	s.route(mux, "GET /v1/models", s.listModels)
+	s.route(mux, "GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.route(mux, "GET /readyz", s.ready)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	s.handler = mux
+	return s, nil
+}
+
+// Handler returns the API's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Close closes the server's Redis connection (shared by its asynq client
+// and inspector).
+func (s *Server) Close() error { return s.rdb.Close() }
+
+// route registers h under pattern and counts its responses.
+func (s *Server) route(mux *http.ServeMux, pattern string, h http.HandlerFunc) {
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		h(rw, r)
+		s.requests.WithLabelValues(pattern, strconv.Itoa(rw.code)).Inc()
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// apiError is the body of every error response.
+type apiError struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	body := apiError{Error: err.Error()}
+	var fe *job.FieldError
+	if errors.As(err, &fe) {
+		body.Field = fe.Field
+	}
+	writeJSON(w, code, body)
+}
+
+// maxIdempotencyKey bounds the Idempotency-Key header.
+const maxIdempotencyKey = 256
+
+func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			s.submitted.WithLabelValues("invalid").Inc()
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", tooBig.Limit))
+			return
+		}
+		writeError(w, http.StatusBadRequest, fmt.Errorf("read request body: %w", err))
+		return
+	}
+	var req job.Request
+	if err := json.Unmarshal(body, &req); err != nil {
+		s.submitted.WithLabelValues("invalid").Inc()
+		var fe *job.FieldError
+		if !errors.As(err, &fe) {
+			err = fmt.Errorf("request body is not valid JSON: %w", err)
+		}
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	if err := req.Validate(); err != nil {
+		s.submitted.WithLabelValues("invalid").Inc()
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	idemKey := r.Header.Get("Idempotency-Key")
+	if len(idemKey) > maxIdempotencyKey {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("Idempotency-Key longer than %d bytes", maxIdempotencyKey))
+		return
+	}
+	ctx := r.Context()
+
+	if s.cfg.CheckModels {
+		if _, err := s.cfg.Registry.Resolve(ctx, req.Model); err != nil {
+			switch {
+			case errors.Is(err, modelcache.ErrModelNotFound):
+				s.submitted.WithLabelValues("unknown_model").Inc()
+				writeJSON(w, http.StatusNotFound, apiError{Error: err.Error(), Field: "model"})
+				return
+			case errors.Is(err, modelcache.ErrInvalidRef):
+				s.submitted.WithLabelValues("invalid").Inc()
+				writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error(), Field: "model"})
+				return
+			default:
+				// The worker checks again; an unreachable registry must not
+				// stop the queue from taking work.
+				s.log.Warn("model check failed; accepting job", "model", req.Model, "err", err)
+			}
+		}
+	}
+
+	id := uuid.NewString()
+	if idemKey != "" {
+		bound, err := s.store.ClaimIdempotencyKey(ctx, idemKey, id, s.cfg.IdempotencyTTL)
+		if err != nil {
+			s.unavailable(w, err)
+			return
+		}
+		if bound != id {
+			s.submitted.WithLabelValues("duplicate").Inc()
+			st := job.StatusQueued
+			if rec, err := s.lookup(ctx, bound); err == nil {
+				st = rec.Status
+			}
+			writeJSON(w, http.StatusAccepted, map[string]any{"id": bound, "status": st, "duplicate": true})
+			return
+		}
+	}
+	queue := job.PoolQueue(s.cfg.Pool)
+	rec := &job.Record{ID: id, Status: job.StatusQueued, Model: req.Model, Queue: queue, Request: &req, CreatedAt: time.Now().UTC()}
+	if err := s.store.Put(ctx, rec); err != nil {
+		s.releaseIdem(idemKey, id)
+		s.unavailable(w, err)
+		return
+	}
+	task, opts, err := job.NewTask(id, req, s.cfg.Pool)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	if _, err := s.client.EnqueueContext(ctx, task, opts...); err != nil {
+		_ = s.store.Delete(context.WithoutCancel(ctx), id)
+		s.releaseIdem(idemKey, id)
+		s.unavailable(w, err)
+		return
+	}
+	s.submitted.WithLabelValues("enqueued").Inc()
+	s.log.Info("job enqueued", "job", id, "model", req.Model, "queue", queue)
+	w.Header().Set("Location", "/v1/jobs/"+id)
+	writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "status": job.StatusQueued})
+}
+
+func (s *Server) releaseIdem(key, id string) {
+	if key != "" {
+		_ = s.store.ReleaseIdempotencyKey(context.Background(), key, id)
+	}
+}
+
+func (s *Server) unavailable(w http.ResponseWriter, err error) {
+	s.submitted.WithLabelValues("unavailable").Inc()
+	s.log.Error("redis unavailable", "err", err)
+	writeError(w, http.StatusServiceUnavailable, fmt.Errorf("queue unavailable: %w", err))
+}
+
+var errJobNotFound = errors.New("job not found")
+
+// lookup returns what is known of job id: the job record, reconciled with
+// asynq's task state; or, for a job enqueued straight into Redis that no
+// worker has picked up yet, a record made from asynq's task state alone.
+func (s *Server) lookup(ctx context.Context, id string) (*job.Record, error) {
+	rec, err := s.store.Get(ctx, id)
+	if err != nil && !errors.Is(err, job.ErrNoRecord) {
+		return nil, err
+	}
+	if rec != nil && rec.Status.Terminal() {
+		return rec, nil
+	}
+	var queues []string
+	if rec != nil && rec.Queue != "" {
+		queues = []string{rec.Queue}
+	} else {
+		if queues, err = s.inspector.Queues(); err != nil {
+			return nil, err
+		}
+	}
+	for _, q := range queues {
+		info, err := s.inspector.GetTaskInfo(q, id)
+		if err != nil {
+			if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+				continue
+			}
+			return nil, err
+		}
+		if rec == nil {
+			rec = &job.Record{ID: id, Status: job.StatusQueued, Queue: q}
+			if p, err := job.DecodePayload(info.Payload); err == nil {
+				rec.Model = p.Request.Model
+				rec.Request = &p.Request
+			} else {
+				rec.Error = err.Error()
+			}
+		}
+		// A task asynq archived (retries exhausted, or a worker process
+		// died before it could write the record) is failed.
+		if info.State == asynq.TaskStateArchived && !rec.Status.Terminal() {
+			rec.Status = job.StatusFailed
+			if rec.Error == "" {
+				rec.Error = info.LastErr
+			}
+		}
+		if info.State == asynq.TaskStateActive && rec.Status == job.StatusQueued {
+			rec.Status = job.StatusRunning
+		}
+		return rec, nil
+	}
+	if rec != nil {
+		return rec, nil
+	}
+	return nil, errJobNotFound
+}
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	rec, err := s.lookup(r.Context(), id)
+	switch {
+	case errors.Is(err, errJobNotFound):
+		writeError(w, http.StatusNotFound, fmt.Errorf("job %q not found", id))
+	case err != nil:
+		s.unavailable(w, err)
+	default:
+		writeJSON(w, http.StatusOK, rec)
+	}
+}
+
+func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	rec, err := s.lookup(r.Context(), id)
+	switch {
+	case errors.Is(err, errJobNotFound):
+		writeError(w, http.StatusNotFound, fmt.Errorf("job %q not found", id))
+		return
+	case err != nil:
+		s.unavailable(w, err)
+		return
+	case rec.Status != job.StatusSucceeded || rec.Result == nil:
+		writeError(w, http.StatusNotFound, fmt.Errorf("job %q has no image yet (status %s)", id, rec.Status))
+		return
+	}
+	out, err := s.cfg.S3.GetObject(r.Context(), &s3.GetObjectInput{Bucket: aws.String(rec.Result.Bucket), Key: aws.String(rec.Result.Key)})
+	if err != nil {
+		if s3x.IsNotFound(err) {
+			writeError(w, http.StatusNotFound, fmt.Errorf("image of job %q is gone from %s", id, rec.Result.URL))
+			return
+		}
+		writeError(w, http.StatusBadGateway, fmt.Errorf("read image from %s: %w", rec.Result.URL, err))
+		return
+	}
+	defer out.Body.Close()
+	w.Header().Set("Content-Type", "image/png")
+	if out.ContentLength != nil {
+		w.Header().Set("Content-Length", strconv.FormatInt(*out.ContentLength, 10))
+	}
+	if _, err := io.Copy(w, out.Body); err != nil {
+		s.log.Warn("image copy interrupted", "job", id, "err", err)
+	}
+}
+
+func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	ctx := r.Context()
+	rec, err := s.lookup(ctx, id)
+	switch {
+	case errors.Is(err, errJobNotFound):
+		writeError(w, http.StatusNotFound, fmt.Errorf("job %q not found", id))
+		return
+	case err != nil:
+		s.unavailable(w, err)
+		return
+	case rec.Status.Terminal():
+		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("job %q already %s", id, rec.Status)})
+		return
+	}
+	// Flag first: whichever worker holds or later takes the job sees it.
+	if err := s.store.RequestCancel(ctx, id); err != nil {
+		s.unavailable(w, err)
+		return
+	}
+	// A job no worker holds yet is removed from its queue right away.
+	if rec.Queue != "" {
+		if err := s.inspector.DeleteTask(rec.Queue, id); err == nil {
+			rec.Status = job.StatusCancelled
+			rec.FinishedAt = time.Now().UTC()
+			if err := s.store.Put(ctx, rec); err != nil {
+				s.unavailable(w, err)
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"id": id, "status": job.StatusCancelled})
+			return
+		}
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "status": rec.Status, "cancel_requested": true})
+}
+
+func (s *Server) listModels(w http.ResponseWriter, r *http.Request) {
+	models, err := s.cfg.Registry.List(r.Context())
+	if err != nil && models == nil {
+		writeError(w, http.StatusBadGateway, fmt.Errorf("list models: %w", err))
+		return
+	}
+	if models == nil {
+		models = []modelcache.Manifest{}
+	}
+	body := map[string]any{"models": models}
+	if err != nil {
+		// Some manifests could not be read: list the rest and say which.
+		body["errors"] = err.Error()
+		s.log.Warn("unreadable model manifests", "err", err)
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("redis unreachable: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}

@@ -1,0 +1,37 @@
+package worker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the worker's Prometheus collectors; docs/metrics.md lists them.
+type metrics struct {
+	jobs     *prometheus.CounterVec
+	phase    *prometheus.HistogramVec
+	cache    *prometheus.CounterVec
+	inFlight prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "genfleet_worker_jobs_total",
+			Help: "Jobs handled by this worker process, by outcome (succeeded, failed, cancelled, retry).",
+		}, []string{"outcome"}),
+		phase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "genfleet_worker_job_phase_seconds",
+			Help:    "Duration of each job phase: queue_wait is not included; resolve, wait, fetch, verify, map, generate, encode, upload.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"phase"}),
+		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "genfleet_worker_model_acquires_total",
+			Help: "Model acquisitions by result: hit (blob already on disk) or miss (fetched from S3).",
+		}, []string{"result"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "genfleet_worker_jobs_in_flight",
+			Help: "Jobs this worker process is running now.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.jobs, m.phase, m.cache, m.inFlight)
+	}
+	return m
+}

@@ -1,0 +1,412 @@
+// Package worker runs generation jobs: an asynq server whose handler
+// resolves the job's model, acquires it from the host's model cache (which
+// fetches it from S3 when missing and maps it read-only), runs the backend
+// on the mapping, uploads the PNG to the outputs bucket and records the
+// result in Redis for the scheduler's API.
+//
+// Shutdown order (Run, when its context ends): stop pulling new tasks;
+// give in-flight jobs ShutdownTimeout to finish; asynq then pushes any
+// still running back to their queue (hand back), after which the worker
+// cancels their contexts so their goroutines stop before Run returns.
+package worker
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"image/png"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/job"
+	"github.com/genfleet/genfleet/modelcache"
+)
+
+// Config configures a Worker. Fields without a stated default are required.
+type Config struct {
+	// Redis is where the queues are.
+	Redis asynq.RedisConnOpt
+	// S3 is the client for the outputs bucket.
+	S3 *s3.Client
+	// Outputs is the bucket and key prefix for images,
+	// e.g. s3://genfleet-outputs/outputs/.
+	Outputs s3x.URL
+	// Registry resolves model refs; Cache holds the blobs.
+	Registry *modelcache.Registry
+	Cache    *modelcache.Cache
+	// Backend runs the model.
+	Backend backends.Backend
+	// HostID names this host's queue (host:<HostID>). Default: the hostname.
+	HostID string
+	// Concurrency is how many jobs run at once in this process. Default 1.
+	Concurrency int
+	// ShutdownTimeout is how long in-flight jobs may run after shutdown
+	// starts before they are handed back to the queue. Default 30s.
+	ShutdownTimeout time.Duration
+	// CancelPoll is how often a running job checks for a cancel request.
+	// Default 250ms.
+	CancelPoll time.Duration
+	// Metrics, when set, receives the worker's collectors.
+	Metrics prometheus.Registerer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Worker runs jobs from the host and pool queues.
+type Worker struct {
+	cfg     Config
+	rdb     redis.UniversalClient
+	store   *job.Store
+	log     *slog.Logger
+	metrics *metrics
+	pid     int
+
+	// baseCtx is the parent of every handler's context; cancelling it with
+	// errShutdown stops handlers that outlived the shutdown timeout.
+	baseCtx    context.Context
+	baseCancel context.CancelCauseFunc
+}
+
+var (
+	errShutdown  = errors.New("worker shutting down")
+	errCancelled = errors.New("job cancelled by request")
+)
+
+// New checks cfg and returns a Worker.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Redis == nil || cfg.S3 == nil || cfg.Registry == nil || cfg.Cache == nil || cfg.Backend == nil {
+		return nil, errors.New("worker: Redis, S3, Registry, Cache and Backend are required")
+	}
+	if cfg.Outputs.Bucket == "" {
+		return nil, errors.New("worker: Outputs bucket is required")
+	}
+	if cfg.HostID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("worker: no host id given and hostname unknown: %w", err)
+		}
+		cfg.HostID = h
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 1
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	if cfg.CancelPoll <= 0 {
+		cfg.CancelPoll = 250 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		return nil, errors.New("worker: unsupported Redis connection option")
+	}
+	w := &Worker{
+		cfg:     cfg,
+		rdb:     rdb,
+		store:   job.NewStore(rdb),
+		log:     cfg.Logger.With("host", cfg.HostID, "pid", os.Getpid(), "backend", cfg.Backend.Name()),
+		metrics: newMetrics(cfg.Metrics),
+		pid:     os.Getpid(),
+	}
+	w.baseCtx, w.baseCancel = context.WithCancelCause(context.Background())
+	return w, nil
+}
+
+// Queues returns the queues this worker listens to, with asynq priorities:
+// its host queue strictly before its pool queue.
+func (w *Worker) Queues() map[string]int {
+	return map[string]int{
+		job.HostQueue(w.cfg.HostID):                2,
+		job.PoolQueue(w.cfg.Backend.DeviceClass()): 1,
+	}
+}
+
+// Run serves jobs until ctx ends, then shuts down in the order the package
+// comment gives. It returns nil after a clean shutdown.
+func (w *Worker) Run(ctx context.Context) error {
+	srv := asynq.NewServer(w.cfg.Redis, asynq.Config{
+		Concurrency:     w.cfg.Concurrency,
+		Queues:          w.Queues(),
+		StrictPriority:  true,
+		ShutdownTimeout: w.cfg.ShutdownTimeout,
+		BaseContext:     func() context.Context { return w.baseCtx },
+		// Invalid jobs return SkipRetry and are archived at once; other
+		// errors retry with asynq's default exponential backoff.
+		IsFailure: func(err error) bool { return !errors.Is(err, errShutdown) },
+		Logger:    asynqLogger{w.log},
+		LogLevel:  asynq.WarnLevel,
+	})
+	mux := asynq.NewServeMux()
+	mux.Handle(job.TaskType, w)
+	if err := srv.Start(mux); err != nil {
+		return fmt.Errorf("worker: start: %w", err)
+	}
+	w.log.Info("worker started", "queues", w.Queues(), "concurrency", w.cfg.Concurrency)
+	<-ctx.Done()
+	w.log.Info("worker shutting down", "timeout", w.cfg.ShutdownTimeout)
+	srv.Shutdown()
+	w.baseCancel(errShutdown)
+	w.log.Info("worker stopped")
+	return nil
+}
+
+// Close releases the worker's Redis connection.
+func (w *Worker) Close() error { return w.rdb.Close() }
+
+// ProcessTask runs one job. It implements asynq.Handler.
+func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	id, _ := asynq.GetTaskID(ctx)
+	queue, _ := asynq.GetQueueName(ctx)
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	log := w.log.With("job", id, "queue", queue, "attempt", retried+1)
+	started := time.Now()
+	w.metrics.inFlight.Inc()
+	defer w.metrics.inFlight.Dec()
+
+	// Record writes must land even when ctx is being cancelled.
+	wctx := context.WithoutCancel(ctx)
+	rec, err := w.store.Get(wctx, id)
+	if err != nil {
+		if !errors.Is(err, job.ErrNoRecord) {
+			return fmt.Errorf("read job record: %w", err) // Redis fault: retry
+		}
+		// Enqueued straight into Redis by a producer: start a record.
+		rec = &job.Record{ID: id, CreatedAt: started}
+	}
+	rec.Queue = queue
+	rec.Attempt = retried + 1
+	rec.Worker = &job.WorkerInfo{Host: w.cfg.HostID, PID: w.pid, Backend: w.cfg.Backend.Name()}
+
+	p, err := job.DecodePayload(t.Payload())
+	if err != nil {
+		log.Warn("invalid job", "err", err)
+		w.finish(wctx, rec, job.StatusFailed, err.Error(), started)
+		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	}
+	rec.Model = p.Request.Model
+	rec.Request = &p.Request
+	if cancelled, err := w.store.CancelRequested(wctx, id); err != nil {
+		return fmt.Errorf("read cancel flag: %w", err)
+	} else if cancelled {
+		w.finish(wctx, rec, job.StatusCancelled, "", started)
+		return nil
+	}
+
+	rec.Status = job.StatusRunning
+	rec.StartedAt = started
+	rec.Error = ""
+	rec.Timings = map[string]float64{}
+	if !p.SubmittedAt.IsZero() {
+		rec.Timings["queue_wait"] = ms(started.Sub(p.SubmittedAt))
+	}
+	if err := w.store.Put(wctx, rec); err != nil {
+		return err
+	}
+
+	jctx, stop := w.watchCancel(ctx, id)
+	defer stop()
+	out, err := w.run(jctx, rec, &p.Request, log)
+	switch {
+	case err == nil:
+		rec.Result = out
+		w.finish(wctx, rec, job.StatusSucceeded, "", started)
+		log.Info("job succeeded", "ms", rec.Timings["total"], "key", out.Key)
+		return nil
+	case errors.Is(context.Cause(jctx), errCancelled):
+		w.finish(wctx, rec, job.StatusCancelled, "", started)
+		log.Info("job cancelled")
+		return nil
+	case errors.Is(context.Cause(jctx), errShutdown):
+		// Handed back: asynq has requeued the task; another worker runs it.
+		rec.Status, rec.Error = job.StatusQueued, "worker shut down; job handed back to the queue"
+		_ = w.store.Put(wctx, rec)
+		return fmt.Errorf("%w: %w", errShutdown, err)
+	case permanent(err):
+		w.finish(wctx, rec, job.StatusFailed, err.Error(), started)
+		log.Warn("job failed", "err", err)
+		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	case retried >= maxRetry:
+		w.finish(wctx, rec, job.StatusFailed, fmt.Sprintf("failed after %d attempts: %v", retried+1, err), started)
+		log.Warn("job failed, no retries left", "err", err)
+		return err
+	default:
+		rec.Status = job.StatusQueued
+		rec.Error = fmt.Sprintf("attempt %d of %d failed, will retry: %v", retried+1, maxRetry+1, err)
+		_ = w.store.Put(wctx, rec)
+		w.metrics.jobs.WithLabelValues("retry").Inc()
+		log.Warn("job attempt failed, will retry", "err", err)
+		return err
+	}
+}
+
+// permanent reports whether retrying err cannot help.
+func permanent(err error) bool {
+	return errors.Is(err, job.ErrInvalid) ||
+		errors.Is(err, modelcache.ErrModelNotFound) ||
+		errors.Is(err, modelcache.ErrInvalidRef) ||
+		errors.Is(err, backends.ErrBadModel)
+}
+
+// run is the pipeline: resolve → acquire (fetch, verify, map) → generate →
+// encode → upload. It fills rec.Timings as it goes.
+func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log *slog.Logger) (*job.Output, error) {
+	phase := func(name string, start time.Time) {
+		d := time.Since(start)
+		rec.Timings[name] = ms(d)
+		w.metrics.phase.WithLabelValues(name).Observe(d.Seconds())
+	}
+
+	t := time.Now()
+	man, err := w.cfg.Registry.Resolve(ctx, req.Model)
+	if err != nil {
+		return nil, fmt.Errorf("resolve model %q: %w", req.Model, err)
+	}
+	phase("resolve", t)
+
+	t = time.Now()
+	m, err := w.cfg.Cache.Acquire(ctx, man)
+	if err != nil {
+		return nil, err // names the model and file already
+	}
+	defer m.Close()
+	r := m.Report
+	for name, d := range map[string]time.Duration{"wait": r.Wait, "fetch": r.Fetch, "verify": r.Verify, "map": r.Map} {
+		rec.Timings[name] = ms(d)
+		w.metrics.phase.WithLabelValues(name).Observe(d.Seconds())
+	}
+	rec.Timings["acquire"] = ms(time.Since(t))
+	if r.Hit {
+		w.metrics.cache.WithLabelValues("hit").Inc()
+	} else {
+		w.metrics.cache.WithLabelValues("miss").Inc()
+	}
+	log.Debug("model acquired", "model", req.Model, "hit", r.Hit, "fetched_bytes", r.FetchedBytes)
+	if len(m.Blobs) == 0 {
+		return nil, fmt.Errorf("model %q has no files: %w", req.Model, backends.ErrBadModel)
+	}
+	blob := m.Blobs[0]
+
+	t = time.Now()
+	var lastWrite time.Time
+	progress := func(step, total int) {
+		// Progress is advisory: throttle writes and ignore their errors.
+		if step == total || time.Since(lastWrite) > 200*time.Millisecond {
+			lastWrite = time.Now()
+			_ = w.store.SetProgress(context.WithoutCancel(ctx), rec.ID, step, total)
+		}
+	}
+	img, err := w.cfg.Backend.Generate(ctx, backends.Model{Digest: blob.Digest, Data: blob.Data, Path: blob.Path}, backends.Params{
+		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
+		Width: req.Width, Height: req.Height, Steps: req.Steps,
+		Seed: req.Seed, Guidance: req.Guidance,
+	}, progress)
+	if err != nil {
+		return nil, fmt.Errorf("generate: %w", err)
+	}
+	phase("generate", t)
+
+	t = time.Now()
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		return nil, fmt.Errorf("encode png: %w", err)
+	}
+	phase("encode", t)
+
+	t = time.Now()
+	sum := sha256.Sum256(buf.Bytes())
+	key := w.cfg.Outputs.Key + rec.ID + ".png"
+	_, err = w.cfg.S3.PutObject(ctx, &s3.PutObjectInput{
+		Bucket:        aws.String(w.cfg.Outputs.Bucket),
+		Key:           aws.String(key),
+		Body:          bytes.NewReader(buf.Bytes()),
+		ContentLength: aws.Int64(int64(buf.Len())),
+		ContentType:   aws.String("image/png"),
+		Metadata:      map[string]string{"genfleet-model-digest": blob.Digest, "genfleet-job": rec.ID},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upload output to s3://%s/%s: %w", w.cfg.Outputs.Bucket, key, err)
+	}
+	phase("upload", t)
+
+	b := img.Bounds()
+	return &job.Output{
+		Bucket: w.cfg.Outputs.Bucket, Key: key, URL: "s3://" + w.cfg.Outputs.Bucket + "/" + key,
+		ContentType: "image/png", Bytes: int64(buf.Len()), SHA256: hex.EncodeToString(sum[:]),
+		ModelDigest: blob.Digest, Width: b.Dx(), Height: b.Dy(), CacheHit: r.Hit,
+	}, nil
+}
+
+// finish writes a terminal record and counts the outcome.
+func (w *Worker) finish(ctx context.Context, rec *job.Record, st job.Status, msg string, started time.Time) {
+	rec.Status, rec.Error = st, msg
+	rec.FinishedAt = time.Now()
+	rec.Progress = nil
+	if rec.Timings == nil {
+		rec.Timings = map[string]float64{}
+	}
+	rec.Timings["total"] = ms(rec.FinishedAt.Sub(started))
+	if err := w.store.Put(ctx, rec); err != nil {
+		w.log.Error("write job record", "job", rec.ID, "err", err)
+	}
+	w.metrics.jobs.WithLabelValues(string(st)).Inc()
+}
+
+// watchCancel returns a context that is cancelled with errCancelled once a
+// cancel is requested for id. stop ends the watch.
+func (w *Worker) watchCancel(ctx context.Context, id string) (context.Context, func()) {
+	jctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(w.cfg.CancelPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-jctx.Done():
+				return
+			case <-tick.C:
+				if c, err := w.store.CancelRequested(jctx, id); err == nil && c {
+					cancel(errCancelled)
+					return
+				}
+			}
+		}
+	}()
+	return jctx, func() {
+		close(done)
+		wg.Wait()
+		cancel(nil)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// asynqLogger adapts slog to asynq's logger interface.
+type asynqLogger struct{ l *slog.Logger }
+
+func (a asynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Info(args ...any)  { a.l.Info(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Warn(args ...any)  { a.l.Warn(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Fatal(args ...any) { a.l.Error(fmt.Sprint(args...), "component", "asynq") }
