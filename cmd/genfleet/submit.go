@@ -66,6 +66,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var rec job.Record
 	lastLine := ""
 	for {
+		rec = job.Record{}
 		greq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+created.ID, nil)
 		if err := doJSON(greq, http.StatusOK, &rec); err != nil {
 			return err
