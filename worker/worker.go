@@ -7,7 +7,8 @@
 // Shutdown order (Run, when its context ends): stop pulling new tasks;
 // give in-flight jobs ShutdownTimeout to finish; asynq then pushes any
 // still running back to their queue (hand back), after which the worker
-// cancels their contexts so their goroutines stop before Run returns.
+// cancels their contexts and waits for their handlers to record the hand
+// back before Run returns.
 package worker
 
 import (
@@ -19,6 +20,7 @@ import (
 	"fmt"
 	"image/png"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"sync"
 	"time"
@@ -59,6 +61,11 @@ type Config struct {
 	// CancelPoll is how often a running job checks for a cancel request.
 	// Default 250ms.
 	CancelPoll time.Duration
+	// RetryBase and RetryMax shape the backoff before retry n (1-based) of
+	// a job whose attempt failed with a transient error:
+	// min(RetryBase·2^(n-1), RetryMax), ±25% jitter so that jobs failed by one
+	// outage do not all come back at once. Defaults 2s and 5m.
+	RetryBase, RetryMax time.Duration
 	// Metrics, when set, receives the worker's collectors.
 	Metrics prometheus.Registerer
 	// Logger defaults to slog.Default().
@@ -78,6 +85,9 @@ type Worker struct {
 	// errShutdown stops handlers that outlived the shutdown timeout.
 	baseCtx    context.Context
 	baseCancel context.CancelCauseFunc
+	// running counts handlers still executing, so Run can wait for the ones
+	// it cancelled to write their records.
+	running sync.WaitGroup
 }
 
 var (
@@ -111,6 +121,12 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = 2 * time.Second
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 5 * time.Minute
 	}
 	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
@@ -149,6 +165,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		// Invalid jobs return SkipRetry and are archived at once; other
 		// errors retry with asynq's default exponential backoff.
 		IsFailure: func(err error) bool { return !errors.Is(err, errShutdown) },
+		RetryDelayFunc: func(n int, err error, _ *asynq.Task) time.Duration {
+			return retryDelay(n, w.cfg.RetryBase, w.cfg.RetryMax)
+		},
 		Logger:    asynqLogger{w.log},
 		LogLevel:  asynq.WarnLevel,
 	})
@@ -162,6 +181,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker shutting down", "timeout", w.cfg.ShutdownTimeout)
 	srv.Shutdown()
 	w.baseCancel(errShutdown)
+	done := make(chan struct{})
+	go func() { w.running.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		w.log.Warn("handlers still running 10s after cancellation; exiting anyway")
+	}
 	w.log.Info("worker stopped")
 	return nil
 }
@@ -177,6 +203,8 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
 	log := w.log.With("job", id, "queue", queue, "attempt", retried+1)
 	started := time.Now()
+	w.running.Add(1)
+	defer w.running.Done()
 	w.metrics.inFlight.Inc()
 	defer w.metrics.inFlight.Dec()
 
@@ -398,6 +426,16 @@ func (w *Worker) watchCancel(ctx context.Context, id string) (context.Context, f
 		wg.Wait()
 		cancel(nil)
 	}
+}
+
+// retryDelay is min(base·2^(n-1), max) with ±25% jitter.
+func retryDelay(n int, base, max time.Duration) time.Duration {
+	d := base
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	d = min(d, max)
+	return d*3/4 + time.Duration(rand.Int64N(int64(d/2)+1))
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -307,3 +307,96 @@ func TestWorkerSIGTERMFinishesJob(t *testing.T) {
 		t.Fatalf("job after SIGTERM: %s %q", rec.Status, rec.Error)
 	}
 }
+
+// A download cut off mid-way fails the attempt, leaves nothing half-written
+// in the cache, and the job succeeds on its retry.
+func TestTransientS3FaultRetries(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	fl := newFleet(t, 2<<20, "cpu")
+	fl.proxy.slow.Store("/" + modelsBucket + "/blobs/")
+	fl.proxy.cutNext.Store(1)
+	fl.startWorker("--retry-base", "100ms")
+	id := fl.submit(jobBody(5))
+	rec := fl.wait(id, 60*time.Second, nil)
+	if rec.Status != job.StatusSucceeded {
+		t.Fatalf("job: %s %q", rec.Status, rec.Error)
+	}
+	if rec.Attempt != 2 {
+		t.Fatalf("succeeded on attempt %d, want 2 (one cut download, one retry)", rec.Attempt)
+	}
+	if gets, _ := fl.proxy.counts("/" + modelsBucket + "/blobs/demo.safetensors"); gets != 2 {
+		t.Fatalf("model GETs = %d, want 2", gets)
+	}
+	tmp, _ := filepath.Glob(filepath.Join(fl.cacheDir, "tmp", "*"))
+	if len(tmp) != 0 {
+		t.Fatalf("temp files left in the cache: %v", tmp)
+	}
+}
+
+// SIGTERM with a job that outlasts the shutdown timeout: the worker hands
+// the job back and exits 0; another worker runs it; exactly one output.
+func TestWorkerSIGTERMHandsBackJob(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	fl := newFleet(t, 8<<20, "cpu")
+	fl.startWorker("--shutdown-timeout", "300ms")
+	id := fl.submit(`{"model":"demo","prompt":"hand me back","seed":2,"width":64,"height":64,"steps":150}`)
+	fl.wait(id, 60*time.Second, func(r job.Record) bool {
+		return r.Status == job.StatusRunning && r.Progress != nil && r.Progress.Step >= 1
+	})
+	fl.stopWorkers()
+	rec := fl.get(id)
+	if rec.Status != job.StatusQueued {
+		t.Fatalf("after SIGTERM the job is %s (%q), want queued (handed back)", rec.Status, rec.Error)
+	}
+	fl.startWorker()
+	rec = fl.wait(id, 120*time.Second, nil)
+	if rec.Status != job.StatusSucceeded {
+		t.Fatalf("handed-back job: %s %q", rec.Status, rec.Error)
+	}
+	keys, err := fl.reg.Src.List(context.Background(), outputsBucket, "outputs/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || keys[0] != "outputs/"+id+".png" {
+		t.Fatalf("output objects %v, want exactly outputs/%s.png", keys, id)
+	}
+}
+
+// GET /v1/models lists the registry; /metrics counts submissions.
+func TestModelsAndMetrics(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	fl := newFleet(t, 1<<20, "nobody")
+	code, b := fl.do("GET", "/v1/models", "")
+	if code != http.StatusOK {
+		t.Fatalf("GET /v1/models = %d %s", code, b)
+	}
+	var models struct {
+		Models []struct {
+			Name  string
+			Files []struct{ Size int64 }
+		}
+	}
+	if err := json.Unmarshal(b, &models); err != nil || len(models.Models) != 1 || models.Models[0].Name != "demo" || models.Models[0].Files[0].Size != 1<<20 {
+		t.Fatalf("models = %s", b)
+	}
+	fl.submit(jobBody(1))
+	fl.do("POST", "/v1/jobs", `{"model":"demo"}`)
+	code, b = fl.do("GET", "/metrics", "")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics = %d", code)
+	}
+	for _, want := range []string{
+		`genfleet_scheduler_jobs_submitted_total{result="enqueued"} 1`,
+		`genfleet_scheduler_jobs_submitted_total{result="invalid"} 1`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

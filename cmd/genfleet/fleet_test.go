@@ -53,6 +53,10 @@ type countingProxy struct {
 	bytes map[string]int64
 	slow  atomic.Value // string: key path prefix to slow down
 	delay time.Duration
+	// cutNext GET bodies whose path starts with the slow prefix are cut
+	// off after 256 KiB, like a connection reset mid-download (well past the
+	// headers, so the SDK cannot retry the request itself).
+	cutNext atomic.Int32
 }
 
 func newCountingProxy(t *testing.T, target string) *countingProxy {
@@ -73,7 +77,9 @@ func newCountingProxy(t *testing.T, target string) *countingProxy {
 		p.gets[path]++
 		p.mu.Unlock()
 		slow := p.slow.Load().(string)
-		resp.Body = &countingBody{ReadCloser: resp.Body, p: p, path: path, slow: slow != "" && strings.HasPrefix(path, slow), delay: p.delay}
+		match := slow != "" && strings.HasPrefix(path, slow)
+		cut := match && p.cutNext.Add(-1) >= 0
+		resp.Body = &countingBody{ReadCloser: resp.Body, p: p, path: path, slow: match && p.delay > 0, delay: p.delay, cut: cut}
 		return nil
 	}
 	p.srv = httptest.NewServer(rp)
@@ -94,13 +100,22 @@ type countingBody struct {
 	slow  bool
 	delay time.Duration
 	once  sync.Once
+	cut   bool
+	read  int
 }
 
 func (b *countingBody) Read(buf []byte) (int, error) {
 	if b.slow {
 		b.once.Do(func() { time.Sleep(b.delay) })
 	}
+	if b.cut {
+		if b.read >= 256<<10 {
+			return 0, io.ErrUnexpectedEOF
+		}
+		buf = buf[:min(len(buf), 256<<10-b.read)]
+	}
 	n, err := b.ReadCloser.Read(buf)
+	b.read += n
 	b.p.mu.Lock()
 	b.p.bytes[b.path] += int64(n)
 	b.p.mu.Unlock()

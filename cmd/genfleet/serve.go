@@ -88,6 +88,8 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	hostID := f.str("host-id", "GENFLEET_HOST_ID", "", "host id (queue host:<id>); default the hostname")
 	metricsListen := f.str("metrics-listen", "GENFLEET_METRICS_LISTEN", ":9091", "address for /metrics and /healthz; empty disables")
 	shutdown := f.duration("shutdown-timeout", "GENFLEET_SHUTDOWN_TIMEOUT", 30*time.Second, "time in-flight jobs get to finish on SIGTERM before they are handed back")
+	retryBase := f.duration("retry-base", "GENFLEET_RETRY_BASE", 2*time.Second, "backoff before the first retry of a job that failed transiently; doubles per retry")
+	retryMax := f.duration("retry-max", "GENFLEET_RETRY_MAX", 5*time.Minute, "longest backoff between retries")
 	if err := f.parse(args, 0); err != nil {
 		return err
 	}
@@ -125,6 +127,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	w, err := worker.New(worker.Config{
 		Redis: redisOpt, S3: cl, Outputs: outputs, Registry: reg, Cache: cache, Backend: be,
 		HostID: *hostID, Concurrency: *concurrency, ShutdownTimeout: *shutdown,
+		RetryBase: *retryBase, RetryMax: *retryMax,
 		Metrics: promReg, Logger: log,
 	})
 	if err != nil {

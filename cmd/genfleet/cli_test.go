@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runCLI(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func fileSum(t *testing.T, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+func TestModelsMakeIsDeterministicAndInspectable(t *testing.T) {
+	dir := t.TempDir()
+	a, b, c := filepath.Join(dir, "a.safetensors"), filepath.Join(dir, "b.safetensors"), filepath.Join(dir, "c.safetensors")
+	for _, tc := range []struct{ out, seed string }{{a, "5"}, {b, "5"}, {c, "6"}} {
+		if code, _, stderr := runCLI("models", "make", "--size", "1MiB", "--seed", tc.seed, "--out", tc.out); code != 0 {
+			t.Fatalf("models make: %d %s", code, stderr)
+		}
+	}
+	if st, _ := os.Stat(a); st.Size() != 1<<20 {
+		t.Fatalf("size %d, want %d", st.Size(), 1<<20)
+	}
+	if fileSum(t, a) != fileSum(t, b) {
+		t.Fatal("same size and seed gave different files")
+	}
+	if fileSum(t, a) == fileSum(t, c) {
+		t.Fatal("different seeds gave the same file")
+	}
+	code, out, stderr := runCLI("models", "inspect", a)
+	if code != 0 || !strings.Contains(out, "safetensors") || !strings.Contains(out, "genfleet-refgen-v1") {
+		t.Fatalf("inspect: %d\n%s\n%s", code, out, stderr)
+	}
+}
+
+func TestModelsInspectRejectsMalformed(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string][]byte{
+		"short":          []byte("abc"),
+		"huge header":    append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f}, []byte("{}")...),
+		"not json":       append([]byte{4, 0, 0, 0, 0, 0, 0, 0}, []byte("nope")...),
+		"offsets beyond": append([]byte{62, 0, 0, 0, 0, 0, 0, 0}, []byte(`{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}      `)...),
+	}
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_"))
+			if err := os.WriteFile(path, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			code, _, stderr := runCLI("models", "inspect", path)
+			if code != 1 || !strings.Contains(stderr, path) {
+				t.Fatalf("exit %d, stderr %q: want 1 and a message naming the file", code, stderr)
+			}
+		})
+	}
+}
+
+func TestModelsMakeRejectsBadSize(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "m.safetensors")
+	for _, size := range []string{"lots", "-5", "10"} {
+		if code, _, _ := runCLI("models", "make", "--size", size, "--out", out); code == 0 {
+			t.Errorf("--size %s accepted", size)
+		}
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatal("a failed make left a file behind")
+	}
+	if code, _, _ := runCLI("nonsense"); code != 2 {
+		t.Fatal("unknown command should exit 2")
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+	}{
+		{"65536", 65536}, {"64MiB", 64 << 20}, {"4GiB", 4 << 30}, {"1.5GB", 1500000000}, {"2K", 2048},
+	}
+	for _, tt := range tests {
+		got, err := parseSize(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
+		}
+	}
+}
