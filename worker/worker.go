@@ -168,8 +168,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		RetryDelayFunc: func(n int, err error, _ *asynq.Task) time.Duration {
 			return retryDelay(n, w.cfg.RetryBase, w.cfg.RetryMax)
 		},
-		Logger:    asynqLogger{w.log},
-		LogLevel:  asynq.WarnLevel,
+		Logger:   asynqLogger{w.log},
+		LogLevel: asynq.WarnLevel,
 	})
 	mux := asynq.NewServeMux()
 	mux.Handle(job.TaskType, w)
