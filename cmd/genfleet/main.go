@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -42,6 +43,7 @@ Commands:
   worker      run a worker process
   submit      submit a job through the API, optionally wait and save the PNG
   models      make | push | inspect | ls reference and registered models
+  bench       measure genfleet against its anchors (genfleet bench -h)
 
 Run 'genfleet COMMAND -h' for a command's flags; each flag also reads the
 GENFLEET_* environment variable named in its help.
@@ -76,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdSubmit(ctx, args[1:], stdout, stderr)
 	case "models":
 		err = cmdModels(ctx, args[1:], stdout, stderr)
+	case "bench":
+		err = cmdBench(ctx, args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "genfleet: unknown command %q\n\n%s", args[0], usage)
 		return 2
@@ -94,19 +98,42 @@ func run(args []string, stdout, stderr io.Writer) int {
 // flags is a flag.FlagSet whose flags default to GENFLEET_* variables.
 type flags struct {
 	*flag.FlagSet
+	// envErrs collects environment values that do not parse; parse
+	// reports them, so GENFLEET_CONCURRENCY=lots is an error, not a default.
+	envErrs *[]error
 }
 
 func newFlags(name string, stderr io.Writer) flags {
 	fs := flag.NewFlagSet("genfleet "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	return flags{fs}
+	return flags{FlagSet: fs, envErrs: new([]error)}
 }
 
+func (f flags) badEnv(env, val string, err error) {
+	*f.envErrs = append(*f.envErrs, fmt.Errorf("%s=%q: %w", env, val, err))
+}
+
+// knownEnv records every GENFLEET_* variable a flag reads, so tests can
+// check deployment files against the binary's own flag table.
+var (
+	knownEnvMu sync.Mutex
+	knownEnv   = map[string]bool{}
+)
+
 func envOr(env, def string) string {
+	knownEnvMu.Lock()
+	knownEnv[env] = true
+	knownEnvMu.Unlock()
 	if v, ok := os.LookupEnv(env); ok {
 		return v
 	}
 	return def
+}
+
+// envName records env as known and returns it.
+func envName(env string) string {
+	envOr(env, "")
+	return env
 }
 
 func (f flags) str(name, env, def, usage string) *string {
@@ -115,9 +142,11 @@ func (f flags) str(name, env, def, usage string) *string {
 
 func (f flags) integer(name, env string, def int, usage string) *int {
 	v := def
-	if s, ok := os.LookupEnv(env); ok {
+	if s, ok := os.LookupEnv(envName(env)); ok {
 		if n, err := strconv.Atoi(s); err == nil {
 			v = n
+		} else {
+			f.badEnv(env, s, err)
 		}
 	}
 	return f.Int(name, v, usage+" (env "+env+")")
@@ -125,9 +154,11 @@ func (f flags) integer(name, env string, def int, usage string) *int {
 
 func (f flags) boolean(name, env string, def bool, usage string) *bool {
 	v := def
-	if s, ok := os.LookupEnv(env); ok {
+	if s, ok := os.LookupEnv(envName(env)); ok {
 		if b, err := strconv.ParseBool(s); err == nil {
 			v = b
+		} else {
+			f.badEnv(env, s, err)
 		}
 	}
 	return f.Bool(name, v, usage+" (env "+env+")")
@@ -135,9 +166,11 @@ func (f flags) boolean(name, env string, def bool, usage string) *bool {
 
 func (f flags) duration(name, env string, def time.Duration, usage string) *time.Duration {
 	v := def
-	if s, ok := os.LookupEnv(env); ok {
+	if s, ok := os.LookupEnv(envName(env)); ok {
 		if d, err := time.ParseDuration(s); err == nil {
 			v = d
+		} else {
+			f.badEnv(env, s, err)
 		}
 	}
 	return f.Duration(name, v, usage+" (env "+env+")")
@@ -147,6 +180,9 @@ func (f flags) duration(name, env string, def time.Duration, usage string) *time
 func (f flags) parse(args []string, want int) error {
 	if err := f.Parse(args); err != nil {
 		return err
+	}
+	if len(*f.envErrs) > 0 {
+		return errors.Join(*f.envErrs...)
 	}
 	if f.NArg() > want {
 		fmt.Fprintf(f.Output(), "unexpected arguments: %q\n", f.Args()[want:])

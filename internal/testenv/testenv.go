@@ -1,14 +1,19 @@
-// Package testenv starts the real servers genfleet's tests talk to: a
-// redis-server and an S3 server (versitygw, posix backend), each on a free
-// loopback port in a temporary directory, stopped when the test ends.
+// Package testenv starts the real servers genfleet's tests and benchmarks
+// talk to: a redis-server and an S3 server (versitygw, posix backend), each
+// on a free loopback port in its own directory.
 //
+// The test helpers (Redis, S3Server) stop the server when the test ends.
 // When a server binary is missing the test is skipped, unless
 // GENFLEET_REQUIRE_SERVICES=1 (set by `make test`), in which case it fails:
 // CI must never pass by skipping the integration tests.
+//
+// StartRedis and StartS3 are the same without testing.TB, for `genfleet
+// bench`: the caller stops what they return.
 package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -57,28 +62,34 @@ func FindBinary(name string) string {
 	return ""
 }
 
-func need(t testing.TB, name string) string {
-	t.Helper()
-	p := FindBinary(name)
-	if p == "" {
-		msg := fmt.Sprintf("%s not found on PATH or in $GOPATH/bin (run `make test`, which installs it)", name)
-		if os.Getenv("GENFLEET_REQUIRE_SERVICES") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+// ErrMissing means a server binary is not installed.
+var ErrMissing = errors.New("not installed")
+
+func findOrErr(name string) (string, error) {
+	if p := FindBinary(name); p != "" {
+		return p, nil
 	}
-	return p
+	return "", fmt.Errorf("%s %w: not on PATH nor in $GOPATH/bin (`make deps` installs it)", name, ErrMissing)
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freePort()
 	if err != nil {
 		t.Fatalf("free port: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // waitTCP waits until addr accepts connections or the process exits.
@@ -108,9 +119,14 @@ type Server struct {
 	logName string
 }
 
-// Stop kills the server and waits for it. It is safe to call more than once;
-// the test's cleanup calls it too.
+// Stop kills the server and waits for it. It is safe to call more than once.
 func (s *Server) Stop() { s.stop() }
+
+// LogTail returns the last n bytes of the server's log, for failure messages.
+func (s *Server) LogTail(n int) string {
+	out, _ := os.ReadFile(s.logName)
+	return tail(string(out), n)
+}
 
 func tail(s string, n int) string {
 	if len(s) > n {
@@ -119,20 +135,65 @@ func tail(s string, n int) string {
 	return s
 }
 
-// Redis starts a redis-server with persistence off and returns it.
-func Redis(t testing.TB) *Server {
-	t.Helper()
-	bin := need(t, "redis-server")
-	dir := t.TempDir()
-	for attempt := 0; ; attempt++ {
-		port := FreePort(t)
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		args := []string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}
-		s := tryStart(t, bin, args, nil, addr, dir, attempt)
-		if s != nil {
-			return s
+// startProc starts bin on a fresh free port (args(addr, port) builds its
+// arguments) and waits until it listens, retrying on a port clash.
+func startProc(bin string, args func(addr string, port int) []string, env []string, dir string) (*Server, error) {
+	for attempt := 0; attempt < 5; attempt++ {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
 		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		logName := filepath.Join(dir, fmt.Sprintf("server-%d.log", attempt))
+		logf, err := os.Create(logName)
+		if err != nil {
+			return nil, err
+		}
+		cmd := exec.Command(bin, args(addr, port)...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), env...)
+		cmd.Stdout = logf
+		cmd.Stderr = logf
+		if err := cmd.Start(); err != nil {
+			logf.Close()
+			return nil, fmt.Errorf("start %s: %w", bin, err)
+		}
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		var once sync.Once
+		stop := func() {
+			once.Do(func() {
+				select {
+				case <-exited:
+				default:
+					_ = cmd.Process.Kill()
+					<-exited
+				}
+				logf.Close()
+			})
+		}
+		if err := waitTCP(addr, exited, 30*time.Second); err != nil {
+			stop()
+			out, _ := os.ReadFile(logName)
+			if strings.Contains(strings.ToLower(string(out)), "address already in use") {
+				continue
+			}
+			return nil, fmt.Errorf("%s: %w\n%s", filepath.Base(bin), err, tail(string(out), 2000))
+		}
+		return &Server{Addr: addr, Dir: dir, stop: stop, logName: logName}, nil
 	}
+	return nil, fmt.Errorf("could not start %s: ports kept clashing", filepath.Base(bin))
+}
+
+// StartRedis starts a redis-server with persistence off, its files in dir.
+func StartRedis(dir string) (*Server, error) {
+	bin, err := findOrErr("redis-server")
+	if err != nil {
+		return nil, err
+	}
+	return startProc(bin, func(_ string, port int) []string {
+		return []string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}
+	}, nil, dir)
 }
 
 // S3 is a running S3 server with a client for it.
@@ -143,87 +204,67 @@ type S3 struct {
 	Client   *s3.Client
 }
 
-// S3Server starts versitygw with its posix backend in a temp directory and
-// creates the given buckets.
-func S3Server(t testing.TB, buckets ...string) *S3 {
-	t.Helper()
-	bin := need(t, "versitygw")
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	if err := os.Mkdir(data, 0o755); err != nil {
-		t.Fatal(err)
+// StartS3 starts versitygw with its posix backend storing objects under
+// dir/data, and creates the given buckets.
+func StartS3(ctx context.Context, dir string, buckets ...string) (*S3, error) {
+	bin, err := findOrErr("versitygw")
+	if err != nil {
+		return nil, err
 	}
-	var srv *Server
-	for attempt := 0; srv == nil; attempt++ {
-		port := FreePort(t)
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		env := []string{"ROOT_ACCESS_KEY=" + AccessKey, "ROOT_SECRET_KEY=" + SecretKey}
-		srv = tryStart(t, bin, []string{"--port", addr, "posix", data}, env, addr, dir, attempt)
+	data := filepath.Join(dir, "data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return nil, err
+	}
+	env := []string{"ROOT_ACCESS_KEY=" + AccessKey, "ROOT_SECRET_KEY=" + SecretKey}
+	srv, err := startProc(bin, func(addr string, _ int) []string { return []string{"--port", addr, "posix", data} }, env, dir)
+	if err != nil {
+		return nil, err
 	}
 	cfg := s3x.Config{Endpoint: "http://" + srv.Addr, AccessKey: AccessKey, SecretKey: SecretKey, PathStyle: true}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	c, err := s3x.NewClient(ctx, cfg)
 	if err != nil {
-		t.Fatal(err)
+		srv.Stop()
+		return nil, err
 	}
 	for _, b := range buckets {
 		if err := s3x.EnsureBucket(ctx, c, b); err != nil {
-			t.Fatalf("create bucket %s: %v", b, err)
+			srv.Stop()
+			return nil, fmt.Errorf("create bucket %s: %w", b, err)
 		}
 	}
-	return &S3{Server: srv, Endpoint: cfg.Endpoint, Config: cfg, Client: c}
+	return &S3{Server: srv, Endpoint: cfg.Endpoint, Config: cfg, Client: c}, nil
 }
 
-// tryStart starts a server; on a port clash (another process took the port
-// between FreePort and the bind) it returns nil so the caller can retry.
-func tryStart(t testing.TB, bin string, args, env []string, addr, dir string, attempt int) *Server {
+// skipOrFail turns a missing binary into a skip (or a failure under
+// GENFLEET_REQUIRE_SERVICES=1) and any other error into a failure.
+func skipOrFail(t testing.TB, err error) {
 	t.Helper()
-	if attempt >= 5 {
-		t.Fatalf("could not start %s after %d attempts", filepath.Base(bin), attempt)
+	if errors.Is(err, ErrMissing) && os.Getenv("GENFLEET_REQUIRE_SERVICES") != "1" {
+		t.Skip(err)
 	}
-	logName := filepath.Join(dir, fmt.Sprintf("server-%d.log", attempt))
-	logf, err := os.Create(logName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			select {
-			case <-exited:
-			default:
-				_ = cmd.Process.Kill()
-				<-exited
-			}
-			logf.Close()
-		})
-	}
-	if err := waitTCP(addr, exited, 30*time.Second); err != nil {
-		stop()
-		out, _ := os.ReadFile(logName)
-		if strings.Contains(strings.ToLower(string(out)), "address already in use") {
-			return nil
-		}
-		t.Fatalf("%s: %v\n%s", filepath.Base(bin), err, tail(string(out), 2000))
-	}
-	t.Cleanup(stop)
-	return &Server{Addr: addr, Dir: dir, stop: stop, logName: logName}
+	t.Fatal(err)
 }
 
-// LogTail returns the last n bytes of the server's log, for failure messages.
-func (s *Server) LogTail(n int) string {
-	out, _ := os.ReadFile(s.logName)
-	return tail(string(out), n)
+// Redis starts a redis-server for the test.
+func Redis(t testing.TB) *Server {
+	t.Helper()
+	s, err := StartRedis(t.TempDir())
+	if err != nil {
+		skipOrFail(t, err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// S3Server starts versitygw for the test and creates the given buckets.
+func S3Server(t testing.TB, buckets ...string) *S3 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s, err := StartS3(ctx, t.TempDir(), buckets...)
+	if err != nil {
+		skipOrFail(t, err)
+	}
+	t.Cleanup(s.Stop)
+	return s
 }
