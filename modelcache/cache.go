@@ -29,6 +29,7 @@ const (
 type Cache struct {
 	root string
 	src  Source
+	opts Options
 }
 
 // Open opens the cache at root, creating its directories if needed, and
@@ -36,6 +37,11 @@ type Cache struct {
 // free: the fetcher died). src may be nil for a cache that only serves what
 // it already holds.
 func Open(root string, src Source) (*Cache, error) {
+	return OpenWith(root, src, Options{})
+}
+
+// OpenWith is Open with options; zero fields take their defaults.
+func OpenWith(root string, src Source, opts Options) (*Cache, error) {
 	if root == "" {
 		return nil, errors.New("open model cache: no root directory given")
 	}
@@ -48,7 +54,7 @@ func Open(root string, src Source) (*Cache, error) {
 			return nil, fmt.Errorf("open model cache: %w", err)
 		}
 	}
-	c := &Cache{root: abs, src: src}
+	c := &Cache{root: abs, src: src, opts: opts.withDefaults()}
 	if err := c.cleanTmp(); err != nil {
 		return nil, fmt.Errorf("open model cache %s: %w", abs, err)
 	}

@@ -1,0 +1,130 @@
+package modelcache
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options tune a Cache. The zero value of every field means its default.
+type Options struct {
+	// --- fetching (S3 → tmp/ → blobs/) ---
+
+	// FetchConcurrency is how many ranged GETs of one object run at once.
+	// Default 8.
+	FetchConcurrency int
+	// PartSize is the size of each ranged GET. Default 16 MiB.
+	PartSize int64
+	// StallTimeout aborts and retries a part that receives no bytes for this
+	// long. Default 30s.
+	StallTimeout time.Duration
+	// FetchRetries is how many times one part is retried (with backoff that
+	// honours the context) before the fetch fails. Default 5.
+	FetchRetries int
+	// Progress, when set, is called as a fetch makes progress (at most a few
+	// times a second per fetch, and once at the end).
+	Progress func(p FetchProgress)
+
+	// --- loading (blob → mapping or private copy) ---
+
+	// LoadMode is LoadMMap (default) or LoadRead.
+	LoadMode LoadMode
+	// Advice is the madvise advice applied to a mapping: AdviceNone
+	// (default), AdviceWillNeed, AdviceSequential, AdviceRandom or
+	// AdvicePopulate (prefault every page before Acquire returns).
+	Advice Advice
+	// Mlock locks mappings into RAM; failure (RLIMIT_MEMLOCK) is an error
+	// that names the limit.
+	Mlock bool
+	// Verify is the policy for re-hashing an existing blob on acquire.
+	// Default VerifyNever (blobs are verified once, when fetched).
+	Verify VerifyPolicy
+
+	// --- eviction ---
+
+	// Budget caps the bytes blobs/ may hold; 0 means BudgetPercent, and both
+	// zero means no cap.
+	Budget int64
+	// BudgetPercent caps blobs/ at this percentage of the file system's size.
+	BudgetPercent float64
+
+	// --- observability ---
+
+	// Metrics, when set, receives the cache's collectors.
+	Metrics prometheus.Registerer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// FetchProgress describes a fetch in flight.
+type FetchProgress struct {
+	URL    string
+	Digest string // "sha256:<hex>" when known in advance
+	Done   int64
+	Total  int64
+	// Finished is true on the last call for this fetch.
+	Finished bool
+}
+
+// LoadMode says how a blob becomes bytes in memory.
+type LoadMode string
+
+const (
+	// LoadMMap maps the blob read-only and shared: every process on the host
+	// shares one copy in the page cache.
+	LoadMMap LoadMode = "mmap"
+	// LoadRead reads the blob into private memory (the --no-mmap of other
+	// engines), for file systems where mapping is unwise.
+	LoadRead LoadMode = "read"
+)
+
+// Advice is madvise advice for a mapping.
+type Advice string
+
+const (
+	AdviceNone       Advice = "none"
+	AdviceWillNeed   Advice = "willneed"
+	AdviceSequential Advice = "sequential"
+	AdviceRandom     Advice = "random"
+	AdvicePopulate   Advice = "populate"
+)
+
+// VerifyPolicy says when an existing blob is re-hashed.
+type VerifyPolicy string
+
+const (
+	// VerifyNever trusts a blob once it was verified at fetch time.
+	VerifyNever VerifyPolicy = "never"
+	// VerifyOnOpen re-hashes a blob the first time this Cache opens it.
+	VerifyOnOpen VerifyPolicy = "on-open"
+)
+
+// withDefaults returns o with zero fields set to their defaults.
+func (o Options) withDefaults() Options {
+	if o.FetchConcurrency <= 0 {
+		o.FetchConcurrency = 8
+	}
+	if o.PartSize <= 0 {
+		o.PartSize = 16 << 20
+	}
+	if o.StallTimeout <= 0 {
+		o.StallTimeout = 30 * time.Second
+	}
+	if o.FetchRetries <= 0 {
+		o.FetchRetries = 5
+	}
+	if o.LoadMode == "" {
+		o.LoadMode = LoadMMap
+	}
+	if o.Advice == "" {
+		o.Advice = AdviceNone
+	}
+	if o.Verify == "" {
+		o.Verify = VerifyNever
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
