@@ -49,6 +49,16 @@ type Output struct {
 	CacheHit bool `json:"cache_hit"`
 }
 
+// Route says where the scheduler sent a job and why.
+type Route struct {
+	Queue string `json:"queue"`
+	Host  string `json:"host,omitempty"`
+	// Pool is the pool queue the job falls back to if Host stops
+	// heartbeating before running it.
+	Pool   string `json:"pool"`
+	Reason string `json:"reason"`
+}
+
 // WorkerInfo says which process ran a job.
 type WorkerInfo struct {
 	Host    string `json:"host"`
@@ -57,7 +67,12 @@ type WorkerInfo struct {
 }
 
 // Record is what Redis holds about a job besides asynq's own task state.
-// The scheduler creates it at submit; the worker updates it as it runs.
+// It is kept in two parts that are never read-modify-written across
+// processes: the scheduler writes the submit part (id, model, queue, route,
+// request, created_at) when it enqueues, the worker writes the run part
+// (status, error, timings, result, worker, attempt, started_at,
+// finished_at) as the job moves. Store.Get merges them.
+//
 // Timings are in milliseconds by phase: queue_wait, resolve, wait (for
 // another process fetching the same model), fetch, verify, map, generate,
 // encode, upload, total.
@@ -66,6 +81,7 @@ type Record struct {
 	Status     Status             `json:"status"`
 	Model      string             `json:"model"`
 	Queue      string             `json:"queue,omitempty"`
+	Route      *Route             `json:"route,omitempty"`
 	Error      string             `json:"error,omitempty"`
 	Request    *Request           `json:"request,omitempty"`
 	Progress   *Progress          `json:"progress,omitempty"`
@@ -85,14 +101,18 @@ const RecordTTL = 7 * 24 * time.Hour
 func recordKey(id string) string { return "genfleet:job:" + id }
 func idemKey(key string) string  { return "genfleet:idem:" + key }
 
-// Hash fields of a record key. The record's JSON and the cancel flag are
-// separate fields so that a cancel request never races a worker's update.
+// Hash fields of a record key. Each has one writer, so a cancel request,
+// a route change and a worker's update never overwrite each other.
 const (
-	fieldRecord = "rec"
-	fieldCancel = "cancel"
+	fieldSubmit = "rec"    // the scheduler's part (JSON Record)
+	fieldRun    = "run"    // the worker's part (JSON Record)
+	fieldFinal  = "final"  // terminal status, once there is one
+	fieldCancel = "cancel" // "1" once a cancel was requested
 	fieldStep   = "step"
 	fieldSteps  = "steps"
 )
+
+func claimKey(id string) string { return "genfleet:claim:" + id }
 
 // ErrNoRecord means the store has no record for the id.
 var ErrNoRecord = errors.New("no job record")
@@ -105,51 +125,165 @@ type Store struct {
 // NewStore returns a store on rdb.
 func NewStore(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
 
-// Put writes rec, replacing the previous record (the cancel flag and
-// progress are kept).
+// Put writes the submit part of rec (the scheduler's).
 func (s *Store) Put(ctx context.Context, rec *Record) error {
+	return s.put(ctx, rec.ID, fieldSubmit, rec)
+}
+
+// PutRun writes the run part of rec (the worker's) without claim checks:
+// for intermediate states such as "queued again, will retry".
+func (s *Store) PutRun(ctx context.Context, rec *Record) error {
+	return s.put(ctx, rec.ID, fieldRun, rec)
+}
+
+func (s *Store) put(ctx context.Context, id, field string, rec *Record) error {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	key := recordKey(rec.ID)
 	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, key, fieldRecord, b)
-	pipe.Expire(ctx, key, RecordTTL)
+	pipe.HSet(ctx, recordKey(id), field, b)
+	pipe.PExpire(ctx, recordKey(id), RecordTTL)
 	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("write job record %s: %w", rec.ID, err)
+		return fmt.Errorf("write job record %s: %w", id, err)
 	}
 	return nil
 }
 
-// Get returns the record of id, with live progress merged in. A missing
-// record gives ErrNoRecord.
+// Get returns the record of id: the submit and run parts merged, with live
+// progress. A missing record gives ErrNoRecord.
 func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
-	vals, err := s.rdb.HMGet(ctx, recordKey(id), fieldRecord, fieldStep, fieldSteps).Result()
+	vals, err := s.rdb.HMGet(ctx, recordKey(id), fieldSubmit, fieldRun, fieldStep, fieldSteps).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read job record %s: %w", id, err)
 	}
-	raw, ok := vals[0].(string)
-	if !ok {
+	sub, hasSub := vals[0].(string)
+	run, hasRun := vals[1].(string)
+	if !hasSub && !hasRun {
 		return nil, ErrNoRecord
 	}
-	var rec Record
-	if err := json.Unmarshal([]byte(raw), &rec); err != nil {
-		return nil, fmt.Errorf("job record %s is corrupt: %w", id, err)
+	rec := &Record{ID: id}
+	if hasSub {
+		if err := json.Unmarshal([]byte(sub), rec); err != nil {
+			return nil, fmt.Errorf("job record %s is corrupt: %w", id, err)
+		}
+	}
+	if hasRun {
+		var r Record
+		if err := json.Unmarshal([]byte(run), &r); err != nil {
+			return nil, fmt.Errorf("job record %s is corrupt: %w", id, err)
+		}
+		rec.merge(&r)
 	}
 	if rec.Status == StatusRunning {
-		step, _ := strconv.Atoi(str(vals[1]))
-		steps, _ := strconv.Atoi(str(vals[2]))
+		step, _ := strconv.Atoi(str(vals[2]))
+		steps, _ := strconv.Atoi(str(vals[3]))
 		if steps > 0 {
 			rec.Progress = &Progress{Step: step, Steps: steps}
 		}
 	}
-	return &rec, nil
+	return rec, nil
+}
+
+// merge overlays the run part r onto the submit part.
+func (rec *Record) merge(r *Record) {
+	rec.Status, rec.Error = r.Status, r.Error
+	rec.Timings, rec.Result, rec.Worker, rec.Attempt = r.Timings, r.Result, r.Worker, r.Attempt
+	rec.StartedAt, rec.FinishedAt = r.StartedAt, r.FinishedAt
+	if r.Queue != "" {
+		rec.Queue = r.Queue
+	}
+	if rec.Model == "" {
+		rec.Model = r.Model
+	}
+	if rec.Request == nil {
+		rec.Request = r.Request
+	}
+	if rec.CreatedAt.IsZero() {
+		rec.CreatedAt = r.CreatedAt
+	}
 }
 
 func str(v any) string {
 	s, _ := v.(string)
 	return s
+}
+
+// StartResult says whether a worker may run a job.
+type StartResult string
+
+const (
+	// StartOK: the claim is the caller's and the run part says running.
+	StartOK StartResult = "ok"
+	// StartCancelled: a cancel was requested before the job started.
+	StartCancelled StartResult = "cancelled"
+	// StartDone: another copy of the job already ended; don't run it twice.
+	StartDone StartResult = "done"
+	// StartClaimed: another live worker holds the job's claim right now.
+	StartClaimed StartResult = "claimed"
+)
+
+// startScript: one round trip to decide whether a worker may run a job and,
+// if so, take the job's run claim and write its run part.
+var startScript = redis.NewScript(`
+if redis.call("HGET", KEYS[1], "cancel") == "1" then return "cancelled" end
+if redis.call("HEXISTS", KEYS[1], "final") == 1 then return "done" end
+if not redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then return "claimed" end
+redis.call("HSET", KEYS[1], "run", ARGV[3])
+redis.call("HDEL", KEYS[1], "step", "steps")
+redis.call("PEXPIRE", KEYS[1], ARGV[4])
+return "ok"`)
+
+// Start decides in one round trip whether the caller (owner, unique per
+// attempt) may run job run.ID: it checks the cancel flag and whether the
+// job already ended, takes the run claim for claimTTL, and writes run as
+// the run part.
+func (s *Store) Start(ctx context.Context, run *Record, owner string, claimTTL time.Duration) (StartResult, error) {
+	b, err := json.Marshal(run)
+	if err != nil {
+		return "", err
+	}
+	res, err := startScript.Run(ctx, s.rdb, []string{recordKey(run.ID), claimKey(run.ID)},
+		owner, claimTTL.Milliseconds(), b, RecordTTL.Milliseconds()).Text()
+	if err != nil {
+		return "", fmt.Errorf("start job %s: %w", run.ID, err)
+	}
+	return StartResult(res), nil
+}
+
+var refreshScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)
+
+// RefreshClaim extends owner's claim on id.
+func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Duration) error {
+	return refreshScript.Run(ctx, s.rdb, []string{claimKey(id)}, owner, ttl.Milliseconds()).Err()
+}
+
+// finishScript writes the run part, marks a terminal status final, and
+// drops the caller's claim, in one round trip.
+var finishScript = redis.NewScript(`
+redis.call("HSET", KEYS[1], "run", ARGV[1])
+if ARGV[2] ~= "" then redis.call("HSET", KEYS[1], "final", ARGV[2]) end
+redis.call("PEXPIRE", KEYS[1], ARGV[4])
+if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then redis.call("DEL", KEYS[2]) end
+return 1`)
+
+// Finish writes run as the run part; a terminal status is recorded as
+// final, so no later copy of the job runs. owner's claim is released
+// (owner "" releases nothing).
+func (s *Store) Finish(ctx context.Context, run *Record, owner string) error {
+	b, err := json.Marshal(run)
+	if err != nil {
+		return err
+	}
+	final := ""
+	if run.Status.Terminal() {
+		final = string(run.Status)
+	}
+	err = finishScript.Run(ctx, s.rdb, []string{recordKey(run.ID), claimKey(run.ID)}, b, final, owner, RecordTTL.Milliseconds()).Err()
+	if err != nil {
+		return fmt.Errorf("write job record %s: %w", run.ID, err)
+	}
+	return nil
 }
 
 // SetProgress records step i of n of a running job.
@@ -162,7 +296,7 @@ func (s *Store) SetProgress(ctx context.Context, id string, step, steps int) err
 func (s *Store) RequestCancel(ctx context.Context, id string) error {
 	pipe := s.rdb.TxPipeline()
 	pipe.HSet(ctx, recordKey(id), fieldCancel, "1")
-	pipe.Expire(ctx, recordKey(id), RecordTTL)
+	pipe.PExpire(ctx, recordKey(id), RecordTTL)
 	_, err := pipe.Exec(ctx)
 	return err
 }

@@ -31,13 +31,11 @@ func PoolQueue(class string) string { return "pool:" + class }
 // DefaultPool is the device class used when a producer names none.
 const DefaultPool = "cpu"
 
-// Task defaults. Retention keeps a finished task's state in Redis so that
-// the API can report it; the worker also records every result under
-// ResultKey, which is what the API reads first.
+// Task defaults. asynq forgets a task once it completes (no retention):
+// the worker's job record, kept 7 days, is what the API reports.
 const (
-	DefaultMaxRetry  = 5
-	DefaultTimeout   = 30 * time.Minute
-	DefaultRetention = 24 * time.Hour
+	DefaultMaxRetry = 5
+	DefaultTimeout  = 30 * time.Minute
 )
 
 // EncodePayload validates req (after ApplyDefaults) and returns the payload
@@ -74,7 +72,7 @@ func DecodePayload(b []byte) (*Payload, error) {
 // NewTask returns the asynq task for req with job id id (the asynq task id,
 // which dedupes: a second enqueue with the same id fails with
 // asynq.ErrTaskIDConflict). The returned options put it on the pool queue of
-// class with genfleet's retry, timeout and retention defaults; options
+// class with genfleet's retry and timeout defaults; options
 // passed in opts come later and win.
 //
 // A Go producer enqueues directly with:
@@ -97,7 +95,6 @@ func NewTask(id string, req Request, class string, opts ...asynq.Option) (*asynq
 		asynq.Queue(PoolQueue(class)),
 		asynq.MaxRetry(DefaultMaxRetry),
 		asynq.Timeout(DefaultTimeout),
-		asynq.Retention(DefaultRetention),
 	}, opts...)
 	return asynq.NewTask(TaskType, b), all, nil
 }

@@ -12,11 +12,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Blob is one cached file, mapped read-only and leased.
+// Blob is one cached file, mapped read-only and leased, or (LoadRead) read
+// into a private copy.
 //
-// Data is a MAP_SHARED, PROT_READ mapping of the whole blob: every process
-// that maps the same blob shares the same page-cache pages. Writing to Data
-// faults. Data is valid until the Model that holds the Blob is closed.
+// In LoadMMap mode Data is a MAP_SHARED, PROT_READ mapping of the whole
+// blob: every process that maps the same blob shares the same page-cache
+// pages, and the Blob holds the lease for as long as Data is mapped. In
+// LoadRead mode Data is a private, read-only copy in anonymous memory and
+// the Blob holds no lease (the file may be evicted; the copy stays valid).
+// Writing to Data faults in both modes. Data is valid until the Model that
+// holds the Blob is closed.
 type Blob struct {
 	// Digest is "sha256:<hex>" of the content.
 	Digest string
@@ -27,9 +32,15 @@ type Blob struct {
 	Data []byte
 
 	// f is the read-only descriptor that holds the lease (a shared flock)
-	// for as long as Data is mapped.
+	// for as long as Data is a mapping of the file; nil for a private copy.
 	f *os.File
+	// private is true when Data is a private copy (LoadRead).
+	private bool
 }
+
+// Private reports whether Data is a private copy (LoadRead) rather than a
+// shared mapping of the cached file.
+func (b *Blob) Private() bool { return b.private }
 
 // errNoBlob means the blob is not (or no longer) in blobs/.
 var errNoBlob = errors.New("blob not in cache")
@@ -93,8 +104,8 @@ func mapBlob(f *os.File, hex, path string, size int64) (*Blob, error) {
 	return &Blob{Digest: digest, Path: path, Size: size, Data: data, f: f}, nil
 }
 
-// close unmaps the blob, then releases its lease: the lease must outlive the
-// mapping.
+// close unmaps the blob (or frees its private copy), then releases its
+// lease: the lease must outlive the mapping.
 func (b *Blob) close() error {
 	var errs []error
 	if b.Data != nil {

@@ -2,12 +2,15 @@ package modelcache
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -22,14 +25,20 @@ const (
 )
 
 // Cache is a content-addressed model cache rooted in one directory. A Cache
-// holds no state of its own beyond its root and source: everything that
-// processes share lives in the file system, so any number of Caches, in any
-// number of processes, may use one root at once. A Cache is safe for
-// concurrent use.
+// holds no shared state of its own beyond its root and source: everything
+// that processes share (blobs, locks, leases, last use) lives in the file
+// system, so any number of Caches, in any number of processes, may use one
+// root at once. A Cache is safe for concurrent use.
 type Cache struct {
-	root string
-	src  Source
-	opts Options
+	root    string
+	src     Source
+	opts    Options
+	metrics *metrics // nil without Options.Metrics
+
+	// verified holds the hex digests this Cache has re-hashed (or fetched)
+	// under VerifyOnOpen, so each blob is re-hashed once per Cache.
+	verifiedMu sync.Mutex
+	verified   map[string]bool
 }
 
 // Open opens the cache at root, creating its directories if needed, and
@@ -49,17 +58,36 @@ func OpenWith(root string, src Source, opts Options) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open model cache %s: %w", root, err)
 	}
-	for _, d := range []string{blobsDir, tmpDir, locksDir, refsDir} {
+	opts = opts.withDefaults()
+	for _, err := range []error{opts.LoadMode.Validate(), opts.Advice.Validate(), opts.Verify.Validate()} {
+		if err != nil {
+			return nil, fmt.Errorf("open model cache: %w", err)
+		}
+	}
+	if opts.Budget < 0 || opts.BudgetPercent < 0 || opts.BudgetPercent > 100 {
+		return nil, fmt.Errorf("open model cache: budget %d bytes / %g%%: want a size ≥ 0 or a percentage in [0, 100]", opts.Budget, opts.BudgetPercent)
+	}
+	for _, d := range []string{blobsDir, tmpDir, locksDir, refsDir, useDir} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
 			return nil, fmt.Errorf("open model cache: %w", err)
 		}
 	}
-	c := &Cache{root: abs, src: src, opts: opts.withDefaults()}
+	c := &Cache{root: abs, src: src, opts: opts, verified: map[string]bool{}}
 	if err := c.cleanTmp(); err != nil {
 		return nil, fmt.Errorf("open model cache %s: %w", abs, err)
 	}
+	if c.opts.Metrics != nil {
+		m, err := newMetrics(c.opts.Metrics, c)
+		if err != nil {
+			return nil, fmt.Errorf("open model cache %s: metrics: %w", abs, err)
+		}
+		c.metrics = m
+	}
 	return c, nil
 }
+
+// Options returns the options the Cache runs with, defaults filled in.
+func (c *Cache) Options() Options { return c.opts }
 
 // Root is the cache's root directory (absolute).
 func (c *Cache) Root() string { return c.root }
@@ -84,23 +112,32 @@ func validKey(key string) bool {
 	return false
 }
 
-// cleanTmp removes every tmp/<key>.* file whose key's lock it can take,
-// i.e. that no fetcher is writing. Files whose names are not ours are left
-// alone.
-//
-// The later resume work will keep partial downloads that have saved progress
-// rather than remove them.
+// cleanTmp removes what dead fetchers left in tmp/: every tmp/<key>.* file
+// whose key's lock it can take (no fetcher is writing it), except a partial
+// download worth resuming: tmp/<key>.part with a tmp/<key>.progress log
+// that is valid, matches the part file and records finished parts (see
+// resumable). Whether such a partial still matches the object in S3 (ETag
+// and size) is checked by the fetch that resumes it, which starts over if
+// not. Files whose names are not ours are left alone.
 func (c *Cache) cleanTmp() error {
 	dir := filepath.Join(c.root, tmpDir)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("clean tmp: %w", err)
 	}
+	byKey := map[string][]string{}
+	var keys []string
 	for _, e := range entries {
 		key, _, _ := strings.Cut(e.Name(), ".")
 		if !validKey(key) {
 			continue
 		}
+		if _, seen := byKey[key]; !seen {
+			keys = append(keys, key)
+		}
+		byKey[key] = append(byKey[key], e.Name())
+	}
+	for _, key := range keys {
 		lk, err := c.tryLock(key)
 		if err != nil {
 			return fmt.Errorf("clean tmp: %w", err)
@@ -108,16 +145,24 @@ func (c *Cache) cleanTmp() error {
 		if lk == nil {
 			continue // a fetch in progress owns it
 		}
-		err = os.Remove(filepath.Join(dir, e.Name()))
-		lk.Close()
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("clean tmp: %w", err)
+		keep := c.resumable(key)
+		for _, name := range byKey[key] {
+			if keep && (name == key+".part" || name == key+".progress") {
+				continue
+			}
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				lk.Close()
+				return fmt.Errorf("clean tmp: %w", err)
+			}
 		}
+		lk.Close()
 	}
 	return nil
 }
 
 // Report measures one Acquire. Durations are summed over the model's files.
+// Resolving a name to a manifest happens before Acquire (Registry.Resolve),
+// so callers time that phase themselves.
 type Report struct {
 	// Hit is true when every file was already on disk and nothing was
 	// downloaded by this call; a call that waited for another process's
@@ -133,10 +178,19 @@ type Report struct {
 	// even on a hit (to check its ETag), and that Head counts here.
 	Fetch time.Duration
 	// Verify is the digest check and the durable install: fsync the file,
-	// chmod, rename into blobs/, fsync the directory.
+	// chmod, rename into blobs/, fsync the directory; with VerifyOnOpen,
+	// also the re-hash of a blob already on disk.
 	Verify time.Duration
 	// Map is opening, leasing and mapping the blobs.
 	Map time.Duration
+	// Read is, in LoadRead mode, copying the blobs into private memory.
+	Read time.Duration
+	// Prefault is madvise (AdvicePopulate faults every page in here) and
+	// mlock.
+	Prefault time.Duration
+	// Corrupt counts blobs found corrupt by VerifyOnOpen, quarantined and
+	// fetched again by this call.
+	Corrupt int
 }
 
 func (r *Report) add(o Report) {
@@ -146,18 +200,28 @@ func (r *Report) add(o Report) {
 	r.Fetch += o.Fetch
 	r.Verify += o.Verify
 	r.Map += o.Map
+	r.Read += o.Read
+	r.Prefault += o.Prefault
+	r.Corrupt += o.Corrupt
 }
 
 // Acquire makes every file of m available, fetching missing ones from S3,
-// and returns them mapped and leased. Each file is downloaded at most once
-// per host however many processes ask at once: the others wait for the
+// and returns them mapped and leased (LoadMMap) or read into private memory
+// (LoadRead), as the Cache's options say. Each file is downloaded at most
+// once per host however many processes ask at once: the others wait for the
 // download (until ctx is done) and then map the blob.
 //
 // Files with a digest are verified against it (a mismatch yields an error
 // wrapping ErrDigestMismatch and adds nothing to the cache). A file without
 // one (a raw s3:// ref) is hashed on fetch, and what it hashed to is recorded
 // so that a later Acquire of the same unchanged object (same ETag and size,
-// checked with a Head) downloads nothing.
+// checked with a Head) downloads nothing. With VerifyOnOpen a blob already
+// on disk is re-hashed the first time this Cache opens it, and a corrupt one
+// is quarantined and fetched again.
+//
+// Every blob returned has its last use recorded. When this call downloaded
+// anything and the cache is over its budget, Acquire evicts least recently
+// used blobs (never the ones it returns; failures are logged, not returned).
 //
 // On error nothing stays mapped or leased.
 func (c *Cache) Acquire(ctx context.Context, m *Manifest) (*Model, error) {
@@ -169,16 +233,7 @@ func (c *Cache) Acquire(ctx context.Context, m *Manifest) (*Model, error) {
 	}
 	model := &Model{Manifest: m, Report: Report{Hit: true}}
 	for _, f := range m.Files {
-		var b *Blob
-		var r Report
-		var err error
-		if f.Size == 0 {
-			err = fmt.Errorf("%s is empty: a file of 0 bytes cannot be mapped", f.URL)
-		} else if f.Digest != "" {
-			b, r, err = c.acquireDigest(ctx, f)
-		} else {
-			b, r, err = c.acquireRef(ctx, f)
-		}
+		b, r, err := c.acquireFile(ctx, f)
 		model.Report.add(r)
 		if err != nil {
 			model.Close()
@@ -186,7 +241,85 @@ func (c *Cache) Acquire(ctx context.Context, m *Manifest) (*Model, error) {
 		}
 		model.Blobs = append(model.Blobs, b)
 	}
+	keep := make(map[string]bool, len(model.Blobs))
+	for _, b := range model.Blobs {
+		hex := b.Digest[len("sha256:"):]
+		keep[hex] = true
+		if err := c.touch(hex); err != nil {
+			c.opts.Logger.Warn("model cache", "err", err)
+		}
+	}
+	c.metrics.observe(&model.Report, c.opts.LoadMode)
+	if !model.Report.Hit {
+		c.gcAfterInstall(ctx, keep)
+	}
 	return model, nil
+}
+
+// acquireFile makes one file available and loads it (see load). Under
+// VerifyOnOpen a blob found on disk is re-hashed first; a corrupt one is
+// quarantined and fetched again, once.
+func (c *Cache) acquireFile(ctx context.Context, f File) (*Blob, Report, error) {
+	var rep Report
+	for attempt := 0; ; attempt++ {
+		var b *Blob
+		var r Report
+		var err error
+		switch {
+		case f.Size == 0:
+			err = fmt.Errorf("%s is empty: a file of 0 bytes cannot be mapped", f.URL)
+		case f.Digest != "":
+			b, r, err = c.acquireDigest(ctx, f)
+		default:
+			b, r, err = c.acquireRef(ctx, f)
+		}
+		if attempt == 0 {
+			rep = r
+		} else {
+			rep.add(r)
+		}
+		if err != nil {
+			return nil, rep, err
+		}
+		if c.opts.Verify == VerifyOnOpen {
+			if !r.Hit {
+				c.markVerified(b.Digest[len("sha256:"):]) // hashed as it arrived
+			} else if ok, err := c.verifyOnOpen(ctx, b, &rep); err != nil || !ok {
+				b.close()
+				if err != nil {
+					return nil, rep, err
+				}
+				rep.Corrupt++
+				if attempt == 0 {
+					continue
+				}
+				return nil, rep, &kindError{kind: ErrCorrupt, msg: fmt.Sprintf(
+					"%s: blob %s was corrupt again right after being fetched", f.URL, b.Digest)}
+			}
+		}
+		if err := c.load(b, &rep); err != nil {
+			return nil, rep, err
+		}
+		return b, rep, nil
+	}
+}
+
+// gcAfterInstall runs GC after an Acquire added blobs, if the cache is over
+// budget, keeping the blobs just acquired (they are leased anyway, except
+// in LoadRead mode).
+func (c *Cache) gcAfterInstall(ctx context.Context, keep map[string]bool) {
+	budget, err := c.Budget()
+	if err != nil || budget <= 0 {
+		return
+	}
+	res, err := c.gc(ctx, keep)
+	if err != nil {
+		c.opts.Logger.Warn("model cache gc after fetch", "err", err)
+	}
+	if res.Used > res.Budget {
+		c.opts.Logger.Warn("model cache over budget: the rest is in use",
+			"used", res.Used, "budget", res.Budget, "skipped_in_use", res.SkippedInUse)
+	}
 }
 
 // TryEvict removes the blob with the given digest ("sha256:<hex>") if no one
@@ -226,6 +359,8 @@ func (c *Cache) TryEvict(digest string) (bool, error) {
 	if err := os.Remove(path); err != nil {
 		return false, fmt.Errorf("evict %s: %w", digest, err)
 	}
+	// Still under the fetch lock, so no fresh copy's use record is lost.
+	os.Remove(c.usePath(hex))
 	return true, nil
 }
 
@@ -243,4 +378,97 @@ func syncDir(dir string) error {
 		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// Import installs the local file at path as a blob, by the same steps as a
+// fetch: copy into tmp/ while hashing, fsync, chmod 0444, rename into
+// blobs/, fsync the directory, all under the digest's fetch lock. It
+// returns the digest ("sha256:<hex>"). Importing a blob that is already
+// cached copies nothing. It is for seeding a cache without S3 (air-gapped
+// hosts, benchmarks); the blob's last use is recorded as now.
+func (c *Cache) Import(ctx context.Context, path string) (string, error) {
+	src, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("import: %w", err)
+	}
+	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		return "", fmt.Errorf("import %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() || st.Size() == 0 {
+		return "", fmt.Errorf("import %s: not a regular, non-empty file", path)
+	}
+	hex, err := hashFile(ctx, src, st.Size())
+	if err != nil {
+		return "", fmt.Errorf("import %s: %w", path, err)
+	}
+	digest := "sha256:" + hex
+	lk, _, err := c.lock(ctx, blobKey(hex))
+	if err != nil {
+		return "", fmt.Errorf("import %s: %w", path, err)
+	}
+	defer lk.Close()
+	if _, err := os.Stat(c.blobPath(hex)); err == nil {
+		return digest, c.touch(hex)
+	}
+	tmp := filepath.Join(c.root, tmpDir, blobKey(hex)+".import")
+	if err := c.copyVerified(ctx, src, tmp, hex, st.Size()); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("import %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, c.blobPath(hex)); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("import %s: %w", path, err)
+	}
+	if err := syncDir(filepath.Join(c.root, blobsDir)); err != nil {
+		return "", fmt.Errorf("import %s: %w", path, err)
+	}
+	if err := c.touch(hex); err != nil {
+		c.opts.Logger.Warn("model cache", "err", err)
+	}
+	c.opts.Logger.Debug("model cache imported blob", "digest", digest, "bytes", st.Size(), "from", path)
+	return digest, nil
+}
+
+// copyVerified copies src into a new file at dst, checks that the copy
+// hashes to want (the source may have changed since it was hashed), fsyncs
+// it and makes it read-only. The caller holds want's fetch lock, which
+// makes it dst's only writer.
+func (c *Cache) copyVerified(ctx context.Context, src *os.File, dst, want string, size int64) error {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	h := sha256.New()
+	buf := make([]byte, verifyChunk)
+	var off int64
+	for off < size {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, rerr := src.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+		if n > 0 {
+			h.Write(buf[:n])
+			if _, err := out.Write(buf[:n]); err != nil {
+				return err
+			}
+			off += int64(n)
+		}
+		if rerr != nil && off < size {
+			return rerr
+		}
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want {
+		return &kindError{kind: ErrDigestMismatch, msg: fmt.Sprintf(
+			"the file changed while it was imported (hashed to sha256:%s, then sha256:%s)", want, got)}
+	}
+	if err := out.Sync(); err != nil {
+		return err
+	}
+	if err := out.Chmod(0o444); err != nil {
+		return err
+	}
+	return out.Close()
 }

@@ -168,8 +168,13 @@ func TestAcquireFailsMidStreamThenSucceeds(t *testing.T) {
 		return rc
 	}}
 	root := t.TempDir()
-	c := openCache(t, root, src)
-	_, err := c.Acquire(t.Context(), m)
+	// No retries: the fault must reach the caller (retries are tested in
+	// fetch_test.go).
+	c, err := OpenWith(root, src, Options{FetchRetries: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Acquire(t.Context(), m)
 	if !errors.Is(err, errInjected) {
 		t.Fatalf("err = %v, want the injected fault", err)
 	}

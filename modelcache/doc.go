@@ -8,6 +8,8 @@
 //	<root>/tmp/<key>.part       a download in progress (owned by whoever holds <key>'s lock)
 //	<root>/locks/<key>.lock     flock(2) targets that serialise fetchers; never deleted
 //	<root>/refs/<hash>.json     what a raw s3:// ref resolved to ({url, etag, size, digest})
+//	<root>/use/sha256-<hex>     empty; its mtime is the blob's last use (LRU survives restarts)
+//	<root>/quarantine/…         blobs that failed re-verification, moved aside by rename
 //
 // <key> is "sha256-<hex>" when the digest is known (a registered model) and
 // "ref-<sha256 of the URL>" when it is not (a raw s3:// ref, hashed on fetch).

@@ -17,9 +17,6 @@ import (
 	"github.com/genfleet/genfleet/internal/s3x"
 )
 
-// copyBufSize is the buffer between the S3 body and the tmp file.
-const copyBufSize = 1 << 20
-
 // maxRefRecordBytes bounds how much of a refs/ record is read.
 const maxRefRecordBytes = 64 << 10
 
@@ -54,7 +51,7 @@ func (c *Cache) acquireDigest(ctx context.Context, f File) (*Blob, Report, error
 	if err != nil {
 		return nil, rep, err
 	}
-	p, err := c.download(ctx, u, info, blobKey(want), &rep)
+	p, err := c.download(ctx, u, info, blobKey(want), "sha256:"+want, &rep)
 	if err != nil {
 		return nil, rep, err
 	}
@@ -97,7 +94,7 @@ func (c *Cache) acquireRef(ctx context.Context, f File) (*Blob, Report, error) {
 		return b, rep, err
 	}
 
-	p, err := c.download(ctx, u, info, refKey(urlHash), &rep)
+	p, err := c.download(ctx, u, info, refKey(urlHash), "", &rep)
 	if err != nil {
 		return nil, rep, err
 	}
@@ -157,10 +154,11 @@ func (c *Cache) head(ctx context.Context, u s3x.URL, size int64, rep *Report) (O
 
 // partial is a download in tmp/, complete and hashed but not yet installed.
 type partial struct {
-	f    *os.File // open for writing; nil once installed or discarded
-	path string
-	hex  string // sha256 of the content
-	size int64
+	f        *os.File // open for writing; nil once installed or discarded
+	path     string
+	progress string // its progress log, removed once installed or discarded
+	hex      string // sha256 of the content
+	size     int64
 }
 
 // discard removes the partial file unless it was installed.
@@ -168,45 +166,106 @@ func (p *partial) discard() {
 	if p.f != nil {
 		p.f.Close()
 		os.Remove(p.path)
+		os.Remove(p.progress)
 		p.f = nil
 	}
 }
 
-// download streams the object, pinned to info.ETag, into tmp/<key>.part,
-// hashing the bytes as they arrive. The caller must hold key's lock, which
-// makes it the tmp file's only writer. On error the tmp file is removed.
+// download fetches the object, pinned to info.ETag, into tmp/<key>.part and
+// returns it hashed. want is the expected "sha256:<hex>" digest when known
+// (for progress reports only; install checks it). The caller must hold
+// key's lock, which makes it the tmp files' only writer.
 //
-// This is the single place bytes come from S3; parallel ranged GETs and
-// resuming from saved progress belong here.
-func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key string, rep *Report) (*partial, error) {
+// An object of at most PartSize bytes is one GET. A larger one is fetched
+// as parallel ranged GETs of PartSize bytes, FetchConcurrency at a time,
+// written with pwrite into a preallocated file, while a hasher consumes the
+// finished prefix; each finished part is fdatasync'ed and recorded in
+// tmp/<key>.progress, and a later download of the same object version (same
+// ETag and size), in this process or another, fetches only the parts not
+// recorded. A part that receives no bytes for StallTimeout is cancelled and
+// retried; failed parts are retried up to FetchRetries times with
+// exponential backoff and jitter, resuming from the bytes already written.
+//
+// On error, a multi-part download that recorded finished parts is kept for
+// resuming, unless the object changed (ErrChanged): then, as after any
+// failed single-part download, the tmp files are removed.
+func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, want string, rep *Report) (*partial, error) {
 	t := time.Now()
 	defer func() { rep.Fetch += time.Since(t) }()
-	body, err := c.src.Get(ctx, u.Bucket, u.Key, info.ETag)
+	ft := &fetcher{src: c.src, u: u, etag: info.ETag, size: info.Size, digest: want, opts: c.opts}
+	path, progPath := c.tmpPath(key), c.progressPath(key)
+	hdr := progressHeader{V: progressVersion, URL: u.String(), ETag: info.ETag, Size: info.Size, PartSize: c.opts.PartSize}
+	ft.single = info.Size <= c.opts.PartSize || info.ETag == "" // without an ETag, parts could mix versions
+
+	var done []bool
+	if !ft.single {
+		if old, d, ok := c.readProgress(key); ok && old.ETag == info.ETag && old.Size == info.Size && old.URL == hdr.URL {
+			hdr, done = old, d // the recorded part size defines the parts
+		}
+	}
+	var err error
+	if done != nil {
+		ft.f, err = os.OpenFile(path, os.O_RDWR, 0)
+		if err == nil {
+			ft.log, err = c.appendProgress(key)
+		}
+	} else {
+		os.Remove(progPath)
+		ft.f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err == nil {
+			err = preallocate(ft.f, info.Size)
+		}
+		if err == nil && !ft.single {
+			ft.log, err = c.createProgress(key, hdr)
+		}
+	}
 	if err != nil {
+		if ft.f != nil {
+			ft.f.Close()
+		}
+		c.discardPartial(key)
+		return nil, fmt.Errorf("download %s: %w", u, err)
+	}
+
+	partSize := hdr.PartSize
+	if ft.single {
+		partSize = info.Size
+	}
+	n := int((info.Size + partSize - 1) / partSize)
+	ft.parts = make([]fetchPart, n)
+	var resumed int64
+	for i := range ft.parts {
+		p := &ft.parts[i]
+		p.off = int64(i) * partSize
+		p.n = min(partSize, info.Size-p.off)
+		if done != nil && done[i] {
+			p.written.Store(p.n)
+			resumed += p.n
+		} else {
+			ft.todo = append(ft.todo, i)
+		}
+	}
+	if resumed > 0 {
+		c.opts.Logger.Info("resuming fetch", "url", u.String(), "have_bytes", resumed, "size", info.Size,
+			"parts_left", len(ft.todo), "parts", n)
+	}
+
+	hexSum, err := ft.run(ctx)
+	rep.FetchedBytes += ft.fetched.Load()
+	if cerr := ft.log.close(); err == nil && cerr != nil {
+		err = fmt.Errorf("download %s: %w", u, cerr)
+	}
+	if err != nil {
+		ft.f.Close()
+		if ft.single || errors.Is(err, ErrChanged) || !c.resumable(key) {
+			c.discardPartial(key)
+		}
+		if errors.Is(err, errStalled) {
+			err = fmt.Errorf("download %s: %w (no bytes for %v)", u, err, c.opts.StallTimeout)
+		}
 		return nil, err
 	}
-	defer body.Close()
-	path := c.tmpPath(key)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("download %s: %w", u, err)
-	}
-	p := &partial{f: f, path: path, size: info.Size}
-	h := sha256.New()
-	// Read one byte more than expected so that an overlong body is noticed.
-	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(body, info.Size+1), make([]byte, copyBufSize))
-	rep.FetchedBytes += n
-	if err != nil {
-		p.discard()
-		return nil, fmt.Errorf("download %s: %w", u, err)
-	}
-	if n != info.Size {
-		p.discard()
-		return nil, &kindError{kind: ErrChanged, msg: fmt.Sprintf(
-			"download %s: got %d bytes, Head said %d", u, n, info.Size)}
-	}
-	p.hex = hex.EncodeToString(h.Sum(nil))
-	return p, nil
+	return &partial{f: ft.f, path: path, progress: progPath, hex: hexSum, size: info.Size}, nil
 }
 
 // install verifies p against want (skipped when want is "") and moves it
@@ -261,6 +320,7 @@ func (c *Cache) installFile(p *partial) (*os.File, error) {
 	}
 	p.f.Close()
 	p.f = nil // installed: nothing to discard
+	os.Remove(p.progress)
 	if err := syncDir(filepath.Join(c.root, blobsDir)); err != nil {
 		rf.Close()
 		return nil, err

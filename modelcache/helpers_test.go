@@ -28,6 +28,10 @@ func TestMain(m *testing.M) {
 		holdLock(spec)
 		return
 	}
+	if spec := os.Getenv(fetchHelperEnv); spec != "" {
+		fetchHelper(spec)
+		return
+	}
 	os.Exit(m.Run())
 }
 
@@ -146,6 +150,7 @@ func (e *env) putObject(t *testing.T, key string, data []byte) {
 type testSource struct {
 	Source
 	heads, gets atomic.Int64
+	ranged      atomic.Int64
 	// beforeGet, if set, runs before the n-th (1-based) Get is passed on;
 	// an error it returns is the Get's error.
 	beforeGet func(ctx context.Context, n int64) error
@@ -168,6 +173,23 @@ func (s *testSource) Get(ctx context.Context, bucket, key, etag string) (io.Read
 	rc, err := s.Source.Get(ctx, bucket, key, etag)
 	if err == nil && s.wrapBody != nil {
 		rc = s.wrapBody(rc, n)
+	}
+	return rc, err
+}
+
+// GetRange counts as a Get (gets counts every GET request) and goes through
+// the same hooks; ranged counts the ranged ones alone.
+func (s *testSource) GetRange(ctx context.Context, bucket, key, etag string, off, n int64) (io.ReadCloser, error) {
+	s.ranged.Add(1)
+	g := s.gets.Add(1)
+	if s.beforeGet != nil {
+		if err := s.beforeGet(ctx, g); err != nil {
+			return nil, err
+		}
+	}
+	rc, err := s.Source.GetRange(ctx, bucket, key, etag, off, n)
+	if err == nil && s.wrapBody != nil {
+		rc = s.wrapBody(rc, g)
 	}
 	return rc, err
 }

@@ -14,16 +14,23 @@ type Options struct {
 	// FetchConcurrency is how many ranged GETs of one object run at once.
 	// Default 8.
 	FetchConcurrency int
-	// PartSize is the size of each ranged GET. Default 16 MiB.
+	// PartSize is the size of each ranged GET; an object of at most this
+	// size is fetched with one plain GET. It is also the unit of resuming:
+	// an interrupted fetch keeps the parts it finished. Default 16 MiB.
 	PartSize int64
-	// StallTimeout aborts and retries a part that receives no bytes for this
-	// long. Default 30s.
+	// StallTimeout cancels and retries a GET that receives no bytes for
+	// this long (waiting for the response counts). Default 30s.
 	StallTimeout time.Duration
-	// FetchRetries is how many times one part is retried (with backoff that
-	// honours the context) before the fetch fails. Default 5.
+	// FetchRetries is how many times one part is retried (with exponential
+	// backoff and jitter that honour the context) before the fetch fails;
+	// a retry resumes from the part's bytes already written. Errors that a
+	// retry cannot fix (ErrChanged, ErrNotFound, local write errors) are not
+	// retried. Default 5; a negative value means no retries.
 	FetchRetries int
 	// Progress, when set, is called as a fetch makes progress (at most a few
-	// times a second per fetch, and once at the end).
+	// times a second per fetch, and once at the end, with Finished set,
+	// whether the fetch succeeded or not). It is called from a goroutine of
+	// the fetch and must not block.
 	Progress func(p FetchProgress)
 
 	// --- loading (blob → mapping or private copy) ---
@@ -57,12 +64,21 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// Defaults of the fetch options, measured with genfleet bench fetch (see
+// docs/benchmarks.md).
+const (
+	DefaultFetchConcurrency = 8
+	DefaultPartSize         = 16 << 20
+)
+
 // FetchProgress describes a fetch in flight.
 type FetchProgress struct {
 	URL    string
 	Digest string // "sha256:<hex>" when known in advance
-	Done   int64
-	Total  int64
+	// Done counts the bytes in place, including those a resumed fetch
+	// found from an earlier attempt; Total is the object's size.
+	Done  int64
+	Total int64
 	// Finished is true on the last call for this fetch.
 	Finished bool
 }
@@ -103,16 +119,18 @@ const (
 // withDefaults returns o with zero fields set to their defaults.
 func (o Options) withDefaults() Options {
 	if o.FetchConcurrency <= 0 {
-		o.FetchConcurrency = 8
+		o.FetchConcurrency = DefaultFetchConcurrency
 	}
 	if o.PartSize <= 0 {
-		o.PartSize = 16 << 20
+		o.PartSize = DefaultPartSize
 	}
 	if o.StallTimeout <= 0 {
 		o.StallTimeout = 30 * time.Second
 	}
-	if o.FetchRetries <= 0 {
+	if o.FetchRetries == 0 {
 		o.FetchRetries = 5
+	} else if o.FetchRetries < 0 {
+		o.FetchRetries = 0
 	}
 	if o.LoadMode == "" {
 		o.LoadMode = LoadMMap

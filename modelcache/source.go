@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
@@ -27,6 +28,11 @@ type Source interface {
 	// error wrapping ErrChanged, so bytes of two versions never mix. A
 	// missing object yields an error wrapping ErrNotFound.
 	Get(ctx context.Context, bucket, key, ifMatchETag string) (io.ReadCloser, error)
+	// GetRange streams the n bytes of the object that start at off (n > 0,
+	// off+n within the object), pinned to ifMatchETag like Get. A server
+	// that answers with other bytes than those asked for (ignoring Range)
+	// yields an error rather than a body.
+	GetRange(ctx context.Context, bucket, key, ifMatchETag string, off, n int64) (io.ReadCloser, error)
 	// Put stores size bytes read from body at bucket/key, replacing any
 	// object there atomically. body may be read more than once (it is rewound
 	// with Seek), e.g. to sign the payload.
@@ -81,6 +87,28 @@ func (s *s3Source) Get(ctx context.Context, bucket, key, ifMatchETag string) (io
 	out, err := s.c.GetObject(ctx, in)
 	if err != nil {
 		return nil, s3Error("get", bucket, key, err)
+	}
+	return out.Body, nil
+}
+
+func (s *s3Source) GetRange(ctx context.Context, bucket, key, ifMatchETag string, off, n int64) (io.ReadCloser, error) {
+	if off < 0 || n <= 0 {
+		return nil, fmt.Errorf("get %s: invalid range of %d bytes at %d", s3x.URL{Bucket: bucket, Key: key}, n, off)
+	}
+	rng := fmt.Sprintf("bytes=%d-%d", off, off+n-1)
+	in := &s3.GetObjectInput{Bucket: &bucket, Key: &key, Range: &rng}
+	if ifMatchETag != "" {
+		in.IfMatch = &ifMatchETag
+	}
+	out, err := s.c.GetObject(ctx, in)
+	if err != nil {
+		return nil, s3Error("get", bucket, key, err)
+	}
+	cr := aws.ToString(out.ContentRange)
+	if aws.ToInt64(out.ContentLength) != n || !strings.HasPrefix(cr, fmt.Sprintf("bytes %d-%d/", off, off+n-1)) {
+		out.Body.Close()
+		return nil, fmt.Errorf("get %s: asked for %s, got %d bytes with Content-Range %q",
+			s3x.URL{Bucket: bucket, Key: key}, rng, aws.ToInt64(out.ContentLength), cr)
 	}
 	return out.Body, nil
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -47,6 +48,22 @@ type Config struct {
 	// answer 404 for an unknown one. Default true via New's callers; a
 	// registry that cannot be reached does not block submission.
 	CheckModels bool
+	// Routing is the routing policy (see Route). Its zero value routes
+	// nothing: every job goes to the pool queue.
+	Routing Policy
+	// FleetTTL is how long a fetched view of the fleet is reused for
+	// routing decisions. Default 250ms.
+	FleetTTL time.Duration
+	// HostTimeout is how long a host may go without a heartbeat before the
+	// reaper moves its pending host-queue jobs back to the pool. Default 10s
+	// (workers beat every 2s; a heartbeat lives 6s).
+	HostTimeout time.Duration
+	// ReapInterval is how often the reaper looks for silent hosts. Default 2s.
+	ReapInterval time.Duration
+	// ManifestTTL is how long a resolved model manifest is reused at submit
+	// before the registry is asked again. Default 5s. Unknown models are
+	// never cached, so a model pushed a moment ago is found at once.
+	ManifestTTL time.Duration
 	Logger      *slog.Logger
 }
 
@@ -61,7 +78,12 @@ type Server struct {
 	reg       *prometheus.Registry
 	submitted *prometheus.CounterVec
 	requests  *prometheus.CounterVec
+	routed    *prometheus.CounterVec
+	moved     prometheus.Counter
 	handler   http.Handler
+	fleet     *job.Fleet
+	view      fleetCache
+	manifests manifestCache
 }
 
 // New returns an API server. Close releases its connections.
@@ -81,6 +103,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.FleetTTL <= 0 {
+		cfg.FleetTTL = 250 * time.Millisecond
+	}
+	if cfg.HostTimeout <= 0 {
+		cfg.HostTimeout = 10 * time.Second
+	}
+	if cfg.ReapInterval <= 0 {
+		cfg.ReapInterval = 2 * time.Second
+	}
+	if cfg.ManifestTTL <= 0 {
+		cfg.ManifestTTL = 5 * time.Second
+	}
 	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
 		return nil, errors.New("scheduler: unsupported Redis connection option")
@@ -91,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 		client:    asynq.NewClientFromRedisClient(rdb),
 		inspector: asynq.NewInspectorFromRedisClient(rdb),
 		store:     job.NewStore(rdb),
+		fleet:     job.NewFleet(rdb),
 		log:       cfg.Logger,
 		reg:       prometheus.NewRegistry(),
 		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -102,7 +137,16 @@ func New(cfg Config) (*Server, error) {
 			Help: "HTTP requests by route and status code.",
 		}, []string{"route", "code"}),
 	}
-	s.reg.MustRegister(s.submitted, s.requests, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.routed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "genfleet_scheduler_routing_decisions_total",
+		Help: "Routing decisions: decision=host (sent to a host where the model is warm) or pool, with the reason class.",
+	}, []string{"decision", "reason"})
+	s.moved = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "genfleet_scheduler_jobs_moved_total",
+		Help: "Jobs moved from the queue of a host that stopped heartbeating back to its pool.",
+	})
+	s.reg.MustRegister(s.submitted, s.requests, s.routed, s.moved, &queueCollector{s: s},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	mux := http.NewServeMux()
 	s.route(mux, "POST /v1/jobs", s.createJob)
@@ -110,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 	s.route(mux, "GET /v1/jobs/{id}/image", s.getImage)
 	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
 	s.route(mux, "GET /v1/models", s.listModels)
+	s.route(mux, "GET /v1/workers", s.listWorkers)
 	s.route(mux, "GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -206,8 +251,19 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 
+	var digests []string
 	if s.cfg.CheckModels {
-		if _, err := s.cfg.Registry.Resolve(ctx, req.Model); err != nil {
+		man, err := s.resolve(ctx, req.Model)
+		if err == nil {
+			for _, f := range man.Files {
+				if f.Digest == "" {
+					digests = nil // a raw ref: its digest is known only once fetched
+					break
+				}
+				digests = append(digests, f.Digest)
+			}
+		}
+		if err != nil {
 			switch {
 			case errors.Is(err, modelcache.ErrModelNotFound):
 				s.submitted.WithLabelValues("unknown_model").Inc()
@@ -242,14 +298,15 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	queue := job.PoolQueue(s.cfg.Pool)
-	rec := &job.Record{ID: id, Status: job.StatusQueued, Model: req.Model, Queue: queue, Request: &req, CreatedAt: time.Now().UTC()}
+	route := s.routeJob(ctx, digests)
+	queue := route.Queue
+	rec := &job.Record{ID: id, Status: job.StatusQueued, Model: req.Model, Queue: queue, Route: &route, Request: &req, CreatedAt: time.Now().UTC()}
 	if err := s.store.Put(ctx, rec); err != nil {
 		s.releaseIdem(idemKey, id)
 		s.unavailable(w, err)
 		return
 	}
-	task, opts, err := job.NewTask(id, req, s.cfg.Pool)
+	task, opts, err := job.NewTask(id, req, s.cfg.Pool, asynq.Queue(queue))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -261,9 +318,9 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.submitted.WithLabelValues("enqueued").Inc()
-	s.log.Info("job enqueued", "job", id, "model", req.Model, "queue", queue)
+	s.log.Info("job enqueued", "job", id, "model", req.Model, "queue", queue, "route", route.Reason)
 	w.Header().Set("Location", "/v1/jobs/"+id)
-	writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "status": job.StatusQueued})
+	writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "status": job.StatusQueued, "queue": queue})
 }
 
 func (s *Server) releaseIdem(key, id string) {
@@ -404,9 +461,8 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	// A job no worker holds yet is removed from its queue right away.
 	if rec.Queue != "" {
 		if err := s.inspector.DeleteTask(rec.Queue, id); err == nil {
-			rec.Status = job.StatusCancelled
-			rec.FinishedAt = time.Now().UTC()
-			if err := s.store.Put(ctx, rec); err != nil {
+			run := &job.Record{ID: id, Status: job.StatusCancelled, Queue: rec.Queue, FinishedAt: time.Now().UTC()}
+			if err := s.store.Finish(ctx, run, ""); err != nil {
 				s.unavailable(w, err)
 				return
 			}
@@ -417,16 +473,37 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "status": rec.Status, "cancel_requested": true})
 }
 
+// modelEntry is a registered model and the hosts that hold it.
+type modelEntry struct {
+	modelcache.Manifest
+	Hosts []ModelHost `json:"hosts"`
+}
+
 func (s *Server) listModels(w http.ResponseWriter, r *http.Request) {
 	models, err := s.cfg.Registry.List(r.Context())
 	if err != nil && models == nil {
 		writeError(w, http.StatusBadGateway, fmt.Errorf("list models: %w", err))
 		return
 	}
-	if models == nil {
-		models = []modelcache.Manifest{}
+	hosts, _, ferr := s.fleetView(r.Context())
+	if ferr != nil {
+		s.log.Warn("fleet view unavailable for /v1/models", "err", ferr)
 	}
-	body := map[string]any{"models": models}
+	entries := make([]modelEntry, 0, len(models))
+	for _, m := range models {
+		e := modelEntry{Manifest: m, Hosts: []ModelHost{}}
+		var digests []string
+		for _, f := range m.Files {
+			digests = append(digests, f.Digest)
+		}
+		for i := range hosts {
+			if res, ok := hosts[i].resident(digests); ok {
+				e.Hosts = append(e.Hosts, ModelHost{Host: hosts[i].Host, Resident: res})
+			}
+		}
+		entries = append(entries, e)
+	}
+	body := map[string]any{"models": entries}
 	if err != nil {
 		// Some manifests could not be read: list the rest and say which.
 		body["errors"] = err.Error()
@@ -443,4 +520,36 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// manifestCache keeps resolved manifests for Config.ManifestTTL.
+type manifestCache struct {
+	mu sync.Mutex
+	m  map[string]cachedManifest
+}
+
+type cachedManifest struct {
+	man *modelcache.Manifest
+	at  time.Time
+}
+
+// resolve resolves ref through the registry, reusing a recent answer.
+func (s *Server) resolve(ctx context.Context, ref string) (*modelcache.Manifest, error) {
+	s.manifests.mu.Lock()
+	if c, ok := s.manifests.m[ref]; ok && time.Since(c.at) < s.cfg.ManifestTTL {
+		s.manifests.mu.Unlock()
+		return c.man, nil
+	}
+	s.manifests.mu.Unlock()
+	man, err := s.cfg.Registry.Resolve(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	s.manifests.mu.Lock()
+	if s.manifests.m == nil || len(s.manifests.m) > 10000 {
+		s.manifests.m = map[string]cachedManifest{}
+	}
+	s.manifests.m[ref] = cachedManifest{man: man, at: time.Now()}
+	s.manifests.mu.Unlock()
+	return man, nil
 }

@@ -23,6 +23,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -66,6 +67,17 @@ type Config struct {
 	// min(RetryBase·2^(n-1), RetryMax), ±25% jitter so that jobs failed by one
 	// outage do not all come back at once. Defaults 2s and 5m.
 	RetryBase, RetryMax time.Duration
+	// HeartbeatInterval is how often the process publishes its state; the
+	// heartbeat expires after three intervals. Default 2s.
+	HeartbeatInterval time.Duration
+	// PollInterval is how often an idle worker checks its queues for new
+	// jobs (asynq's TaskCheckInterval). It bounds the start latency of a job
+	// submitted to an idle fleet. Default 20ms.
+	PollInterval time.Duration
+	// Noop runs each job's bookkeeping (claim, records, cancel watch,
+	// metrics) but skips the model, the backend and the upload: for
+	// benchmarking genfleet's queueing overhead against plain asynq.
+	Noop bool
 	// Metrics, when set, receives the worker's collectors.
 	Metrics prometheus.Registerer
 	// Logger defaults to slog.Default().
@@ -87,12 +99,16 @@ type Worker struct {
 	baseCancel context.CancelCauseFunc
 	// running counts handlers still executing, so Run can wait for the ones
 	// it cancelled to write their records.
-	running sync.WaitGroup
+	running  sync.WaitGroup
+	inFlight atomic.Int64
+	models   models
+	fleet    *job.Fleet
 }
 
 var (
 	errShutdown  = errors.New("worker shutting down")
 	errCancelled = errors.New("job cancelled by request")
+	errClaimed   = errors.New("job is running in another worker")
 )
 
 // New checks cfg and returns a Worker.
@@ -122,6 +138,12 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 2 * time.Second
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 20 * time.Millisecond
+	}
 	if cfg.RetryBase <= 0 {
 		cfg.RetryBase = 2 * time.Second
 	}
@@ -136,6 +158,7 @@ func New(cfg Config) (*Worker, error) {
 		cfg:     cfg,
 		rdb:     rdb,
 		store:   job.NewStore(rdb),
+		fleet:   job.NewFleet(rdb),
 		log:     cfg.Logger.With("host", cfg.HostID, "pid", os.Getpid(), "backend", cfg.Backend.Name()),
 		metrics: newMetrics(cfg.Metrics),
 		pid:     os.Getpid(),
@@ -157,15 +180,20 @@ func (w *Worker) Queues() map[string]int {
 // comment gives. It returns nil after a clean shutdown.
 func (w *Worker) Run(ctx context.Context) error {
 	srv := asynq.NewServer(w.cfg.Redis, asynq.Config{
-		Concurrency:     w.cfg.Concurrency,
-		Queues:          w.Queues(),
-		StrictPriority:  true,
-		ShutdownTimeout: w.cfg.ShutdownTimeout,
-		BaseContext:     func() context.Context { return w.baseCtx },
+		Concurrency:              w.cfg.Concurrency,
+		Queues:                   w.Queues(),
+		TaskCheckInterval:        w.cfg.PollInterval,
+		DelayedTaskCheckInterval: time.Second,
+		StrictPriority:           true,
+		ShutdownTimeout:          w.cfg.ShutdownTimeout,
+		BaseContext:              func() context.Context { return w.baseCtx },
 		// Invalid jobs return SkipRetry and are archived at once; other
 		// errors retry with asynq's default exponential backoff.
-		IsFailure: func(err error) bool { return !errors.Is(err, errShutdown) },
+		IsFailure: func(err error) bool { return !errors.Is(err, errShutdown) && !errors.Is(err, errClaimed) },
 		RetryDelayFunc: func(n int, err error, _ *asynq.Task) time.Duration {
+			if errors.Is(err, errClaimed) {
+				return time.Second
+			}
 			return retryDelay(n, w.cfg.RetryBase, w.cfg.RetryMax)
 		},
 		Logger:   asynqLogger{w.log},
@@ -176,10 +204,17 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("worker: start: %w", err)
 	}
+	hbCtx, stopHB := context.WithCancel(context.Background())
+	hbDone := make(chan struct{})
+	hb := &heartbeat{w: w, fleet: w.fleet, interval: w.cfg.HeartbeatInterval, started: time.Now()}
+	go func() { defer close(hbDone); hb.run(hbCtx) }()
 	w.log.Info("worker started", "queues", w.Queues(), "concurrency", w.cfg.Concurrency)
 	<-ctx.Done()
 	w.log.Info("worker shutting down", "timeout", w.cfg.ShutdownTimeout)
 	srv.Shutdown()
+	// Heartbeats stop after the last job was finished or handed back, so the
+	// scheduler never sees a silent host that still holds work.
+	defer func() { stopHB(); <-hbDone }()
 	w.baseCancel(errShutdown)
 	done := make(chan struct{})
 	go func() { w.running.Wait(); close(done) }()
@@ -207,77 +242,80 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	defer w.running.Done()
 	w.metrics.inFlight.Inc()
 	defer w.metrics.inFlight.Dec()
+	w.inFlight.Add(1)
+	defer w.inFlight.Add(-1)
 
 	// Record writes must land even when ctx is being cancelled.
 	wctx := context.WithoutCancel(ctx)
-	rec, err := w.store.Get(wctx, id)
-	if err != nil {
-		if !errors.Is(err, job.ErrNoRecord) {
-			return fmt.Errorf("read job record: %w", err) // Redis fault: retry
-		}
-		// Enqueued straight into Redis by a producer: start a record.
-		rec = &job.Record{ID: id, CreatedAt: started}
+	rec := &job.Record{
+		ID: id, Queue: queue, Attempt: retried + 1, CreatedAt: started.UTC(),
+		Worker: &job.WorkerInfo{Host: w.cfg.HostID, PID: w.pid, Backend: w.cfg.Backend.Name()},
 	}
-	rec.Queue = queue
-	rec.Attempt = retried + 1
-	rec.Worker = &job.WorkerInfo{Host: w.cfg.HostID, PID: w.pid, Backend: w.cfg.Backend.Name()}
+	// owner is unique per attempt: it names this claim, no other.
+	owner := fmt.Sprintf("%s:%d:%d", w.cfg.HostID, w.pid, started.UnixNano())
 
 	p, err := job.DecodePayload(t.Payload())
 	if err != nil {
 		log.Warn("invalid job", "err", err)
-		w.finish(wctx, rec, job.StatusFailed, err.Error(), started)
+		w.finish(wctx, rec, job.StatusFailed, err.Error(), started, "")
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	rec.Model = p.Request.Model
 	rec.Request = &p.Request
-	if cancelled, err := w.store.CancelRequested(wctx, id); err != nil {
-		return fmt.Errorf("read cancel flag: %w", err)
-	} else if cancelled {
-		w.finish(wctx, rec, job.StatusCancelled, "", started)
-		return nil
-	}
-
 	rec.Status = job.StatusRunning
-	rec.StartedAt = started
-	rec.Error = ""
+	rec.StartedAt = started.UTC()
 	rec.Timings = map[string]float64{}
 	if !p.SubmittedAt.IsZero() {
 		rec.Timings["queue_wait"] = ms(started.Sub(p.SubmittedAt))
 	}
-	if err := w.store.Put(wctx, rec); err != nil {
-		return err
+	switch res, err := w.store.Start(wctx, rec, owner, claimTTL); {
+	case err != nil:
+		return err // Redis fault: retry
+	case res == job.StartCancelled:
+		w.finish(wctx, rec, job.StatusCancelled, "", started, "")
+		return nil
+	case res == job.StartDone:
+		// Another copy of this job already ran to the end (a copy moved
+		// from a dead host's queue, or a redelivery): never run it twice.
+		log.Info("job already ended; skipping duplicate delivery")
+		return nil
+	case res == job.StartClaimed:
+		return errClaimed
 	}
 
-	jctx, stop := w.watchCancel(ctx, id)
+	jctx, stop := w.watch(ctx, id, owner)
 	defer stop()
-	out, err := w.run(jctx, rec, &p.Request, log)
+	var out *job.Output
+	if w.cfg.Noop {
+		out, err = &job.Output{}, nil
+	} else {
+		out, err = w.run(jctx, rec, &p.Request, log)
+	}
 	switch {
 	case err == nil:
 		rec.Result = out
-		w.finish(wctx, rec, job.StatusSucceeded, "", started)
+		w.finish(wctx, rec, job.StatusSucceeded, "", started, owner)
 		log.Info("job succeeded", "ms", rec.Timings["total"], "key", out.Key)
 		return nil
 	case errors.Is(context.Cause(jctx), errCancelled):
-		w.finish(wctx, rec, job.StatusCancelled, "", started)
+		w.finish(wctx, rec, job.StatusCancelled, "", started, owner)
 		log.Info("job cancelled")
 		return nil
 	case errors.Is(context.Cause(jctx), errShutdown):
 		// Handed back: asynq has requeued the task; another worker runs it.
 		rec.Status, rec.Error = job.StatusQueued, "worker shut down; job handed back to the queue"
-		_ = w.store.Put(wctx, rec)
+		w.finish(wctx, rec, job.StatusQueued, rec.Error, started, owner)
 		return fmt.Errorf("%w: %w", errShutdown, err)
 	case permanent(err):
-		w.finish(wctx, rec, job.StatusFailed, err.Error(), started)
+		w.finish(wctx, rec, job.StatusFailed, err.Error(), started, owner)
 		log.Warn("job failed", "err", err)
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	case retried >= maxRetry:
-		w.finish(wctx, rec, job.StatusFailed, fmt.Sprintf("failed after %d attempts: %v", retried+1, err), started)
+		w.finish(wctx, rec, job.StatusFailed, fmt.Sprintf("failed after %d attempts: %v", retried+1, err), started, owner)
 		log.Warn("job failed, no retries left", "err", err)
 		return err
 	default:
-		rec.Status = job.StatusQueued
-		rec.Error = fmt.Sprintf("attempt %d of %d failed, will retry: %v", retried+1, maxRetry+1, err)
-		_ = w.store.Put(wctx, rec)
+		w.finish(wctx, rec, job.StatusQueued, fmt.Sprintf("attempt %d of %d failed, will retry: %v", retried+1, maxRetry+1, err), started, owner)
 		w.metrics.jobs.WithLabelValues("retry").Inc()
 		log.Warn("job attempt failed, will retry", "err", err)
 		return err
@@ -315,11 +353,15 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 	}
 	defer m.Close()
 	r := m.Report
-	for name, d := range map[string]time.Duration{"wait": r.Wait, "fetch": r.Fetch, "verify": r.Verify, "map": r.Map} {
+	for name, d := range map[string]time.Duration{"wait": r.Wait, "fetch": r.Fetch, "verify": r.Verify, "map": r.Map, "prefault": r.Prefault, "read": r.Read} {
 		rec.Timings[name] = ms(d)
 		w.metrics.phase.WithLabelValues(name).Observe(d.Seconds())
 	}
 	rec.Timings["acquire"] = ms(time.Since(t))
+	w.models.used(req.Model, digestsOf(m), map[string]float64{
+		"wait": rec.Timings["wait"], "fetch": rec.Timings["fetch"], "verify": rec.Timings["verify"], "map": rec.Timings["map"],
+	}, true)
+	defer w.models.used(req.Model, digestsOf(m), nil, false)
 	if r.Hit {
 		w.metrics.cache.WithLabelValues("hit").Inc()
 	} else {
@@ -381,39 +423,48 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 	}, nil
 }
 
-// finish writes a terminal record and counts the outcome.
-func (w *Worker) finish(ctx context.Context, rec *job.Record, st job.Status, msg string, started time.Time) {
+// finish writes the run part with status st and releases owner's claim.
+// A terminal status is counted in the metrics; "queued" (a retry or a hand
+// back) is not an outcome.
+func (w *Worker) finish(ctx context.Context, rec *job.Record, st job.Status, msg string, started time.Time, owner string) {
 	rec.Status, rec.Error = st, msg
-	rec.FinishedAt = time.Now()
 	rec.Progress = nil
 	if rec.Timings == nil {
 		rec.Timings = map[string]float64{}
 	}
-	rec.Timings["total"] = ms(rec.FinishedAt.Sub(started))
-	if err := w.store.Put(ctx, rec); err != nil {
+	if st.Terminal() {
+		rec.FinishedAt = time.Now().UTC()
+		rec.Timings["total"] = ms(rec.FinishedAt.Sub(started))
+		w.metrics.jobs.WithLabelValues(string(st)).Inc()
+	}
+	if err := w.store.Finish(ctx, rec, owner); err != nil {
 		w.log.Error("write job record", "job", rec.ID, "err", err)
 	}
-	w.metrics.jobs.WithLabelValues(string(st)).Inc()
 }
 
-// watchCancel returns a context that is cancelled with errCancelled once a
-// cancel is requested for id. stop ends the watch.
-func (w *Worker) watchCancel(ctx context.Context, id string) (context.Context, func()) {
+// watch returns a context that is cancelled with errCancelled once a
+// cancel is requested for id, and keeps owner's claim on the job alive.
+// stop ends both.
+func (w *Worker) watch(ctx context.Context, id, owner string) (context.Context, func()) {
 	jctx, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(w.cfg.CancelPoll)
-		defer tick.Stop()
+		poll := time.NewTicker(w.cfg.CancelPoll)
+		defer poll.Stop()
+		refresh := time.NewTicker(claimTTL / 3)
+		defer refresh.Stop()
 		for {
 			select {
 			case <-done:
 				return
 			case <-jctx.Done():
 				return
-			case <-tick.C:
+			case <-refresh.C:
+				_ = w.store.RefreshClaim(jctx, id, owner, claimTTL)
+			case <-poll.C:
 				if c, err := w.store.CancelRequested(jctx, id); err == nil && c {
 					cancel(errCancelled)
 					return
@@ -427,6 +478,10 @@ func (w *Worker) watchCancel(ctx context.Context, id string) (context.Context, f
 		cancel(nil)
 	}
 }
+
+// claimTTL bounds how long a dead worker's claim blocks another copy of its
+// job; a live worker refreshes its claim every claimTTL/3.
+const claimTTL = 30 * time.Second
 
 // retryDelay is min(base·2^(n-1), max) with ±25% jitter.
 func retryDelay(n int, base, max time.Duration) time.Duration {

@@ -101,32 +101,39 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// benchS3 returns an S3 client for a benchmark: the server at
-// c.s3Endpoint when one was given, else a versitygw started from PATH on a
-// free loopback port with its data in a temporary directory (dir, when not
-// empty, chooses the parent so the bench can put it on the disk it
-// measures). stop stops what benchS3 started and removes its files.
+// benchS3 returns an S3 client for a benchmark: see benchS3Config.
 func benchS3(ctx context.Context, c *common, dir string, buckets ...string) (cl *s3.Client, stop func(), err error) {
+	cl, _, stop, err = benchS3Config(ctx, c, dir, buckets...)
+	return cl, stop, err
+}
+
+// benchS3Config returns an S3 client for a benchmark and the settings to
+// reach the same server from another process: the server at c.s3Endpoint
+// when one was given, else a versitygw started from PATH on a free loopback
+// port with its data in a temporary directory (dir, when not empty, chooses
+// the parent so the bench can put it on the disk it measures). stop stops
+// what it started and removes its files.
+func benchS3Config(ctx context.Context, c *common, dir string, buckets ...string) (cl *s3.Client, cfg s3x.Config, stop func(), err error) {
 	if *c.s3Endpoint != "" {
 		cl, err := c.s3Client(ctx)
 		if err != nil {
-			return nil, nil, err
+			return nil, cfg, nil, err
 		}
 		for _, b := range buckets {
 			if err := s3x.EnsureBucket(ctx, cl, b); err != nil {
-				return nil, nil, err
+				return nil, cfg, nil, err
 			}
 		}
-		return cl, func() {}, nil
+		return cl, c.s3Config(), func() {}, nil
 	}
 	tmp, err := os.MkdirTemp(dir, "genfleet-bench-s3-")
 	if err != nil {
-		return nil, nil, err
+		return nil, cfg, nil, err
 	}
 	srv, err := testenv.StartS3(ctx, tmp, buckets...)
 	if err != nil {
 		os.RemoveAll(tmp)
-		return nil, nil, fmt.Errorf("start versitygw for the benchmark (or pass --s3-endpoint): %w", err)
+		return nil, cfg, nil, fmt.Errorf("start versitygw for the benchmark (or pass --s3-endpoint): %w", err)
 	}
-	return srv.Client, func() { srv.Stop(); os.RemoveAll(tmp) }, nil
+	return srv.Client, srv.Config, func() { srv.Stop(); os.RemoveAll(tmp) }, nil
 }

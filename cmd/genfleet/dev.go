@@ -167,7 +167,8 @@ or:
 Ctrl-C stops everything.
 `, url, *workers, cacheDir, mr.Addr(), s3Endpoint, url, url, url, url)
 
-	err = serveScheduler(ctx, c, apiLn, "cpu", log)
+	rf := addRoutingFlags(newFlags("dev-internal", io.Discard))
+	err = serveScheduler(ctx, c, apiLn, "cpu", rf, log)
 	fmt.Fprintln(stderr, "genfleet dev: stopping")
 	if errors.Is(err, net.ErrClosed) {
 		err = nil

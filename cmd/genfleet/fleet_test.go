@@ -53,6 +53,9 @@ type countingProxy struct {
 	bytes map[string]int64
 	slow  atomic.Value // string: key path prefix to slow down
 	delay time.Duration
+	// failPuts PUTs under /genfleet-outputs/ are answered 500 InternalError
+	// without reaching the server.
+	failPuts atomic.Int32
 	// cutNext GET bodies whose path starts with the slow prefix are cut
 	// off after 256 KiB, like a connection reset mid-download (well past the
 	// headers, so the SDK cannot retry the request itself).
@@ -82,7 +85,15 @@ func newCountingProxy(t *testing.T, target string) *countingProxy {
 		resp.Body = &countingBody{ReadCloser: resp.Body, p: p, path: path, slow: match && p.delay > 0, delay: p.delay, cut: cut}
 		return nil
 	}
-	p.srv = httptest.NewServer(rp)
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/"+outputsBucket+"/") && p.failPuts.Add(-1) >= 0 {
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusInternalServerError)
+			fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>injected</Message></Error>`)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
 	t.Cleanup(p.srv.Close)
 	return p
 }
@@ -145,6 +156,13 @@ const (
 // registers a reference model of modelSize bytes as "demo".
 func newFleet(t *testing.T, modelSize int64, pool string) *fleet {
 	t.Helper()
+	return newFleetWith(t, modelSize, func(c *scheduler.Config) { c.Pool = pool })
+}
+
+// newFleetWith is newFleet with the scheduler's config adjusted by edit
+// (routing is off unless edit turns it on). The reaper runs.
+func newFleetWith(t *testing.T, modelSize int64, edit func(*scheduler.Config)) *fleet {
+	t.Helper()
 	fl := &fleet{t: t, cacheDir: t.TempDir()}
 	fl.redis = testenv.Redis(t)
 	fl.s3 = testenv.S3Server(t, modelsBucket, outputsBucket)
@@ -160,28 +178,40 @@ func newFleet(t *testing.T, modelSize int64, pool string) *fleet {
 		t.Fatal(err)
 	}
 
-	sched, err := scheduler.New(scheduler.Config{
+	cfg := scheduler.Config{
 		Redis: asynq.RedisClientOpt{Addr: fl.redis.Addr}, S3: fl.s3.Client, Registry: fl.reg,
-		Pool: pool, CheckModels: true,
-	})
+		CheckModels: true, FleetTTL: 50 * time.Millisecond, ReapInterval: 200 * time.Millisecond,
+	}
+	edit(&cfg)
+	sched, err := scheduler.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	fl.sched = sched
 	fl.api = httptest.NewServer(sched.Handler())
-	t.Cleanup(func() { fl.api.Close(); sched.Close() })
+	reapCtx, stopReaper := context.WithCancel(context.Background())
+	reaperDone := make(chan struct{})
+	go func() { defer close(reaperDone); sched.RunReaper(reapCtx) }()
+	t.Cleanup(func() { stopReaper(); <-reaperDone; fl.api.Close(); sched.Close() })
 	return fl
 }
 
 // startWorker starts one worker process on the shared cache directory.
 func (fl *fleet) startWorker(extra ...string) *exec.Cmd {
 	fl.t.Helper()
+	return fl.startWorkerOn("testhost", fl.cacheDir, extra...)
+}
+
+// startWorkerOn starts a worker process as host hostID with its own cache
+// directory, as on another machine.
+func (fl *fleet) startWorkerOn(hostID, cacheDir string, extra ...string) *exec.Cmd {
+	fl.t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		fl.t.Fatal(err)
 	}
-	args := append([]string{"worker", "--cache-dir", fl.cacheDir, "--host-id", "testhost",
-		"--metrics-listen", "127.0.0.1:0", "--shutdown-timeout", "10s"}, extra...)
+	args := append([]string{"worker", "--cache-dir", cacheDir, "--host-id", hostID,
+		"--metrics-listen", "127.0.0.1:0", "--shutdown-timeout", "10s", "--heartbeat-interval", "200ms"}, extra...)
 	cmd := exec.Command(self, args...)
 	cmd.Env = append(os.Environ(),
 		childEnv+"=1",

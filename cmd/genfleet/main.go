@@ -43,6 +43,7 @@ Commands:
   worker      run a worker process
   submit      submit a job through the API, optionally wait and save the PNG
   models      make | push | inspect | ls reference and registered models
+  cache       ls | pull | verify | gc | rm this host's model cache
   bench       measure genfleet against its anchors (genfleet bench -h)
 
 Run 'genfleet COMMAND -h' for a command's flags; each flag also reads the
@@ -80,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdModels(ctx, args[1:], stdout, stderr)
 	case "bench":
 		err = cmdBench(ctx, args[1:], stdout, stderr)
+	case "cache":
+		err = cmdCache(ctx, args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "genfleet: unknown command %q\n\n%s", args[0], usage)
 		return 2
@@ -194,6 +197,7 @@ func (f flags) parse(args []string, want int) error {
 // common holds the connection flags every role shares.
 type common struct {
 	redis       *string
+	redisPass   *string
 	s3Endpoint  *string
 	s3Region    *string
 	s3Access    *string
@@ -207,6 +211,7 @@ type common struct {
 func addCommon(f flags) *common {
 	return &common{
 		redis:       f.str("redis", "GENFLEET_REDIS", "127.0.0.1:6379", "Redis address host:port or redis://[:password@]host:port[/db]"),
+		redisPass:   f.str("redis-password", "GENFLEET_REDIS_PASSWORD", "", "Redis password, for a host:port --redis (KEDA's Redis scaler reads the same two variables)"),
 		s3Endpoint:  f.str("s3-endpoint", "GENFLEET_S3_ENDPOINT", "", "S3 endpoint URL; empty means AWS S3"),
 		s3Region:    f.str("s3-region", "GENFLEET_S3_REGION", "us-east-1", "S3 region"),
 		s3Access:    f.str("s3-access-key", "GENFLEET_S3_ACCESS_KEY", "", "S3 access key; empty uses the AWS default credential chain"),
@@ -238,7 +243,7 @@ func (c *common) redisOpt() (asynq.RedisConnOpt, error) {
 	if addr == "" {
 		return nil, errors.New("--redis is empty")
 	}
-	return asynq.RedisClientOpt{Addr: addr}, nil
+	return asynq.RedisClientOpt{Addr: addr, Password: *c.redisPass}, nil
 }
 
 func (c *common) s3Config() s3x.Config {

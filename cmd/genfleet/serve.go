@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,7 @@ func cmdScheduler(ctx context.Context, args []string, stderr io.Writer) error {
 	c := addCommon(f)
 	listen := f.str("listen", "GENFLEET_LISTEN", ":8080", "HTTP listen address")
 	pool := f.str("pool", "GENFLEET_POOL", "cpu", "device class whose pool queue receives jobs")
+	rf := addRoutingFlags(f)
 	if err := f.parse(args, 0); err != nil {
 		return err
 	}
@@ -36,11 +38,36 @@ func cmdScheduler(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *listen, err)
 	}
-	return serveScheduler(ctx, c, ln, *pool, log)
+	return serveScheduler(ctx, c, ln, *pool, rf, log)
 }
 
-// serveScheduler runs the API on ln until ctx ends.
-func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string, log *slog.Logger) error {
+// routingFlags configure the router and the reaper.
+type routingFlags struct {
+	enabled     *bool
+	warm        *float64
+	backlogCap  *int
+	hostTimeout *time.Duration
+}
+
+func addRoutingFlags(f flags) *routingFlags {
+	warmDefault := 0.5
+	if v, ok := os.LookupEnv(envName("GENFLEET_WARM_FRACTION")); ok {
+		if x, err := strconv.ParseFloat(v, 64); err == nil {
+			warmDefault = x
+		} else {
+			f.badEnv("GENFLEET_WARM_FRACTION", v, err)
+		}
+	}
+	return &routingFlags{
+		enabled:     f.boolean("routing", "GENFLEET_ROUTING", true, "send jobs to a host where their model is warm (off: every job to the pool queue)"),
+		warm:        f.Float64("warm-fraction", warmDefault, "resident fraction at which a model counts as warm on a host (env GENFLEET_WARM_FRACTION)"),
+		backlogCap:  f.integer("backlog-cap", "GENFLEET_BACKLOG_CAP", 0, "most jobs queued for one host before routing falls back to the pool; 0 = 2 per worker slot"),
+		hostTimeout: f.duration("host-timeout", "GENFLEET_HOST_TIMEOUT", 10*time.Second, "silence after which a host's queued jobs move back to the pool"),
+	}
+}
+
+// serveScheduler runs the API and the reaper on ln until ctx ends.
+func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string, rf *routingFlags, log *slog.Logger) error {
 	redisOpt, err := c.redisOpt()
 	if err != nil {
 		return err
@@ -49,11 +76,19 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	if err != nil {
 		return err
 	}
-	srv, err := scheduler.New(scheduler.Config{Redis: redisOpt, S3: cl, Registry: reg, Pool: pool, CheckModels: true, Logger: log})
+	srv, err := scheduler.New(scheduler.Config{
+		Redis: redisOpt, S3: cl, Registry: reg, Pool: pool, CheckModels: true, Logger: log,
+		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
+		HostTimeout: *rf.hostTimeout,
+	})
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
+	reapCtx, stopReaper := context.WithCancel(ctx)
+	reaperDone := make(chan struct{})
+	go func() { defer close(reaperDone); srv.RunReaper(reapCtx) }()
+	defer func() { stopReaper(); <-reaperDone }()
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	log.Info("scheduler listening", "addr", ln.Addr().String())
 	return serveHTTP(ctx, hs, ln)
@@ -83,11 +118,14 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	f := newFlags("worker", stderr)
 	c := addCommon(f)
 	cacheDir := f.str("cache-dir", "GENFLEET_CACHE_DIR", "/var/cache/genfleet", "model cache directory, shared by every worker process on the host")
+	lf := addLoadFlags(f)
 	backendName := f.str("backend", "GENFLEET_BACKEND", "cpu", "backend: "+fmt.Sprint(backends.Names())+" or auto")
 	concurrency := f.integer("concurrency", "GENFLEET_CONCURRENCY", 1, "jobs run at once by this process")
 	hostID := f.str("host-id", "GENFLEET_HOST_ID", "", "host id (queue host:<id>); default the hostname")
 	metricsListen := f.str("metrics-listen", "GENFLEET_METRICS_LISTEN", ":9091", "address for /metrics and /healthz; empty disables")
 	shutdown := f.duration("shutdown-timeout", "GENFLEET_SHUTDOWN_TIMEOUT", 30*time.Second, "time in-flight jobs get to finish on SIGTERM before they are handed back")
+	heartbeat := f.duration("heartbeat-interval", "GENFLEET_HEARTBEAT_INTERVAL", 2*time.Second, "how often this process publishes its state; it expires after 3 intervals")
+	poll := f.duration("poll-interval", "GENFLEET_POLL_INTERVAL", 20*time.Millisecond, "how often an idle worker checks its queues (bounds idle start latency)")
 	retryBase := f.duration("retry-base", "GENFLEET_RETRY_BASE", 2*time.Second, "backoff before the first retry of a job that failed transiently; doubles per retry")
 	retryMax := f.duration("retry-max", "GENFLEET_RETRY_MAX", 5*time.Minute, "longest backoff between retries")
 	if err := f.parse(args, 0); err != nil {
@@ -114,7 +152,12 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cache, err := modelcache.Open(*cacheDir, modelcache.NewS3Source(cl))
+	promReg := prometheus.NewRegistry()
+	cacheOpts, err := lf.options(promReg, log)
+	if err != nil {
+		return err
+	}
+	cache, err := modelcache.OpenWith(*cacheDir, modelcache.NewS3Source(cl), cacheOpts)
 	if err != nil {
 		return fmt.Errorf("open model cache: %w", err)
 	}
@@ -122,12 +165,12 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("outputs bucket not reachable yet", "bucket", outputs.Bucket, "err", err)
 	}
 
-	promReg := prometheus.NewRegistry()
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := worker.New(worker.Config{
 		Redis: redisOpt, S3: cl, Outputs: outputs, Registry: reg, Cache: cache, Backend: be,
 		HostID: *hostID, Concurrency: *concurrency, ShutdownTimeout: *shutdown,
 		RetryBase: *retryBase, RetryMax: *retryMax,
+		HeartbeatInterval: *heartbeat, PollInterval: *poll,
 		Metrics: promReg, Logger: log,
 	})
 	if err != nil {

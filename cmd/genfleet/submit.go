@@ -128,7 +128,12 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // doJSON sends req and decodes a JSON answer with status want into v;
 // any other status becomes an error carrying the API's message.
 func doJSON(req *http.Request, want int, v any) error {
-	resp, err := http.DefaultClient.Do(req)
+	return doJSONWith(http.DefaultClient, req, want, v)
+}
+
+// doJSONWith is doJSON with a given client.
+func doJSONWith(client *http.Client, req *http.Request, want int, v any) error {
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,389 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/genfleet/genfleet/modelcache"
+)
+
+const cacheUsage = `Usage: genfleet cache COMMAND [flags]
+
+Commands (all take --cache-dir and --cache-budget):
+  ls [--json]            list cached blobs: digest, size, last use, in use, resident %
+  pull MODEL             fetch a model (name or s3:// ref) into the cache, with progress
+  verify [DIGEST...]     re-hash all or some blobs; corrupt ones go to quarantine/ (exit 1)
+  gc                     evict least recently used idle blobs until under --cache-budget
+  rm DIGEST...           evict blobs now; refuses one that a process has mapped
+`
+
+func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, cacheUsage)
+		return errUsage
+	}
+	switch args[0] {
+	case "ls", "list":
+		return cmdCacheList(args[1:], stdout, stderr)
+	case "pull":
+		return cmdCachePull(ctx, args[1:], stdout, stderr)
+	case "verify":
+		return cmdCacheVerify(ctx, args[1:], stdout, stderr)
+	case "gc":
+		return cmdCacheGC(ctx, args[1:], stdout, stderr)
+	case "rm":
+		return cmdCacheRemove(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stderr, cacheUsage)
+		return nil
+	}
+	fmt.Fprintf(stderr, "unknown cache command %q\n\n%s", args[0], cacheUsage)
+	return errUsage
+}
+
+// cacheFlags are the flags that say where the cache is and how big it may be.
+type cacheFlags struct {
+	dir    *string
+	budget *string
+}
+
+func addCacheFlags(f flags) *cacheFlags {
+	return &cacheFlags{
+		dir:    f.str("cache-dir", "GENFLEET_CACHE_DIR", "/var/cache/genfleet", "model cache directory, shared by every worker process on the host"),
+		budget: f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
+	}
+}
+
+// options returns the cache options the flags set.
+func (cf *cacheFlags) options() (modelcache.Options, error) {
+	var o modelcache.Options
+	var err error
+	o.Budget, o.BudgetPercent, err = parseBudget(*cf.budget)
+	if err != nil {
+		return o, fmt.Errorf("--cache-budget: %w", err)
+	}
+	return o, nil
+}
+
+// parseBudget parses a cache budget: "" (no cap), a size ("50GiB") or a
+// percentage of the file system ("80%").
+func parseBudget(s string) (bytes int64, percent float64, err error) {
+	t := strings.TrimSpace(s)
+	if t == "" || t == "0" {
+		return 0, 0, nil
+	}
+	if p, ok := strings.CutSuffix(t, "%"); ok {
+		v, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
+		if err != nil || v <= 0 || v > 100 {
+			return 0, 0, fmt.Errorf("invalid budget %q: a percentage must be in (0, 100]", s)
+		}
+		return 0, v, nil
+	}
+	n, err := parseSize(t)
+	if err != nil {
+		return 0, 0, fmt.Errorf("invalid budget %q (examples: 50GiB, 80%%)", s)
+	}
+	return n, 0, nil
+}
+
+func openCacheFromFlags(cf *cacheFlags, o modelcache.Options, src modelcache.Source) (*modelcache.Cache, error) {
+	bo, err := cf.options()
+	if err != nil {
+		return nil, err
+	}
+	o.Budget, o.BudgetPercent = bo.Budget, bo.BudgetPercent
+	return modelcache.OpenWith(*cf.dir, src, o)
+}
+
+func cmdCacheList(args []string, stdout, stderr io.Writer) error {
+	f := newFlags("cache ls", stderr)
+	cf := addCacheFlags(f)
+	asJSON := f.Bool("json", false, "print JSON: {used_bytes, budget_bytes, blobs: [...]}")
+	if err := f.parse(args, 0); err != nil {
+		return err
+	}
+	c, err := openCacheFromFlags(cf, modelcache.Options{}, nil)
+	if err != nil {
+		return err
+	}
+	infos, err := c.List()
+	if err != nil {
+		return err
+	}
+	var used int64
+	for _, bi := range infos {
+		used += bi.Size
+	}
+	budget, err := c.Budget()
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if infos == nil {
+			infos = []modelcache.BlobInfo{}
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"root": c.Root(), "used_bytes": used, "budget_bytes": budget, "blobs": infos})
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DIGEST\tSIZE\tLAST USE\tIN USE\tRESIDENT")
+	for _, bi := range infos {
+		inUse := "no"
+		if bi.InUse {
+			inUse = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f%%\n", bi.Digest, humanBytes(bi.Size),
+			bi.LastUsed.Local().Format(time.DateTime), inUse, 100*float64(bi.ResidentBytes)/float64(max(bi.Size, 1)))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	b := "no budget"
+	if budget > 0 {
+		b = "budget " + humanBytes(budget)
+	}
+	fmt.Fprintf(stdout, "%d blobs, %s (%s)\n", len(infos), humanBytes(used), b)
+	return nil
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func cmdCachePull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("cache pull", stderr)
+	c := addCommon(f)
+	cf := addCacheFlags(f)
+	pos, rest := splitPositional(args, 1)
+	if err := f.parse(rest, 0); err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: genfleet cache pull MODEL (a registered name or s3://bucket/key)")
+		return errUsage
+	}
+	reg, _, err := c.openRegistry(ctx)
+	if err != nil {
+		return err
+	}
+	t := time.Now()
+	man, err := reg.Resolve(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	resolve := time.Since(t)
+
+	// Progress may be reported from several fetch goroutines at once.
+	var mu sync.Mutex
+	bars := map[string]*progress{}
+	onProgress := func(p modelcache.FetchProgress) {
+		mu.Lock()
+		defer mu.Unlock()
+		bar := bars[p.URL]
+		if bar == nil {
+			bar = newProgress(stderr, "pull "+p.URL)
+			bars[p.URL] = bar
+		}
+		bar.update(p.Done, p.Total)
+		if p.Finished {
+			bar.done()
+		}
+	}
+	cache, err := openCacheFromFlags(cf, modelcache.Options{Progress: onProgress, Logger: c.logger(stderr)}, reg.Src)
+	if err != nil {
+		return err
+	}
+	m, err := cache.Acquire(ctx, man)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	r := m.Report
+	for _, b := range m.Blobs {
+		fmt.Fprintf(stdout, "%s\t%s\t%s\n", b.Digest, humanBytes(b.Size), b.Path)
+	}
+	state := "fetched"
+	if r.Hit {
+		state = "already cached"
+	}
+	fmt.Fprintf(stdout, "%s %q: %s, %s downloaded; resolve %v, wait %v, fetch %v, verify %v, map %v\n",
+		state, man.Ref(), humanBytes(sumSizes(m)), humanBytes(r.FetchedBytes),
+		resolve.Round(time.Millisecond), r.Wait.Round(time.Millisecond), r.Fetch.Round(time.Millisecond),
+		r.Verify.Round(time.Millisecond), r.Map.Round(time.Microsecond))
+	return nil
+}
+
+func sumSizes(m *modelcache.Model) int64 {
+	var n int64
+	for _, b := range m.Blobs {
+		n += b.Size
+	}
+	return n
+}
+
+func cmdCacheVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("cache verify", stderr)
+	cf := addCacheFlags(f)
+	pos, rest := splitAllPositional(args)
+	if err := f.parse(rest, 0); err != nil {
+		return err
+	}
+	c, err := openCacheFromFlags(cf, modelcache.Options{}, nil)
+	if err != nil {
+		return err
+	}
+	digests := pos
+	if len(digests) == 0 {
+		infos, err := c.List()
+		if err != nil {
+			return err
+		}
+		for _, bi := range infos {
+			digests = append(digests, bi.Digest)
+		}
+	}
+	var bad []string
+	var errs []error
+	for _, d := range digests {
+		err := c.Verify(ctx, d)
+		switch {
+		case err == nil:
+			fmt.Fprintf(stdout, "ok\t%s\n", d)
+		case errors.Is(err, modelcache.ErrCorrupt):
+			fmt.Fprintf(stdout, "CORRUPT\t%s\t%v\n", d, err)
+			bad = append(bad, d)
+		default:
+			fmt.Fprintf(stdout, "error\t%s\t%v\n", d, err)
+			errs = append(errs, err)
+		}
+	}
+	if len(bad) > 0 {
+		errs = append(errs, fmt.Errorf("%d of %d blobs corrupt and quarantined (the next acquire fetches them again): %s",
+			len(bad), len(digests), strings.Join(bad, ", ")))
+	}
+	return errors.Join(errs...)
+}
+
+func cmdCacheGC(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	f := newFlags("cache gc", stderr)
+	cf := addCacheFlags(f)
+	asJSON := f.Bool("json", false, "print the result as JSON")
+	if err := f.parse(args, 0); err != nil {
+		return err
+	}
+	c, err := openCacheFromFlags(cf, modelcache.Options{}, nil)
+	if err != nil {
+		return err
+	}
+	res, err := c.GC(ctx)
+	if *asJSON {
+		if jerr := json.NewEncoder(stdout).Encode(res); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+	if res.Budget <= 0 {
+		fmt.Fprintf(stdout, "no budget set (--cache-budget): nothing to do; %s cached\n", humanBytes(res.Used))
+		return err
+	}
+	for _, bi := range res.Evicted {
+		fmt.Fprintf(stdout, "evicted\t%s\t%s\tlast use %s\n", bi.Digest, humanBytes(bi.Size), bi.LastUsed.Local().Format(time.DateTime))
+	}
+	fmt.Fprintf(stdout, "freed %s in %d blobs; %s used of %s", humanBytes(res.Freed), len(res.Evicted), humanBytes(res.Used), humanBytes(res.Budget))
+	if res.SkippedInUse > 0 {
+		fmt.Fprintf(stdout, "; %d blobs in use were kept", res.SkippedInUse)
+	}
+	fmt.Fprintln(stdout)
+	return err
+}
+
+func cmdCacheRemove(args []string, stdout, stderr io.Writer) error {
+	f := newFlags("cache rm", stderr)
+	cf := addCacheFlags(f)
+	pos, rest := splitAllPositional(args)
+	if err := f.parse(rest, 0); err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		fmt.Fprintln(stderr, "usage: genfleet cache rm DIGEST...")
+		return errUsage
+	}
+	c, err := openCacheFromFlags(cf, modelcache.Options{}, nil)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range pos {
+		if err := c.Remove(d); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fmt.Fprintf(stdout, "removed\t%s\n", d)
+	}
+	return errors.Join(errs...)
+}
+
+// splitAllPositional is splitPositional with no limit on the positional
+// arguments.
+func splitAllPositional(args []string) (pos, rest []string) {
+	return splitPositional(args, len(args))
+}
+
+// loadFlags are the worker's model-loading and cache-policy flags.
+type loadFlags struct {
+	mode   *string
+	advice *string
+	mlock  *bool
+	budget *string
+	verify *string
+}
+
+func addLoadFlags(f flags) *loadFlags {
+	return &loadFlags{
+		mode:   f.str("load-mode", "GENFLEET_LOAD_MODE", "mmap", "how models are loaded: mmap (shared read-only mapping, one copy per host) or read (private copy per process)"),
+		advice: f.str("advice", "GENFLEET_ADVICE", "none", "madvise for mapped models: none, willneed, sequential, random or populate (prefault every page before the job starts)"),
+		mlock:  f.boolean("mlock", "GENFLEET_MLOCK", false, "lock loaded models into RAM (needs RLIMIT_MEMLOCK ≥ model size, or CAP_IPC_LOCK)"),
+		budget: f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
+		verify: f.str("verify", "GENFLEET_VERIFY", "never", "re-hash cached models: never (only when fetched) or on-open (first use by this process; corrupt ones are fetched again)"),
+	}
+}
+
+// options turns the flags into cache options; metrics and log go with them.
+func (lf *loadFlags) options(metrics prometheus.Registerer, log *slog.Logger) (modelcache.Options, error) {
+	o := modelcache.Options{
+		LoadMode: modelcache.LoadMode(*lf.mode), Advice: modelcache.Advice(*lf.advice),
+		Mlock: *lf.mlock, Verify: modelcache.VerifyPolicy(*lf.verify),
+		Metrics: metrics, Logger: log,
+	}
+	for _, err := range []error{o.LoadMode.Validate(), o.Advice.Validate(), o.Verify.Validate()} {
+		if err != nil {
+			return o, err
+		}
+	}
+	var err error
+	if o.Budget, o.BudgetPercent, err = parseBudget(*lf.budget); err != nil {
+		return o, fmt.Errorf("--cache-budget: %w", err)
+	}
+	return o, nil
+}

@@ -1,0 +1,139 @@
+package job
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Heartbeat is what each worker process publishes to Redis every few
+// seconds, with a TTL: the scheduler's view of the fleet is the set of
+// unexpired heartbeats.
+type Heartbeat struct {
+	Host        string    `json:"host"`
+	PID         int       `json:"pid"`
+	Backend     string    `json:"backend"`
+	DeviceClass string    `json:"device_class"`
+	Device      string    `json:"device,omitempty"`
+	Concurrency int       `json:"concurrency"`
+	InFlight    int       `json:"in_flight"`
+	StartedAt   time.Time `json:"started_at"`
+	At          time.Time `json:"at"`
+	// Blobs are the model files on this host's disk (the cache is shared by
+	// every process on the host, so processes of one host report the same).
+	Blobs []BlobState `json:"blobs"`
+	// Models are the models this process has acquired, most recent first.
+	Models []ModelState `json:"models,omitempty"`
+	// CacheUsed and CacheBudget are the cache's bytes in blobs/ and its cap
+	// (0: none).
+	CacheUsed   int64 `json:"cache_used"`
+	CacheBudget int64 `json:"cache_budget"`
+}
+
+// BlobState is one cached file as a heartbeat reports it.
+type BlobState struct {
+	Digest        string    `json:"digest"`
+	Size          int64     `json:"size"`
+	ResidentBytes int64     `json:"resident_bytes"`
+	Resident      float64   `json:"resident"` // fraction in RAM, 0..1
+	InUse         bool      `json:"in_use"`   // mapped by some process now
+	LastUsed      time.Time `json:"last_used,omitzero"`
+}
+
+// ModelState is a model a process loaded, with its last load timings (ms).
+type ModelState struct {
+	Ref      string             `json:"ref"`
+	Digests  []string           `json:"digests"`
+	Mapped   bool               `json:"mapped"`    // held by a job of this process now
+	OnDevice bool               `json:"on_device"` // resident in accelerator memory
+	LastUsed time.Time          `json:"last_used"`
+	Timings  map[string]float64 `json:"timings,omitempty"`
+}
+
+// Redis keys of the fleet view.
+const (
+	heartbeatPrefix = "genfleet:hb:"
+	// HostsKey is a sorted set: host id → unix ms of its latest heartbeat.
+	// The scheduler's reaper finds hosts whose heartbeats stopped here.
+	HostsKey = "genfleet:hosts"
+)
+
+func heartbeatKey(host string, pid int) string {
+	return heartbeatPrefix + host + ":" + strconv.Itoa(pid)
+}
+
+// Fleet reads and writes heartbeats.
+type Fleet struct {
+	rdb redis.UniversalClient
+}
+
+// NewFleet returns a Fleet on rdb.
+func NewFleet(rdb redis.UniversalClient) *Fleet { return &Fleet{rdb: rdb} }
+
+// Beat publishes hb with the given TTL.
+func (f *Fleet) Beat(ctx context.Context, hb *Heartbeat, ttl time.Duration) error {
+	b, err := json.Marshal(hb)
+	if err != nil {
+		return err
+	}
+	pipe := f.rdb.TxPipeline()
+	pipe.Set(ctx, heartbeatKey(hb.Host, hb.PID), b, ttl)
+	pipe.ZAdd(ctx, HostsKey, redis.Z{Score: float64(hb.At.UnixMilli()), Member: hb.Host})
+	_, err = pipe.Exec(ctx)
+	return err
+}
+
+// Leave removes a process's heartbeat at clean shutdown.
+func (f *Fleet) Leave(ctx context.Context, host string, pid int) error {
+	return f.rdb.Del(ctx, heartbeatKey(host, pid)).Err()
+}
+
+// Heartbeats returns every unexpired heartbeat.
+func (f *Fleet) Heartbeats(ctx context.Context) ([]Heartbeat, error) {
+	var keys []string
+	iter := f.rdb.Scan(ctx, 0, heartbeatPrefix+"*", 256).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("list heartbeats: %w", err)
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	vals, err := f.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read heartbeats: %w", err)
+	}
+	out := make([]Heartbeat, 0, len(vals))
+	for _, v := range vals {
+		s, ok := v.(string)
+		if !ok {
+			continue // expired between SCAN and MGET
+		}
+		var hb Heartbeat
+		if err := json.Unmarshal([]byte(s), &hb); err != nil {
+			continue // a foreign or corrupt key must not break the view
+		}
+		out = append(out, hb)
+	}
+	return out, nil
+}
+
+// SilentHosts returns hosts whose latest heartbeat is older than cutoff.
+func (f *Fleet) SilentHosts(ctx context.Context, cutoff time.Time) ([]string, error) {
+	return f.rdb.ZRangeByScore(ctx, HostsKey, &redis.ZRangeBy{Min: "-inf", Max: "(" + strconv.FormatInt(cutoff.UnixMilli(), 10)}).Result()
+}
+
+// ForgetHost drops host from HostsKey if its latest heartbeat is still the
+// one seen at or before cutoff (a host that came back keeps its entry).
+func (f *Fleet) ForgetHost(ctx context.Context, host string, cutoff time.Time) error {
+	const script = `local s = redis.call("ZSCORE", KEYS[1], ARGV[1])
+if s and tonumber(s) < tonumber(ARGV[2]) then return redis.call("ZREM", KEYS[1], ARGV[1]) end
+return 0`
+	return f.rdb.Eval(ctx, script, []string{HostsKey}, host, cutoff.UnixMilli()).Err()
+}

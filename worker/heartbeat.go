@@ -1,0 +1,121 @@
+package worker
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/genfleet/genfleet/job"
+	"github.com/genfleet/genfleet/modelcache"
+)
+
+// models tracks the models this process has acquired, for heartbeats.
+// It is safe for concurrent use.
+type models struct {
+	mu sync.Mutex
+	m  map[string]*job.ModelState // by ref
+}
+
+func (ms *models) used(ref string, digests []string, timings map[string]float64, mapped bool) {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	if ms.m == nil {
+		ms.m = map[string]*job.ModelState{}
+	}
+	st := ms.m[ref]
+	if st == nil {
+		st = &job.ModelState{Ref: ref}
+		ms.m[ref] = st
+	}
+	st.Digests = digests
+	st.Mapped = mapped
+	st.LastUsed = time.Now().UTC()
+	if timings != nil {
+		st.Timings = timings
+	}
+}
+
+// snapshot returns the models, most recently used first, at most n.
+func (ms *models) snapshot(n int) []job.ModelState {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	out := make([]job.ModelState, 0, len(ms.m))
+	for _, st := range ms.m {
+		c := *st
+		c.Digests = append([]string(nil), st.Digests...)
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].LastUsed.After(out[j].LastUsed) })
+	if len(out) > n {
+		out = out[:n]
+	}
+	return out
+}
+
+// heartbeat publishes this process's state every HeartbeatInterval until
+// ctx ends, then removes it. It runs in its own goroutine, started by Run.
+type heartbeat struct {
+	w        *Worker
+	fleet    *job.Fleet
+	interval time.Duration
+	started  time.Time
+}
+
+func (h *heartbeat) run(ctx context.Context) {
+	t := time.NewTicker(h.interval)
+	defer t.Stop()
+	for {
+		h.beat(ctx)
+		select {
+		case <-ctx.Done():
+			lctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = h.fleet.Leave(lctx, h.w.cfg.HostID, h.w.pid)
+			cancel()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (h *heartbeat) beat(ctx context.Context) {
+	hb := h.w.state(h.started)
+	if err := h.fleet.Beat(ctx, hb, 3*h.interval); err != nil && ctx.Err() == nil {
+		h.w.log.Warn("heartbeat failed", "err", err)
+	}
+}
+
+// state is this process's heartbeat now.
+func (w *Worker) state(started time.Time) *job.Heartbeat {
+	hb := &job.Heartbeat{
+		Host: w.cfg.HostID, PID: w.pid,
+		Backend: w.cfg.Backend.Name(), DeviceClass: w.cfg.Backend.DeviceClass(),
+		Concurrency: w.cfg.Concurrency, InFlight: int(w.inFlight.Load()),
+		StartedAt: started.UTC(), At: time.Now().UTC(),
+		Models: w.models.snapshot(32),
+	}
+	blobs, err := w.cfg.Cache.List()
+	if err != nil {
+		w.log.Warn("list cache for heartbeat", "err", err)
+	}
+	for _, b := range blobs {
+		st := job.BlobState{Digest: b.Digest, Size: b.Size, ResidentBytes: b.ResidentBytes, InUse: b.InUse, LastUsed: b.LastUsed}
+		if b.Size > 0 {
+			st.Resident = float64(b.ResidentBytes) / float64(b.Size)
+		}
+		hb.Blobs = append(hb.Blobs, st)
+	}
+	if used, budget, err := w.cfg.Cache.Usage(); err == nil {
+		hb.CacheUsed, hb.CacheBudget = used, budget
+	}
+	return hb
+}
+
+// digestsOf lists a manifest's file digests ("sha256:<hex>").
+func digestsOf(m *modelcache.Model) []string {
+	out := make([]string, 0, len(m.Blobs))
+	for _, b := range m.Blobs {
+		out = append(out, b.Digest)
+	}
+	return out
+}
