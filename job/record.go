@@ -67,11 +67,12 @@ type WorkerInfo struct {
 }
 
 // Record is what Redis holds about a job besides asynq's own task state.
-// It is kept in two parts that are never read-modify-written across
-// processes: the scheduler writes the submit part (id, model, queue, route,
-// request, created_at) when it enqueues, the worker writes the run part
-// (status, error, timings, result, worker, attempt, started_at,
-// finished_at) as the job moves. Store.Get merges them.
+// It is kept in parts that are never read-modify-written across processes:
+// the worker writes the run part (everything, from the task's payload and
+// its own work) when it starts the job and as it moves; the scheduler writes
+// a submit part only where no worker will (a job cancelled while queued).
+// Store.Get merges them. A job no worker has started yet has no record:
+// the scheduler reads it from asynq's task (payload and state).
 //
 // Timings are in milliseconds by phase: queue_wait, resolve, wait (for
 // another process fetching the same model), fetch, verify, map, generate,
@@ -192,6 +193,9 @@ func (rec *Record) merge(r *Record) {
 	rec.StartedAt, rec.FinishedAt = r.StartedAt, r.FinishedAt
 	if r.Queue != "" {
 		rec.Queue = r.Queue
+	}
+	if r.Route != nil {
+		rec.Route = r.Route
 	}
 	if rec.Model == "" {
 		rec.Model = r.Model
@@ -336,10 +340,4 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key, id string, ttl tim
 func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, id string) error {
 	const script = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`
 	return s.rdb.Eval(ctx, script, []string{idemKey(key)}, id).Err()
-}
-
-// Delete removes the record of id (used when the enqueue it was written for
-// failed).
-func (s *Store) Delete(ctx context.Context, id string) error {
-	return s.rdb.Del(ctx, recordKey(id)).Err()
 }

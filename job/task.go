@@ -18,6 +18,9 @@ type Payload struct {
 	// SubmittedAt is when the producer enqueued the job (optional); the
 	// worker reports queue wait from it.
 	SubmittedAt time.Time `json:"submitted_at,omitzero"`
+	// Route is where the scheduler sent the job and why (optional; set by
+	// the scheduler and by its reaper when it moves a job).
+	Route *Route `json:"route,omitempty"`
 }
 
 // Queue names. Jobs routed to a host that holds the model warm go to
@@ -41,11 +44,17 @@ const (
 // EncodePayload validates req (after ApplyDefaults) and returns the payload
 // bytes.
 func EncodePayload(req Request, submitted time.Time) ([]byte, error) {
-	req.ApplyDefaults()
-	if err := req.Validate(); err != nil {
+	return encodePayload(Payload{Request: req, SubmittedAt: submitted})
+}
+
+func encodePayload(p Payload) ([]byte, error) {
+	p.Request.ApplyDefaults()
+	if err := p.Request.Validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(Payload{Version: PayloadVersion, Request: req, SubmittedAt: submitted.UTC()})
+	p.Version = PayloadVersion
+	p.SubmittedAt = p.SubmittedAt.UTC()
+	return json.Marshal(p)
 }
 
 // DecodePayload parses and validates a payload. Errors wrap ErrInvalid:
@@ -80,12 +89,21 @@ func DecodePayload(b []byte) (*Payload, error) {
 //	task, opts, err := job.NewTask(id, req, job.DefaultPool)
 //	info, err := client.Enqueue(task, opts...)
 func NewTask(id string, req Request, class string, opts ...asynq.Option) (*asynq.Task, []asynq.Option, error) {
+	return NewRoutedTask(id, req, class, nil, opts...)
+}
+
+// NewRoutedTask is NewTask for a job the scheduler routed: route is carried
+// in the payload (the worker records it) and its queue is used.
+func NewRoutedTask(id string, req Request, class string, route *Route, opts ...asynq.Option) (*asynq.Task, []asynq.Option, error) {
 	if id == "" {
 		return nil, nil, fmt.Errorf("%w: empty job id", ErrInvalid)
 	}
-	b, err := EncodePayload(req, time.Now())
+	b, err := encodePayload(Payload{Request: req, SubmittedAt: time.Now(), Route: route})
 	if err != nil {
 		return nil, nil, err
+	}
+	if route != nil && route.Queue != "" {
+		opts = append([]asynq.Option{asynq.Queue(route.Queue)}, opts...)
 	}
 	if class == "" {
 		class = DefaultPool

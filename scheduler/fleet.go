@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -140,11 +141,10 @@ func (s *Server) RunReaper(ctx context.Context) {
 // Reap does one pass of the reaper. For each silent host it moves every
 // pending, scheduled and retry task of host:<id> to the job's pool:
 //
-//  1. the job record is updated first (so a pool worker that starts the job
-//     at once does not have its "running" overwritten);
-//  2. the task is enqueued into the pool with the same task id (a conflict
-//     means an earlier pass already did it);
-//  3. the host-queue copy is deleted. If that fails because the host came
+//  1. the task is enqueued into the pool with the same task id and its
+//     payload's route saying why (a conflict means an earlier pass already
+//     did it);
+//  2. the host-queue copy is deleted. If that fails because the host came
 //     back and started it, two copies exist; the worker's run claim and its
 //     check of the job record make sure only one runs to the end.
 //
@@ -207,34 +207,29 @@ func (s *Server) moveQueue(ctx context.Context, host, q string) (moved, left int
 
 func (s *Server) moveTask(ctx context.Context, host, q string, ti *asynq.TaskInfo) error {
 	pool := job.PoolQueue(s.cfg.Pool)
-	rec, err := s.store.Get(ctx, ti.ID)
-	if err != nil && !errors.Is(err, job.ErrNoRecord) {
-		return err
-	}
-	if rec != nil {
-		if rec.Route != nil && rec.Route.Pool != "" {
-			pool = rec.Route.Pool
+	payload := ti.Payload
+	if p, err := job.DecodePayload(ti.Payload); err == nil {
+		// Say in the job's route where it went and why; the worker that
+		// runs it records this route.
+		r := job.Route{}
+		if p.Route != nil {
+			r = *p.Route
 		}
-		if rec.Route == nil {
-			rec.Route = &job.Route{}
+		if r.Pool != "" {
+			pool = r.Pool
 		}
-		rec.Route.Reason += fmt.Sprintf("; host %s stopped heartbeating, moved to %s", host, pool)
-		rec.Route.Queue, rec.Route.Pool, rec.Queue = pool, pool, pool
-		if !rec.Status.Terminal() {
-			rec.Status = job.StatusQueued
+		r.Reason += fmt.Sprintf("; host %s stopped heartbeating, moved to %s", host, pool)
+		r.Queue, r.Pool, r.Host = pool, pool, ""
+		p.Route = &r
+		if b, err := json.Marshal(p); err == nil {
+			payload = b
 		}
-		if err := s.store.Put(ctx, rec); err != nil {
-			return err
-		}
-	}
+	} // an invalid payload moves as it is; the worker that gets it fails it
 	opts := []asynq.Option{asynq.TaskID(ti.ID), asynq.Queue(pool), asynq.MaxRetry(ti.MaxRetry)}
 	if ti.Timeout > 0 {
 		opts = append(opts, asynq.Timeout(ti.Timeout))
 	}
-	if ti.Retention > 0 {
-		opts = append(opts, asynq.Retention(ti.Retention))
-	}
-	if _, err := s.client.EnqueueContext(ctx, asynq.NewTask(ti.Type, ti.Payload), opts...); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+	if _, err := s.client.EnqueueContext(ctx, asynq.NewTask(ti.Type, payload), opts...); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
 	if err := s.inspector.DeleteTask(q, ti.ID); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {

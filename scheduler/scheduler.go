@@ -300,19 +300,16 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	}
 	route := s.routeJob(ctx, digests)
 	queue := route.Queue
-	rec := &job.Record{ID: id, Status: job.StatusQueued, Model: req.Model, Queue: queue, Route: &route, Request: &req, CreatedAt: time.Now().UTC()}
-	if err := s.store.Put(ctx, rec); err != nil {
-		s.releaseIdem(idemKey, id)
-		s.unavailable(w, err)
-		return
-	}
-	task, opts, err := job.NewTask(id, req, s.cfg.Pool, asynq.Queue(queue))
+	// No record is written here: the route travels in the task's payload and
+	// the worker records it. Until a worker starts the job, lookup reads it
+	// from asynq. One write per submit fewer; nothing to undo on failure.
+	task, opts, err := job.NewRoutedTask(id, req, s.cfg.Pool, &route)
 	if err != nil {
+		s.releaseIdem(idemKey, id)
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
 	if _, err := s.client.EnqueueContext(ctx, task, opts...); err != nil {
-		_ = s.store.Delete(context.WithoutCancel(ctx), id)
 		s.releaseIdem(idemKey, id)
 		s.unavailable(w, err)
 		return
@@ -348,14 +345,16 @@ func (s *Server) lookup(ctx context.Context, id string) (*job.Record, error) {
 	if rec != nil && rec.Status.Terminal() {
 		return rec, nil
 	}
+	// The record's queue first (where the job most likely is), then all.
 	var queues []string
 	if rec != nil && rec.Queue != "" {
-		queues = []string{rec.Queue}
-	} else {
-		if queues, err = s.inspector.Queues(); err != nil {
-			return nil, err
-		}
+		queues = append(queues, rec.Queue)
 	}
+	all, err := s.inspector.Queues()
+	if err != nil {
+		return nil, err
+	}
+	queues = append(queues, all...)
 	for _, q := range queues {
 		info, err := s.inspector.GetTaskInfo(q, id)
 		if err != nil {
@@ -369,6 +368,8 @@ func (s *Server) lookup(ctx context.Context, id string) (*job.Record, error) {
 			if p, err := job.DecodePayload(info.Payload); err == nil {
 				rec.Model = p.Request.Model
 				rec.Request = &p.Request
+				rec.Route = p.Route
+				rec.CreatedAt = p.SubmittedAt
 			} else {
 				rec.Error = err.Error()
 			}

@@ -74,6 +74,10 @@ func (h *heartbeat) run(ctx context.Context) {
 			cancel()
 			return
 		case <-t.C:
+		case <-h.w.beatNow:
+			// The cache changed (a model fetched, so maybe another
+			// evicted): tell the router now, not at the next tick, so it
+			// does not send jobs after a model that just left.
 		}
 	}
 }

@@ -101,6 +101,8 @@ type Worker struct {
 	// it cancelled to write their records.
 	running  sync.WaitGroup
 	inFlight atomic.Int64
+	// beatNow asks the heartbeat loop for an immediate beat.
+	beatNow chan struct{}
 	models   models
 	fleet    *job.Fleet
 }
@@ -159,6 +161,7 @@ func New(cfg Config) (*Worker, error) {
 		rdb:     rdb,
 		store:   job.NewStore(rdb),
 		fleet:   job.NewFleet(rdb),
+		beatNow: make(chan struct{}, 1),
 		log:     cfg.Logger.With("host", cfg.HostID, "pid", os.Getpid(), "backend", cfg.Backend.Name()),
 		metrics: newMetrics(cfg.Metrics),
 		pid:     os.Getpid(),
@@ -262,6 +265,10 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	rec.Model = p.Request.Model
 	rec.Request = &p.Request
+	rec.Route = p.Route
+	if !p.SubmittedAt.IsZero() {
+		rec.CreatedAt = p.SubmittedAt
+	}
 	rec.Status = job.StatusRunning
 	rec.StartedAt = started.UTC()
 	rec.Timings = map[string]float64{}
@@ -366,6 +373,10 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 		w.metrics.cache.WithLabelValues("hit").Inc()
 	} else {
 		w.metrics.cache.WithLabelValues("miss").Inc()
+		select {
+		case w.beatNow <- struct{}{}:
+		default:
+		}
 	}
 	log.Debug("model acquired", "model", req.Model, "hit", r.Hit, "fetched_bytes", r.FetchedBytes)
 	if len(m.Blobs) == 0 {

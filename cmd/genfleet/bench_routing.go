@@ -37,6 +37,7 @@ func benchRouting(ctx context.Context, args []string, stderr io.Writer) (map[str
 	jobs := f.Int("jobs", 40, "jobs, alternating between the two models")
 	inflight := f.Int("inflight", 2, "jobs in flight at once")
 	steps := f.Int("steps", 2, "steps per job")
+	verbose := f.Bool("v", false, "print each job: model, cache hit, host that ran it, route reason")
 	if err := f.parse(args, 0); err != nil {
 		return nil, err
 	}
@@ -86,7 +87,7 @@ func benchRouting(ctx context.Context, args []string, stderr io.Writer) (map[str
 	for _, routed := range []bool{false, true} {
 		label := map[bool]string{true: "routed", false: "unrouted"}[routed]
 		fmt.Fprintf(stderr, "%s: %d jobs over 2 hosts…\n", label, *jobs)
-		loads, p50, err := routingRun(ctx, redisOpt, env, cl, reg, filepath.Join(dir, label), routed, n, *jobs, *inflight, *steps, stderr)
+		loads, p50, err := routingRun(ctx, redisOpt, env, cl, reg, filepath.Join(dir, label), routed, n, *jobs, *inflight, *steps, *verbose, stderr)
 		if err != nil {
 			return nil, fmt.Errorf("%s run: %w", label, err)
 		}
@@ -103,7 +104,7 @@ func benchRouting(ctx context.Context, args []string, stderr io.Writer) (map[str
 // stream, and returns the number of cold model loads the workers reported
 // and the p50 job latency (submit → finished).
 func routingRun(ctx context.Context, redisOpt asynq.RedisConnOpt, env []string, cl *s3.Client, reg *modelcache.Registry,
-	dir string, routed bool, modelSize int64, jobs, inflight, steps int, stderr io.Writer) (int, float64, error) {
+	dir string, routed bool, modelSize int64, jobs, inflight, steps int, verbose bool, stderr io.Writer) (int, float64, error) {
 	rdb := redisOpt.MakeRedisClient().(redis.UniversalClient)
 	defer rdb.Close()
 	if err := rdb.FlushDB(ctx).Err(); err != nil {
@@ -203,6 +204,9 @@ func routingRun(ctx context.Context, redisOpt asynq.RedisConnOpt, env []string, 
 		}
 		if !r.Result.CacheHit {
 			loads++
+		}
+		if verbose {
+			fmt.Fprintf(stderr, "%s %s hit=%v ran=%s route=%s\n", r.CreatedAt.Format("05.000"), r.Model, r.Result.CacheHit, r.Worker.Host, r.Route.Reason)
 		}
 		lat = append(lat, float64(r.FinishedAt.Sub(r.CreatedAt).Microseconds())/1000)
 	}
