@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
@@ -30,12 +31,14 @@ const benchFetchBucket = "genfleet-bench"
 // (then fsync, so both end with durable bytes), and a sequential write +
 // fsync of the same number of bytes. Every timed step starts from a synced
 // disk and removes its file afterwards; the order of the three rotates
-// from run to run; the best of --runs counts for each.
+// from run to run; the median of --runs counts for each (this machine's
+// disk swings by up to 4× between runs, and a best-of would let one
+// outlier decide a ratio). Every run's figure is in the output too.
 func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
 	f := newFlags("bench fetch", stderr)
 	c := addCommon(f)
 	sizeStr := f.String("size", "2GiB", "model size")
-	runs := f.Int("runs", 3, "timed runs of each contender (the best counts)")
+	runs := f.Int("runs", 5, "timed runs of each contender (the median counts)")
 	dir := f.String("dir", "", "parent directory of the temporary files, on the disk to measure (default: the system temp dir)")
 	partStr := f.String("part-size", "", "genfleet part size (default: modelcache's default)")
 	conc := f.Int("concurrency", 0, "genfleet GETs in flight (default: modelcache's default)")
@@ -164,7 +167,7 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	type contender struct {
 		name string
 		fn   func(int) (time.Duration, error)
-		best time.Duration
+		all  []time.Duration
 	}
 	cs := []*contender{{name: "genfleet", fn: genfleet}, {name: "transfermanager", fn: anchorTM}, {name: "disk_write", fn: anchorDisk}}
 	for run := range *runs {
@@ -177,12 +180,25 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 				return nil, fmt.Errorf("%s, run %d: %w", ct.name, run+1, err)
 			}
 			fmt.Fprintf(stderr, "run %d %-16s %6.0f MB/s (%v)\n", run+1, ct.name, mbps(size, d), d.Round(time.Millisecond))
-			if ct.best == 0 || d < ct.best {
-				ct.best = d
-			}
+			ct.all = append(ct.all, d)
 		}
 	}
-	g, t, w := mbps(size, cs[0].best), mbps(size, cs[1].best), mbps(size, cs[2].best)
+	median := func(ds []time.Duration) time.Duration {
+		s := append([]time.Duration(nil), ds...)
+		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+		if len(s)%2 == 1 {
+			return s[len(s)/2]
+		}
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	perRun := func(ds []time.Duration) []float64 {
+		out := make([]float64, len(ds))
+		for i, d := range ds {
+			out[i] = round1(mbps(size, d))
+		}
+		return out
+	}
+	g, t, w := mbps(size, median(cs[0].all)), mbps(size, median(cs[1].all)), mbps(size, median(cs[2].all))
 	effPart, effConc := partSize, *conc
 	if effPart <= 0 {
 		effPart = modelcache.DefaultPartSize
@@ -206,6 +222,10 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		"transfermanager_includes_sync": true,
 		"disk_write_measures":           "sequential 4 MiB writes of the same size, then fsync",
 		"mbps_unit":                     "1e6 bytes/s",
+		"statistic":                     "median of runs",
+		"genfleet_runs_mbps":            perRun(cs[0].all),
+		"transfermanager_runs_mbps":     perRun(cs[1].all),
+		"disk_write_runs_mbps":          perRun(cs[2].all),
 	}
 	return res, nil
 }
