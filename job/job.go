@@ -49,11 +49,11 @@ type Request struct {
 	Model          string  `json:"model"`
 	Prompt         string  `json:"prompt"`
 	NegativePrompt string  `json:"negative_prompt,omitempty"`
-	Width          int     `json:"width,omitempty"`    // default 512
-	Height         int     `json:"height,omitempty"`   // default 512
-	Steps          int     `json:"steps,omitempty"`    // default 20
-	Seed           int64   `json:"seed"`               // any value; same seed → same image
-	Guidance       float64 `json:"guidance,omitempty"` // default 7.5
+	Width          int     `json:"width,omitempty"`  // default 512
+	Height         int     `json:"height,omitempty"` // default 512
+	Steps          int     `json:"steps,omitempty"`  // default 20
+	Seed           int64   `json:"seed"`             // any value; same seed → same image
+	Guidance       float64 `json:"guidance"`         // default 7.5 when absent; 0 is valid
 	OutputFormat   string  `json:"output_format,omitempty"`
 }
 

@@ -41,14 +41,15 @@ const (
 	DefaultTimeout  = 30 * time.Minute
 )
 
-// EncodePayload validates req (after ApplyDefaults) and returns the payload
-// bytes.
+// EncodePayload validates req as it is and returns the payload bytes. It
+// applies no defaults: a request decoded from JSON already has them (and
+// keeps an explicit "guidance": 0); one built in Go should go through
+// ApplyDefaults first, or through NewTask, which does that.
 func EncodePayload(req Request, submitted time.Time) ([]byte, error) {
 	return encodePayload(Payload{Request: req, SubmittedAt: submitted})
 }
 
 func encodePayload(p Payload) ([]byte, error) {
-	p.Request.ApplyDefaults()
 	if err := p.Request.Validate(); err != nil {
 		return nil, err
 	}
@@ -88,12 +89,18 @@ func DecodePayload(b []byte) (*Payload, error) {
 //
 //	task, opts, err := job.NewTask(id, req, job.DefaultPool)
 //	info, err := client.Enqueue(task, opts...)
+//
+// NewTask is for requests built in Go: zero-valued optional fields take
+// their defaults (ApplyDefaults), so a Go producer cannot ask for guidance 0
+// this way; NewRoutedTask takes the request as it is.
 func NewTask(id string, req Request, class string, opts ...asynq.Option) (*asynq.Task, []asynq.Option, error) {
+	req.ApplyDefaults()
 	return NewRoutedTask(id, req, class, nil, opts...)
 }
 
-// NewRoutedTask is NewTask for a job the scheduler routed: route is carried
-// in the payload (the worker records it) and its queue is used.
+// NewRoutedTask is NewTask for a request that already has its defaults
+// (decoded from JSON, say) and, optionally, a route: the route is carried in
+// the payload (the worker records it) and its queue is used.
 func NewRoutedTask(id string, req Request, class string, route *Route, opts ...asynq.Option) (*asynq.Task, []asynq.Option, error) {
 	if id == "" {
 		return nil, nil, fmt.Errorf("%w: empty job id", ErrInvalid)

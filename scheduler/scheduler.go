@@ -64,7 +64,11 @@ type Config struct {
 	// before the registry is asked again. Default 5s. Unknown models are
 	// never cached, so a model pushed a moment ago is found at once.
 	ManifestTTL time.Duration
-	Logger      *slog.Logger
+	// APITokens are the bearer tokens the API accepts (Authorization:
+	// Bearer <token>); empty turns authentication off, which New logs as a
+	// warning. /healthz, /readyz and /metrics are always open (see auth.go).
+	APITokens []string
+	Logger    *slog.Logger
 }
 
 // Server is the API.
@@ -160,7 +164,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.route(mux, "GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	s.handler = mux
+	s.handler = s.authenticate(mux)
 	return s, nil
 }
 
@@ -326,9 +330,17 @@ func (s *Server) releaseIdem(key, id string) {
 	}
 }
 
+// retryAfter is the Retry-After (seconds) of a 503: about the time a
+// restarted or failed-over Redis takes to answer again.
+const retryAfter = "2"
+
+// unavailable answers 503 with Retry-After for a request that needed Redis
+// and could not reach it. The client may retry; a POST with an
+// Idempotency-Key retries safely.
 func (s *Server) unavailable(w http.ResponseWriter, err error) {
 	s.submitted.WithLabelValues("unavailable").Inc()
 	s.log.Error("redis unavailable", "err", err)
+	w.Header().Set("Retry-After", retryAfter)
 	writeError(w, http.StatusServiceUnavailable, fmt.Errorf("queue unavailable: %w", err))
 }
 
@@ -517,6 +529,7 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		w.Header().Set("Retry-After", retryAfter)
 		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("redis unreachable: %w", err))
 		return
 	}

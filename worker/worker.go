@@ -103,8 +103,8 @@ type Worker struct {
 	inFlight atomic.Int64
 	// beatNow asks the heartbeat loop for an immediate beat.
 	beatNow chan struct{}
-	models   models
-	fleet    *job.Fleet
+	models  models
+	fleet   *job.Fleet
 }
 
 var (

@@ -12,11 +12,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -198,6 +201,8 @@ func (f flags) parse(args []string, want int) error {
 type common struct {
 	redis       *string
 	redisPass   *string
+	redisTLS    *bool
+	redisTLSCA  *string
 	s3Endpoint  *string
 	s3Region    *string
 	s3Access    *string
@@ -212,6 +217,8 @@ func addCommon(f flags) *common {
 	return &common{
 		redis:       f.str("redis", "GENFLEET_REDIS", "127.0.0.1:6379", "Redis address host:port or redis://[:password@]host:port[/db]"),
 		redisPass:   f.str("redis-password", "GENFLEET_REDIS_PASSWORD", "", "Redis password, for a host:port --redis (KEDA's Redis scaler reads the same two variables)"),
+		redisTLS:    f.boolean("redis-tls", "GENFLEET_REDIS_TLS", false, "connect to Redis over TLS (a rediss:// --redis always does), verifying the server's certificate"),
+		redisTLSCA:  f.str("redis-tls-ca", "GENFLEET_REDIS_TLS_CA", "", "PEM file of the CA that signed Redis's certificate; empty uses the system roots"),
 		s3Endpoint:  f.str("s3-endpoint", "GENFLEET_S3_ENDPOINT", "", "S3 endpoint URL; empty means AWS S3"),
 		s3Region:    f.str("s3-region", "GENFLEET_S3_REGION", "us-east-1", "S3 region"),
 		s3Access:    f.str("s3-access-key", "GENFLEET_S3_ACCESS_KEY", "", "S3 access key; empty uses the AWS default credential chain"),
@@ -236,14 +243,67 @@ func (c *common) redisOpt() (asynq.RedisConnOpt, error) {
 	if strings.Contains(addr, "://") {
 		opt, err := asynq.ParseRedisURI(addr)
 		if err != nil {
-			return nil, fmt.Errorf("--redis %q: %w", addr, err)
+			// The URI may hold a password: name the flag, not the value.
+			return nil, fmt.Errorf("--redis: not a valid Redis URI: %w", redactURIError(err, addr))
+		}
+		if o, ok := opt.(asynq.RedisClientOpt); ok && (*c.redisTLS || o.TLSConfig != nil) {
+			host, _, _ := strings.Cut(o.Addr, ":")
+			if o.TLSConfig, err = c.redisTLSConfig(host); err != nil {
+				return nil, err
+			}
+			return o, nil
+		}
+		if *c.redisTLS {
+			return nil, fmt.Errorf("--redis-tls works with host:port, redis:// and rediss:// addresses, not %T", opt)
 		}
 		return opt, nil
 	}
 	if addr == "" {
 		return nil, errors.New("--redis is empty")
 	}
-	return asynq.RedisClientOpt{Addr: addr, Password: *c.redisPass}, nil
+	opt := asynq.RedisClientOpt{Addr: addr, Password: *c.redisPass}
+	if *c.redisTLS {
+		host, _, _ := strings.Cut(addr, ":")
+		tc, err := c.redisTLSConfig(host)
+		if err != nil {
+			return nil, err
+		}
+		opt.TLSConfig = tc
+	}
+	return opt, nil
+}
+
+// redisTLSConfig verifies the server as host (TLS 1.2 or later), against
+// --redis-tls-ca when given.
+func (c *common) redisTLSConfig(host string) (*tls.Config, error) {
+	tc := &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+	if *c.redisTLSCA != "" {
+		pem, err := os.ReadFile(*c.redisTLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("--redis-tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--redis-tls-ca %s: no PEM certificate in it", *c.redisTLSCA)
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
+}
+
+// redactURIError removes the password of uri from err's message.
+func redactURIError(err error, uri string) error {
+	u, perr := url.Parse(uri)
+	if perr != nil || u.User == nil {
+		if perr != nil {
+			return errors.New("unparsable URI")
+		}
+		return err
+	}
+	if pw, ok := u.User.Password(); ok && pw != "" {
+		return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
+	}
+	return err
 }
 
 func (c *common) s3Config() s3x.Config {

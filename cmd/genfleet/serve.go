@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,7 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/genfleet/genfleet/backends"
-	_ "github.com/genfleet/genfleet/backends/cpu" // registers "cpu"
+	_ "github.com/genfleet/genfleet/backends/cpu"  // registers "cpu"
+	_ "github.com/genfleet/genfleet/backends/cuda" // registers "cuda"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/modelcache"
 	"github.com/genfleet/genfleet/scheduler"
@@ -41,12 +43,25 @@ func cmdScheduler(ctx context.Context, args []string, stderr io.Writer) error {
 	return serveScheduler(ctx, c, ln, *pool, rf, log)
 }
 
-// routingFlags configure the router and the reaper.
+// routingFlags configure the router and the reaper, and the API's
+// authentication (every caller of serveScheduler adds them).
 type routingFlags struct {
 	enabled     *bool
 	warm        *float64
 	backlogCap  *int
 	hostTimeout *time.Duration
+	apiToken    *string
+}
+
+// apiTokens splits --api-token into its comma-separated tokens.
+func (rf *routingFlags) apiTokens() []string {
+	var out []string
+	for _, t := range strings.Split(*rf.apiToken, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func addRoutingFlags(f flags) *routingFlags {
@@ -63,6 +78,7 @@ func addRoutingFlags(f flags) *routingFlags {
 		warm:        f.Float64("warm-fraction", warmDefault, "resident fraction at which a model counts as warm on a host (env GENFLEET_WARM_FRACTION)"),
 		backlogCap:  f.integer("backlog-cap", "GENFLEET_BACKLOG_CAP", 0, "most jobs queued for one host before routing falls back to the pool; 0 = 2 per worker slot"),
 		hostTimeout: f.duration("host-timeout", "GENFLEET_HOST_TIMEOUT", 10*time.Second, "silence after which a host's queued jobs move back to the pool"),
+		apiToken:    f.str("api-token", "GENFLEET_API_TOKEN", "", "bearer token clients must send (several, comma-separated, during a rotation); empty = no authentication. Prefer the environment: flags show in ps"),
 	}
 }
 
@@ -79,7 +95,7 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	srv, err := scheduler.New(scheduler.Config{
 		Redis: redisOpt, S3: cl, Registry: reg, Pool: pool, CheckModels: true, Logger: log,
 		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
-		HostTimeout: *rf.hostTimeout,
+		HostTimeout: *rf.hostTimeout, APITokens: rf.apiTokens(),
 	})
 	if err != nil {
 		return err
@@ -144,15 +160,18 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	name := *backendName
-	if name == "auto" {
-		name = "cpu"
-	}
-	be, err := backends.New(name)
+	be, err := selectBackend(*backendName, log)
 	if err != nil {
 		return err
 	}
 	promReg := prometheus.NewRegistry()
+	if mr, ok := be.(interface {
+		RegisterMetrics(prometheus.Registerer) error
+	}); ok {
+		if err := mr.RegisterMetrics(promReg); err != nil {
+			return err
+		}
+	}
 	cacheOpts, err := lf.options(promReg, log)
 	if err != nil {
 		return err
@@ -192,4 +211,30 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log.Info("worker ready", "cache", *cacheDir, "pid", os.Getpid())
 	return w.Run(ctx)
+}
+
+// selectBackend returns the backend registered as name. "auto" means cuda
+// where it can run, else cpu, logging why cuda is unavailable; a cuda
+// configuration error (a bad GENFLEET_CUDA_* value) is returned, not
+// papered over by the fallback. Backends that log get log.
+func selectBackend(name string, log *slog.Logger) (backends.Backend, error) {
+	open := func(name string) (backends.Backend, error) {
+		be, err := backends.New(name)
+		if ls, ok := be.(interface{ SetLogger(*slog.Logger) }); ok && err == nil {
+			ls.SetLogger(log)
+		}
+		return be, err
+	}
+	if name != "auto" {
+		return open(name)
+	}
+	be, err := open("cuda")
+	if err == nil {
+		return be, nil
+	}
+	if !errors.Is(err, backends.ErrUnavailable) {
+		return nil, fmt.Errorf("--backend auto: %w", err)
+	}
+	log.Warn("cuda unavailable, falling back to cpu", "reason", err.Error())
+	return open("cpu")
 }

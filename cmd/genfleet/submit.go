@@ -18,6 +18,7 @@ import (
 func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("submit", stderr)
 	api := f.str("api", "GENFLEET_API", "http://127.0.0.1:8080", "scheduler API base URL")
+	apiToken := f.str("api-token", "GENFLEET_API_TOKEN", "", "bearer token the scheduler requires (prefer the environment: flags show in ps)")
 	model := f.String("model", "", "model name or s3://bucket/key (required)")
 	prompt := f.String("prompt", "", "prompt (required)")
 	negative := f.String("negative-prompt", "", "negative prompt")
@@ -45,6 +46,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	hreq.Header.Set("Content-Type", "application/json")
+	setToken(hreq, *apiToken)
 	if *idem != "" {
 		hreq.Header.Set("Idempotency-Key", *idem)
 	}
@@ -68,6 +70,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	for {
 		rec = job.Record{}
 		greq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+created.ID, nil)
+		setToken(greq, *apiToken)
 		if err := doJSON(greq, http.StatusOK, &rec); err != nil {
 			return err
 		}
@@ -96,6 +99,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	ireq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+created.ID+"/image", nil)
+	setToken(ireq, *apiToken)
 	resp, err := http.DefaultClient.Do(ireq)
 	if err != nil {
 		return err
@@ -123,6 +127,13 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stderr, "wrote %s\n", *out)
 	return nil
+}
+
+// setToken adds "Authorization: Bearer token" to req unless token is empty.
+func setToken(req *http.Request, token string) {
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 }
 
 // doJSON sends req and decodes a JSON answer with status want into v;

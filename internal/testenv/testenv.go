@@ -115,12 +115,39 @@ func waitTCP(addr string, exited <-chan struct{}, timeout time.Duration) error {
 type Server struct {
 	Addr    string // host:port
 	Dir     string // its working directory
-	stop    func()
 	logName string
+
+	mu   sync.Mutex
+	stop func()
+	// relaunch starts the same command again on Addr (see Restart).
+	relaunch func() (func(), error)
 }
 
-// Stop kills the server and waits for it. It is safe to call more than once.
-func (s *Server) Stop() { s.stop() }
+// Stop kills the server (SIGKILL: nothing is flushed that was not already
+// durable) and waits for it. It is safe to call more than once.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	stop := s.stop
+	s.mu.Unlock()
+	stop()
+}
+
+// Restart starts the server again with the same arguments, on the same
+// address and in the same directory, after Stop (it stops a running one
+// first). A Redis started by StartRedisAOF comes back with every write it
+// acknowledged before it was stopped. A restart whose port was taken in
+// the meantime fails.
+func (s *Server) Restart() error {
+	s.Stop()
+	stop, err := s.relaunch()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.stop = stop
+	s.mu.Unlock()
+	return nil
+}
 
 // LogTail returns the last n bytes of the server's log, for failure messages.
 func (s *Server) LogTail(n int) string {
@@ -135,6 +162,44 @@ func tail(s string, n int) string {
 	return s
 }
 
+// launch starts bin with args in dir, appending its output to logName, and
+// waits until it listens on addr. It returns the function that stops it.
+func launch(bin string, args, env []string, dir, addr, logName string) (func(), error) {
+	logf, err := os.OpenFile(logName, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			select {
+			case <-exited:
+			default:
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+			logf.Close()
+		})
+	}
+	if err := waitTCP(addr, exited, 30*time.Second); err != nil {
+		stop()
+		out, _ := os.ReadFile(logName)
+		return nil, fmt.Errorf("%s: %w\n%s", filepath.Base(bin), err, tail(string(out), 2000))
+	}
+	return stop, nil
+}
+
 // startProc starts bin on a fresh free port (args(addr, port) builds its
 // arguments) and waits until it listens, retrying on a port clash.
 func startProc(bin string, args func(addr string, port int) []string, env []string, dir string) (*Server, error) {
@@ -145,54 +210,40 @@ func startProc(bin string, args func(addr string, port int) []string, env []stri
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		logName := filepath.Join(dir, fmt.Sprintf("server-%d.log", attempt))
-		logf, err := os.Create(logName)
+		argv := args(addr, port)
+		stop, err := launch(bin, argv, env, dir, addr, logName)
 		if err != nil {
-			return nil, err
-		}
-		cmd := exec.Command(bin, args(addr, port)...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), env...)
-		cmd.Stdout = logf
-		cmd.Stderr = logf
-		if err := cmd.Start(); err != nil {
-			logf.Close()
-			return nil, fmt.Errorf("start %s: %w", bin, err)
-		}
-		exited := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(exited) }()
-		var once sync.Once
-		stop := func() {
-			once.Do(func() {
-				select {
-				case <-exited:
-				default:
-					_ = cmd.Process.Kill()
-					<-exited
-				}
-				logf.Close()
-			})
-		}
-		if err := waitTCP(addr, exited, 30*time.Second); err != nil {
-			stop()
 			out, _ := os.ReadFile(logName)
 			if strings.Contains(strings.ToLower(string(out)), "address already in use") {
 				continue
 			}
-			return nil, fmt.Errorf("%s: %w\n%s", filepath.Base(bin), err, tail(string(out), 2000))
+			return nil, err
 		}
-		return &Server{Addr: addr, Dir: dir, stop: stop, logName: logName}, nil
+		return &Server{Addr: addr, Dir: dir, stop: stop, logName: logName,
+			relaunch: func() (func(), error) { return launch(bin, argv, env, dir, addr, logName) }}, nil
 	}
 	return nil, fmt.Errorf("could not start %s: ports kept clashing", filepath.Base(bin))
 }
 
 // StartRedis starts a redis-server with persistence off, its files in dir.
 func StartRedis(dir string) (*Server, error) {
+	return startRedis(dir, "--save", "", "--appendonly", "no")
+}
+
+// StartRedisAOF starts a redis-server that appends every write to its AOF
+// in dir and fsyncs it before answering, so that Stop (SIGKILL) followed by
+// Restart loses nothing it acknowledged: for outage tests.
+func StartRedisAOF(dir string) (*Server, error) {
+	return startRedis(dir, "--save", "", "--appendonly", "yes", "--appendfsync", "always")
+}
+
+func startRedis(dir string, persistence ...string) (*Server, error) {
 	bin, err := findOrErr("redis-server")
 	if err != nil {
 		return nil, err
 	}
 	return startProc(bin, func(_ string, port int) []string {
-		return []string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}
+		return append([]string{"--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--dir", dir}, persistence...)
 	}, nil, dir)
 }
 
@@ -249,6 +300,18 @@ func skipOrFail(t testing.TB, err error) {
 func Redis(t testing.TB) *Server {
 	t.Helper()
 	s, err := StartRedis(t.TempDir())
+	if err != nil {
+		skipOrFail(t, err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// RedisAOF starts a redis-server for the test with an fsynced AOF, so the
+// test can Stop and Restart it without losing data (StartRedisAOF).
+func RedisAOF(t testing.TB) *Server {
+	t.Helper()
+	s, err := StartRedisAOF(t.TempDir())
 	if err != nil {
 		skipOrFail(t, err)
 	}

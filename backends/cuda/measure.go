@@ -1,0 +1,96 @@
+package cuda
+
+import (
+	"context"
+	"fmt"
+	"time"
+	"unsafe"
+)
+
+// UploadReport is what MeasureUpload found; rates are in 10^9 bytes/s,
+// each the best of the repetitions.
+type UploadReport struct {
+	Device string
+	Bytes  int64
+	// Naive is cuMemcpyHtoD straight from the mapping.
+	Naive float64
+	// Genfleet is the backend's own upload with the strategy its policy
+	// picks for this size (Strategy), registration included.
+	Genfleet float64
+	Strategy Strategy
+	// Pinned is cuMemcpyHtoD from a cuMemAllocHost buffer: the ceiling.
+	Pinned float64
+	// PerStrategy has every strategy's rate, for the record.
+	PerStrategy map[Strategy]float64
+	// RegisterSeconds is the best cuMemHostRegister time seen.
+	RegisterSeconds float64
+}
+
+// MeasureUpload opens the backend with cfg and times, reps times each,
+// copies of the whole mapping to device memory: naive, every strategy,
+// genfleet's choice, and the pinned-memory ceiling. The mapping should be
+// warm (in the page cache) for the figures to compare copies, not disks.
+func MeasureUpload(ctx context.Context, mapping []byte, cfg Config, reps int) (UploadReport, error) {
+	n := int64(len(mapping))
+	rep := UploadReport{Bytes: n, PerStrategy: map[Strategy]float64{}}
+	if n == 0 {
+		return rep, fmt.Errorf("cuda: nothing to upload")
+	}
+	reps = max(reps, 1)
+	b, err := Open(cfg)
+	if err != nil {
+		return rep, err
+	}
+	defer b.Close()
+	rep.Device = b.DeviceName()
+	rep.Strategy = b.pol.choose(n)
+	dst, err := b.dev.alloc(n)
+	if err != nil {
+		return rep, fmt.Errorf("cuda: allocate %d bytes on %s: %w", n, rep.Device, err)
+	}
+	defer b.dev.free(dst)
+
+	best := func(s Strategy) (float64, error) {
+		var top float64
+		for range reps {
+			st, err := b.dev.upload(ctx, dst, mapping, 0, n, s)
+			if err != nil {
+				return 0, fmt.Errorf("%s upload: %w", s, err)
+			}
+			top = max(top, st.GBps())
+			if s == Registered && st.Setup > 0 && (rep.RegisterSeconds == 0 || st.Setup.Seconds() < rep.RegisterSeconds) {
+				rep.RegisterSeconds = st.Setup.Seconds()
+			}
+		}
+		return top, nil
+	}
+	for _, s := range []Strategy{Naive, Staged, Registered} {
+		if rep.PerStrategy[s], err = best(s); err != nil {
+			return rep, err
+		}
+	}
+	rep.Naive = rep.PerStrategy[Naive]
+	// Genfleet's upload, timed on its own after the others so that it
+	// runs with the staging ring already allocated, as in a worker.
+	if rep.Genfleet, err = best(rep.Strategy); err != nil {
+		return rep, err
+	}
+
+	err = b.dev.do(func() error {
+		host, err := b.dev.allocHost(n)
+		if err != nil {
+			return fmt.Errorf("pinned buffer of %d bytes: %w", n, err)
+		}
+		defer b.dev.drv.cuMemFreeHost(unsafe.Pointer(unsafe.SliceData(host)))
+		copy(host, mapping)
+		for range reps {
+			t0 := time.Now()
+			if err := b.dev.drv.check("cuMemcpyHtoD", b.dev.drv.cuMemcpyHtoD(dst, unsafe.Pointer(&host[0]), uint64(n))); err != nil {
+				return err
+			}
+			rep.Pinned = max(rep.Pinned, float64(n)/time.Since(t0).Seconds()/1e9)
+		}
+		return nil
+	})
+	return rep, err
+}
