@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/genfleet/genfleet/internal/units"
 )
 
 // Config configures the cuda backend. The zero value of each field means
@@ -133,50 +135,12 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	return c, errors.Join(errs...)
 }
 
-// parseSize parses "64MiB", "4GiB", "1.5GB" or a plain byte count.
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	units := []struct {
-		suffix string
-		mult   float64
-	}{
-		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
-	}
-	mult := 1.0
-	for _, u := range units {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
-	}
-	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 || v*mult > 1<<50 {
-		return 0, fmt.Errorf("invalid size %q (examples: 65536, 64MiB, 40GiB)", s)
-	}
-	return int64(v * mult), nil
-}
+// parseSize parses a size such as "64MiB" (see internal/units).
+func parseSize(s string) (int64, error) { return units.ParseSize(s) }
 
 // parseBudget parses a device memory budget: a size ("40GiB") or a
 // percentage of the free device memory ("80%"); "" or "0" is the default.
-func parseBudget(s string) (bytes int64, percent float64, err error) {
-	t := strings.TrimSpace(s)
-	if t == "" || t == "0" {
-		return 0, 0, nil
-	}
-	if p, ok := strings.CutSuffix(t, "%"); ok {
-		v, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
-		if err != nil || v <= 0 || v > 100 {
-			return 0, 0, fmt.Errorf("a percentage must be in (0, 100]")
-		}
-		return 0, v, nil
-	}
-	n, err := parseSize(t)
-	if err != nil {
-		return 0, 0, err
-	}
-	return n, 0, nil
-}
+func parseBudget(s string) (bytes int64, percent float64, err error) { return units.ParseBudget(s) }
 
 // parseStaging parses "BUFFERSxSIZE", e.g. "4x64MiB".
 func parseStaging(s string) (int, int64, error) {

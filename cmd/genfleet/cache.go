@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/genfleet/genfleet/internal/units"
 	"github.com/genfleet/genfleet/modelcache"
 )
 
@@ -78,24 +78,7 @@ func (cf *cacheFlags) options() (modelcache.Options, error) {
 
 // parseBudget parses a cache budget: "" (no cap), a size ("50GiB") or a
 // percentage of the file system ("80%").
-func parseBudget(s string) (bytes int64, percent float64, err error) {
-	t := strings.TrimSpace(s)
-	if t == "" || t == "0" {
-		return 0, 0, nil
-	}
-	if p, ok := strings.CutSuffix(t, "%"); ok {
-		v, err := strconv.ParseFloat(strings.TrimSpace(p), 64)
-		if err != nil || v <= 0 || v > 100 {
-			return 0, 0, fmt.Errorf("invalid budget %q: a percentage must be in (0, 100]", s)
-		}
-		return 0, v, nil
-	}
-	n, err := parseSize(t)
-	if err != nil {
-		return 0, 0, fmt.Errorf("invalid budget %q (examples: 50GiB, 80%%)", s)
-	}
-	return n, 0, nil
-}
+func parseBudget(s string) (bytes int64, percent float64, err error) { return units.ParseBudget(s) }
 
 func openCacheFromFlags(cf *cacheFlags, o modelcache.Options, src modelcache.Source) (*modelcache.Cache, error) {
 	bo, err := cf.options()

@@ -32,6 +32,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/internal/units"
 	"github.com/genfleet/genfleet/modelcache"
 )
 
@@ -349,26 +350,4 @@ func (c *common) openRegistry(ctx context.Context) (*modelcache.Registry, *s3.Cl
 }
 
 // parseSize parses "64MiB", "4GiB", "1.5GB", "65536".
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	units := []struct {
-		suffix string
-		mult   float64
-	}{
-		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1},
-	}
-	mult := 1.0
-	for _, u := range units {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
-	}
-	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 || v*mult > 1<<50 {
-		return 0, fmt.Errorf("invalid size %q (examples: 65536, 64MiB, 4GiB)", s)
-	}
-	return int64(v * mult), nil
-}
+func parseSize(s string) (int64, error) { return units.ParseSize(s) }
