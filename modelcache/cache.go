@@ -67,10 +67,8 @@ func OpenWith(root string, src Source, opts Options) (*Cache, error) {
 	if opts.Budget < 0 || opts.BudgetPercent < 0 || opts.BudgetPercent > 100 {
 		return nil, fmt.Errorf("open model cache: budget %d bytes / %g%%: want a size ≥ 0 or a percentage in [0, 100]", opts.Budget, opts.BudgetPercent)
 	}
-	for _, d := range []string{blobsDir, tmpDir, locksDir, refsDir, useDir} {
-		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
-			return nil, fmt.Errorf("open model cache: %w", err)
-		}
+	if err := makeDirs(abs); err != nil {
+		return nil, fmt.Errorf("open model cache: %w", err)
 	}
 	c := &Cache{root: abs, src: src, opts: opts, verified: map[string]bool{}}
 	if err := c.cleanTmp(); err != nil {
@@ -88,6 +86,16 @@ func OpenWith(root string, src Source, opts Options) (*Cache, error) {
 
 // Options returns the options the Cache runs with, defaults filled in.
 func (c *Cache) Options() Options { return c.opts }
+
+// makeDirs creates the cache's subdirectories under root if missing.
+func makeDirs(root string) error {
+	for _, d := range []string{blobsDir, tmpDir, locksDir, refsDir, useDir} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // Root is the cache's root directory (absolute).
 func (c *Cache) Root() string { return c.root }
@@ -230,6 +238,12 @@ func (c *Cache) Acquire(ctx context.Context, m *Manifest) (*Model, error) {
 	}
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("acquire model %q: %w", m.Ref(), err)
+	}
+	// The directories may have been removed under a running worker (an
+	// operator wiping the cache): recreate them rather than fail every job
+	// until a restart. Blobs still mapped stay valid; they are fetched again.
+	if err := makeDirs(c.root); err != nil {
+		return nil, fmt.Errorf("acquire model %q: model cache %s: %w", m.Ref(), c.root, err)
 	}
 	model := &Model{Manifest: m, Report: Report{Hit: true}}
 	for _, f := range m.Files {

@@ -481,3 +481,35 @@ func TestOpenCleansStaleTmp(t *testing.T) {
 		t.Errorf("tmp/ after Open = %q, want %q", got, want)
 	}
 }
+
+// The cache directory removed under a running process (an operator wiping
+// it): a model still mapped stays readable, and the next Acquire recreates
+// the layout and fetches again instead of failing until a restart.
+func TestCacheDirRemovedUnderRunningProcess(t *testing.T) {
+	e := newEnv(t)
+	m, data := e.push(t, "wiped", 1<<20+5)
+	root := filepath.Join(t.TempDir(), "cache")
+	c := openCache(t, root, e.src)
+	held, err := c.Acquire(t.Context(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if err := os.RemoveAll(root); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(held.Blobs[0].Data, data) {
+		t.Fatal("a mapping of a removed blob changed")
+	}
+	again, err := c.Acquire(t.Context(), m)
+	if err != nil {
+		t.Fatalf("acquire after the cache dir was removed: %v", err)
+	}
+	defer again.Close()
+	if again.Report.Hit || !bytes.Equal(again.Blobs[0].Data, data) {
+		t.Fatalf("after removal: hit=%v, bytes equal=%v; want a verified re-fetch", again.Report.Hit, bytes.Equal(again.Blobs[0].Data, data))
+	}
+	if _, err := os.Stat(again.Blobs[0].Path); err != nil {
+		t.Fatalf("re-fetched blob not in place: %v", err)
+	}
+}

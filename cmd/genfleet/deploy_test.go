@@ -304,8 +304,8 @@ func probeRoles() (map[string]map[string]int, error) {
 		}
 		cmd := exec.Command(self, args...)
 		cmd.Env = env
-		var logs bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &syncWriter{w: &logs}, &syncWriter{w: &logs}
+		logs := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			return nil, err
 		}
@@ -320,7 +320,7 @@ func probeRoles() (map[string]map[string]int, error) {
 			<-done
 		}
 		if err != nil {
-			return nil, fmt.Errorf("genfleet %s: %v\nlog:\n%s", role, err, cmd.Stdout.(*syncWriter).String())
+			return nil, fmt.Errorf("genfleet %s: %v\nlog:\n%s", role, err, cmd.Stdout.(*lockedBuffer).String())
 		}
 		out[role] = got
 	}

@@ -5,7 +5,6 @@ package main
 // re-executed as `genfleet worker`).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -143,7 +142,6 @@ type fleet struct {
 	sched    *scheduler.Server
 	cacheDir string
 	workers  []*exec.Cmd
-	logs     []*bytes.Buffer
 	reg      *modelcache.Registry
 }
 
@@ -223,59 +221,28 @@ func (fl *fleet) startWorkerOn(hostID, cacheDir string, extra ...string) *exec.C
 		"GENFLEET_OUTPUTS=s3://"+outputsBucket+"/outputs/",
 		"GENFLEET_LOG_LEVEL=debug",
 	)
-	var buf bytes.Buffer
-	cmd.Stdout = &syncWriter{w: &buf}
+	cmd.Stdout = &lockedBuffer{}
 	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		fl.t.Fatal(err)
 	}
 	fl.workers = append(fl.workers, cmd)
-	fl.logs = append(fl.logs, &buf)
 	fl.t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()
 		}
 		if fl.t.Failed() {
-			fl.t.Logf("worker pid %d log:\n%s", cmd.Process.Pid, cmd.Stdout.(*syncWriter).String())
+			fl.t.Logf("worker pid %d log:\n%s", cmd.Process.Pid, cmd.Stdout.(*lockedBuffer).String())
 		}
 	})
 	return cmd
 }
 
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(b []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(b)
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.String()
-}
-
 // do sends a request to the API and returns status and body.
 func (fl *fleet) do(method, path, body string, hdr ...string) (int, []byte) {
 	fl.t.Helper()
-	req, err := http.NewRequest(method, fl.api.URL+path, strings.NewReader(body))
-	if err != nil {
-		fl.t.Fatal(err)
-	}
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		fl.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	resp, b := fl.rawDo(method, path, body, hdr...)
 	return resp.StatusCode, b
 }
 
