@@ -335,20 +335,28 @@ func splitAllPositional(args []string) (pos, rest []string) {
 
 // loadFlags are the worker's model-loading and cache-policy flags.
 type loadFlags struct {
-	mode   *string
-	advice *string
-	mlock  *bool
-	budget *string
-	verify *string
+	mode         *string
+	advice       *string
+	mlock        *bool
+	budget       *string
+	verify       *string
+	fetchConc    *int
+	partSize     *string
+	fetchRetries *int
+	stall        *time.Duration
 }
 
 func addLoadFlags(f flags) *loadFlags {
 	return &loadFlags{
-		mode:   f.str("load-mode", "GENFLEET_LOAD_MODE", "mmap", "how models are loaded: mmap (shared read-only mapping, one copy per host) or read (private copy per process)"),
-		advice: f.str("advice", "GENFLEET_ADVICE", "none", "madvise for mapped models: none, willneed, sequential, random or populate (prefault every page before the job starts)"),
-		mlock:  f.boolean("mlock", "GENFLEET_MLOCK", false, "lock loaded models into RAM (needs RLIMIT_MEMLOCK ≥ model size, or CAP_IPC_LOCK)"),
-		budget: f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
-		verify: f.str("verify", "GENFLEET_VERIFY", "never", "re-hash cached models: never (only when fetched) or on-open (first use by this process; corrupt ones are fetched again)"),
+		mode:         f.str("load-mode", "GENFLEET_LOAD_MODE", "mmap", "how models are loaded: mmap (shared read-only mapping, one copy per host) or read (private copy per process)"),
+		advice:       f.str("advice", "GENFLEET_ADVICE", "none", "madvise for mapped models: none, willneed, sequential, random or populate (prefault every page before the job starts)"),
+		mlock:        f.boolean("mlock", "GENFLEET_MLOCK", false, "lock loaded models into RAM (needs RLIMIT_MEMLOCK ≥ model size, or CAP_IPC_LOCK)"),
+		budget:       f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
+		verify:       f.str("verify", "GENFLEET_VERIFY", "never", "re-hash cached models: never (only when fetched) or on-open (first use by this process; corrupt ones are fetched again)"),
+		fetchConc:    f.integer("fetch-concurrency", "GENFLEET_FETCH_CONCURRENCY", modelcache.DefaultFetchConcurrency, "ranged GETs in flight per model file fetched from S3"),
+		partSize:     f.str("fetch-part-size", "GENFLEET_FETCH_PART_SIZE", "16MiB", "size of each ranged GET"),
+		fetchRetries: f.integer("fetch-retries", "GENFLEET_FETCH_RETRIES", 5, "retries of one part (with backoff) before a fetch fails and the job's attempt with it; -1: none"),
+		stall:        f.duration("fetch-stall-timeout", "GENFLEET_FETCH_STALL_TIMEOUT", 30*time.Second, "a part that receives no bytes for this long is cancelled and retried"),
 	}
 }
 
@@ -358,6 +366,7 @@ func (lf *loadFlags) options(metrics prometheus.Registerer, log *slog.Logger) (m
 		LoadMode: modelcache.LoadMode(*lf.mode), Advice: modelcache.Advice(*lf.advice),
 		Mlock: *lf.mlock, Verify: modelcache.VerifyPolicy(*lf.verify),
 		Metrics: metrics, Logger: log,
+		FetchConcurrency: *lf.fetchConc, FetchRetries: *lf.fetchRetries, StallTimeout: *lf.stall,
 	}
 	for _, err := range []error{o.LoadMode.Validate(), o.Advice.Validate(), o.Verify.Validate()} {
 		if err != nil {
@@ -367,6 +376,12 @@ func (lf *loadFlags) options(metrics prometheus.Registerer, log *slog.Logger) (m
 	var err error
 	if o.Budget, o.BudgetPercent, err = parseBudget(*lf.budget); err != nil {
 		return o, fmt.Errorf("--cache-budget: %w", err)
+	}
+	if o.PartSize, err = parseSize(*lf.partSize); err != nil || o.PartSize < 1<<20 {
+		return o, fmt.Errorf("--fetch-part-size %q: want a size of at least 1MiB", *lf.partSize)
+	}
+	if o.FetchConcurrency < 1 {
+		return o, fmt.Errorf("--fetch-concurrency %d: want at least 1", o.FetchConcurrency)
 	}
 	return o, nil
 }

@@ -425,3 +425,28 @@ func TestTransientUploadFaultRetriesJob(t *testing.T) {
 		t.Fatalf("outputs %v, want exactly one", keys)
 	}
 }
+
+// An object that fails for good (every GET of the model answers 500) ends
+// the job failed, after its retries, with an error naming the object.
+func TestPermanentlyFailingObjectFailsJob(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	fl := newFleet(t, 1<<20, "cpu")
+	fl.proxy.failGets.Store("/" + modelsBucket + "/blobs/")
+	fl.startWorker("--retry-base", "100ms", "--fetch-retries", "1")
+	p := job.NewProducer(asynq.RedisClientOpt{Addr: fl.redis.Addr})
+	defer p.Close()
+	id, err := p.Enqueue(context.Background(), "", job.Request{Model: "demo", Prompt: "x", Width: 64, Height: 64, Steps: 1}, asynq.MaxRetry(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := fl.wait(id, 90*time.Second, nil)
+	if rec.Status != job.StatusFailed || rec.Attempt != 2 {
+		t.Fatalf("status %s after attempt %d (%q); want failed after 2 attempts", rec.Status, rec.Attempt, rec.Error)
+	}
+	if !strings.Contains(rec.Error, "failed after 2 attempts") || !strings.Contains(rec.Error, "s3://"+modelsBucket+"/blobs/demo.safetensors") {
+		t.Fatalf("error %q does not say the attempts and the object", rec.Error)
+	}
+	t.Logf("job error: %s", rec.Error)
+}

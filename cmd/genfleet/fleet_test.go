@@ -55,6 +55,9 @@ type countingProxy struct {
 	// failPuts PUTs under /genfleet-outputs/ are answered 500 InternalError
 	// without reaching the server.
 	failPuts atomic.Int32
+	// failGets, when set to a path prefix, answers every GET under it
+	// with 500 InternalError: an object that fails for good.
+	failGets atomic.Value
 	// cutNext GET bodies whose path starts with the slow prefix are cut
 	// off after 256 KiB, like a connection reset mid-download (well past the
 	// headers, so the SDK cannot retry the request itself).
@@ -84,8 +87,11 @@ func newCountingProxy(t *testing.T, target string) *countingProxy {
 		resp.Body = &countingBody{ReadCloser: resp.Body, p: p, path: path, slow: match && p.delay > 0, delay: p.delay, cut: cut}
 		return nil
 	}
+	p.failGets.Store("")
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/"+outputsBucket+"/") && p.failPuts.Add(-1) >= 0 {
+		failGet := p.failGets.Load().(string)
+		if (r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/"+outputsBucket+"/") && p.failPuts.Add(-1) >= 0) ||
+			(r.Method == http.MethodGet && failGet != "" && strings.HasPrefix(r.URL.Path, failGet)) {
 			w.Header().Set("Content-Type", "application/xml")
 			w.WriteHeader(http.StatusInternalServerError)
 			fmt.Fprint(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>injected</Message></Error>`)
