@@ -73,6 +73,22 @@ func (c *Cache) openBlob(ctx context.Context, hex string, size int64) (*Blob, er
 		}
 		return nil, errNoBlob
 	}
+	// A blob whose size is not the manifest's was truncated or grown on
+	// disk (blobs are never written in place by genfleet) — or the manifest
+	// is wrong. The hash decides: a corrupt blob is quarantined and counts
+	// as absent, so the caller fetches it again.
+	if st, err := f.Stat(); err == nil && st.Size() != size {
+		cerr := c.checkBlob(ctx, f, hex, st.Size())
+		f.Close()
+		if errors.Is(cerr, ErrCorrupt) {
+			c.opts.Logger.Warn("model cache blob has the wrong size; quarantined, fetching again", "digest", "sha256:"+hex, "size", st.Size(), "want", size, "err", cerr)
+			return nil, errNoBlob
+		}
+		if cerr != nil {
+			return nil, cerr
+		}
+		return nil, fmt.Errorf("blob sha256:%s is intact but %d bytes, while the manifest says %d: the manifest is wrong", hex, st.Size(), size)
+	}
 	return mapBlob(f, hex, path, size)
 }
 

@@ -513,3 +513,32 @@ func TestCacheDirRemovedUnderRunningProcess(t *testing.T) {
 		t.Fatalf("re-fetched blob not in place: %v", err)
 	}
 }
+
+// A cached blob truncated on disk is caught on the next acquire by its size,
+// confirmed by its hash, quarantined, and fetched again: never served.
+func TestTruncatedBlobIsRefetched(t *testing.T) {
+	e := newEnv(t)
+	m, data := e.push(t, "cut", 2<<20+3)
+	root := t.TempDir()
+	c := openCache(t, root, e.src)
+	mod := acquire(t, c, m)
+	path := mod.Blobs[0].Path
+	mod.Close()
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 1<<20); err != nil { // disk corruption, simulated
+		t.Fatal(err)
+	}
+	again, err := c.Acquire(t.Context(), m)
+	if err != nil {
+		t.Fatalf("acquire after truncation: %v", err)
+	}
+	defer again.Close()
+	if again.Report.Hit || !bytes.Equal(again.Blobs[0].Data, data) {
+		t.Fatalf("hit=%v equal=%v: want a verified re-fetch", again.Report.Hit, bytes.Equal(again.Blobs[0].Data, data))
+	}
+	if q := dirNames(t, filepath.Join(root, "quarantine")); len(q) != 1 {
+		t.Fatalf("quarantine holds %v, want the truncated blob", q)
+	}
+}
