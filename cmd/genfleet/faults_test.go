@@ -4,61 +4,17 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"image/png"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hibiken/asynq"
-
-	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/internal/testenv"
 	"github.com/genfleet/genfleet/job"
-	"github.com/genfleet/genfleet/modelcache"
-	"github.com/genfleet/genfleet/scheduler"
 )
-
-// newFleetOnRedis is newFleetWith on a Redis the test started itself (one
-// it can stop and restart), with the reaper running.
-func newFleetOnRedis(t *testing.T, rd *testenv.Server, modelSize int64, edit func(*scheduler.Config)) *fleet {
-	t.Helper()
-	fl := &fleet{t: t, cacheDir: t.TempDir(), redis: rd}
-	fl.s3 = testenv.S3Server(t, modelsBucket, outputsBucket)
-	fl.proxy = newCountingProxy(t, fl.s3.Endpoint)
-	ctx := context.Background()
-	fl.reg = &modelcache.Registry{Src: modelcache.NewS3Source(fl.s3.Client), Root: s3x.URL{Bucket: modelsBucket}}
-	model := filepath.Join(t.TempDir(), "demo.safetensors")
-	if err := writeModel(model, modelSize, 1); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := fl.reg.Push(ctx, model, s3x.URL{Bucket: modelsBucket, Key: "blobs/demo.safetensors"}, "demo", nil); err != nil {
-		t.Fatal(err)
-	}
-	cfg := scheduler.Config{
-		Redis: asynq.RedisClientOpt{Addr: rd.Addr}, S3: fl.s3.Client, Registry: fl.reg,
-		CheckModels: true, FleetTTL: 50 * time.Millisecond, ReapInterval: 200 * time.Millisecond,
-	}
-	if edit != nil {
-		edit(&cfg)
-	}
-	sched, err := scheduler.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fl.sched = sched
-	fl.api = httptest.NewServer(sched.Handler())
-	reapCtx, stopReaper := context.WithCancel(context.Background())
-	reaperDone := make(chan struct{})
-	go func() { defer close(reaperDone); sched.RunReaper(reapCtx) }()
-	t.Cleanup(func() { stopReaper(); <-reaperDone; fl.api.Close(); sched.Close() })
-	return fl
-}
 
 // rawDo sends a request to the API and returns the whole response (body
 // read and closed).

@@ -167,12 +167,17 @@ func newFleet(t *testing.T, modelSize int64, pool string) *fleet {
 // (routing is off unless edit turns it on). The reaper runs.
 func newFleetWith(t *testing.T, modelSize int64, edit func(*scheduler.Config)) *fleet {
 	t.Helper()
-	fl := &fleet{t: t, cacheDir: t.TempDir()}
-	fl.redis = testenv.Redis(t)
+	return newFleetOnRedis(t, testenv.Redis(t), modelSize, edit)
+}
+
+// newFleetOnRedis is newFleetWith on a Redis the caller started (one a
+// test can stop and restart), with the reaper running. edit may be nil.
+func newFleetOnRedis(t *testing.T, rd *testenv.Server, modelSize int64, edit func(*scheduler.Config)) *fleet {
+	t.Helper()
+	fl := &fleet{t: t, cacheDir: t.TempDir(), redis: rd}
 	fl.s3 = testenv.S3Server(t, modelsBucket, outputsBucket)
 	fl.proxy = newCountingProxy(t, fl.s3.Endpoint)
 	ctx := context.Background()
-
 	fl.reg = &modelcache.Registry{Src: modelcache.NewS3Source(fl.s3.Client), Root: s3x.URL{Bucket: modelsBucket}}
 	model := filepath.Join(t.TempDir(), "demo.safetensors")
 	if err := writeModel(model, modelSize, 1); err != nil {
@@ -181,12 +186,13 @@ func newFleetWith(t *testing.T, modelSize int64, edit func(*scheduler.Config)) *
 	if _, err := fl.reg.Push(ctx, model, s3x.URL{Bucket: modelsBucket, Key: "blobs/demo.safetensors"}, "demo", nil); err != nil {
 		t.Fatal(err)
 	}
-
 	cfg := scheduler.Config{
-		Redis: asynq.RedisClientOpt{Addr: fl.redis.Addr}, S3: fl.s3.Client, Registry: fl.reg,
+		Redis: asynq.RedisClientOpt{Addr: rd.Addr}, S3: fl.s3.Client, Registry: fl.reg,
 		CheckModels: true, FleetTTL: 50 * time.Millisecond, ReapInterval: 200 * time.Millisecond,
 	}
-	edit(&cfg)
+	if edit != nil {
+		edit(&cfg)
+	}
 	sched, err := scheduler.New(cfg)
 	if err != nil {
 		t.Fatal(err)
