@@ -67,12 +67,12 @@ type WorkerInfo struct {
 }
 
 // Record is what Redis holds about a job besides asynq's own task state.
-// It is kept in parts that are never read-modify-written across processes:
-// the worker writes the run part (everything, from the task's payload and
-// its own work) when it starts the job and as it moves; the scheduler writes
-// a submit part only where no worker will (a job cancelled while queued).
-// Store.Get merges them. A job no worker has started yet has no record:
-// the scheduler reads it from asynq's task (payload and state).
+// The worker writes it (from the task's payload and its own work) when it
+// starts the job and as the job moves; the scheduler writes it only for a
+// job it cancelled before any worker took it. A job no worker has started
+// yet has no record: the scheduler reads it from asynq's task (payload and
+// state). The cancel flag and progress are separate hash fields, so nothing
+// is read-modify-written across processes.
 //
 // Timings are in milliseconds by phase: queue_wait, resolve, wait (for
 // another process fetching the same model), fetch, verify, map, generate,
@@ -102,11 +102,10 @@ const RecordTTL = 7 * 24 * time.Hour
 func recordKey(id string) string { return "genfleet:job:" + id }
 func idemKey(key string) string  { return "genfleet:idem:" + key }
 
-// Hash fields of a record key. Each has one writer, so a cancel request,
-// a route change and a worker's update never overwrite each other.
+// Hash fields of a record key. Each has one writer at a time, so a cancel
+// request and a worker's update never overwrite each other.
 const (
-	fieldSubmit = "rec"    // the scheduler's part (JSON Record)
-	fieldRun    = "run"    // the worker's part (JSON Record)
+	fieldRun    = "run"    // the record (JSON)
 	fieldFinal  = "final"  // terminal status, once there is one
 	fieldCancel = "cancel" // "1" once a cancel was requested
 	fieldStep   = "step"
@@ -126,86 +125,30 @@ type Store struct {
 // NewStore returns a store on rdb.
 func NewStore(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
 
-// Put writes the submit part of rec (the scheduler's).
-func (s *Store) Put(ctx context.Context, rec *Record) error {
-	return s.put(ctx, rec.ID, fieldSubmit, rec)
-}
-
-// PutRun writes the run part of rec (the worker's) without claim checks:
-// for intermediate states such as "queued again, will retry".
-func (s *Store) PutRun(ctx context.Context, rec *Record) error {
-	return s.put(ctx, rec.ID, fieldRun, rec)
-}
-
-func (s *Store) put(ctx context.Context, id, field string, rec *Record) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, recordKey(id), field, b)
-	pipe.PExpire(ctx, recordKey(id), RecordTTL)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("write job record %s: %w", id, err)
-	}
-	return nil
-}
-
-// Get returns the record of id: the submit and run parts merged, with live
-// progress. A missing record gives ErrNoRecord.
+// Get returns the record of id with live progress. A missing record gives
+// ErrNoRecord.
 func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
-	vals, err := s.rdb.HMGet(ctx, recordKey(id), fieldSubmit, fieldRun, fieldStep, fieldSteps).Result()
+	vals, err := s.rdb.HMGet(ctx, recordKey(id), fieldRun, fieldStep, fieldSteps).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read job record %s: %w", id, err)
 	}
-	sub, hasSub := vals[0].(string)
-	run, hasRun := vals[1].(string)
-	if !hasSub && !hasRun {
+	raw, ok := vals[0].(string)
+	if !ok {
 		return nil, ErrNoRecord
 	}
-	rec := &Record{ID: id}
-	if hasSub {
-		if err := json.Unmarshal([]byte(sub), rec); err != nil {
-			return nil, fmt.Errorf("job record %s is corrupt: %w", id, err)
-		}
+	rec := &Record{}
+	if err := json.Unmarshal([]byte(raw), rec); err != nil {
+		return nil, fmt.Errorf("job record %s is corrupt: %w", id, err)
 	}
-	if hasRun {
-		var r Record
-		if err := json.Unmarshal([]byte(run), &r); err != nil {
-			return nil, fmt.Errorf("job record %s is corrupt: %w", id, err)
-		}
-		rec.merge(&r)
-	}
+	rec.ID = id
 	if rec.Status == StatusRunning {
-		step, _ := strconv.Atoi(str(vals[2]))
-		steps, _ := strconv.Atoi(str(vals[3]))
+		step, _ := strconv.Atoi(str(vals[1]))
+		steps, _ := strconv.Atoi(str(vals[2]))
 		if steps > 0 {
 			rec.Progress = &Progress{Step: step, Steps: steps}
 		}
 	}
 	return rec, nil
-}
-
-// merge overlays the run part r onto the submit part.
-func (rec *Record) merge(r *Record) {
-	rec.Status, rec.Error = r.Status, r.Error
-	rec.Timings, rec.Result, rec.Worker, rec.Attempt = r.Timings, r.Result, r.Worker, r.Attempt
-	rec.StartedAt, rec.FinishedAt = r.StartedAt, r.FinishedAt
-	if r.Queue != "" {
-		rec.Queue = r.Queue
-	}
-	if r.Route != nil {
-		rec.Route = r.Route
-	}
-	if rec.Model == "" {
-		rec.Model = r.Model
-	}
-	if rec.Request == nil {
-		rec.Request = r.Request
-	}
-	if rec.CreatedAt.IsZero() {
-		rec.CreatedAt = r.CreatedAt
-	}
 }
 
 func str(v any) string {
@@ -217,7 +160,7 @@ func str(v any) string {
 type StartResult string
 
 const (
-	// StartOK: the claim is the caller's and the run part says running.
+	// StartOK: the claim is the caller's and the record says running.
 	StartOK StartResult = "ok"
 	// StartCancelled: a cancel was requested before the job started.
 	StartCancelled StartResult = "cancelled"
@@ -228,7 +171,7 @@ const (
 )
 
 // startScript: one round trip to decide whether a worker may run a job and,
-// if so, take the job's run claim and write its run part.
+// if so, take the job's run claim and write its record.
 var startScript = redis.NewScript(`
 if redis.call("HGET", KEYS[1], "cancel") == "1" then return "cancelled" end
 if redis.call("HEXISTS", KEYS[1], "final") == 1 then return "done" end
@@ -241,7 +184,7 @@ return "ok"`)
 // Start decides in one round trip whether the caller (owner, unique per
 // attempt) may run job run.ID: it checks the cancel flag and whether the
 // job already ended, takes the run claim for claimTTL, and writes run as
-// the run part.
+// the record.
 func (s *Store) Start(ctx context.Context, run *Record, owner string, claimTTL time.Duration) (StartResult, error) {
 	b, err := json.Marshal(run)
 	if err != nil {
@@ -262,8 +205,8 @@ func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Dur
 	return refreshScript.Run(ctx, s.rdb, []string{claimKey(id)}, owner, ttl.Milliseconds()).Err()
 }
 
-// finishScript writes the run part, marks a terminal status final, and
-// drops the caller's claim, in one round trip.
+// finishScript writes the record, marks a terminal status final, and drops
+// the caller's claim, in one round trip.
 var finishScript = redis.NewScript(`
 redis.call("HSET", KEYS[1], "run", ARGV[1])
 if ARGV[2] ~= "" then redis.call("HSET", KEYS[1], "final", ARGV[2]) end
@@ -271,8 +214,8 @@ redis.call("PEXPIRE", KEYS[1], ARGV[4])
 if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then redis.call("DEL", KEYS[2]) end
 return 1`)
 
-// Finish writes run as the run part; a terminal status is recorded as
-// final, so no later copy of the job runs. owner's claim is released
+// Finish writes run as the record; a terminal status is recorded as final,
+// so no later copy of the job runs. owner's claim is released
 // (owner "" releases nothing).
 func (s *Store) Finish(ctx context.Context, run *Record, owner string) error {
 	b, err := json.Marshal(run)

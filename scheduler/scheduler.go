@@ -474,8 +474,11 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	// A job no worker holds yet is removed from its queue right away.
 	if rec.Queue != "" {
 		if err := s.inspector.DeleteTask(rec.Queue, id); err == nil {
-			run := &job.Record{ID: id, Status: job.StatusCancelled, Queue: rec.Queue, FinishedAt: time.Now().UTC()}
-			if err := s.store.Finish(ctx, run, ""); err != nil {
+			// No worker took it, so the record is written here, from what
+			// asynq's task said (model, request, route).
+			run := *rec
+			run.Status, run.FinishedAt = job.StatusCancelled, time.Now().UTC()
+			if err := s.store.Finish(ctx, &run, ""); err != nil {
 				s.unavailable(w, err)
 				return
 			}

@@ -434,7 +434,7 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 	}, nil
 }
 
-// finish writes the run part with status st and releases owner's claim.
+// finish writes the record with status st and releases owner's claim.
 // A terminal status is counted in the metrics; "queued" (a retry or a hand
 // back) is not an outcome.
 func (w *Worker) finish(ctx context.Context, rec *job.Record, st job.Status, msg string, started time.Time, owner string) {
