@@ -357,52 +357,65 @@ func (s *Server) lookup(ctx context.Context, id string) (*job.Record, error) {
 	if rec != nil && rec.Status.Terminal() {
 		return rec, nil
 	}
-	// The record's queue first (where the job most likely is), then all.
-	var queues []string
+	// The record's queue first (where the job most likely is); every queue
+	// only when it is not there (a job no worker started yet, or one moved).
+	var info *asynq.TaskInfo
 	if rec != nil && rec.Queue != "" {
-		queues = append(queues, rec.Queue)
-	}
-	all, err := s.inspector.Queues()
-	if err != nil {
-		return nil, err
-	}
-	queues = append(queues, all...)
-	for _, q := range queues {
-		info, err := s.inspector.GetTaskInfo(q, id)
-		if err != nil {
-			if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
-				continue
-			}
+		if info, err = s.taskIn(rec.Queue, id); err != nil {
 			return nil, err
 		}
-		if rec == nil {
-			rec = &job.Record{ID: id, Status: job.StatusQueued, Queue: q}
-			if p, err := job.DecodePayload(info.Payload); err == nil {
-				rec.Model = p.Request.Model
-				rec.Request = &p.Request
-				rec.Route = p.Route
-				rec.CreatedAt = p.SubmittedAt
-			} else {
-				rec.Error = err.Error()
+	}
+	if info == nil {
+		queues, err := s.inspector.Queues()
+		if err != nil {
+			return nil, err
+		}
+		for _, q := range queues {
+			if info, err = s.taskIn(q, id); err != nil {
+				return nil, err
+			}
+			if info != nil {
+				break
 			}
 		}
-		// A task asynq archived (retries exhausted, or a worker process
-		// died before it could write the record) is failed.
-		if info.State == asynq.TaskStateArchived && !rec.Status.Terminal() {
-			rec.Status = job.StatusFailed
-			if rec.Error == "" {
-				rec.Error = info.LastErr
-			}
-		}
-		if info.State == asynq.TaskStateActive && rec.Status == job.StatusQueued {
-			rec.Status = job.StatusRunning
-		}
-		return rec, nil
 	}
-	if rec != nil {
+	switch {
+	case info == nil && rec == nil:
+		return nil, errJobNotFound
+	case info == nil:
 		return rec, nil
+	case rec == nil:
+		rec = &job.Record{ID: id, Status: job.StatusQueued, Queue: info.Queue}
+		if p, err := job.DecodePayload(info.Payload); err == nil {
+			rec.Model = p.Request.Model
+			rec.Request = &p.Request
+			rec.Route = p.Route
+			rec.CreatedAt = p.SubmittedAt
+		} else {
+			rec.Error = err.Error()
+		}
 	}
-	return nil, errJobNotFound
+	// A task asynq archived (retries exhausted, or a worker process died
+	// before it could write the record) is failed.
+	if info.State == asynq.TaskStateArchived && !rec.Status.Terminal() {
+		rec.Status = job.StatusFailed
+		if rec.Error == "" {
+			rec.Error = info.LastErr
+		}
+	}
+	if info.State == asynq.TaskStateActive && rec.Status == job.StatusQueued {
+		rec.Status = job.StatusRunning
+	}
+	return rec, nil
+}
+
+// taskIn returns task id of queue q, or nil when q does not hold it.
+func (s *Server) taskIn(q, id string) (*asynq.TaskInfo, error) {
+	info, err := s.inspector.GetTaskInfo(q, id)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return nil, nil
+	}
+	return info, err
 }
 
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
