@@ -34,6 +34,11 @@ type Manifest struct {
 	Name string `json:"name,omitempty"`
 	// Format of the files, e.g. "safetensors" or "gguf"; empty when unknown.
 	Format string `json:"format"`
+	// Engine names the engine that runs the model, e.g. "sdcpp"; empty
+	// means the built-in engine (EngineBuiltin). Workers take only models
+	// whose engine one of their backends runs; the scheduler queues a job
+	// on the pool that serves its model's engine.
+	Engine string `json:"engine,omitempty"`
 	// Files are the model's files (shards or components); at least one.
 	Files   []File    `json:"files"`
 	Created time.Time `json:"created,omitzero"`
@@ -42,6 +47,11 @@ type Manifest struct {
 // File is one file of a model.
 type File struct {
 	Name string `json:"name"`
+	// Role is the part of the model this file is, for engines that take
+	// split models: "model" (a full checkpoint), "diffusion_model", "vae",
+	// "clip_l", "clip_g", "t5xxl", … Empty for the first file means
+	// "model". The engine's backend decides which roles it accepts.
+	Role string `json:"role,omitempty"`
 	// URL is where the file lives, "s3://bucket/key".
 	URL  string `json:"url"`
 	Size int64  `json:"size"`
@@ -49,6 +59,20 @@ type File struct {
 	// digest the cache computes on fetch).
 	Digest string `json:"digest,omitempty"`
 }
+
+// EngineBuiltin is the engine of a manifest that names none: genfleet's
+// reference model family (package backends/refgen).
+const EngineBuiltin = "refgen"
+
+// EngineName is m.Engine, or EngineBuiltin when that is empty.
+func (m *Manifest) EngineName() string {
+	if m.Engine == "" {
+		return EngineBuiltin
+	}
+	return m.Engine
+}
+
+var tokenRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
 
 // Ref is how messages name the model: its registered name, or the URL of its
 // first file for a raw ref.
@@ -74,12 +98,25 @@ func (m *Manifest) Validate() error {
 			return err
 		}
 	}
+	if m.Engine != "" && !tokenRE.MatchString(m.Engine) {
+		return fmt.Errorf("manifest engine %q: use 1 to 64 characters from a-z, 0-9, '.', '_' and '-'", m.Engine)
+	}
 	if len(m.Files) == 0 {
 		return errors.New("manifest lists no files")
 	}
+	roles := map[string]string{}
 	for i, f := range m.Files {
 		if f.Name == "" {
 			return fmt.Errorf("manifest file %d has no name", i)
+		}
+		if f.Role != "" {
+			if !tokenRE.MatchString(f.Role) {
+				return fmt.Errorf("manifest file %q: role %q: use 1 to 64 characters from a-z, 0-9, '.', '_' and '-'", f.Name, f.Role)
+			}
+			if other, dup := roles[f.Role]; dup {
+				return fmt.Errorf("manifest files %q and %q both have role %q", other, f.Name, f.Role)
+			}
+			roles[f.Role] = f.Name
 		}
 		if _, err := parseObjectURL(f.URL); err != nil {
 			return fmt.Errorf("manifest file %q: %w", f.Name, err)

@@ -280,10 +280,29 @@ func TestParseManifestRejects(t *testing.T) {
 		{"negative size", func(m *Manifest) { m.Files[0].Size = -1 }},
 		{"md5 digest", func(m *Manifest) { m.Files[0].Digest = "md5:abc" }},
 		{"upper hex", func(m *Manifest) { m.Files[0].Digest = "sha256:" + strings.Repeat("AB", 32) }},
+		{"bad engine", func(m *Manifest) { m.Engine = "Sd CPP" }},
+		{"bad role", func(m *Manifest) { m.Files[0].Role = "--vae" }},
+		{"duplicate role", func(m *Manifest) {
+			m.Files[0].Role = "vae"
+			m.Files = append(m.Files, File{Name: "b", URL: "s3://models/b", Size: 1, Role: "vae"})
+		}},
 	}
 	data, _ := json.Marshal(good)
 	if _, err := ParseManifest(data); err != nil {
 		t.Fatalf("good manifest rejected: %v", err)
+	}
+	split := good
+	split.Engine = "sdcpp"
+	split.Files = []File{
+		{Name: "flux.gguf", Role: "diffusion_model", URL: "s3://models/flux.gguf", Size: 1},
+		{Name: "ae.safetensors", Role: "vae", URL: "s3://models/ae.safetensors", Size: 1},
+	}
+	data, _ = json.Marshal(split)
+	if m, err := ParseManifest(data); err != nil || m.EngineName() != "sdcpp" || m.Files[1].Role != "vae" {
+		t.Fatalf("split manifest: %+v, %v", m, err)
+	}
+	if good.EngineName() != EngineBuiltin {
+		t.Errorf("engine of a manifest without one = %q, want %q", good.EngineName(), EngineBuiltin)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
