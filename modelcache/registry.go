@@ -202,6 +202,8 @@ func formatOf(name string) string {
 		return "safetensors"
 	case ".gguf":
 		return "gguf"
+	case ".ckpt":
+		return "ckpt"
 	}
 	return ""
 }
@@ -317,71 +319,107 @@ func (r *Registry) readManifest(ctx context.Context, u s3x.URL) (*Manifest, erro
 // uploads it to dest (to dest + the file's base name when dest.Key is empty
 // or ends in "/"), checks the upload with a Head and only then writes the
 // manifest, so a name never points at a missing or partial blob. An existing
-// manifest of the same name is replaced.
+// manifest of the same name is replaced. It is PushModel with one file, no
+// role and the built-in engine.
 //
 // progress, if not nil, is called with the bytes of the file read by the
 // upload so far; done can go back to 0 when the S3 client rereads the body
 // (to sign it) before sending it.
 func (r *Registry) Push(ctx context.Context, localPath string, dest s3x.URL, name string, progress func(done, total int64)) (*Manifest, error) {
+	var fn func(string, int64, int64)
+	if progress != nil {
+		fn = func(_ string, done, total int64) { progress(done, total) }
+	}
+	return r.PushModel(ctx, name, "", []PushFile{{Path: localPath, Dest: dest}}, fn)
+}
+
+// PushFile is one local file of a model to push.
+type PushFile struct {
+	// Path is the local file.
+	Path string
+	// Role is the part of the model the file is (see File.Role); may be
+	// empty.
+	Role string
+	// Dest is the object to upload to; when Dest.Key is empty or ends in
+	// "/", the file's base name is appended to it.
+	Dest s3x.URL
+}
+
+// PushModel registers the local files as model name run by engine (empty:
+// EngineBuiltin). Before uploading anything it checks the name, the
+// destinations, the manifest the push would write (engine and role names,
+// duplicate roles) and that every file is a regular, non-empty file. Then,
+// file by file, it hashes the file, uploads it, checks that the file did
+// not change during the upload and that the object has the file's size.
+// Only after every file is uploaded does it write the manifest, so a failed
+// push leaves the previous manifest of name, or none, in place; objects
+// already uploaded stay.
+//
+// The manifest's Format is the files' common format (see formatOf), or
+// "mixed" when they differ. Every file is uploaded, even when an object of
+// the same size is already there: S3 cannot tell its sha256 cheaply.
+//
+// progress, if not nil, is called with the file's Path and the bytes of it
+// read by the upload so far; done can go back to 0 when the S3 client
+// rereads the body (to sign it) before sending it.
+func (r *Registry) PushModel(ctx context.Context, name, engine string, files []PushFile, progress func(file string, done, total int64)) (*Manifest, error) {
 	if err := ValidName(name); err != nil {
 		return nil, err
 	}
 	if err := r.check(); err != nil {
 		return nil, err
 	}
-	if dest.Key == "" || strings.HasSuffix(dest.Key, "/") {
-		dest.Key += filepath.Base(localPath)
+	if len(files) == 0 {
+		return nil, fmt.Errorf("push %s: no files", name)
 	}
-	if _, err := parseObjectURL(dest.String()); err != nil {
-		return nil, &kindError{kind: ErrInvalidRef, cause: err,
-			msg: fmt.Sprintf("push %s: invalid destination: %v", name, err)}
+	m := &Manifest{Schema: ManifestSchema, Name: name, Engine: engine, Files: make([]File, len(files))}
+	dests := make([]s3x.URL, len(files))
+	seen := map[string]string{}
+	for i, pf := range files {
+		dest := pf.Dest
+		if dest.Key == "" || strings.HasSuffix(dest.Key, "/") {
+			dest.Key += filepath.Base(pf.Path)
+		}
+		if _, err := parseObjectURL(dest.String()); err != nil {
+			return nil, &kindError{kind: ErrInvalidRef, cause: err,
+				msg: fmt.Sprintf("push %s: invalid destination for %s: %v", name, pf.Path, err)}
+		}
+		if other, dup := seen[dest.String()]; dup {
+			return nil, fmt.Errorf("push %s: %s and %s would both be uploaded to %s", name, other, pf.Path, dest)
+		}
+		seen[dest.String()] = pf.Path
+		dests[i] = dest
+		m.Files[i] = File{Name: filepath.Base(pf.Path), Role: pf.Role, URL: dest.String()}
+	}
+	m.Format = commonFormat(files)
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("push %s: %w", name, err)
+	}
+	for _, pf := range files {
+		st, err := os.Stat(pf.Path)
+		if err != nil {
+			return nil, fmt.Errorf("push %s: %w", name, err)
+		}
+		if err := checkPushable(pf.Path, st); err != nil {
+			return nil, fmt.Errorf("push %s: %w", name, err)
+		}
 	}
 
-	f, err := os.Open(localPath)
-	if err != nil {
-		return nil, fmt.Errorf("push %s: %w", name, err)
-	}
-	defer f.Close()
-	before, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("push %s: %w", name, err)
-	}
-	if !before.Mode().IsRegular() {
-		return nil, fmt.Errorf("push %s: %s is not a regular file", name, localPath)
-	}
-	size := before.Size()
-	if size == 0 {
-		return nil, fmt.Errorf("push %s: %s is empty; an empty file cannot be mapped", name, localPath)
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return nil, fmt.Errorf("push %s: hash %s: %w", name, localPath, err)
-	}
-	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, fmt.Errorf("push %s: %w", name, err)
-	}
-	body := &progressReader{r: f, total: size, fn: progress}
-	if err := r.Src.Put(ctx, dest.Bucket, dest.Key, body, size); err != nil {
-		return nil, fmt.Errorf("push %s: upload %s: %w", name, localPath, err)
-	}
-	if after, err := f.Stat(); err != nil || after.Size() != size || !after.ModTime().Equal(before.ModTime()) {
-		return nil, fmt.Errorf("push %s: %s changed while it was pushed; push it again", name, localPath)
-	}
-	info, err := r.Src.Head(ctx, dest.Bucket, dest.Key)
-	if err != nil {
-		return nil, fmt.Errorf("push %s: check upload: %w", name, err)
-	}
-	if info.Size != size {
-		return nil, fmt.Errorf("push %s: %s holds %d bytes after upload, want %d", name, dest, info.Size, size)
+	for i, pf := range files {
+		var fn func(done, total int64)
+		if progress != nil {
+			fn = func(done, total int64) { progress(pf.Path, done, total) }
+		}
+		size, digest, err := r.upload(ctx, pf.Path, dests[i], fn)
+		if err != nil {
+			return nil, fmt.Errorf("push %s: %w", name, err)
+		}
+		m.Files[i].Size, m.Files[i].Digest = size, digest
 	}
 
-	m := &Manifest{
-		Schema:  ManifestSchema,
-		Name:    name,
-		Format:  formatOf(localPath),
-		Files:   []File{{Name: filepath.Base(localPath), URL: dest.String(), Size: size, Digest: digest}},
-		Created: time.Now().UTC().Truncate(time.Second),
+	m.Created = time.Now().UTC().Truncate(time.Second)
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("push %s: %w", name, err)
 	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -393,6 +431,71 @@ func (r *Registry) Push(ctx context.Context, localPath string, dest s3x.URL, nam
 		return nil, fmt.Errorf("push %s: write manifest: %w", name, err)
 	}
 	return m, nil
+}
+
+// commonFormat is the format the files agree on (see formatOf), or "mixed".
+func commonFormat(files []PushFile) string {
+	format := formatOf(files[0].Path)
+	for _, pf := range files[1:] {
+		if formatOf(pf.Path) != format {
+			return "mixed"
+		}
+	}
+	return format
+}
+
+// checkPushable reports why the file at localPath, described by st, cannot
+// be pushed: it is not a regular file, or it is empty.
+func checkPushable(localPath string, st os.FileInfo) error {
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", localPath)
+	}
+	if st.Size() == 0 {
+		return fmt.Errorf("%s is empty; an empty file cannot be mapped", localPath)
+	}
+	return nil
+}
+
+// upload hashes the file at localPath, uploads it to dest and checks the
+// upload: the file must not have changed meanwhile and the object must
+// have its size. It returns the size and the "sha256:<hex>" digest.
+func (r *Registry) upload(ctx context.Context, localPath string, dest s3x.URL, progress func(done, total int64)) (int64, string, error) {
+	f, err := os.Open(localPath)
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	before, err := f.Stat()
+	if err != nil {
+		return 0, "", err
+	}
+	if err := checkPushable(localPath, before); err != nil {
+		return 0, "", err
+	}
+	size := before.Size()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return 0, "", fmt.Errorf("hash %s: %w", localPath, err)
+	}
+	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return 0, "", err
+	}
+	body := &progressReader{r: f, total: size, fn: progress}
+	if err := r.Src.Put(ctx, dest.Bucket, dest.Key, body, size); err != nil {
+		return 0, "", fmt.Errorf("upload %s: %w", localPath, err)
+	}
+	if after, err := f.Stat(); err != nil || after.Size() != size || !after.ModTime().Equal(before.ModTime()) {
+		return 0, "", fmt.Errorf("%s changed while it was pushed; push it again", localPath)
+	}
+	info, err := r.Src.Head(ctx, dest.Bucket, dest.Key)
+	if err != nil {
+		return 0, "", fmt.Errorf("check upload of %s: %w", localPath, err)
+	}
+	if info.Size != size {
+		return 0, "", fmt.Errorf("%s holds %d bytes after upload, want %d", dest, info.Size, size)
+	}
+	return size, digest, nil
 }
 
 // List returns every registered model's manifest, sorted by name. Keys under

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -314,5 +316,181 @@ func TestParseManifestRejects(t *testing.T) {
 				t.Errorf("ParseManifest accepted %s", data)
 			}
 		})
+	}
+}
+
+func TestPushModelSplit(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	contents := map[string][]byte{}
+	var files []PushFile
+	for i, f := range []struct{ name, role string }{
+		{"flux.gguf", "diffusion_model"}, {"ae.safetensors", "vae"}, {"t5.safetensors", "t5xxl"},
+	} {
+		data := randomBytes(1000*(i+1)+7, uint64(10+i))
+		p := filepath.Join(dir, f.name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		contents[p] = data
+		files = append(files, PushFile{Path: p, Role: f.role, Dest: s3x.URL{Bucket: "models", Key: "flux/"}})
+	}
+	// A Dest naming an object is used as is.
+	files[2].Dest = s3x.URL{Bucket: "models", Key: "shared/t5xxl-fp16.safetensors"}
+	last := map[string]int64{}
+	m, err := e.reg.PushModel(t.Context(), "flux", "sdcpp", files, func(file string, done, total int64) {
+		if total != int64(len(contents[file])) {
+			t.Errorf("progress of %s: total %d, want %d", file, total, len(contents[file]))
+		}
+		last[file] = done
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, data := range contents {
+		if last[p] != int64(len(data)) {
+			t.Errorf("last progress of %s = %d, want %d", p, last[p], len(data))
+		}
+	}
+	want := []File{
+		{Name: "flux.gguf", Role: "diffusion_model", URL: "s3://models/flux/flux.gguf", Size: 1007, Digest: "sha256:" + sha256Hex(contents[files[0].Path])},
+		{Name: "ae.safetensors", Role: "vae", URL: "s3://models/flux/ae.safetensors", Size: 2007, Digest: "sha256:" + sha256Hex(contents[files[1].Path])},
+		{Name: "t5.safetensors", Role: "t5xxl", URL: "s3://models/shared/t5xxl-fp16.safetensors", Size: 3007, Digest: "sha256:" + sha256Hex(contents[files[2].Path])},
+	}
+	if !reflect.DeepEqual(m.Files, want) {
+		t.Fatalf("files = %+v\nwant %+v", m.Files, want)
+	}
+	if m.Engine != "sdcpp" || m.EngineName() != "sdcpp" || m.Format != "mixed" || m.Name != "flux" {
+		t.Errorf("manifest = %+v", m)
+	}
+	got, err := e.reg.Resolve(t.Context(), "flux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, m) {
+		t.Errorf("Resolve = %+v\nwant %+v", got, m)
+	}
+	for i, f := range got.Files {
+		u, _ := s3x.ParseURL(f.URL)
+		body, err := e.src.Get(t.Context(), u.Bucket, u.Key, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(body)
+		body.Close()
+		if !bytes.Equal(b, contents[files[i].Path]) {
+			t.Errorf("object %s differs from %s", f.URL, files[i].Path)
+		}
+	}
+}
+
+func TestPushModelFormat(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		names  []string
+		format string
+	}{
+		{[]string{"a.gguf", "b.GGUF"}, "gguf"},
+		{[]string{"a.safetensors", "b.safetensors"}, "safetensors"},
+		{[]string{"a.ckpt"}, "ckpt"},
+		{[]string{"a.ckpt", "b.safetensors"}, "mixed"},
+		{[]string{"a.bin", "b.gguf"}, "mixed"},
+	} {
+		var files []PushFile
+		for i, n := range tc.names {
+			files = append(files, PushFile{Path: writeFile(t, n, randomBytes(100, uint64(i))), Dest: s3x.URL{Bucket: "models", Key: "fmt/" + tc.format + "/"}})
+		}
+		m, err := e.reg.PushModel(t.Context(), "fmt-"+tc.format, "", files, nil)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.names, err)
+		}
+		if m.Format != tc.format {
+			t.Errorf("%v: format %q, want %q", tc.names, m.Format, tc.format)
+		}
+	}
+}
+
+// A push that cannot succeed is refused before anything is uploaded.
+func TestPushModelChecksBeforeUpload(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "flux.gguf")
+	other := filepath.Join(dir, "ae.safetensors")
+	empty := filepath.Join(dir, "empty.safetensors")
+	for p, data := range map[string][]byte{good: randomBytes(500, 1), other: randomBytes(300, 2), empty: nil} {
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dest := s3x.URL{Bucket: "models", Key: "flux/"}
+	tests := []struct {
+		name, engine string
+		files        []PushFile
+		want         string
+	}{
+		{"duplicate role", "sdcpp", []PushFile{{good, "vae", dest}, {other, "vae", dest}}, `both have role "vae"`},
+		{"bad role", "sdcpp", []PushFile{{good, "diffusion_model", dest}, {other, "--vae", dest}}, `role "--vae"`},
+		{"bad engine", "Sd CPP", []PushFile{{good, "model", dest}}, `engine "Sd CPP"`},
+		{"missing second file", "sdcpp", []PushFile{{good, "diffusion_model", dest}, {filepath.Join(dir, "nope.safetensors"), "vae", dest}}, "nope.safetensors"},
+		{"empty second file", "sdcpp", []PushFile{{good, "diffusion_model", dest}, {empty, "vae", dest}}, "is empty"},
+		{"directory", "sdcpp", []PushFile{{good, "diffusion_model", dest}, {dir, "vae", dest}}, "not a regular file"},
+		{"same destination", "sdcpp", []PushFile{{good, "diffusion_model", dest}, {other, "vae", s3x.URL{Bucket: "models", Key: "flux/flux.gguf"}}}, "would both be uploaded"},
+		{"prefix without bucket", "", []PushFile{{good, "", s3x.URL{Key: "x/"}}}, "invalid destination"},
+		{"no files", "sdcpp", nil, "no files"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.reg.PushModel(t.Context(), "flux", tc.engine, tc.files, nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.want)
+			}
+			keys, err := e.src.List(t.Context(), "models", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) != 0 {
+				t.Errorf("refused push left objects: %v", keys)
+			}
+		})
+	}
+}
+
+// A push that fails after uploading some files keeps the previous manifest.
+func TestPushModelFailureKeepsManifest(t *testing.T) {
+	e := newEnv(t)
+	old, _ := e.push(t, "flux", 400)
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "flux.gguf"), filepath.Join(dir, "ae.safetensors")
+	for p, data := range map[string][]byte{a: randomBytes(500, 1), b: randomBytes(300, 2)} {
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.reg.Src = &failingPut{Source: e.src, failKey: "flux/ae.safetensors"}
+	dest := s3x.URL{Bucket: "models", Key: "flux/"}
+	_, err := e.reg.PushModel(t.Context(), "flux", "sdcpp", []PushFile{{a, "diffusion_model", dest}, {b, "vae", dest}}, nil)
+	if !errors.Is(err, errInjected) || !strings.Contains(err.Error(), b) {
+		t.Fatalf("PushModel: err = %v, want the injected fault naming %s", err, b)
+	}
+	e.reg.Src = e.src
+	if _, err := e.src.Head(t.Context(), "models", "flux/flux.gguf"); err != nil {
+		t.Errorf("first file was not uploaded: %v", err)
+	}
+	got, err := e.reg.Resolve(t.Context(), "flux")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, old) {
+		t.Errorf("manifest after failed push = %+v, want the old one %+v", got, old)
+	}
+
+	// Without a previous manifest, none appears.
+	e.reg.Src = &failingPut{Source: e.src, failKey: "flux/ae.safetensors"}
+	if _, err := e.reg.PushModel(t.Context(), "flux2", "sdcpp", []PushFile{{a, "diffusion_model", dest}, {b, "vae", dest}}, nil); !errors.Is(err, errInjected) {
+		t.Fatalf("PushModel: err = %v, want the injected fault", err)
+	}
+	e.reg.Src = e.src
+	if _, err := e.reg.Resolve(t.Context(), "flux2"); !errors.Is(err, ErrModelNotFound) {
+		t.Errorf("Resolve after failed push: err = %v, want ErrModelNotFound", err)
 	}
 }
