@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,7 +23,12 @@ const modelsUsage = `Usage: genfleet models COMMAND
 
 Commands:
   make --size 64MiB [--seed N] --out FILE   write a reference model (safetensors)
-  push FILE s3://bucket/key [--name NAME]   upload a model and register NAME
+  push FILE s3://bucket/key [--name NAME] [--engine ENGINE]
+                                            upload a model and register NAME
+  push --name NAME --engine ENGINE --file ROLE=PATH... s3://bucket/prefix/
+                                            upload a split model's files (one
+                                            --file per file, e.g. vae=ae.safetensors)
+                                            and register NAME
   inspect FILE                              summarise a safetensors or GGUF header
   ls                                        list registered models
 `
@@ -100,36 +106,193 @@ func writeModel(path string, size int64, seed uint64) error {
 	return os.Rename(tmp.Name(), path)
 }
 
+// engineSDCPP is the engine name of stable-diffusion.cpp models.
+const engineSDCPP = "sdcpp"
+
+// sdcppRoles are the file roles a model of engine sdcpp may have. The table
+// mirrors the sdcpp backend's flag table (backends/sdcpp), which passes each
+// role's file to stable-diffusion.cpp with its own flag; keep the two in step.
+var sdcppRoles = []struct{ role, what string }{
+	{"model", "a full checkpoint"},
+	{"diffusion_model", "the diffusion model of a split model"},
+	{"high_noise_diffusion_model", "the high-noise diffusion model"},
+	{"vae", "the VAE"},
+	{"taesd", "a tiny autoencoder for fast decoding"},
+	{"clip_l", "the CLIP-L text encoder"},
+	{"clip_g", "the CLIP-G text encoder"},
+	{"t5xxl", "the T5-XXL text encoder"},
+	{"llm", "a language-model text encoder"},
+	{"llm_vision", "the vision part of the language model"},
+	{"clip_vision", "the CLIP vision encoder"},
+	{"control_net", "a ControlNet"},
+	{"upscale_model", "an upscaler"},
+}
+
+// checkRoles checks the roles of a model's files for engine (empty: the
+// built-in one): no two files may share a role. The built-in engine takes
+// one full checkpoint; sdcpp takes the roles of sdcppRoles, among them a
+// model or a diffusion_model; other engines' backends check their own roles.
+func checkRoles(engine string, files []modelcache.PushFile) error {
+	seen := map[string]string{}
+	for _, pf := range files {
+		if other, dup := seen[pf.Role]; dup && pf.Role != "" {
+			return fmt.Errorf("%s and %s both have role %q", other, pf.Path, pf.Role)
+		}
+		seen[pf.Role] = pf.Path
+	}
+	switch engine {
+	case "":
+		if len(files) != 1 || (files[0].Role != "" && files[0].Role != "model") {
+			return fmt.Errorf("engine %s takes one file with role model", modelcache.EngineBuiltin)
+		}
+	case engineSDCPP:
+		var allowed []string
+		for _, r := range sdcppRoles {
+			allowed = append(allowed, r.role)
+		}
+		hasMain := false
+		for _, pf := range files {
+			if !slices.Contains(allowed, pf.Role) {
+				return fmt.Errorf("--file %s=%s: engine %s has no role %q; roles: %s", pf.Role, pf.Path, engine, pf.Role, strings.Join(allowed, ", "))
+			}
+			hasMain = hasMain || pf.Role == "model" || pf.Role == "diffusion_model"
+		}
+		if !hasMain {
+			return fmt.Errorf("engine %s needs a file with role model or diffusion_model", engine)
+		}
+	}
+	return nil
+}
+
+// checkModelFile checks, before anything is uploaded, that the file at
+// path is a model file engine can load: safetensors for the built-in
+// engine; safetensors, GGUF or a PyTorch .ckpt (a zip) for the others.
+func checkModelFile(path, engine string) error {
+	if engine == "" {
+		if _, err := modelformat.ParseSafetensorsFile(path); err != nil {
+			return fmt.Errorf("%s: engine %s takes safetensors: %w", path, modelcache.EngineBuiltin, err)
+		}
+		return nil
+	}
+	fh, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	want := fmt.Sprintf("engine %s takes safetensors, GGUF or a PyTorch .ckpt (zip) file", engine)
+	magic := make([]byte, 4)
+	if n, _ := fh.ReadAt(magic, 0); n == 4 && string(magic) == "PK\x03\x04" {
+		if strings.EqualFold(filepath.Ext(path), ".ckpt") {
+			return nil
+		}
+		return fmt.Errorf("%s is a zip file but not named *.ckpt; %s", path, want)
+	}
+	format, err := modelformat.Detect(fh, st.Size())
+	if err != nil {
+		return fmt.Errorf("%s: %s: %w", path, want, err)
+	}
+	switch format {
+	case modelformat.FormatGGUF:
+		_, err = modelformat.ParseGGUFHeader(fh, st.Size())
+	default:
+		_, err = modelformat.ParseSafetensors(fh, st.Size())
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// fileFlags collects repeated --file ROLE=PATH flags.
+type fileFlags []modelcache.PushFile
+
+func (f *fileFlags) String() string {
+	var parts []string
+	for _, pf := range *f {
+		parts = append(parts, pf.Role+"="+pf.Path)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f *fileFlags) Set(v string) error {
+	role, path, ok := strings.Cut(v, "=")
+	if !ok || role == "" || path == "" {
+		return fmt.Errorf("%q: want ROLE=PATH, e.g. vae=ae.safetensors", v)
+	}
+	*f = append(*f, modelcache.PushFile{Path: path, Role: role})
+	return nil
+}
+
+const modelsPushUsage = `usage: genfleet models push FILE s3://bucket/key [--name NAME] [--engine ENGINE]
+       genfleet models push --name NAME --engine ENGINE --file ROLE=PATH [--file ROLE=PATH ...] s3://bucket/prefix/`
+
 func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("models push", stderr)
 	c := addCommon(f)
-	name := f.String("name", "", "registry name (default: the file name without extension)")
+	name := f.String("name", "", "registry name (default: the file name without extension; required with --file)")
+	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
+	var files fileFlags
+	f.Var(&files, "file", "a split model's file as `ROLE=PATH`, e.g. vae=ae.safetensors; repeat for each file and give a destination prefix instead of FILE and key")
 	// Allow flags after the positional arguments too.
 	pos, rest := splitPositional(args, 2)
 	if err := f.parse(rest, 0); err != nil {
 		return err
 	}
-	if len(pos) != 2 {
-		fmt.Fprintln(stderr, "usage: genfleet models push FILE s3://bucket/key [--name NAME]")
-		return errUsage
-	}
-	file, dest := pos[0], pos[1]
-	u, err := s3x.ParseURL(dest)
-	if err != nil {
-		return err
-	}
-	if u.Key == "" || strings.HasSuffix(u.Key, "/") {
-		u.Key += filepath.Base(file)
+	eng := *engine
+	if eng == modelcache.EngineBuiltin {
+		eng = ""
 	}
 	n := *name
-	if n == "" {
-		n = strings.ToLower(strings.TrimSuffix(filepath.Base(file), filepath.Ext(file)))
+	var dest string
+	switch {
+	case len(files) > 0 && len(pos) == 1:
+		dest = pos[0]
+		if n == "" {
+			fmt.Fprintln(stderr, "--name is required with --file")
+			return errUsage
+		}
+	case len(files) > 0 && len(pos) == 2:
+		fmt.Fprintf(stderr, "give either FILE and a destination, or --file ROLE=PATH flags and a destination prefix, not both\n%s\n", modelsPushUsage)
+		return errUsage
+	case len(files) == 0 && len(pos) == 2:
+		role := ""
+		if eng != "" {
+			role = "model"
+		}
+		files = fileFlags{{Path: pos[0], Role: role}}
+		dest = pos[1]
+		if n == "" {
+			n = strings.ToLower(strings.TrimSuffix(filepath.Base(pos[0]), filepath.Ext(pos[0])))
+		}
+	default:
+		fmt.Fprintln(stderr, modelsPushUsage)
+		return errUsage
 	}
 	if err := modelcache.ValidName(n); err != nil {
 		return fmt.Errorf("--name: %w", err)
 	}
-	if _, err := modelformat.ParseSafetensorsFile(file); err != nil {
-		return fmt.Errorf("%s: %w", file, err)
+	u, err := s3x.ParseURL(dest)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 1 && u.Key != "" && !strings.HasSuffix(u.Key, "/") {
+		u.Key += "/" // --file: the destination is a prefix
+	}
+	if err := checkRoles(eng, files); err != nil {
+		return err
+	}
+	for i := range files {
+		files[i].Dest = u
+		if err := checkModelFile(files[i].Path, eng); err != nil {
+			return err
+		}
 	}
 	reg, cl, err := c.openRegistry(ctx)
 	if err != nil {
@@ -140,13 +303,31 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 			return err
 		}
 	}
-	prog := newProgress(stderr, "push "+n)
-	m, err := reg.Push(ctx, file, u, n, prog.update)
-	prog.done()
+	var prog *progress
+	var current string
+	m, err := reg.PushModel(ctx, n, eng, files, func(file string, done, total int64) {
+		if prog == nil || file != current {
+			if prog != nil {
+				prog.done()
+			}
+			prog, current = newProgress(stderr, "push "+n+" "+filepath.Base(file)), file
+		}
+		prog.update(done, total)
+	})
+	if prog != nil {
+		prog.done()
+	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "pushed %s as %q (%s, %d bytes)\n", m.Files[0].URL, m.Name, m.Files[0].Digest, m.Files[0].Size)
+	for _, fl := range m.Files {
+		role := ""
+		if fl.Role != "" {
+			role = fl.Role + ", "
+		}
+		fmt.Fprintf(stdout, "pushed %s (%s%s, %d bytes)\n", fl.URL, role, fl.Digest, fl.Size)
+	}
+	fmt.Fprintf(stdout, "registered %q (engine %s, %d file(s))\n", m.Name, m.EngineName(), len(m.Files))
 	return nil
 }
 
@@ -236,7 +417,7 @@ func cmdModelsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return enc.Encode(models)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tFORMAT\tFILES\tBYTES\tDIGEST")
+	fmt.Fprintln(tw, "NAME\tENGINE\tFORMAT\tFILES\tBYTES\tDIGEST")
 	for _, m := range models {
 		var size int64
 		digest := ""
@@ -246,7 +427,7 @@ func cmdModelsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 		if len(m.Files) > 0 {
 			digest = m.Files[0].Digest
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", m.Name, m.Format, len(m.Files), size, digest)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", m.Name, m.EngineName(), m.Format, len(m.Files), size, digest)
 	}
 	return tw.Flush()
 }
