@@ -17,14 +17,37 @@ import (
 	"sync"
 )
 
-// Model is a model as the worker hands it to a backend.
+// Model is a model as the worker hands it to a backend. Digest, Data and
+// Path describe its first file (the whole model for the built-in engine);
+// Files lists every file, for engines that take split models.
 type Model struct {
+	// Name is how the job named the model (a registry name or an s3:// ref).
+	Name string
 	// Digest is "sha256:<hex>" of the file.
 	Digest string
 	// Data is the read-only shared mapping of the whole file.
 	Data []byte
 	// Path is the blob's path in the cache, for out-of-process engines.
 	Path string
+	// Files are all the model's files in manifest order; Files[0] is the
+	// file described above.
+	Files []File
+	// Hold, when set, takes a further lease on every file of the model that
+	// lasts until release is called, beyond the end of Generate: for a
+	// backend that keeps an engine process with the files mapped between
+	// jobs, so that eviction skips them meanwhile.
+	Hold func() (release func(), err error)
+}
+
+// File is one file of a model.
+type File struct {
+	// Role is the part of a split model this file is ("model",
+	// "diffusion_model", "vae", …), from the manifest; may be empty.
+	Role   string
+	Name   string
+	Digest string
+	Path   string
+	Data   []byte
 }
 
 // Params are the generation parameters of a validated request.
@@ -35,6 +58,11 @@ type Params struct {
 	Steps          int
 	Seed           int64
 	Guidance       float64
+	// SamplingMethod and Scheduler name the engine's sampler and sigma
+	// schedule; empty means the engine's default. Only engines that have
+	// such choices accept them.
+	SamplingMethod string
+	Scheduler      string
 }
 
 // ProgressFunc is called after each step with the number of steps done.
@@ -47,6 +75,10 @@ type Backend interface {
 	Name() string
 	// DeviceClass is the pool this backend serves, e.g. "cpu" or "cuda".
 	DeviceClass() string
+	// Engines lists the model engines this backend runs, as manifests name
+	// them ("refgen" for the built-in family, "sdcpp", …). A worker takes
+	// only models whose engine is listed.
+	Engines() []string
 	// Generate runs the model. It checks ctx between steps and returns
 	// ctx's error promptly once ctx is done. A model the backend cannot run
 	// yields an error wrapping ErrBadModel.
@@ -62,6 +94,10 @@ var (
 	ErrUnavailable = errors.New("backend unavailable")
 	// ErrUnknown means no backend is registered under the name asked for.
 	ErrUnknown = errors.New("unknown backend")
+	// ErrBadParams means the request asks for something this backend
+	// cannot do (a parameter it does not support, a size it cannot make);
+	// retrying does not help.
+	ErrBadParams = errors.New("parameters not supported by backend")
 )
 
 // Factory makes a backend; it returns an error wrapping ErrUnavailable when

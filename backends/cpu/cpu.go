@@ -30,6 +30,9 @@ func (*Backend) Name() string { return "cpu" }
 // DeviceClass returns "cpu".
 func (*Backend) DeviceClass() string { return "cpu" }
 
+// Engines returns the built-in engine: the backend runs refgen models.
+func (*Backend) Engines() []string { return []string{refgen.Engine} }
+
 // Generate runs the refgen model in m.Data (without copying it) for p and
 // returns an *image.NRGBA of exactly p.Width×p.Height. It checks ctx before
 // each step and between 64 MiB rounds of a step's sweep, and once ctx is

@@ -127,6 +127,9 @@ func (*Backend) Name() string { return "cuda" }
 // DeviceClass returns "cuda".
 func (*Backend) DeviceClass() string { return "cuda" }
 
+// Engines returns the built-in engine: the backend runs refgen models.
+func (*Backend) Engines() []string { return []string{refgen.Engine} }
+
 // DeviceName returns the GPU's name as the driver reports it.
 func (b *Backend) DeviceName() string { return b.dev.name }
 

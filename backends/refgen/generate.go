@@ -134,13 +134,16 @@ type Generation struct {
 // conditioning). It fails for a width or height outside 1..MaxDimension,
 // steps outside 1..MaxSteps, or a guidance that is not finite.
 func (m *Model) NewGeneration(digest string, p backends.Params) (*Generation, error) {
+	bad := backends.ErrBadParams
 	switch {
 	case p.Width < 1 || p.Width > MaxDimension || p.Height < 1 || p.Height > MaxDimension:
-		return nil, fmt.Errorf("refgen: image size %dx%d is outside 1..%d", p.Width, p.Height, MaxDimension)
+		return nil, fmt.Errorf("refgen: image size %dx%d is outside 1..%d: %w", p.Width, p.Height, MaxDimension, bad)
 	case p.Steps < 1 || p.Steps > MaxSteps:
-		return nil, fmt.Errorf("refgen: steps %d is outside 1..%d", p.Steps, MaxSteps)
+		return nil, fmt.Errorf("refgen: steps %d is outside 1..%d: %w", p.Steps, MaxSteps, bad)
 	case math.IsNaN(p.Guidance) || math.IsInf(p.Guidance, 0):
-		return nil, fmt.Errorf("refgen: guidance %v is not a finite number", p.Guidance)
+		return nil, fmt.Errorf("refgen: guidance %v is not a finite number: %w", p.Guidance, bad)
+	case p.SamplingMethod != "" || p.Scheduler != "":
+		return nil, fmt.Errorf("refgen: the built-in engine has one fixed sampler; sampling_method and scheduler are for engines such as sdcpp: %w", bad)
 	}
 	g := &Generation{m: m, params: p, steps: p.Steps, round: roundChunks}
 

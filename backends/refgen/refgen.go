@@ -66,6 +66,10 @@ import (
 // model.
 const Family = "genfleet-refgen-v1"
 
+// Engine is the engine name manifests of refgen models carry (the
+// built-in engine; a manifest that names no engine means this one).
+const Engine = "refgen"
+
 // Metadata keys of a reference model.
 const (
 	MetaFamily      = "genfleet.family"

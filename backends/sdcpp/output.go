@@ -1,0 +1,152 @@
+package sdcpp
+
+import (
+	"bytes"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// progressRE matches the engine's step progress, which it redraws in place
+// with carriage returns on stdout:
+//
+//	\r  |=========>          | 7/20 - 1.52s/it\033[K
+//
+// The same bar is drawn while tensors load and while a tiled VAE decodes,
+// with other totals; engineOutput reports only bars whose total is the
+// job's step count.
+var progressRE = regexp.MustCompile(`\|\s*(\d+)/(\d+)\s*-\s*[0-9.]+\s*(?:s/it|it/s)`)
+
+// ansiRE matches the terminal escapes the engine mixes into its output.
+var ansiRE = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
+
+// tailLines is how many lines of the engine's output are kept for errors.
+const tailLines = 40
+
+// engineOutput consumes an engine's stdout and stderr (one engineOutput
+// per stream pair; safe for the two streams' writers at once): it reports
+// step progress to the current job and keeps the last lines of each
+// stream, for error messages and logs.
+type engineOutput struct {
+	mu       sync.Mutex
+	steps    int // the current job's step count; 0: report nothing
+	progress func(step, total int)
+	lastStep int
+	tail     []string // last tailLines lines of both streams, "stderr: …"-free
+	errTail  []string // last tailLines lines of stderr
+	partial  [2][]byte
+}
+
+// setJob routes progress bars with total steps to fn, until the next call.
+func (o *engineOutput) setJob(steps int, fn func(step, total int)) {
+	o.mu.Lock()
+	o.steps, o.progress, o.lastStep = steps, fn, 0
+	o.mu.Unlock()
+}
+
+// stream returns the writer for stream 0 (stdout) or 1 (stderr).
+func (o *engineOutput) stream(i int) *streamWriter { return &streamWriter{o: o, i: i} }
+
+type streamWriter struct {
+	o *engineOutput
+	i int
+}
+
+func (w *streamWriter) Write(b []byte) (int, error) {
+	w.o.write(w.i, b)
+	return len(b), nil
+}
+
+func (o *engineOutput) write(i int, b []byte) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	buf := append(o.partial[i], b...)
+	for {
+		j := bytes.IndexAny(buf, "\r\n")
+		if j < 0 {
+			break
+		}
+		o.line(i, string(buf[:j]))
+		buf = buf[j+1:]
+	}
+	// A progress bar is only ended by the next \r: look at what is there.
+	if len(buf) > 0 {
+		o.scanProgress(string(buf))
+	}
+	if len(buf) > 4096 { // a runaway line: keep its end
+		buf = buf[len(buf)-4096:]
+	}
+	o.partial[i] = append([]byte(nil), buf...)
+}
+
+func (o *engineOutput) line(i int, s string) {
+	s = strings.TrimSpace(ansiRE.ReplaceAllString(s, ""))
+	if s == "" {
+		return
+	}
+	if o.scanProgress(s) {
+		return // progress bars would flush everything else out of the tail
+	}
+	o.tail = appendTail(o.tail, s)
+	if i == 1 {
+		o.errTail = appendTail(o.errTail, s)
+	}
+}
+
+// scanProgress reports a progress bar in s; it returns whether s was one.
+func (o *engineOutput) scanProgress(s string) bool {
+	m := progressRE.FindStringSubmatch(s)
+	if m == nil {
+		return false
+	}
+	step, err1 := strconv.Atoi(m[1])
+	total, err2 := strconv.Atoi(m[2])
+	if err1 == nil && err2 == nil && o.steps > 0 && total == o.steps && step > o.lastStep && step <= total && o.progress != nil {
+		o.lastStep = step
+		o.progress(step, total)
+	}
+	return true
+}
+
+func appendTail(t []string, s string) []string {
+	if len(s) > 1000 {
+		s = s[:1000] + "…"
+	}
+	t = append(t, s)
+	if len(t) > tailLines {
+		t = append(t[:0], t[len(t)-tailLines:]...)
+	}
+	return t
+}
+
+// lastError is the engine's own last error line: the last line logged at
+// error level, else the last line of stderr.
+func (o *engineOutput) lastError() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, lines := range [][]string{o.tail, o.errTail} {
+		for k := len(lines) - 1; k >= 0; k-- {
+			if isErrorLine(lines[k]) {
+				return lines[k]
+			}
+		}
+	}
+	if n := len(o.errTail); n > 0 {
+		return o.errTail[n-1]
+	}
+	return ""
+}
+
+// tailText is the kept output, oldest first.
+func (o *engineOutput) tailText() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return strings.Join(o.tail, "\n")
+}
+
+func isErrorLine(s string) bool {
+	l := strings.ToLower(s)
+	return strings.HasPrefix(l, "[error]") || strings.Contains(l, "[error]") ||
+		strings.HasPrefix(l, "error:") || strings.Contains(l, " error: ")
+}

@@ -1,0 +1,316 @@
+// Package sdcpp is the "sdcpp" backend: it runs real diffusion models
+// (SD 1.x/2.x, SDXL, SD3, Flux and the rest of stable-diffusion.cpp's
+// families) with stable-diffusion.cpp's programs, out of process.
+//
+// The worker hands the backend the cached files' paths while it holds
+// their leases; the engine always gets --mmap, so it maps the blobs
+// read-only and every engine process on the host shares the page cache
+// that genfleet's model cache fills. Two ways to run:
+//
+//   - one process per job: the command-line program (sd-cli; older
+//     releases call it sd) with the job's flags, writing a PNG that the
+//     backend reads back and decodes;
+//   - a server per model (sd-server, Config.Server): started on first use,
+//     kept while jobs for the model keep coming (Config.KeepAlive), so a GPU
+//     worker does not load the weights again for every job. The server
+//     holds its own leases on the files for as long as it runs.
+//
+// Either way the engine runs in a process group of its own: a cancelled or
+// timed-out job kills the group. Step progress is parsed from the engine's
+// output; a failure carries the engine's own last error line.
+package sdcpp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	_ "image/jpeg" // decode what the engine writes
+	_ "image/png"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/genfleet/genfleet/backends"
+)
+
+// Engine is the engine name manifests of stable-diffusion.cpp models carry.
+const Engine = "sdcpp"
+
+// Modes of running the engine.
+const (
+	ModeAuto    = "auto"    // a server per model when Config.Server is found, else a process per job
+	ModeServer  = "server"  // a server per model; no fallback
+	ModeProcess = "process" // a process per job
+)
+
+// Config configures the backend. The zero value looks the programs up in
+// PATH.
+type Config struct {
+	// CLI is the command-line program: a path or a name looked up in PATH.
+	// Default: "sd-cli", else "sd" (its name in older releases).
+	CLI string
+	// Server is the HTTP server program. Default: "sd-server" when found
+	// in PATH.
+	Server string
+	// Mode is ModeAuto (default), ModeServer or ModeProcess.
+	Mode string
+	// Args are extra flags for every engine run, e.g. ["--threads", "8"],
+	// ["--clip-on-cpu"] or ["--vae-tiling"].
+	Args []string
+	// DeviceClass is the pool the backend serves. Default "sdcpp".
+	DeviceClass string
+	// Timeout bounds one generation; the engine is killed after it.
+	// Default 30 minutes.
+	Timeout time.Duration
+	// KeepAlive is how long a server with no jobs stays up. Default 5m.
+	KeepAlive time.Duration
+	// MaxServers is how many servers (models) may run at once; a new one
+	// stops the least recently used idle one first. Default 1.
+	MaxServers int
+	// StartTimeout bounds how long a server may take to load its model and
+	// answer. Default 10 minutes.
+	StartTimeout time.Duration
+	// TmpDir holds each one-shot run's output. Default os.TempDir().
+	TmpDir string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Backend runs stable-diffusion.cpp. Safe for concurrent use; Close stops
+// its servers.
+type Backend struct {
+	cfg     Config
+	cli     string // "" when only the server runs
+	server  string // "" when no server runs
+	log     *slog.Logger
+	servers *serverPool
+}
+
+var _ backends.Backend = (*Backend)(nil)
+
+func init() {
+	backends.Register("sdcpp", func() (backends.Backend, error) { return New(Config{}) })
+}
+
+// New finds the engine's programs and checks that they know --mmap. It
+// returns an error wrapping backends.ErrUnavailable when neither program
+// is usable, saying why.
+func New(cfg Config) (*Backend, error) {
+	if cfg.Mode == "" {
+		cfg.Mode = ModeAuto
+	}
+	switch cfg.Mode {
+	case ModeAuto, ModeServer, ModeProcess:
+	default:
+		return nil, fmt.Errorf("sdcpp: mode %q: want %s, %s or %s", cfg.Mode, ModeAuto, ModeServer, ModeProcess)
+	}
+	if cfg.DeviceClass == "" {
+		cfg.DeviceClass = "sdcpp"
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 30 * time.Minute
+	}
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = 5 * time.Minute
+	}
+	if cfg.MaxServers <= 0 {
+		cfg.MaxServers = 1
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = 10 * time.Minute
+	}
+	if cfg.TmpDir == "" {
+		cfg.TmpDir = os.TempDir()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	for _, a := range cfg.Args {
+		if a == flagOutput || a == "-o" || a == flagListenPort || a == flagListenIP || a == "-l" {
+			return nil, fmt.Errorf("sdcpp: extra argument %s is set by genfleet itself", a)
+		}
+	}
+	b := &Backend{cfg: cfg, log: cfg.Logger.With("backend", "sdcpp")}
+	var why []string
+	if cfg.Mode != ModeServer {
+		names := []string{cfg.CLI}
+		if cfg.CLI == "" {
+			names = []string{"sd-cli", "sd"}
+		}
+		p, err := findEngine(names, flagMmap)
+		if err != nil {
+			why = append(why, "command-line program: "+err.Error())
+		}
+		b.cli = p
+	}
+	if cfg.Mode != ModeProcess {
+		names := []string{cfg.Server}
+		if cfg.Server == "" {
+			names = []string{"sd-server"}
+		}
+		p, err := findEngine(names, flagMmap)
+		if err != nil && (cfg.Mode == ModeServer || cfg.Server != "") {
+			why = append(why, "server: "+err.Error())
+		}
+		b.server = p
+	}
+	switch {
+	case cfg.Mode == ModeServer && b.server == "",
+		cfg.Mode == ModeProcess && b.cli == "",
+		b.cli == "" && b.server == "":
+		return nil, fmt.Errorf("sdcpp: stable-diffusion.cpp not usable (%s): %w", strings.Join(why, "; "), backends.ErrUnavailable)
+	}
+	if len(why) > 0 {
+		b.log.Warn("stable-diffusion.cpp partly usable", "problems", strings.Join(why, "; "))
+	}
+	if b.server != "" {
+		b.servers = newServerPool(b)
+	}
+	return b, nil
+}
+
+// findEngine returns the first of names that resolves to a program whose
+// --help lists every flag in need.
+func findEngine(names []string, need ...string) (string, error) {
+	var errs []string
+	for _, n := range names {
+		p, err := exec.LookPath(n)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		out, _ := exec.CommandContext(ctx, p, "--help").CombinedOutput()
+		cancel()
+		for _, flag := range need {
+			if !bytes.Contains(out, []byte(flag)) {
+				return "", fmt.Errorf("%s does not list %s in its --help; genfleet needs a stable-diffusion.cpp release that has it", p, flag)
+			}
+		}
+		return p, nil
+	}
+	return "", errors.New(strings.Join(errs, "; "))
+}
+
+// Name returns "sdcpp".
+func (*Backend) Name() string { return "sdcpp" }
+
+// DeviceClass returns Config.DeviceClass ("sdcpp" by default).
+func (b *Backend) DeviceClass() string { return b.cfg.DeviceClass }
+
+// Engines returns ["sdcpp"].
+func (*Backend) Engines() []string { return []string{Engine} }
+
+// Programs returns the command-line program and the server program in use
+// ("" for one that is not).
+func (b *Backend) Programs() (cli, server string) { return b.cli, b.server }
+
+// Close stops every engine server.
+func (b *Backend) Close() error {
+	if b.servers != nil {
+		b.servers.close()
+	}
+	return nil
+}
+
+// Generate runs the engine on m for p. Progress is the engine's step
+// progress. A model or parameters the engine cannot take yield errors
+// wrapping backends.ErrBadModel or backends.ErrBadParams before anything
+// runs; an engine failure carries the engine's last error line.
+func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
+	if err := checkParams(p); err != nil {
+		return nil, err
+	}
+	margs, err := modelArgs(m)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, b.cfg.Timeout, fmt.Errorf("sdcpp: generation timed out after %v", b.cfg.Timeout))
+	defer cancel()
+	if b.servers != nil {
+		img, err := b.servers.generate(ctx, m, margs, p, progress)
+		if !errors.Is(err, errNoServer) {
+			return img, err
+		}
+		if b.cli == "" {
+			return nil, err
+		}
+		b.log.Warn("engine server not available; running a process for this job", "model", m.Name, "reason", err.Error())
+	}
+	return b.runOnce(ctx, margs, p, progress)
+}
+
+// runOnce runs the command-line program for one job.
+func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
+	dir, err := os.MkdirTemp(b.cfg.TmpDir, "genfleet-sdcpp-")
+	if err != nil {
+		return nil, fmt.Errorf("sdcpp: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	outPath := filepath.Join(dir, "output.png")
+	out := &engineOutput{}
+	out.setJob(p.Steps, progress)
+	proc, err := startProcess(b.cli, cliArgs(margs, b.cfg.Args, p, outPath), dir, out)
+	if err != nil {
+		return nil, fmt.Errorf("sdcpp: start %s: %w", b.cli, err)
+	}
+	select {
+	case <-proc.done:
+	case <-ctx.Done():
+		proc.stop()
+		return nil, fmt.Errorf("sdcpp: engine killed: %w", context.Cause(ctx))
+	}
+	if err := proc.exitError("sdcpp: " + filepath.Base(b.cli)); err != nil {
+		b.log.Debug("engine output", "tail", out.tailText())
+		return nil, err
+	}
+	data, err := readOutput(outPath)
+	if err != nil {
+		return nil, fmt.Errorf("sdcpp: %s exited 0 but %w%s", filepath.Base(b.cli), err, lastLine(out))
+	}
+	return decodeImage(data, out)
+}
+
+// maxOutputBytes bounds an output image read back from the engine.
+const maxOutputBytes = 1 << 30
+
+func readOutput(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, errors.New("wrote no image")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("its image cannot be read: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxOutputBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("its image cannot be read: %w", err)
+	}
+	if len(data) > maxOutputBytes {
+		return nil, fmt.Errorf("its image is larger than %d bytes", maxOutputBytes)
+	}
+	return data, nil
+}
+
+func decodeImage(data []byte, out *engineOutput) (image.Image, error) {
+	img, format, err := image.Decode(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("sdcpp: the engine's output (%d bytes) is not an image: %v%s", len(data), err, lastLine(out))
+	}
+	_ = format
+	return img, nil
+}
+
+func lastLine(out *engineOutput) string {
+	if l := out.lastError(); l != "" {
+		return " (engine said: " + l + ")"
+	}
+	return ""
+}
