@@ -14,10 +14,13 @@ import (
 // seconds, with a TTL: the scheduler's view of the fleet is the set of
 // unexpired heartbeats.
 type Heartbeat struct {
-	Host        string    `json:"host"`
-	PID         int       `json:"pid"`
-	Backend     string    `json:"backend"`
-	DeviceClass string    `json:"device_class"`
+	Host        string `json:"host"`
+	PID         int    `json:"pid"`
+	Backend     string `json:"backend"`
+	DeviceClass string `json:"device_class"`
+	// Engines are the model engines the process's backend runs ("refgen",
+	// "sdcpp", …); it takes only models of these engines.
+	Engines     []string  `json:"engines,omitempty"`
 	Device      string    `json:"device,omitempty"`
 	Concurrency int       `json:"concurrency"`
 	InFlight    int       `json:"in_flight"`

@@ -54,7 +54,13 @@ type Request struct {
 	Steps          int     `json:"steps,omitempty"`  // default 20
 	Seed           int64   `json:"seed"`             // any value; same seed → same image
 	Guidance       float64 `json:"guidance"`         // default 7.5 when absent; 0 is valid
-	OutputFormat   string  `json:"output_format,omitempty"`
+	// SamplingMethod and Scheduler name the engine's sampler and sigma
+	// schedule ("euler_a", "karras", …); empty means the engine's default.
+	// Only engines with such choices (sdcpp) accept them; the worker's
+	// backend checks the value.
+	SamplingMethod string `json:"sampling_method,omitempty"`
+	Scheduler      string `json:"scheduler,omitempty"`
+	OutputFormat   string `json:"output_format,omitempty"`
 }
 
 // FieldError is a validation error that names the offending field by its
@@ -127,6 +133,7 @@ func (r *Request) ApplyDefaults() {
 
 var (
 	modelNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,127}$`)
+	choiceRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9_+.-]{0,31}$`)
 	bucketRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 )
 
@@ -181,6 +188,11 @@ func (r *Request) Validate() error {
 	}
 	if r.Guidance != r.Guidance || r.Guidance < MinGuidance || r.Guidance > MaxGuidance {
 		return fieldErr("guidance", "must be between %g and %g, got %g", MinGuidance, MaxGuidance, r.Guidance)
+	}
+	for _, c := range [...]struct{ field, v string }{{"sampling_method", r.SamplingMethod}, {"scheduler", r.Scheduler}} {
+		if c.v != "" && !choiceRE.MatchString(c.v) {
+			return fieldErr(c.field, "%q is not a valid name (1 to 32 of a-z, 0-9, '_', '+', '.', '-')", c.v)
+		}
 	}
 	if r.OutputFormat != FormatPNG {
 		return fieldErr("output_format", "must be %q, got %q", FormatPNG, r.OutputFormat)

@@ -28,6 +28,8 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"empty prompt", func(r *Request) { r.Prompt = "  " }, "prompt"},
 		{"prompt too long", func(r *Request) { r.Prompt = strings.Repeat("x", MaxPromptBytes+1) }, "prompt"},
 		{"negative prompt not utf8", func(r *Request) { r.NegativePrompt = "\xff" }, "negative_prompt"},
+		{"sampler with a space", func(r *Request) { r.SamplingMethod = "euler a" }, "sampling_method"},
+		{"scheduler flag-like", func(r *Request) { r.Scheduler = "--karras" }, "scheduler"},
 		{"width negative", func(r *Request) { r.Width = -8 }, "width"},
 		{"width huge", func(r *Request) { r.Width = 100000 }, "width"},
 		{"width not multiple of 8", func(r *Request) { r.Width = 260 }, "width"},
@@ -118,5 +120,18 @@ func TestUnmarshalKeepsExplicitZeroAndDefaultsAbsent(t *testing.T) {
 	err = json.Unmarshal([]byte(`{"model":"demo","prompt":"p","steps":"four"}`), &r)
 	if !errors.As(err, &fe) || fe.Field != "steps" {
 		t.Fatalf("wrong type: %v", err)
+	}
+}
+
+func TestSamplerAndSchedulerAccepted(t *testing.T) {
+	var r Request
+	if err := json.Unmarshal([]byte(`{"model":"sdxl","prompt":"a cat","seed":1,"sampling_method":"dpm++2m","scheduler":"karras"}`), &r); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if r.SamplingMethod != "dpm++2m" || r.Scheduler != "karras" {
+		t.Errorf("decoded %+v", r)
 	}
 }

@@ -180,3 +180,36 @@ func (m *Model) Close() error {
 	})
 	return m.closeErr
 }
+
+// Hold takes a further lease on every blob of m that outlives m's Close:
+// for an engine process that keeps the files mapped between jobs. The
+// returned release drops those leases; it is idempotent. Hold must be
+// called while m is open (m's own leases keep the blobs from being evicted
+// meanwhile, so each path still names the file m leased).
+func (m *Model) Hold() (func(), error) {
+	var held []*os.File
+	release := func() {
+		for _, f := range held {
+			f.Close()
+		}
+		held = nil
+	}
+	for _, b := range m.Blobs {
+		f, err := os.Open(b.Path)
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("hold blob %s: %w", b.Digest, err)
+		}
+		if ok, err := tryFlock(f, unix.LOCK_SH); err != nil || !ok {
+			f.Close()
+			release()
+			if err == nil {
+				err = errors.New("an eviction holds it")
+			}
+			return nil, fmt.Errorf("hold blob %s: %w", b.Digest, err)
+		}
+		held = append(held, f)
+	}
+	var once sync.Once
+	return func() { once.Do(release) }, nil
+}

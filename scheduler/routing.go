@@ -13,6 +13,7 @@ import (
 type HostView struct {
 	Host        string          `json:"host"`
 	DeviceClass string          `json:"device_class"`
+	Engines     []string        `json:"engines,omitempty"`
 	Processes   int             `json:"processes"`
 	Concurrency int             `json:"concurrency"`
 	InFlight    int             `json:"in_flight"`
@@ -144,7 +145,7 @@ func MergeHeartbeats(hbs []job.Heartbeat) []HostView {
 	for _, hb := range hbs {
 		h := byHost[hb.Host]
 		if h == nil {
-			h = &HostView{Host: hb.Host, DeviceClass: hb.DeviceClass}
+			h = &HostView{Host: hb.Host, DeviceClass: hb.DeviceClass, Engines: hb.Engines}
 			byHost[hb.Host] = h
 			order = append(order, hb.Host)
 		}

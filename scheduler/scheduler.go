@@ -37,8 +37,13 @@ type Config struct {
 	Redis    asynq.RedisConnOpt
 	S3       *s3.Client
 	Registry *modelcache.Registry
-	// Pool is the device class jobs are queued for. Default job.DefaultPool.
+	// Pool is the device class jobs for the built-in engine's models are
+	// queued for. Default job.DefaultPool.
 	Pool string
+	// EnginePools maps other model engines (a manifest's "engine") to the
+	// device class whose workers run them. Default {"sdcpp": "sdcpp"}. A
+	// job whose model's engine has no pool is refused with 400.
+	EnginePools map[string]string
 	// MaxBodyBytes limits a request body. Default 64 KiB.
 	MaxBodyBytes int64
 	// IdempotencyTTL is how long an Idempotency-Key keeps naming its job.
@@ -97,6 +102,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Pool == "" {
 		cfg.Pool = job.DefaultPool
+	}
+	if cfg.EnginePools == nil {
+		cfg.EnginePools = map[string]string{"sdcpp": "sdcpp"}
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
@@ -256,9 +264,16 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 
 	var digests []string
+	class := s.cfg.Pool
 	if s.cfg.CheckModels {
 		man, err := s.resolve(ctx, req.Model)
 		if err == nil {
+			var field string
+			if class, field, err = s.poolFor(man, &req); err != nil {
+				s.submitted.WithLabelValues("invalid").Inc()
+				writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error(), Field: field})
+				return
+			}
 			for _, f := range man.Files {
 				if f.Digest == "" {
 					digests = nil // a raw ref: its digest is known only once fetched
@@ -302,12 +317,12 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	route := s.routeJob(ctx, digests)
+	route := s.routeJob(ctx, class, digests)
 	queue := route.Queue
 	// No record is written here: the route travels in the task's payload and
 	// the worker records it. Until a worker starts the job, lookup reads it
 	// from asynq. One write per submit fewer; nothing to undo on failure.
-	task, opts, err := job.NewRoutedTask(id, req, s.cfg.Pool, &route)
+	task, opts, err := job.NewRoutedTask(id, req, class, &route)
 	if err != nil {
 		s.releaseIdem(idemKey, id)
 		writeError(w, http.StatusBadRequest, err)
@@ -582,4 +597,24 @@ func (s *Server) resolve(ctx context.Context, ref string) (*modelcache.Manifest,
 	s.manifests.m[ref] = cachedManifest{man: man, at: time.Now()}
 	s.manifests.mu.Unlock()
 	return man, nil
+}
+
+// poolFor returns the device class that runs man's engine, or an error
+// (and the request field it concerns) when none does or when req asks the
+// engine for what it does not have.
+func (s *Server) poolFor(man *modelcache.Manifest, req *job.Request) (string, string, error) {
+	eng := man.EngineName()
+	if eng == modelcache.EngineBuiltin {
+		for _, c := range [...]struct{ field, v string }{{"sampling_method", req.SamplingMethod}, {"scheduler", req.Scheduler}} {
+			if c.v != "" {
+				return "", c.field, fmt.Errorf("%s: model %q runs on the built-in engine, which has one fixed sampler; %s is for engines such as sdcpp", c.field, req.Model, c.field)
+			}
+		}
+		return s.cfg.Pool, "", nil
+	}
+	class, ok := s.cfg.EnginePools[eng]
+	if !ok {
+		return "", "model", fmt.Errorf("model: %q needs engine %q, which no pool of this scheduler serves (configure it with --engine-pool %s=CLASS)", req.Model, eng, eng)
+	}
+	return class, "", nil
 }

@@ -94,6 +94,7 @@ func (w *Worker) state(started time.Time) *job.Heartbeat {
 	hb := &job.Heartbeat{
 		Host: w.cfg.HostID, PID: w.pid,
 		Backend: w.cfg.Backend.Name(), DeviceClass: w.cfg.Backend.DeviceClass(),
+		Engines:     w.cfg.Backend.Engines(),
 		Concurrency: w.cfg.Concurrency, InFlight: int(w.inFlight.Load()),
 		StartedAt: started.UTC(), At: time.Now().UTC(),
 		Models: w.models.snapshot(32),

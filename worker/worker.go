@@ -19,9 +19,12 @@ import (
 	"errors"
 	"fmt"
 	"image/png"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,9 +111,11 @@ type Worker struct {
 }
 
 var (
-	errShutdown  = errors.New("worker shutting down")
-	errCancelled = errors.New("job cancelled by request")
-	errClaimed   = errors.New("job is running in another worker")
+	// errWrongEngine: the job's model needs an engine this worker lacks.
+	errWrongEngine = errors.New("model engine not run by this worker")
+	errShutdown    = errors.New("worker shutting down")
+	errCancelled   = errors.New("job cancelled by request")
+	errClaimed     = errors.New("job is running in another worker")
 )
 
 // New checks cfg and returns a Worker.
@@ -226,6 +231,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	case <-time.After(10 * time.Second):
 		w.log.Warn("handlers still running 10s after cancellation; exiting anyway")
 	}
+	if c, ok := w.cfg.Backend.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			w.log.Warn("close backend", "err", err)
+		}
+	}
 	w.log.Info("worker stopped")
 	return nil
 }
@@ -334,7 +344,9 @@ func permanent(err error) bool {
 	return errors.Is(err, job.ErrInvalid) ||
 		errors.Is(err, modelcache.ErrModelNotFound) ||
 		errors.Is(err, modelcache.ErrInvalidRef) ||
-		errors.Is(err, backends.ErrBadModel)
+		errors.Is(err, backends.ErrBadModel) ||
+		errors.Is(err, backends.ErrBadParams) ||
+		errors.Is(err, errWrongEngine)
 }
 
 // run is the pipeline: resolve → acquire (fetch, verify, map) → generate →
@@ -352,6 +364,13 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 		return nil, fmt.Errorf("resolve model %q: %w", req.Model, err)
 	}
 	phase("resolve", t)
+	// Before anything is downloaded: a model of an engine this worker does
+	// not run was queued where it should not have been (a producer that
+	// picked the wrong pool); it fails at once, saying so.
+	if eng := man.EngineName(); !slices.Contains(w.cfg.Backend.Engines(), eng) {
+		return nil, fmt.Errorf("model %q needs engine %q, but this worker's backend %q runs %s; it was queued on %s, which is for workers of device class %q: %w",
+			req.Model, eng, w.cfg.Backend.Name(), strings.Join(w.cfg.Backend.Engines(), ", "), rec.Queue, w.cfg.Backend.DeviceClass(), errWrongEngine)
+	}
 
 	t = time.Now()
 	m, err := w.cfg.Cache.Acquire(ctx, man)
@@ -383,6 +402,11 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 		return nil, fmt.Errorf("model %q has no files: %w", req.Model, backends.ErrBadModel)
 	}
 	blob := m.Blobs[0]
+	files := make([]backends.File, len(m.Blobs))
+	for i, b := range m.Blobs {
+		f := man.Files[i]
+		files[i] = backends.File{Role: f.Role, Name: f.Name, Digest: b.Digest, Path: b.Path, Data: b.Data}
+	}
 
 	t = time.Now()
 	var lastWrite time.Time
@@ -393,10 +417,13 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 			_ = w.store.SetProgress(context.WithoutCancel(ctx), rec.ID, step, total)
 		}
 	}
-	img, err := w.cfg.Backend.Generate(ctx, backends.Model{Digest: blob.Digest, Data: blob.Data, Path: blob.Path}, backends.Params{
+	img, err := w.cfg.Backend.Generate(ctx, backends.Model{
+		Name: req.Model, Digest: blob.Digest, Data: blob.Data, Path: blob.Path, Files: files, Hold: m.Hold,
+	}, backends.Params{
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
 		Width: req.Width, Height: req.Height, Steps: req.Steps,
 		Seed: req.Seed, Guidance: req.Guidance,
+		SamplingMethod: req.SamplingMethod, Scheduler: req.Scheduler,
 	}, progress)
 	if err != nil {
 		return nil, fmt.Errorf("generate: %w", err)

@@ -51,6 +51,7 @@ type routingFlags struct {
 	backlogCap  *int
 	hostTimeout *time.Duration
 	apiToken    *string
+	enginePools *string
 }
 
 // apiTokens splits --api-token into its comma-separated tokens.
@@ -78,6 +79,7 @@ func addRoutingFlags(f flags) *routingFlags {
 		warm:        f.Float64("warm-fraction", warmDefault, "resident fraction at which a model counts as warm on a host (env GENFLEET_WARM_FRACTION)"),
 		backlogCap:  f.integer("backlog-cap", "GENFLEET_BACKLOG_CAP", 0, "most jobs queued for one host before routing falls back to the pool; 0 = 2 per worker slot"),
 		hostTimeout: f.duration("host-timeout", "GENFLEET_HOST_TIMEOUT", 10*time.Second, "silence after which a host's queued jobs move back to the pool"),
+		enginePools: f.str("engine-pool", "GENFLEET_ENGINE_POOL", "sdcpp=sdcpp", "device class that runs each model engine other than the built-in one, ENGINE=CLASS[,…]"),
 		apiToken:    f.str("api-token", "GENFLEET_API_TOKEN", "", "bearer token clients must send (several, comma-separated, during a rotation); empty = no authentication. Prefer the environment: flags show in ps"),
 	}
 }
@@ -88,12 +90,16 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	if err != nil {
 		return err
 	}
+	enginePools, err := parseEnginePools(*rf.enginePools)
+	if err != nil {
+		return err
+	}
 	reg, cl, err := c.openRegistry(ctx)
 	if err != nil {
 		return err
 	}
 	srv, err := scheduler.New(scheduler.Config{
-		Redis: redisOpt, S3: cl, Registry: reg, Pool: pool, CheckModels: true, Logger: log,
+		Redis: redisOpt, S3: cl, Registry: reg, Pool: pool, EnginePools: enginePools, CheckModels: true, Logger: log,
 		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
 		HostTimeout: *rf.hostTimeout, APITokens: rf.apiTokens(),
 	})
@@ -136,6 +142,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	cacheDir := f.str("cache-dir", "GENFLEET_CACHE_DIR", "/var/cache/genfleet", "model cache directory, shared by every worker process on the host")
 	lf := addLoadFlags(f)
 	backendName := f.str("backend", "GENFLEET_BACKEND", "cpu", "backend: "+fmt.Sprint(backends.Names())+" or auto")
+	sf := addSdcppFlags(f)
 	concurrency := f.integer("concurrency", "GENFLEET_CONCURRENCY", 1, "jobs run at once by this process")
 	hostID := f.str("host-id", "GENFLEET_HOST_ID", "", "host id (queue host:<id>); default the hostname")
 	metricsListen := f.str("metrics-listen", "GENFLEET_METRICS_LISTEN", ":9091", "address for /metrics and /healthz; empty disables")
@@ -160,7 +167,12 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	be, err := selectBackend(*backendName, log)
+	var be backends.Backend
+	if *backendName == "sdcpp" {
+		be, err = sf.open(log)
+	} else {
+		be, err = selectBackend(*backendName, log)
+	}
 	if err != nil {
 		return err
 	}

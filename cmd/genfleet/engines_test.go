@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"image/png"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/job"
+	"github.com/genfleet/genfleet/modelcache"
+)
+
+// standInEngine builds the stand-in stable-diffusion.cpp of the sdcpp
+// backend's tests and returns the directory holding it as sd-cli and
+// sd-server. Worker processes started afterwards find its help texts
+// through the environment.
+func standInEngine(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "fakesd")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../backends/sdcpp/testdata/fakesd").CombinedOutput(); err != nil {
+		t.Fatalf("build the stand-in engine: %v\n%s", err, out)
+	}
+	for _, n := range []string{"sd-cli", "sd-server"} {
+		if err := os.Symlink(bin, filepath.Join(dir, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	help, err := filepath.Abs("../../backends/sdcpp/testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FAKESD_HELP_DIR", help)
+	return dir
+}
+
+// TestSdcppModelsRunOnSdcppWorkers runs a split stable-diffusion.cpp model
+// through the whole fleet: the scheduler queues it on the sdcpp pool, the
+// sdcpp worker runs it on an engine server that it keeps for the next job,
+// its status shows the engine's step progress; a cpu worker that gets such
+// a job anyway fails it at once without downloading anything; the built-in
+// model refuses a sampler.
+func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	engine := standInEngine(t)
+	engineLog := filepath.Join(t.TempDir(), "engine.log")
+	t.Setenv("FAKESD_LOG", engineLog)
+	fl := newFleet(t, 1<<20, "cpu")
+
+	// A split model: a diffusion model and a VAE.
+	dir := t.TempDir()
+	diffusion := filepath.Join(dir, "flux-mini.gguf")
+	vae := filepath.Join(dir, "ae.safetensors")
+	os.WriteFile(diffusion, bytes.Repeat([]byte("d"), 200_000), 0o644)
+	os.WriteFile(vae, bytes.Repeat([]byte("v"), 50_000), 0o644)
+	man, err := fl.reg.PushModel(t.Context(), "flux-mini", "sdcpp", []modelcache.PushFile{
+		{Path: diffusion, Role: "diffusion_model", Dest: s3x.URL{Bucket: modelsBucket, Key: "blobs/flux-mini/"}},
+		{Path: vae, Role: "vae", Dest: s3x.URL{Bucket: modelsBucket, Key: "blobs/flux-mini/"}},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	fl.startWorkerOn("cpuhost", t.TempDir())
+	fl.startWorkerOn("sdhost", t.TempDir(), "--backend", "sdcpp",
+		"--sdcpp-cli", filepath.Join(engine, "sd-cli"), "--sdcpp-server", filepath.Join(engine, "sd-server"),
+		"--sdcpp-args", "--threads 2")
+
+	// Slow enough to watch the progress.
+	id := fl.submit(`{"model":"flux-mini","prompt":"a slow fox","seed":5,"width":128,"height":96,"steps":40,"sampling_method":"euler","scheduler":"simple"}`)
+	var sawProgress bool
+	rec := fl.wait(id, 90*time.Second, func(r job.Record) bool {
+		if r.Progress != nil && r.Progress.Steps == 40 && r.Progress.Step > 0 {
+			sawProgress = true
+		}
+		return false
+	})
+	if rec.Status != job.StatusSucceeded {
+		t.Fatalf("job %s: %s %q", id, rec.Status, rec.Error)
+	}
+	if !sawProgress {
+		t.Error("the job's status never showed the engine's step progress")
+	}
+	if rec.Queue != "pool:sdcpp" || rec.Worker == nil || rec.Worker.Backend != "sdcpp" || rec.Worker.Host != "sdhost" {
+		t.Errorf("ran on queue %q by %+v", rec.Queue, rec.Worker)
+	}
+	img, err := png.Decode(bytes.NewReader(fl.image(id)))
+	if err != nil || img.Bounds().Dx() != 128 || img.Bounds().Dy() != 96 {
+		t.Fatalf("image: %v, %v", err, img)
+	}
+	// A second job reuses the engine server.
+	id2 := fl.submit(`{"model":"flux-mini","prompt":"another fox","seed":6,"width":64,"height":64,"steps":3}`)
+	if rec := fl.wait(id2, 60*time.Second, nil); rec.Status != job.StatusSucceeded {
+		t.Fatalf("job %s: %s %q", id2, rec.Status, rec.Error)
+	}
+	var starts, requests int
+	f, err := os.Open(engineLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r struct {
+			Prog string
+			Args []string
+		}
+		json.Unmarshal(sc.Bytes(), &r)
+		switch {
+		case r.Prog == "sd-server" && len(r.Args) > 0 && r.Args[0] == "txt2img":
+			requests++
+		case r.Prog == "sd-server":
+			starts++
+			for _, f := range man.Files {
+				if !strings.Contains(strings.Join(r.Args, " "), "--"+strings.ReplaceAll(f.Role, "_", "-")+" ") {
+					t.Errorf("server started without the %s file: %v", f.Role, r.Args)
+				}
+			}
+		}
+	}
+	f.Close()
+	if starts != 1 || requests != 2 {
+		t.Errorf("engine server starts %d, requests %d; want 1 and 2", starts, requests)
+	}
+
+	// The fleet view says which engines each host runs.
+	code, body := fl.do("GET", "/v1/workers", "")
+	var view struct {
+		Hosts []struct {
+			Host    string   `json:"host"`
+			Engines []string `json:"engines"`
+		} `json:"hosts"`
+	}
+	if err := json.Unmarshal(body, &view); code != http.StatusOK || err != nil {
+		t.Fatalf("/v1/workers = %d %s", code, body)
+	}
+	engines := map[string]string{}
+	for _, h := range view.Hosts {
+		engines[h.Host] = strings.Join(h.Engines, ",")
+	}
+	if engines["sdhost"] != "sdcpp" || engines["cpuhost"] != "refgen" {
+		t.Errorf("engines by host %v", engines)
+	}
+
+	// A producer that puts an sdcpp job on the cpu pool: the cpu worker
+	// fails it at once, saying why, and downloads nothing.
+	cl := asynq.NewClient(asynq.RedisClientOpt{Addr: fl.redis.Addr})
+	defer cl.Close()
+	task, opts, err := job.NewTask("misrouted-1", job.Request{Model: "flux-mini", Prompt: "x", Seed: 1, Width: 64, Height: 64, Steps: 2}, "cpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.EnqueueContext(context.Background(), task, opts...); err != nil {
+		t.Fatal(err)
+	}
+	rec = fl.wait("misrouted-1", 30*time.Second, nil)
+	if rec.Status != job.StatusFailed || !strings.Contains(rec.Error, `needs engine "sdcpp"`) || rec.Attempt != 1 {
+		t.Errorf("misrouted job: %s attempt %d %q", rec.Status, rec.Attempt, rec.Error)
+	}
+	if rec.Worker == nil || rec.Worker.Host != "cpuhost" {
+		t.Errorf("misrouted job ran on %+v", rec.Worker)
+	}
+	if n, _ := fl.proxy.counts("/" + modelsBucket + "/blobs/flux-mini/flux-mini.gguf"); n != 1 {
+		t.Errorf("the diffusion model was fetched %d times, want 1 (by the sdcpp host only)", n)
+	}
+
+	// The built-in engine has no sampler choice: refused at submit.
+	code, body = fl.do("POST", "/v1/jobs", `{"model":"demo","prompt":"a fox","seed":1,"sampling_method":"euler"}`)
+	var apiErr struct{ Field string }
+	if json.Unmarshal(body, &apiErr); code != http.StatusBadRequest || apiErr.Field != "sampling_method" {
+		t.Errorf("sampler for the built-in engine: %d %s", code, body)
+	}
+	fl.stopWorkers()
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/genfleet/genfleet/backends/sdcpp"
+)
+
+// sdcppFlags configure the sdcpp backend (worker --backend sdcpp).
+type sdcppFlags struct {
+	cli, server, mode, args, pool *string
+	keepAlive, timeout, start     *time.Duration
+	maxServers                    *int
+}
+
+func addSdcppFlags(f flags) *sdcppFlags {
+	return &sdcppFlags{
+		cli:        f.str("sdcpp-cli", "GENFLEET_SDCPP_CLI", "", "stable-diffusion.cpp command-line program (path or name in PATH); default sd-cli, else sd"),
+		server:     f.str("sdcpp-server", "GENFLEET_SDCPP_SERVER", "", "stable-diffusion.cpp server program; default sd-server when in PATH"),
+		mode:       f.str("sdcpp-mode", "GENFLEET_SDCPP_MODE", sdcpp.ModeAuto, "auto (a server per model when the server program is found, else a process per job), server or process"),
+		args:       f.str("sdcpp-args", "GENFLEET_SDCPP_ARGS", "", "extra engine flags for every run, space-separated, e.g. \"--threads 8 --vae-tiling\""),
+		pool:       f.str("sdcpp-pool", "GENFLEET_SDCPP_POOL", "sdcpp", "device class (pool queue pool:<class>) of an sdcpp worker; the scheduler's --engine-pool must map sdcpp to it"),
+		keepAlive:  f.duration("sdcpp-keep-alive", "GENFLEET_SDCPP_KEEP_ALIVE", 5*time.Minute, "how long an engine server with no jobs keeps its model loaded"),
+		timeout:    f.duration("sdcpp-timeout", "GENFLEET_SDCPP_TIMEOUT", 30*time.Minute, "longest one generation may run before the engine is killed"),
+		start:      f.duration("sdcpp-start-timeout", "GENFLEET_SDCPP_START_TIMEOUT", 10*time.Minute, "longest an engine server may take to load its model"),
+		maxServers: f.integer("sdcpp-max-servers", "GENFLEET_SDCPP_MAX_SERVERS", 1, "engine servers (models kept loaded) per worker process"),
+	}
+}
+
+func (sf *sdcppFlags) open(log *slog.Logger) (*sdcpp.Backend, error) {
+	b, err := sdcpp.New(sdcpp.Config{
+		CLI: *sf.cli, Server: *sf.server, Mode: *sf.mode, Args: strings.Fields(*sf.args),
+		DeviceClass: *sf.pool, KeepAlive: *sf.keepAlive, Timeout: *sf.timeout,
+		StartTimeout: *sf.start, MaxServers: *sf.maxServers, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	cli, srv := b.Programs()
+	log.Info("stable-diffusion.cpp engine", "cli", cli, "server", srv, "mode", *sf.mode, "pool", b.DeviceClass())
+	return b, nil
+}
+
+// parseEnginePools parses --engine-pool "sdcpp=sdcpp,other=gpu".
+func parseEnginePools(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		eng, class, ok := strings.Cut(kv, "=")
+		if !ok || eng == "" || class == "" {
+			return nil, fmt.Errorf("--engine-pool %q: want ENGINE=CLASS[,ENGINE=CLASS…]", kv)
+		}
+		out[strings.TrimSpace(eng)] = strings.TrimSpace(class)
+	}
+	return out, nil
+}
