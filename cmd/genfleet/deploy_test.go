@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -406,7 +407,17 @@ func readDockerfile(t *testing.T) dockerfileFacts {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := strings.ReplaceAll(string(b), "\\\n", " ")
+	return dockerfileStages(t, string(b))[""]
+}
+
+// dockerfileStages returns the facts of each named stage, and of the last
+// stage (what a build without --target produces) under "". A stage that
+// starts FROM an earlier stage inherits its facts.
+func dockerfileStages(t *testing.T, dockerfile string) map[string]dockerfileFacts {
+	t.Helper()
+	text := strings.ReplaceAll(dockerfile, "\\\n", " ")
+	stages := map[string]dockerfileFacts{}
+	name := ""
 	f := dockerfileFacts{env: map[string]string{}}
 	for _, l := range strings.Split(text, "\n") {
 		fields := strings.Fields(l)
@@ -415,8 +426,22 @@ func readDockerfile(t *testing.T) dockerfileFacts {
 		}
 		switch fields[0] {
 		case "FROM":
-			// Only the last stage's facts count.
-			f = dockerfileFacts{env: map[string]string{}}
+			if name != "" {
+				stages[name] = f
+			}
+			name = ""
+			if n := len(fields); n >= 4 && strings.EqualFold(fields[n-2], "AS") {
+				name = fields[n-1]
+			}
+			base := fields[len(fields)-1]
+			if name != "" {
+				base = fields[len(fields)-3]
+			}
+			if parent, ok := stages[base]; ok {
+				f = dockerfileFacts{env: maps.Clone(parent.env), user: parent.user, packages: slices.Clone(parent.packages)}
+			} else {
+				f = dockerfileFacts{env: map[string]string{}}
+			}
 		case "ENV":
 			for _, kv := range fields[1:] {
 				if k, v, ok := strings.Cut(kv, "="); ok {
@@ -438,7 +463,11 @@ func readDockerfile(t *testing.T) dockerfileFacts {
 			}
 		}
 	}
-	return f
+	if name != "" {
+		stages[name] = f
+	}
+	stages[""] = f
+	return stages
 }
 
 func TestDeployDockerfile(t *testing.T) {
@@ -1421,4 +1450,63 @@ func TestDeployConfigReference(t *testing.T) {
 		return
 	}
 	t.Errorf("docs/deploy.md's flag reference is out of date with the binary's flags; run\n\tgo test ./cmd/genfleet -run TestDeployConfigReference -update-deploy-docs\nwant:\n%s", want)
+}
+
+// The sdcpp profile's worker builds the Dockerfile's sdcpp stage with the
+// engine directory as a named build context, runs the sdcpp backend, and
+// serves the pool the scheduler's default --engine-pool sends sdcpp models
+// to; a plain build (no target) does not need the engine.
+func TestComposeSdcppWorker(t *testing.T) {
+	b, err := os.ReadFile(repoPath("infra", "docker", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages := dockerfileStages(t, string(b))
+	st, ok := stages["sdcpp"]
+	if !ok {
+		t.Fatal("the Dockerfile has no sdcpp stage")
+	}
+	if st.user != "10001:10001" || !strings.Contains(st.env["PATH"], "/opt/sdcpp") || !slices.Contains(st.packages, "libgomp1") {
+		t.Errorf("sdcpp stage: user %q, PATH %q, packages %v", st.user, st.env["PATH"], st.packages)
+	}
+	if def := stages[""]; def.env["GENFLEET_BACKEND"] != "" || strings.Contains(def.env["PATH"], "sdcpp") {
+		t.Errorf("the default stage is the sdcpp one: %+v", def.env)
+	}
+	if _, ok := loadCompose(t).Services["worker-sdcpp"]; ok {
+		t.Error("worker-sdcpp runs without its profile")
+	}
+	s, ok := loadCompose(t, "sdcpp").Services["worker-sdcpp"]
+	if !ok {
+		t.Fatal("profile sdcpp has no worker-sdcpp")
+	}
+	if s.Build == nil || s.Build.Target != "sdcpp" || s.Build.AdditionalContexts["sdcpp-bin"] == "" {
+		t.Fatalf("worker-sdcpp build %+v", s.Build)
+	}
+	env := composeEnv(s)
+	pools, err := parseEnginePools(deployFlagDefault(t, "scheduler", "engine-pool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env["GENFLEET_BACKEND"] != "sdcpp" || pools["sdcpp"] != env["GENFLEET_SDCPP_POOL"] {
+		t.Errorf("worker-sdcpp: backend %q, pool %q; the scheduler sends sdcpp models to %q",
+			env["GENFLEET_BACKEND"], env["GENFLEET_SDCPP_POOL"], pools["sdcpp"])
+	}
+}
+
+// deployFlagDefault is the default of flag name of command path, as the
+// binary prints it.
+func deployFlagDefault(t *testing.T, path, name string) string {
+	t.Helper()
+	for _, c := range deployFlagTable(t) {
+		if c.Path != path {
+			continue
+		}
+		for _, f := range c.Flags {
+			if f.Name == name {
+				return strings.Trim(f.Default, `"`)
+			}
+		}
+	}
+	t.Fatalf("genfleet %s has no flag --%s", path, name)
+	return ""
 }
