@@ -207,6 +207,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		Logger:   asynqLogger{w.log},
 		LogLevel: asynq.WarnLevel,
 	})
+	if err := w.checkHostID(ctx); err != nil {
+		return err
+	}
 	mux := asynq.NewServeMux()
 	mux.Handle(job.TaskType, w)
 	if err := srv.Start(mux); err != nil {
@@ -237,6 +240,27 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	w.log.Info("worker stopped")
+	return nil
+}
+
+// checkHostID refuses a host id that live workers of another device class
+// use: processes that share a host id share its queue, host:<id>, and a job
+// routed there for one backend's model must not reach a worker that cannot
+// run it. (Workers of different backends on one machine take different
+// host ids; they may share the cache directory.)
+func (w *Worker) checkHostID(ctx context.Context) error {
+	hbs, err := w.fleet.Heartbeats(ctx)
+	if err != nil {
+		w.log.Warn("cannot check the host id against the fleet", "err", err)
+		return nil
+	}
+	for _, hb := range hbs {
+		if hb.Host == w.cfg.HostID && hb.PID != w.pid && hb.DeviceClass != w.cfg.Backend.DeviceClass() {
+			return fmt.Errorf("worker: host id %q is in use by a worker of device class %q (pid %d, backend %s); "+
+				"processes with one host id share the queue %s, so they must run the same kind of backend: give this %s worker its own --host-id",
+				w.cfg.HostID, hb.DeviceClass, hb.PID, hb.Backend, job.HostQueue(w.cfg.HostID), w.cfg.Backend.DeviceClass())
+		}
+	}
 	return nil
 }
 

@@ -154,6 +154,21 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 		t.Errorf("engines by host %v", engines)
 	}
 
+	// An sdcpp worker may not take the cpu host's id: they would share the
+	// queue host:cpuhost.
+	clash := fl.startWorkerOn("cpuhost", t.TempDir(), "--backend", "sdcpp", "--sdcpp-cli", filepath.Join(engine, "sd-cli"))
+	done := make(chan error, 1)
+	go func() { done <- clash.Wait() }()
+	select {
+	case err := <-done:
+		out := clash.Stdout.(*lockedBuffer).String()
+		if err == nil || !strings.Contains(out, `host id "cpuhost" is in use by a worker of device class "cpu"`) {
+			t.Errorf("clashing worker: %v\n%s", err, out)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a worker with a clashing host id kept running")
+	}
+
 	// A producer that puts an sdcpp job on the cpu pool: the cpu worker
 	// fails it at once, saying why, and downloads nothing.
 	cl := asynq.NewClient(asynq.RedisClientOpt{Addr: fl.redis.Addr})
