@@ -101,10 +101,15 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 	if err != nil || img.Bounds().Dx() != 128 || img.Bounds().Dy() != 96 {
 		t.Fatalf("image: %v, %v", err, img)
 	}
-	// A second job reuses the engine server.
-	id2 := fl.submit(`{"model":"flux-mini","prompt":"another fox","seed":6,"width":64,"height":64,"steps":3}`)
-	if rec := fl.wait(id2, 60*time.Second, nil); rec.Status != job.StatusSucceeded {
-		t.Fatalf("job %s: %s %q", id2, rec.Status, rec.Error)
+	// A second job, through `genfleet submit`, reuses the engine server.
+	var out, errOut bytes.Buffer
+	if rc := run([]string{"submit", "--api", fl.api.URL, "--model", "flux-mini", "--prompt", "another fox",
+		"--width", "64", "--height", "64", "--steps", "3", "--sampling-method", "dpm++2m", "--scheduler", "karras",
+		"--wait", "--timeout", "60s"}, &out, &errOut); rc != 0 {
+		t.Fatalf("genfleet submit = %d: %s", rc, errOut.String())
+	}
+	if rec := fl.get(strings.TrimSpace(out.String())); rec.Status != job.StatusSucceeded || rec.Request.SamplingMethod != "dpm++2m" {
+		t.Fatalf("job %s: %s %q %+v", rec.ID, rec.Status, rec.Error, rec.Request)
 	}
 	var starts, requests int
 	f, err := os.Open(engineLog)
@@ -121,6 +126,9 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 		switch {
 		case r.Prog == "sd-server" && len(r.Args) > 0 && r.Args[0] == "txt2img":
 			requests++
+			if requests == 2 && (r.Args[3] != "dpm++2m" || r.Args[4] != "karras") {
+				t.Errorf("the engine got sampler %q and scheduler %q", r.Args[3], r.Args[4])
+			}
 		case r.Prog == "sd-server":
 			starts++
 			for _, f := range man.Files {

@@ -27,6 +27,8 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	height := f.Int("height", 512, "height in pixels (64..2048, multiple of 8)")
 	steps := f.Int("steps", 20, "steps (1..200)")
 	guidance := f.Float64("guidance", job.DefaultGuidance, "guidance scale")
+	sampler := f.String("sampling-method", "", "engine sampler, e.g. euler_a (sdcpp models only; default: the engine's)")
+	sched := f.String("scheduler", "", "engine sigma schedule, e.g. karras (sdcpp models only; default: the engine's)")
 	wait := f.Bool("wait", false, "wait until the job ends, showing progress")
 	out := f.String("o", "", "write the PNG to this file (implies --wait)")
 	idem := f.String("idempotency-key", "", "Idempotency-Key header: the same key returns the same job")
@@ -35,7 +37,8 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	req := job.Request{Model: *model, Prompt: *prompt, NegativePrompt: *negative, Seed: *seed,
-		Width: *width, Height: *height, Steps: *steps, Guidance: *guidance, OutputFormat: job.FormatPNG}
+		Width: *width, Height: *height, Steps: *steps, Guidance: *guidance, OutputFormat: job.FormatPNG,
+		SamplingMethod: *sampler, Scheduler: *sched}
 	if err := req.Validate(); err != nil {
 		return fmt.Errorf("--%s", strings.ReplaceAll(err.Error(), "_", "-"))
 	}
