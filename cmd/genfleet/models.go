@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/genfleet/genfleet/backends/refgen"
+	"github.com/genfleet/genfleet/backends/sdcpp"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/modelcache"
 	"github.com/genfleet/genfleet/modelformat"
@@ -106,31 +107,9 @@ func writeModel(path string, size int64, seed uint64) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// engineSDCPP is the engine name of stable-diffusion.cpp models.
-const engineSDCPP = "sdcpp"
-
-// sdcppRoles are the file roles a model of engine sdcpp may have. The table
-// mirrors the sdcpp backend's flag table (backends/sdcpp), which passes each
-// role's file to stable-diffusion.cpp with its own flag; keep the two in step.
-var sdcppRoles = []struct{ role, what string }{
-	{"model", "a full checkpoint"},
-	{"diffusion_model", "the diffusion model of a split model"},
-	{"high_noise_diffusion_model", "the high-noise diffusion model"},
-	{"vae", "the VAE"},
-	{"taesd", "a tiny autoencoder for fast decoding"},
-	{"clip_l", "the CLIP-L text encoder"},
-	{"clip_g", "the CLIP-G text encoder"},
-	{"t5xxl", "the T5-XXL text encoder"},
-	{"llm", "a language-model text encoder"},
-	{"llm_vision", "the vision part of the language model"},
-	{"clip_vision", "the CLIP vision encoder"},
-	{"control_net", "a ControlNet"},
-	{"upscale_model", "an upscaler"},
-}
-
 // checkRoles checks the roles of a model's files for engine (empty: the
 // built-in one): no two files may share a role. The built-in engine takes
-// one full checkpoint; sdcpp takes the roles of sdcppRoles, among them a
+// one full checkpoint; sdcpp takes the roles of its flag table, among them a
 // model or a diffusion_model; other engines' backends check their own roles.
 func checkRoles(engine string, files []modelcache.PushFile) error {
 	seen := map[string]string{}
@@ -145,11 +124,9 @@ func checkRoles(engine string, files []modelcache.PushFile) error {
 		if len(files) != 1 || (files[0].Role != "" && files[0].Role != "model") {
 			return fmt.Errorf("engine %s takes one file with role model", modelcache.EngineBuiltin)
 		}
-	case engineSDCPP:
-		var allowed []string
-		for _, r := range sdcppRoles {
-			allowed = append(allowed, r.role)
-		}
+	case sdcpp.Engine:
+		// The backend's own flag table decides which roles it takes.
+		allowed := sdcpp.Roles()
 		hasMain := false
 		for _, pf := range files {
 			if !slices.Contains(allowed, pf.Role) {

@@ -276,7 +276,7 @@ func TestModelsPushFlags(t *testing.T) {
 		{"file without =", []string{"--name", "flux", "--engine", "sdcpp", "--file", gguf, "s3://pushmodels/w/"}, 1, "want ROLE=PATH"},
 		{"file with empty role", []string{"--name", "flux", "--engine", "sdcpp", "--file=" + "=" + gguf, "s3://pushmodels/w/"}, 1, "want ROLE=PATH"},
 		{"unknown role", []string{"--name", "flux", "--engine", "sdcpp", "--file", "diffusion_model=" + gguf, "--file", "unet=" + vae, "s3://pushmodels/w/"}, 1,
-			`engine sdcpp has no role "unet"; roles: model, diffusion_model, high_noise_diffusion_model, vae, taesd, clip_l, clip_g, t5xxl, llm, llm_vision, clip_vision, control_net, upscale_model`},
+			`engine sdcpp has no role "unet"; roles: clip_g, clip_l, clip_vision, control_net, diffusion_model, high_noise_diffusion_model, llm, llm_vision, model, t5xxl, taesd, upscale_model, vae`},
 		{"no main role", []string{"--name", "flux", "--engine", "sdcpp", "--file", "vae=" + vae, "s3://pushmodels/w/"}, 1, "needs a file with role model or diffusion_model"},
 		{"duplicate role", []string{"--name", "flux", "--engine", "sdcpp", "--file", "diffusion_model=" + gguf, "--file", "diffusion_model=" + vae, "s3://pushmodels/w/"}, 1, `both have role "diffusion_model"`},
 		{"FILE and --file", []string{gguf, "s3://pushmodels/w/", "--name", "flux", "--engine", "sdcpp", "--file", "vae=" + vae}, 2, "not both"},
