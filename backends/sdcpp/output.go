@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // progressRE matches the engine's step progress, which it redraws in place
@@ -36,6 +37,7 @@ type engineOutput struct {
 	tail     []string // last tailLines lines of both streams, "stderr: …"-free
 	errTail  []string // last tailLines lines of stderr
 	partial  [2][]byte
+	errCount int // error-level lines seen
 }
 
 // setJob routes progress bars with total steps to fn, until the next call.
@@ -43,6 +45,39 @@ func (o *engineOutput) setJob(steps int, fn func(step, total int)) {
 	o.mu.Lock()
 	o.steps, o.progress, o.lastStep = steps, fn, 0
 	o.mu.Unlock()
+}
+
+// drain waits up to d for the current job's last step to be read: an
+// engine server answers right after drawing its last bar, and the answer can
+// overtake the bar on its way through the output pipe.
+func (o *engineOutput) drain(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for {
+		o.mu.Lock()
+		done := o.steps == 0 || o.lastStep >= o.steps
+		o.mu.Unlock()
+		if done || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// errorLines is how many error-level lines the engine has logged so far.
+func (o *engineOutput) errorLines() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.errCount
+}
+
+// awaitError waits up to max for the engine to log an error line beyond
+// the first n: a server's error answer can overtake the error lines it logs
+// on their way through the output pipe.
+func (o *engineOutput) awaitError(n int, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for o.errorLines() <= n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // stream returns the writer for stream 0 (stdout) or 1 (stderr).
@@ -89,6 +124,9 @@ func (o *engineOutput) line(i int, s string) {
 		return // progress bars would flush everything else out of the tail
 	}
 	o.tail = appendTail(o.tail, s)
+	if isErrorLine(s) {
+		o.errCount++
+	}
 	if i == 1 {
 		o.errTail = appendTail(o.errTail, s)
 	}

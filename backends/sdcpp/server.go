@@ -91,6 +91,7 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 	s.out.setJob(p.Steps, progress)
 	defer s.out.setJob(0, nil)
 
+	errsBefore := s.out.errorLines()
 	body, _ := json.Marshal(txt2imgRequest(p))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.base+"/sdapi/v1/txt2img", bytes.NewReader(body))
 	if err != nil {
@@ -118,6 +119,7 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 		return nil, fmt.Errorf("sdcpp: engine server %s: read response: %w", s.base, err)
 	}
 	if resp.StatusCode != http.StatusOK {
+		s.out.awaitError(errsBefore, 300*time.Millisecond)
 		var e struct {
 			Error string `json:"error"`
 		}
@@ -134,6 +136,7 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 		}
 		return nil, err
 	}
+	s.out.drain(250 * time.Millisecond)
 	var res struct {
 		Images []string `json:"images"`
 	}
