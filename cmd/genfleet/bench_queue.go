@@ -247,8 +247,9 @@ func startNoopFleet(ctx context.Context, opt asynq.RedisConnOpt, conc int) (*noo
 	if err != nil {
 		return nil, err
 	}
+	// As `genfleet serve` runs it: models checked at submit, routing on.
 	sched, err := scheduler.New(scheduler.Config{Redis: opt, S3: s3srv.Client, Registry: reg, Pool: "cpu", Logger: log,
-		Routing: scheduler.Policy{Enabled: true}})
+		CheckModels: true, Routing: scheduler.Policy{Enabled: true}})
 	if err != nil {
 		return nil, err
 	}
