@@ -257,7 +257,7 @@ func startNoopFleet(ctx context.Context, opt asynq.RedisConnOpt, conc int) (*noo
 	if err != nil {
 		return nil, err
 	}
-	hs := &http.Server{Handler: sched.Handler()}
+	hs := &http.Server{Handler: sched.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
 	be, err := backends.New("cpu")
 	if err != nil {
@@ -273,6 +273,9 @@ func startNoopFleet(ctx context.Context, opt asynq.RedisConnOpt, conc int) (*noo
 	wctx, stopWorker := context.WithCancel(context.Background())
 	wdone := make(chan struct{})
 	go func() { defer close(wdone); _ = w.Run(wctx) }()
+	reapCtx, stopReaper := context.WithCancel(context.Background())
+	reaperDone := make(chan struct{})
+	go func() { defer close(reaperDone); sched.RunReaper(reapCtx) }()
 	return &noopFleet{
 		url:    "http://" + ln.Addr().String(),
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
@@ -281,6 +284,8 @@ func startNoopFleet(ctx context.Context, opt asynq.RedisConnOpt, conc int) (*noo
 			stopWorker()
 			<-wdone
 			w.Close()
+			stopReaper()
+			<-reaperDone
 			hs.Close()
 			sched.Close()
 			s3srv.Stop()
