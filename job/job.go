@@ -87,15 +87,20 @@ func fieldErr(field, format string, args ...any) error {
 // explicit value keeps it, so {"width": 0} fails validation rather than
 // silently becoming the default.
 func (r *Request) UnmarshalJSON(b []byte) error {
-	type plain Request
-	*r = Request{Width: DefaultWidth, Height: DefaultHeight, Steps: DefaultSteps, Guidance: DefaultGuidance, OutputFormat: FormatPNG}
+	*r = requestDefaults
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode((*plain)(r)); err != nil {
+	if err := dec.Decode((*plainRequest)(r)); err != nil {
 		return requestJSONError(err)
 	}
 	return nil
 }
+
+// plainRequest is Request without its UnmarshalJSON method.
+type plainRequest Request
+
+// requestDefaults is a request with every optional field at its default.
+var requestDefaults = Request{Width: DefaultWidth, Height: DefaultHeight, Steps: DefaultSteps, Guidance: DefaultGuidance, OutputFormat: FormatPNG}
 
 // requestJSONError turns a decoding error into a FieldError where the
 // field is known.

@@ -173,8 +173,9 @@ const (
 // startScript: one round trip to decide whether a worker may run a job and,
 // if so, take the job's run claim and write its record.
 var startScript = redis.NewScript(`
-if redis.call("HGET", KEYS[1], "cancel") == "1" then return "cancelled" end
-if redis.call("HEXISTS", KEYS[1], "final") == 1 then return "done" end
+local f = redis.call("HMGET", KEYS[1], "cancel", "final")
+if f[1] == "1" then return "cancelled" end
+if f[2] then return "done" end
 if not redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then return "claimed" end
 redis.call("HSET", KEYS[1], "run", ARGV[3])
 redis.call("HDEL", KEYS[1], "step", "steps")
@@ -208,8 +209,11 @@ func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Dur
 // finishScript writes the record, marks a terminal status final, and drops
 // the caller's claim, in one round trip.
 var finishScript = redis.NewScript(`
-redis.call("HSET", KEYS[1], "run", ARGV[1])
-if ARGV[2] ~= "" then redis.call("HSET", KEYS[1], "final", ARGV[2]) end
+if ARGV[2] ~= "" then
+	redis.call("HSET", KEYS[1], "run", ARGV[1], "final", ARGV[2])
+else
+	redis.call("HSET", KEYS[1], "run", ARGV[1])
+end
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
 if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then redis.call("DEL", KEYS[2]) end
 return 1`)

@@ -61,12 +61,22 @@ func encodePayload(p Payload) ([]byte, error) {
 // DecodePayload parses and validates a payload. Errors wrap ErrInvalid:
 // a payload that fails here never succeeds on retry.
 func DecodePayload(b []byte) (*Payload, error) {
-	var p Payload
+	// One strict pass over the payload: the request is decoded as its plain
+	// type, with the defaults Request.UnmarshalJSON would give it set first,
+	// rather than scanned again by a second decoder inside UnmarshalJSON.
+	var w struct {
+		Version     int          `json:"v"`
+		Request     plainRequest `json:"request"`
+		SubmittedAt time.Time    `json:"submitted_at,omitzero"`
+		Route       *Route       `json:"route,omitempty"`
+	}
+	w.Request = plainRequest(requestDefaults)
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
+	if err := dec.Decode(&w); err != nil {
 		return nil, fmt.Errorf("%w: payload is not valid JSON for %s: %w", ErrInvalid, TaskType, err)
 	}
+	p := Payload{Version: w.Version, Request: Request(w.Request), SubmittedAt: w.SubmittedAt, Route: w.Route}
 	if p.Version == 0 {
 		p.Version = 1
 	}

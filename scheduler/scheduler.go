@@ -336,7 +336,15 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	s.submitted.WithLabelValues("enqueued").Inc()
 	s.log.Info("job enqueued", "job", id, "model", req.Model, "queue", queue, "route", route.Reason)
 	w.Header().Set("Location", "/v1/jobs/"+id)
-	writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "status": job.StatusQueued, "queue": queue})
+	writeJSON(w, http.StatusAccepted, accepted{ID: id, Queue: queue, Status: job.StatusQueued})
+}
+
+// accepted is the body of a 202 to POST /v1/jobs (a struct: a map costs a
+// sort of its keys on every submit).
+type accepted struct {
+	ID     string     `json:"id"`
+	Queue  string     `json:"queue"`
+	Status job.Status `json:"status"`
 }
 
 func (s *Server) releaseIdem(key, id string) {

@@ -506,37 +506,45 @@ func (w *Worker) finish(ctx context.Context, rec *job.Record, st job.Status, msg
 
 // watch returns a context that is cancelled with errCancelled once a
 // cancel is requested for id, and keeps owner's claim on the job alive.
-// stop ends both.
+// stop ends both. The checks run on timers, so a job shorter than the
+// first check costs no goroutine; they never overlap, and stop waits for
+// one that is running.
 func (w *Worker) watch(ctx context.Context, id, owner string) (context.Context, func()) {
 	jctx, cancel := context.WithCancelCause(ctx)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		poll := time.NewTicker(w.cfg.CancelPoll)
-		defer poll.Stop()
-		refresh := time.NewTicker(claimTTL / 3)
-		defer refresh.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-jctx.Done():
-				return
-			case <-refresh.C:
-				_ = w.store.RefreshClaim(jctx, id, owner, claimTTL)
-			case <-poll.C:
-				if c, err := w.store.CancelRequested(jctx, id); err == nil && c {
-					cancel(errCancelled)
-					return
-				}
-			}
+	var (
+		mu            sync.Mutex
+		stopped       bool
+		poll, refresh *time.Timer
+	)
+	mu.Lock() // the timers' functions wait until both timers are set
+	poll = time.AfterFunc(w.cfg.CancelPoll, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped || jctx.Err() != nil {
+			return
 		}
-	}()
+		if c, err := w.store.CancelRequested(jctx, id); err == nil && c {
+			cancel(errCancelled)
+			return
+		}
+		poll.Reset(w.cfg.CancelPoll)
+	})
+	refresh = time.AfterFunc(claimTTL/3, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped || jctx.Err() != nil {
+			return
+		}
+		_ = w.store.RefreshClaim(jctx, id, owner, claimTTL)
+		refresh.Reset(claimTTL / 3)
+	})
+	mu.Unlock()
 	return jctx, func() {
-		close(done)
-		wg.Wait()
+		poll.Stop()
+		refresh.Stop()
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
 		cancel(nil)
 	}
 }
