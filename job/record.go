@@ -222,19 +222,44 @@ return 1`)
 // so no later copy of the job runs. owner's claim is released
 // (owner "" releases nothing).
 func (s *Store) Finish(ctx context.Context, run *Record, owner string) error {
-	b, err := json.Marshal(run)
+	keys, args, err := finishArgs(run, owner)
 	if err != nil {
 		return err
+	}
+	if err := finishScript.Run(ctx, s.rdb, keys, args...).Err(); err != nil {
+		return fmt.Errorf("write job record %s: %w", run.ID, err)
+	}
+	return nil
+}
+
+// QueueFinish queues what Finish does on pipe, for a caller that sends it
+// with other commands in one round trip. It is idempotent. The returned
+// function reports the outcome once the pipeline has run.
+func (s *Store) QueueFinish(ctx context.Context, pipe redis.Pipeliner, run *Record, owner string) (result func() error) {
+	keys, args, err := finishArgs(run, owner)
+	if err != nil {
+		return func() error { return err }
+	}
+	// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
+	cmd := finishScript.Eval(ctx, pipe, keys, args...)
+	return func() error {
+		if err := cmd.Err(); err != nil {
+			return fmt.Errorf("write job record %s: %w", run.ID, err)
+		}
+		return nil
+	}
+}
+
+func finishArgs(run *Record, owner string) ([]string, []any, error) {
+	b, err := json.Marshal(run)
+	if err != nil {
+		return nil, nil, err
 	}
 	final := ""
 	if run.Status.Terminal() {
 		final = string(run.Status)
 	}
-	err = finishScript.Run(ctx, s.rdb, []string{recordKey(run.ID), claimKey(run.ID)}, b, final, owner, RecordTTL.Milliseconds()).Err()
-	if err != nil {
-		return fmt.Errorf("write job record %s: %w", run.ID, err)
-	}
-	return nil
+	return []string{recordKey(run.ID), claimKey(run.ID)}, []any{b, final, owner, RecordTTL.Milliseconds()}, nil
 }
 
 // SetProgress records step i of n of a running job.

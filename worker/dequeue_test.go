@@ -136,3 +136,78 @@ func TestDequeueHostFirstOneScriptPerPoll(t *testing.T) {
 		t.Errorf("idle second: %d pops in %d scripts; want two queues popped per script (%v)", pops, scripts, calls)
 	}
 }
+
+// A job's final record write travels with asynq's completion of the task:
+// both are EVALs in one pipeline (asynq.OnSuccess). Outside a task's
+// context finishDone writes at once.
+func TestFinishRidesWithTheCompletion(t *testing.T) {
+	srv := testenv.Redis(t).Addr
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv})
+	defer rdb.Close()
+	cl := asynq.NewClient(asynq.RedisClientOpt{Addr: srv})
+	defer cl.Close()
+	w := noopWorker(t, srv, "w1", 2)
+
+	// Without a task's context: written at once.
+	rec := &job.Record{ID: "direct", Status: job.StatusRunning}
+	w.finishDone(ctx, rec, job.StatusSucceeded, time.Now(), "")
+	if got, err := w.store.Get(ctx, "direct"); err != nil || got.Status != job.StatusSucceeded {
+		t.Fatalf("record written outside a task: %+v, %v", got, err)
+	}
+
+	if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	req := job.Request{Model: "demo", Prompt: "p"}
+	req.ApplyDefaults()
+	for i := range n {
+		task, opts, err := job.NewTask("job-"+strconv.Itoa(i), req, "cpu")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Enqueue(task, opts...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(wctx) }()
+	defer func() { stop(); <-done }()
+	deadline := time.Now().Add(20 * time.Second)
+	for i := range n {
+		id := "job-" + strconv.Itoa(i)
+		for {
+			rec, err := w.store.Get(ctx, id)
+			if err == nil && rec.Status == job.StatusSucceeded {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("job %s: %+v %v", id, rec, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// The tasks are completed too: nothing left active in asynq.
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv})
+	defer insp.Close()
+	for {
+		info, err := insp.GetQueueInfo("pool:cpu")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Active == 0 && info.Pending == 0 && info.Processed >= n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue: %+v", info)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Finish and completion went as EVALs in a pipeline (the other scripts
+	// run as EVALSHA): two per job.
+	if evals := commandCalls(t, rdb)["eval"]; evals < 2*n {
+		t.Errorf("%d EVALs for %d jobs: the record write did not ride with the completion", evals, n)
+	}
+}

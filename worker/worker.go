@@ -335,11 +335,11 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	switch {
 	case err == nil:
 		rec.Result = out
-		w.finish(wctx, rec, job.StatusSucceeded, "", started, owner)
+		w.finishDone(wctx, rec, job.StatusSucceeded, started, owner)
 		log.Info("job succeeded", "ms", rec.Timings["total"], "key", out.Key)
 		return nil
 	case errors.Is(context.Cause(jctx), errCancelled):
-		w.finish(wctx, rec, job.StatusCancelled, "", started, owner)
+		w.finishDone(wctx, rec, job.StatusCancelled, started, owner)
 		log.Info("job cancelled")
 		return nil
 	case errors.Is(context.Cause(jctx), errShutdown):
@@ -489,6 +489,35 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 // A terminal status is counted in the metrics; "queued" (a retry or a hand
 // back) is not an outcome.
 func (w *Worker) finish(ctx context.Context, rec *job.Record, st job.Status, msg string, started time.Time, owner string) {
+	w.settle(rec, st, msg, started)
+	if err := w.store.Finish(ctx, rec, owner); err != nil {
+		w.log.Error("write job record", "job", rec.ID, "err", err)
+	}
+}
+
+// finishDone is finish for a handler about to return nil: the record write
+// goes to Redis in the same round trip as asynq's completion of the task
+// (asynq.OnSuccess, a patch of genfleet's asynq copy: third_party/asynq),
+// or at once when that cannot be arranged.
+func (w *Worker) finishDone(ctx context.Context, rec *job.Record, st job.Status, started time.Time, owner string) {
+	w.settle(rec, st, "", started)
+	queued := asynq.OnSuccess(ctx, func(ctx context.Context, pipe redis.Pipeliner) func() {
+		result := w.store.QueueFinish(ctx, pipe, rec, owner)
+		return func() {
+			if err := result(); err != nil {
+				w.log.Error("write job record", "job", rec.ID, "err", err)
+			}
+		}
+	})
+	if !queued {
+		if err := w.store.Finish(ctx, rec, owner); err != nil {
+			w.log.Error("write job record", "job", rec.ID, "err", err)
+		}
+	}
+}
+
+// settle fills the record's final fields and counts a terminal outcome.
+func (w *Worker) settle(rec *job.Record, st job.Status, msg string, started time.Time) {
 	rec.Status, rec.Error = st, msg
 	rec.Progress = nil
 	if rec.Timings == nil {
@@ -498,9 +527,6 @@ func (w *Worker) finish(ctx context.Context, rec *job.Record, st job.Status, msg
 		rec.FinishedAt = time.Now().UTC()
 		rec.Timings["total"] = ms(rec.FinishedAt.Sub(started))
 		w.metrics.jobs.WithLabelValues(string(st)).Inc()
-	}
-	if err := w.store.Finish(ctx, rec, owner); err != nil {
-		w.log.Error("write job record", "job", rec.ID, "err", err)
 	}
 }
 

@@ -203,6 +203,9 @@ func (p *processor) exec() {
 			}()
 
 			ctx, cancel := asynqcontext.New(p.baseCtxFn(), msg, deadline)
+			// genfleet patch: where the handler may register a CompletionHook.
+			slot := &completionSlot{}
+			ctx = context.WithValue(ctx, completionKey{}, slot)
 			p.cancelations.Add(msg.ID, cancel)
 			defer func() {
 				cancel()
@@ -238,21 +241,25 @@ func (p *processor) exec() {
 			case <-p.abort:
 				// time is up, push the message back to queue and quit this worker goroutine.
 				p.logger.Warnf("Quitting worker. task id=%s", msg.ID)
+				p.runHookAlone(slot, msg)
 				p.requeue(lease, msg)
 				return
 			case <-lease.Done():
 				cancel()
+				p.runHookAlone(slot, msg)
 				p.handleFailedMessage(ctx, lease, msg, ErrLeaseExpired)
 				return
 			case <-ctx.Done():
+				p.runHookAlone(slot, msg)
 				p.handleFailedMessage(ctx, lease, msg, ctx.Err())
 				return
 			case resErr := <-resCh:
 				if resErr != nil {
+					p.runHookAlone(slot, msg)
 					p.handleFailedMessage(ctx, lease, msg, resErr)
 					return
 				}
-				p.handleSucceededMessage(lease, msg)
+				p.handleSucceededMessage(lease, msg, slot.take())
 			}
 		}()
 	}
@@ -273,11 +280,29 @@ func (p *processor) requeue(l *base.Lease, msg *base.TaskMessage) {
 	}
 }
 
-func (p *processor) handleSucceededMessage(l *base.Lease, msg *base.TaskMessage) {
+func (p *processor) handleSucceededMessage(l *base.Lease, msg *base.TaskMessage, hook CompletionHook) {
 	if msg.Retention > 0 {
+		p.runHook(hook, msg)
 		p.markAsComplete(l, msg)
 	} else {
-		p.markAsDone(l, msg)
+		p.markAsDone(l, msg, hook)
+	}
+}
+
+// runHookAlone runs the hook the handler registered, if any, in a pipeline
+// of its own: the task is not being completed normally (genfleet patch).
+func (p *processor) runHookAlone(slot *completionSlot, msg *base.TaskMessage) {
+	p.runHook(slot.take(), msg)
+}
+
+func (p *processor) runHook(hook CompletionHook, msg *base.TaskMessage) {
+	if hook == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.broker.Pipelined(ctx, hook); err != nil {
+		p.logger.Warnf("Completion hook of task id=%s: %v", msg.ID, err)
 	}
 }
 
@@ -303,20 +328,25 @@ func (p *processor) markAsComplete(l *base.Lease, msg *base.TaskMessage) {
 	}
 }
 
-func (p *processor) markAsDone(l *base.Lease, msg *base.TaskMessage) {
+func (p *processor) markAsDone(l *base.Lease, msg *base.TaskMessage, hook CompletionHook) {
 	if !l.IsValid() {
 		// If lease is not valid, do not write to redis; Let recoverer take care of it.
+		// The handler's own writes still happen (genfleet patch).
+		p.runHook(hook, msg)
 		return
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), l.Deadline())
 	defer cancel()
-	err := p.broker.Done(ctx, msg)
+	// genfleet patch: with a hook, the handler's final write and the
+	// completion go in one round trip (a retry repeats the hook, which must
+	// be idempotent).
+	err := p.broker.DoneWith(ctx, msg, hook)
 	if err != nil {
 		errMsg := fmt.Sprintf("Could not remove task id=%s type=%q from %q err: %+v", msg.ID, msg.Type, base.ActiveKey(msg.Queue), err)
 		p.logger.Warnf("%s; Will retry syncing", errMsg)
 		p.syncRequestCh <- &syncRequest{
 			fn: func() error {
-				return p.broker.Done(ctx, msg)
+				return p.broker.DoneWith(ctx, msg, hook)
 			},
 			errMsg:   errMsg,
 			deadline: l.Deadline(),
@@ -339,7 +369,7 @@ func (p *processor) handleFailedMessage(ctx context.Context, l *base.Lease, msg 
 	switch {
 	case errors.Is(err, RevokeTask):
 		p.logger.Warnf("revoke task id=%s", msg.ID)
-		p.markAsDone(l, msg)
+		p.markAsDone(l, msg, nil)
 	case msg.Retried >= msg.Retry || errors.Is(err, SkipRetry):
 		p.logger.Warnf("Retry exhausted for task id=%s", msg.ID)
 		p.archive(l, msg, err)

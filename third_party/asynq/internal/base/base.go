@@ -694,6 +694,11 @@ type Broker interface {
 	EnqueueUnique(ctx context.Context, msg *TaskMessage, ttl time.Duration) error
 	Dequeue(qnames ...string) (*TaskMessage, time.Time, error)
 	Done(ctx context.Context, msg *TaskMessage) error
+	// DoneWith is Done with hook's commands in the same pipeline (genfleet
+	// patch); hook's returned func, if any, runs after the pipeline.
+	DoneWith(ctx context.Context, msg *TaskMessage, hook func(context.Context, redis.Pipeliner) func()) error
+	// Pipelined runs hook's commands in a pipeline of their own (genfleet patch).
+	Pipelined(ctx context.Context, hook func(context.Context, redis.Pipeliner) func()) error
 	MarkAsComplete(ctx context.Context, msg *TaskMessage) error
 	Requeue(ctx context.Context, msg *TaskMessage) error
 	Schedule(ctx context.Context, msg *TaskMessage, processAt time.Time) error

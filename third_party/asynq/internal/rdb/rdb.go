@@ -426,6 +426,61 @@ func (r *RDB) Done(ctx context.Context, msg *base.TaskMessage) error {
 	return r.runScript(ctx, op, doneCmd, keys, argv...)
 }
 
+// DoneWith is Done, with the commands hook queues sent in the same
+// pipeline, ahead of the completion script (genfleet patch, PATCHES.md).
+// The returned error is about the completion only; hook's own results are
+// for the function hook returns to check, which runs after the pipeline.
+func (r *RDB) DoneWith(ctx context.Context, msg *base.TaskMessage, hook func(context.Context, redis.Pipeliner) func()) error {
+	if hook == nil {
+		return r.Done(ctx, msg)
+	}
+	var op errors.Op = "rdb.DoneWith"
+	now := r.clock.Now()
+	expireAt := now.Add(statsTTL)
+	keys := []string{
+		base.ActiveKey(msg.Queue),
+		base.LeaseKey(msg.Queue),
+		base.TaskKey(msg.Queue, msg.ID),
+		base.ProcessedKey(msg.Queue, now),
+		base.ProcessedTotalKey(msg.Queue),
+	}
+	argv := []interface{}{
+		msg.ID,
+		expireAt.Unix(),
+		int64(math.MaxInt64),
+	}
+	script := doneCmd
+	if len(msg.UniqueKey) > 0 {
+		keys = append(keys, msg.UniqueKey)
+		script = doneUniqueCmd
+	}
+	pipe := r.client.Pipeline()
+	after := hook(ctx, pipe)
+	// EVAL with the script's source, not EVALSHA: a NOSCRIPT reply inside a
+	// pipeline could not fall back the way Script.Run does.
+	done := script.Eval(ctx, pipe, keys, argv...)
+	_, _ = pipe.Exec(ctx)
+	if after != nil {
+		after()
+	}
+	if err := done.Err(); err != nil {
+		return errors.E(op, errors.Internal, fmt.Sprintf("redis eval error: %v", err))
+	}
+	return nil
+}
+
+// Pipelined runs the commands hook queues in a pipeline of their own
+// (genfleet patch).
+func (r *RDB) Pipelined(ctx context.Context, hook func(context.Context, redis.Pipeliner) func()) error {
+	pipe := r.client.Pipeline()
+	after := hook(ctx, pipe)
+	_, err := pipe.Exec(ctx)
+	if after != nil {
+		after()
+	}
+	return err
+}
+
 // KEYS[1] -> asynq:{<qname>}:active
 // KEYS[2] -> asynq:{<qname>}:lease
 // KEYS[3] -> asynq:{<qname>}:completed
