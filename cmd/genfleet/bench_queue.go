@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,7 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	conc := f.Int("concurrency", 4, "worker concurrency (both sides)")
 	clients := f.Int("clients", 8, "concurrent submitters (both sides)")
 	idle := f.Int("idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures")
+	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the genfleet throughput phase (API, worker and submitters) to this file")
 	if err := f.parse(args, 0); err != nil {
 		return nil, err
 	}
@@ -98,6 +100,17 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	}
 	defer fleet.stop()
 	body := []byte(`{"model":"demo","prompt":"noop","width":64,"height":64,"steps":1}`)
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err != nil {
+			return nil, err
+		}
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			pf.Close()
+			return nil, err
+		}
+		defer func() { pprof.StopCPUProfile(); pf.Close() }()
+	}
 	start := time.Now()
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -123,6 +136,9 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		return nil, err
 	}
 	genfleetRate := float64(*jobs) / time.Since(start).Seconds()
+	if *cpuProfile != "" {
+		pprof.StopCPUProfile() // the throughput phase only; stopping twice is harmless
+	}
 
 	// Idle start latency: one job at a time on an idle fleet, submit →
 	// handler start (the record's started_at), with a random pause between
