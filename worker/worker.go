@@ -77,6 +77,16 @@ type Config struct {
 	// jobs (asynq's TaskCheckInterval). It bounds the start latency of a job
 	// submitted to an idle fleet. Default 20ms.
 	PollInterval time.Duration
+	// RecoverInterval is how often this process looks for jobs whose
+	// worker died (their asynq lease expired) and queues them again.
+	// Default 5s.
+	RecoverInterval time.Duration
+	// LeaseGrace is how long after its lease expired such a job is
+	// recovered: the margin for clock skew between hosts. Default 5s. A job
+	// of a killed worker runs again about 30s (asynq's lease) + LeaseGrace
+	// + up to RecoverInterval later; recovering one too early is harmless,
+	// the run claim keeps it from running twice at once.
+	LeaseGrace time.Duration
 	// Noop runs each job's bookkeeping (claim, records, cancel watch,
 	// metrics) but skips the model, the backend and the upload: for
 	// benchmarking genfleet's queueing overhead against plain asynq.
@@ -151,6 +161,12 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = 20 * time.Millisecond
 	}
+	if cfg.RecoverInterval <= 0 {
+		cfg.RecoverInterval = 5 * time.Second
+	}
+	if cfg.LeaseGrace <= 0 {
+		cfg.LeaseGrace = 5 * time.Second
+	}
 	if cfg.RetryBase <= 0 {
 		cfg.RetryBase = 2 * time.Second
 	}
@@ -192,6 +208,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		Queues:                   w.Queues(),
 		TaskCheckInterval:        w.cfg.PollInterval,
 		DelayedTaskCheckInterval: time.Second,
+		RecovererInterval:        w.cfg.RecoverInterval,
+		LeaseExpiryGrace:         w.cfg.LeaseGrace,
 		StrictPriority:           true,
 		ShutdownTimeout:          w.cfg.ShutdownTimeout,
 		BaseContext:              func() context.Context { return w.baseCtx },

@@ -151,6 +151,8 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	poll := f.duration("poll-interval", "GENFLEET_POLL_INTERVAL", 20*time.Millisecond, "how often an idle worker checks its queues (bounds idle start latency)")
 	retryBase := f.duration("retry-base", "GENFLEET_RETRY_BASE", 2*time.Second, "backoff before the first retry of a job that failed transiently; doubles per retry")
 	retryMax := f.duration("retry-max", "GENFLEET_RETRY_MAX", 5*time.Minute, "longest backoff between retries")
+	recoverEvery := f.duration("recover-interval", "GENFLEET_RECOVER_INTERVAL", 5*time.Second, "how often this process requeues jobs whose worker died (their lease expired)")
+	leaseGrace := f.duration("lease-grace", "GENFLEET_LEASE_GRACE", 5*time.Second, "how long after its lease expired a dead worker's job is requeued (clock-skew margin between hosts)")
 	if err := f.parse(args, 0); err != nil {
 		return err
 	}
@@ -201,6 +203,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		Redis: redisOpt, S3: cl, Outputs: outputs, Registry: reg, Cache: cache, Backend: be,
 		HostID: *hostID, Concurrency: *concurrency, ShutdownTimeout: *shutdown,
 		RetryBase: *retryBase, RetryMax: *retryMax,
+		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,
 		HeartbeatInterval: *heartbeat, PollInterval: *poll,
 		Metrics: promReg, Logger: log,
 	})

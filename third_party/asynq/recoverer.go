@@ -28,6 +28,9 @@ type recoverer struct {
 
 	// poll interval.
 	interval time.Duration
+
+	// how long after its lease expired a task is recovered (genfleet patch).
+	grace time.Duration
 }
 
 type recovererParams struct {
@@ -35,6 +38,7 @@ type recovererParams struct {
 	broker         base.Broker
 	queues         []string
 	interval       time.Duration
+	grace          time.Duration
 	retryDelayFunc RetryDelayFunc
 	isFailureFunc  func(error) bool
 }
@@ -46,6 +50,7 @@ func newRecoverer(params recovererParams) *recoverer {
 		done:           make(chan struct{}),
 		queues:         params.queues,
 		interval:       params.interval,
+		grace:          params.grace,
 		retryDelayFunc: params.retryDelayFunc,
 		isFailureFunc:  params.isFailureFunc,
 	}
@@ -87,8 +92,13 @@ func (r *recoverer) recover() {
 }
 
 func (r *recoverer) recoverLeaseExpiredTasks() {
-	// Get all tasks which have expired 30 seconds ago or earlier to accommodate certain amount of clock skew.
-	cutoff := time.Now().Add(-30 * time.Second)
+	// Get all tasks which have expired r.grace ago or earlier to accommodate certain amount of clock skew.
+	// (genfleet patch: the grace was a fixed 30 seconds.)
+	grace := r.grace
+	if grace <= 0 {
+		grace = 30 * time.Second
+	}
+	cutoff := time.Now().Add(-grace)
 	msgs, err := r.broker.ListLeaseExpired(cutoff, r.queues...)
 	if err != nil {
 		r.logger.Warnf("recoverer: could not list lease expired tasks: %v", err)

@@ -216,6 +216,16 @@ type Config struct {
 	// If unset or zero, the interval is set to 5 seconds.
 	DelayedTaskCheckInterval time.Duration
 
+	// RecovererInterval is how often the server looks for tasks whose lease
+	// expired (their worker died) and retries them (genfleet patch,
+	// PATCHES.md). If unset or zero, one minute.
+	RecovererInterval time.Duration
+
+	// LeaseExpiryGrace is how long after its lease expired a task is
+	// recovered: the margin for clock skew between servers (genfleet
+	// patch). If unset or zero, 30 seconds.
+	LeaseExpiryGrace time.Duration
+
 	// GroupGracePeriod specifies the amount of time the server will wait for an incoming task before aggregating
 	// the tasks in a group. If an incoming task is received within this period, the server will wait for another
 	// period of the same length, up to GroupMaxDelay if specified.
@@ -558,13 +568,22 @@ func NewServerFromRedisClient(c redis.UniversalClient, cfg Config) *Server {
 		starting:          starting,
 		finished:          finished,
 	})
+	recovererInterval := cfg.RecovererInterval
+	if recovererInterval <= 0 {
+		recovererInterval = 1 * time.Minute
+	}
+	leaseExpiryGrace := cfg.LeaseExpiryGrace
+	if leaseExpiryGrace <= 0 {
+		leaseExpiryGrace = 30 * time.Second
+	}
 	recoverer := newRecoverer(recovererParams{
 		logger:         logger,
 		broker:         rdb,
 		retryDelayFunc: delayFunc,
 		isFailureFunc:  isFailureFunc,
 		queues:         qnames,
-		interval:       1 * time.Minute,
+		interval:       recovererInterval,
+		grace:          leaseExpiryGrace,
 	})
 	healthchecker := newHealthChecker(healthcheckerParams{
 		logger:          logger,
