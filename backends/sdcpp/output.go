@@ -63,6 +63,15 @@ func (o *engineOutput) drain(d time.Duration) {
 	}
 }
 
+// errorSince is lastLine's text when the engine logged an error line after
+// the first n (a server's output spans many jobs), else "".
+func (o *engineOutput) errorSince(n int) string {
+	if o.errorLines() <= n {
+		return ""
+	}
+	return lastLine(o)
+}
+
 // errorLines is how many error-level lines the engine has logged so far.
 func (o *engineOutput) errorLines() int {
 	o.mu.Lock()

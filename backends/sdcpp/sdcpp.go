@@ -274,7 +274,7 @@ func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params
 	if err != nil {
 		return nil, fmt.Errorf("sdcpp: %s exited 0 but %w%s", filepath.Base(b.cli), err, lastLine(out))
 	}
-	return decodeImage(data, out)
+	return decodeImage(data, lastLine(out))
 }
 
 // maxOutputBytes bounds an output image read back from the engine.
@@ -299,12 +299,13 @@ func readOutput(path string) ([]byte, error) {
 	return data, nil
 }
 
-func decodeImage(data []byte, out *engineOutput) (image.Image, error) {
-	img, format, err := image.Decode(bytes.NewReader(data))
+// decodeImage decodes the engine's output; said is what the engine said
+// about it (" (engine said: …)" or "").
+func decodeImage(data []byte, said string) (image.Image, error) {
+	img, _, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
-		return nil, fmt.Errorf("sdcpp: the engine's output (%d bytes) is not an image: %v%s", len(data), err, lastLine(out))
+		return nil, fmt.Errorf("sdcpp: the engine's output (%d bytes) is not an image: %v%s", len(data), err, said)
 	}
-	_ = format
 	return img, nil
 }
 

@@ -48,7 +48,7 @@ type server struct {
 	ready   chan struct{}
 	err     error // why the server could not start; read after ready
 
-	gen sync.Mutex // one generation at a time (the engine serialises anyway)
+	gen chan struct{} // one generation at a time (the engine serialises anyway)
 	// guarded by serverPool.mu
 	busy     int
 	lastUsed time.Time
@@ -86,8 +86,12 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 	}
 	defer sp.releaseServer(s)
 
-	s.gen.Lock()
-	defer s.gen.Unlock()
+	select {
+	case s.gen <- struct{}{}:
+		defer func() { <-s.gen }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("sdcpp: waiting for the engine server's previous job: %w", context.Cause(ctx))
+	}
 	s.out.setJob(p.Steps, progress)
 	defer s.out.setJob(0, nil)
 
@@ -107,7 +111,7 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 			return nil, fmt.Errorf("sdcpp: engine server killed: %w", context.Cause(ctx))
 		}
 		sp.kill(s, "request failed")
-		return nil, fmt.Errorf("sdcpp: engine server %s: %w%s", s.base, err, lastLine(s.out))
+		return nil, fmt.Errorf("sdcpp: engine server %s: %w%s", s.base, err, s.out.errorSince(errsBefore))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 2*maxOutputBytes))
@@ -130,7 +134,7 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 		if len(msg) > 500 {
 			msg = msg[:500] + "…"
 		}
-		err := fmt.Errorf("sdcpp: engine server answered %s: %s%s", resp.Status, msg, lastLine(s.out))
+		err := fmt.Errorf("sdcpp: engine server answered %s: %s%s", resp.Status, msg, s.out.errorSince(errsBefore))
 		if resp.StatusCode == http.StatusBadRequest {
 			err = fmt.Errorf("%w: %w", err, backends.ErrBadParams)
 		}
@@ -141,10 +145,10 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 		Images []string `json:"images"`
 	}
 	if err := json.Unmarshal(data, &res); err != nil {
-		return nil, fmt.Errorf("sdcpp: engine server's answer is not the txt2img JSON: %v%s", err, lastLine(s.out))
+		return nil, fmt.Errorf("sdcpp: engine server's answer is not the txt2img JSON: %v%s", err, s.out.errorSince(errsBefore))
 	}
 	if len(res.Images) == 0 {
-		return nil, fmt.Errorf("sdcpp: engine server returned no image%s", lastLine(s.out))
+		return nil, fmt.Errorf("sdcpp: engine server returned no image%s", s.out.errorSince(errsBefore))
 	}
 	enc := res.Images[0]
 	if i := strings.Index(enc, ";base64,"); strings.HasPrefix(enc, "data:") && i >= 0 {
@@ -152,9 +156,9 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 	}
 	png, err := base64.StdEncoding.DecodeString(enc)
 	if err != nil {
-		return nil, fmt.Errorf("sdcpp: engine server's image is not base64: %v%s", err, lastLine(s.out))
+		return nil, fmt.Errorf("sdcpp: engine server's image is not base64: %v%s", err, s.out.errorSince(errsBefore))
 	}
-	return decodeImage(png, s.out)
+	return decodeImage(png, s.out.errorSince(errsBefore))
 }
 
 // acquire returns the running server of the model, starting it if needed,
@@ -176,7 +180,7 @@ func (sp *serverPool) acquire(ctx context.Context, m backends.Model, margs []str
 			sp.mu.Unlock()
 			return nil, fmt.Errorf("all %d engine servers are busy with other models: %w", sp.b.cfg.MaxServers, errNoServer)
 		}
-		s = &server{key: key, model: m.Name, out: &engineOutput{}, ready: make(chan struct{})}
+		s = &server{key: key, model: m.Name, out: &engineOutput{}, ready: make(chan struct{}), gen: make(chan struct{}, 1)}
 		sp.servers[key] = s
 		go sp.start(s, m, margs)
 	}
