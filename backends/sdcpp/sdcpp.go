@@ -90,6 +90,7 @@ type Backend struct {
 	server  string // "" when no server runs
 	log     *slog.Logger
 	servers *serverPool
+	met     *metrics
 }
 
 var _ backends.Backend = (*Backend)(nil)
@@ -137,6 +138,7 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	b := &Backend{cfg: cfg, log: cfg.Logger.With("backend", "sdcpp")}
+	b.met = newMetrics(b)
 	var why []string
 	if cfg.Mode != ModeServer {
 		names := []string{cfg.CLI}
@@ -236,15 +238,38 @@ func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Par
 	if b.servers != nil {
 		img, err := b.servers.generate(ctx, m, margs, p, progress)
 		if !errors.Is(err, errNoServer) {
+			b.count(ctx, "server", err)
 			return img, err
 		}
 		if b.cli == "" {
 			return nil, err
 		}
+		b.met.fallbacks.Inc()
 		b.log.Warn("engine server not available; running a process for this job", "model", m.Name, "reason", err.Error())
 	}
-	return b.runOnce(ctx, margs, p, progress)
+	img, err := b.runOnce(ctx, margs, p, progress)
+	b.count(ctx, "process", err)
+	return img, err
 }
+
+// count records a generation's outcome.
+func (b *Backend) count(ctx context.Context, mode string, err error) {
+	outcome := "ok"
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		outcome = "killed"
+	case errors.Is(err, errBadOutput):
+		outcome = "bad_output"
+	default:
+		outcome = "engine_error"
+	}
+	b.met.runs.WithLabelValues(mode, outcome).Inc()
+}
+
+// errBadOutput marks an engine that ended well but whose image is missing
+// or unreadable.
+var errBadOutput = errors.New("engine output unusable")
 
 // runOnce runs the command-line program for one job.
 func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
@@ -272,7 +297,7 @@ func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params
 	}
 	data, err := readOutput(outPath)
 	if err != nil {
-		return nil, fmt.Errorf("sdcpp: %s exited 0 but %w%s", filepath.Base(b.cli), err, lastLine(out))
+		return nil, fmt.Errorf("sdcpp: %s exited 0 but %w%s: %w", filepath.Base(b.cli), err, lastLine(out), errBadOutput)
 	}
 	return decodeImage(data, lastLine(out))
 }
@@ -304,7 +329,7 @@ func readOutput(path string) ([]byte, error) {
 func decodeImage(data []byte, said string) (image.Image, error) {
 	img, _, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
-		return nil, fmt.Errorf("sdcpp: the engine's output (%d bytes) is not an image: %v%s", len(data), err, said)
+		return nil, fmt.Errorf("sdcpp: the engine's output (%d bytes) is not an image: %v%s: %w", len(data), err, said, errBadOutput)
 	}
 	return img, nil
 }

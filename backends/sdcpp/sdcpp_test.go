@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/genfleet/genfleet/backends"
 )
 
@@ -295,6 +297,9 @@ func TestMissingOrCorruptOutput(t *testing.T) {
 			t.Errorf("prompt %q: err = %v, want %q", prompt, err, want)
 		}
 	}
+	if n := testutil.ToFloat64(b.met.runs.WithLabelValues("process", "bad_output")); n != 2 {
+		t.Errorf("genfleet_sdcpp_generations_total{process,bad_output} = %v", n)
+	}
 }
 
 // gone reports whether pid no longer runs (absent, or a zombie).
@@ -426,6 +431,15 @@ func TestServerKeepsTheModelLoaded(t *testing.T) {
 	if starts != 1 || requests != 3 {
 		t.Errorf("%d server starts and %d requests, want 1 and 3", starts, requests)
 	}
+	if n := testutil.ToFloat64(b.met.serverStarts.WithLabelValues("ready")); n != 1 {
+		t.Errorf("genfleet_sdcpp_server_starts_total{ready} = %v", n)
+	}
+	if n := testutil.ToFloat64(b.met.runs.WithLabelValues("server", "ok")); n != 3 {
+		t.Errorf("genfleet_sdcpp_generations_total{server,ok} = %v", n)
+	}
+	if n := testutil.ToFloat64(b.met.servers); n != 1 {
+		t.Errorf("genfleet_sdcpp_servers = %v while the server runs", n)
+	}
 	if got := prog.String(); !strings.HasSuffix(got, "6/6") || strings.Count(got, "1/6") != 3 {
 		t.Errorf("progress %q", got)
 	}
@@ -514,6 +528,9 @@ func TestServerFallsBackToAProcess(t *testing.T) {
 	}
 	if cli != 1 {
 		t.Errorf("%d one-shot runs, want 1 (the fallback)", cli)
+	}
+	if n := testutil.ToFloat64(b.met.fallbacks); n != 1 {
+		t.Errorf("genfleet_sdcpp_server_fallbacks_total = %v", n)
 	}
 }
 

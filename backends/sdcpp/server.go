@@ -148,7 +148,7 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 		return nil, fmt.Errorf("sdcpp: engine server's answer is not the txt2img JSON: %v%s", err, s.out.errorSince(errsBefore))
 	}
 	if len(res.Images) == 0 {
-		return nil, fmt.Errorf("sdcpp: engine server returned no image%s", s.out.errorSince(errsBefore))
+		return nil, fmt.Errorf("sdcpp: engine server returned no image%s: %w", s.out.errorSince(errsBefore), errBadOutput)
 	}
 	enc := res.Images[0]
 	if i := strings.Index(enc, ";base64,"); strings.HasPrefix(enc, "data:") && i >= 0 {
@@ -156,7 +156,7 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 	}
 	png, err := base64.StdEncoding.DecodeString(enc)
 	if err != nil {
-		return nil, fmt.Errorf("sdcpp: engine server's image is not base64: %v%s", err, s.out.errorSince(errsBefore))
+		return nil, fmt.Errorf("sdcpp: engine server's image is not base64: %v%s: %w", err, s.out.errorSince(errsBefore), errBadOutput)
 	}
 	return decodeImage(png, s.out.errorSince(errsBefore))
 }
@@ -276,6 +276,7 @@ func (s *server) exited() bool {
 func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 	b := sp.b
 	fail := func(err error) {
+		b.met.serverStarts.WithLabelValues("failed").Inc()
 		s.err = fmt.Errorf("sdcpp: start engine server for model %q: %w: %w", m.Name, err, errNoServer)
 		if s.proc != nil {
 			s.proc.stop()
@@ -337,6 +338,8 @@ func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 			break
 		}
 	}
+	b.met.serverStarts.WithLabelValues("ready").Inc()
+	b.met.serverLoad.Observe(time.Since(t0).Seconds())
 	b.log.Info("engine server ready", "model", m.Name, "addr", s.base, "pid", proc.cmd.Process.Pid, "load_ms", time.Since(t0).Milliseconds())
 	close(s.ready)
 	sp.reaperOnce.Do(func() { go sp.reap() })
