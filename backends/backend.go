@@ -1,11 +1,12 @@
 // Package backends defines the Backend interface that turns a mapped model
 // and a request into an image, and the registry that names backends.
 //
-// An in-process backend receives the model as a read-only mapping
-// (Model.Data) and must never copy or write it, nor keep it after Generate
-// returns: the worker unmaps it once the job ends. An out-of-process engine
-// gets Model.Path instead and maps the file itself, which shares the same
-// page cache; the worker holds the cache lease for the duration of Generate.
+// An in-process backend receives the model's files as read-only mappings
+// (File.Data) and must never copy or write them, nor keep them after
+// Generate returns: the worker unmaps them once the job ends. An
+// out-of-process engine gets File.Path instead and maps the file itself,
+// which shares the same page cache; the worker holds the cache lease for
+// the duration of Generate (Model.Hold extends it).
 package backends
 
 import (
@@ -17,20 +18,12 @@ import (
 	"sync"
 )
 
-// Model is a model as the worker hands it to a backend. Digest, Data and
-// Path describe its first file (the whole model for the built-in engine);
-// Files lists every file, for engines that take split models.
+// Model is a model as the worker hands it to a backend.
 type Model struct {
 	// Name is how the job named the model (a registry name or an s3:// ref).
 	Name string
-	// Digest is "sha256:<hex>" of the file.
-	Digest string
-	// Data is the read-only shared mapping of the whole file.
-	Data []byte
-	// Path is the blob's path in the cache, for out-of-process engines.
-	Path string
-	// Files are all the model's files in manifest order; Files[0] is the
-	// file described above.
+	// Files are the model's files in manifest order: one for the built-in
+	// engine, one or more (split components) for others.
 	Files []File
 	// Hold, when set, takes a further lease on every file of the model that
 	// lasts until release is called, beyond the end of Generate: for a
@@ -39,15 +32,27 @@ type Model struct {
 	Hold func() (release func(), err error)
 }
 
+// Main is the model's first file, the whole model for the built-in
+// engine; the zero File when there is none.
+func (m Model) Main() File {
+	if len(m.Files) == 0 {
+		return File{}
+	}
+	return m.Files[0]
+}
+
 // File is one file of a model.
 type File struct {
 	// Role is the part of a split model this file is ("model",
 	// "diffusion_model", "vae", …), from the manifest; may be empty.
-	Role   string
-	Name   string
+	Role string
+	Name string
+	// Digest is "sha256:<hex>" of the file.
 	Digest string
-	Path   string
-	Data   []byte
+	// Path is the blob's path in the cache, for out-of-process engines.
+	Path string
+	// Data is the read-only shared mapping of the whole file.
+	Data []byte
 }
 
 // Params are the generation parameters of a validated request.

@@ -443,7 +443,6 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 	if len(m.Blobs) == 0 {
 		return nil, fmt.Errorf("model %q has no files: %w", req.Model, backends.ErrBadModel)
 	}
-	blob := m.Blobs[0]
 	files := make([]backends.File, len(m.Blobs))
 	for i, b := range m.Blobs {
 		f := man.Files[i]
@@ -459,9 +458,7 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 			_ = w.store.SetProgress(context.WithoutCancel(ctx), rec.ID, step, total)
 		}
 	}
-	img, err := w.cfg.Backend.Generate(ctx, backends.Model{
-		Name: req.Model, Digest: blob.Digest, Data: blob.Data, Path: blob.Path, Files: files, Hold: m.Hold,
-	}, backends.Params{
+	img, err := w.cfg.Backend.Generate(ctx, backends.Model{Name: req.Model, Files: files, Hold: m.Hold}, backends.Params{
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
 		Width: req.Width, Height: req.Height, Steps: req.Steps,
 		Seed: req.Seed, Guidance: req.Guidance,
@@ -488,7 +485,7 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 		Body:          bytes.NewReader(buf.Bytes()),
 		ContentLength: aws.Int64(int64(buf.Len())),
 		ContentType:   aws.String("image/png"),
-		Metadata:      map[string]string{"genfleet-model-digest": blob.Digest, "genfleet-job": rec.ID},
+		Metadata:      map[string]string{"genfleet-model-digest": files[0].Digest, "genfleet-job": rec.ID},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("upload output to s3://%s/%s: %w", w.cfg.Outputs.Bucket, key, err)
@@ -499,7 +496,7 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 	return &job.Output{
 		Bucket: w.cfg.Outputs.Bucket, Key: key, URL: "s3://" + w.cfg.Outputs.Bucket + "/" + key,
 		ContentType: "image/png", Bytes: int64(buf.Len()), SHA256: hex.EncodeToString(sum[:]),
-		ModelDigest: blob.Digest, Width: b.Dx(), Height: b.Dy(), CacheHit: r.Hit,
+		ModelDigest: files[0].Digest, Width: b.Dx(), Height: b.Dy(), CacheHit: r.Hit,
 	}, nil
 }
 

@@ -33,7 +33,7 @@ func (*Backend) DeviceClass() string { return "cpu" }
 // Engines returns the built-in engine: the backend runs refgen models.
 func (*Backend) Engines() []string { return []string{refgen.Engine} }
 
-// Generate runs the refgen model in m.Data (without copying it) for p and
+// Generate runs the refgen model in m.Main().Data (without copying it) for p and
 // returns an *image.NRGBA of exactly p.Width×p.Height. It checks ctx before
 // each step and between 64 MiB rounds of a step's sweep, and once ctx is
 // done returns an error wrapping ctx.Err(). progress, if not nil, is called
@@ -41,11 +41,12 @@ func (*Backend) Engines() []string { return []string{refgen.Engine} }
 // wrapping backends.ErrBadModel; parameters refgen cannot honour yield a
 // plain error.
 func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
-	model, err := refgen.Open(m.Data)
+	f := m.Main()
+	model, err := refgen.Open(f.Data)
 	if err != nil {
 		return nil, fmt.Errorf("cpu: %w", err)
 	}
-	g, err := model.NewGeneration(m.Digest, p)
+	g, err := model.NewGeneration(f.Digest, p)
 	if err != nil {
 		return nil, fmt.Errorf("cpu: %w", err)
 	}

@@ -19,7 +19,7 @@ func makeModel(tb testing.TB, size int64) backends.Model {
 	if err := refgen.Make(&buf, size, 1); err != nil {
 		tb.Fatal(err)
 	}
-	return backends.Model{Digest: "sha256:0123", Data: buf.Bytes(), Path: "unused"}
+	return backends.Model{Files: []backends.File{{Digest: "sha256:0123", Data: buf.Bytes(), Path: "unused"}}}
 }
 
 var params = backends.Params{Prompt: "a quiet harbour", Width: 40, Height: 24, Steps: 5, Seed: 3, Guidance: 7}
@@ -146,7 +146,7 @@ func TestGenerateBadModel(t *testing.T) {
 		"safetensors": []byte("\x02\x00\x00\x00\x00\x00\x00\x00{}"),
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := b.Generate(context.Background(), backends.Model{Data: data}, params, nil)
+			_, err := b.Generate(context.Background(), backends.Model{Files: []backends.File{{Data: data}}}, params, nil)
 			if !errors.Is(err, backends.ErrBadModel) {
 				t.Errorf("got %v, want ErrBadModel", err)
 			}

@@ -177,16 +177,17 @@ func (b *Backend) Close() error {
 // the cpu backend's, byte for byte. Errors are as for the cpu backend,
 // plus driver errors and a budget too small for the model.
 func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
-	model, err := refgen.Open(m.Data)
+	f := m.Main()
+	model, err := refgen.Open(f.Data)
 	if err != nil {
 		return nil, fmt.Errorf("cuda: %w", err)
 	}
-	g, err := model.NewGeneration(m.Digest, p)
+	g, err := model.NewGeneration(f.Digest, p)
 	if err != nil {
 		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	w := model.Weights()
-	s, err := b.acquire(ctx, m, w)
+	s, err := b.acquire(ctx, f, w)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +236,7 @@ func offsetIn(data, sub []byte) int64 {
 // uploading them (after making room) unless they are resident or another
 // call is uploading them, in which case it waits for that upload. A model
 // without a digest is uploaded for this call alone.
-func (b *Backend) acquire(ctx context.Context, m backends.Model, w []byte) (*slot, error) {
+func (b *Backend) acquire(ctx context.Context, m backends.File, w []byte) (*slot, error) {
 	key := m.Digest
 	n := int64(len(w))
 	b.mu.Lock()

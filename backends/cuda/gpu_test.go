@@ -56,7 +56,7 @@ func mapModel(t *testing.T, size int64, seed uint64) backends.Model {
 	if err := refgen.Make(&buf, size, seed); err != nil {
 		t.Fatal(err)
 	}
-	return backends.Model{Digest: fmt.Sprintf("sha256:test-%d-%d", size, seed), Data: mapBytes(t, buf.Bytes()), Path: "unused"}
+	return backends.Model{Files: []backends.File{{Digest: fmt.Sprintf("sha256:test-%d-%d", size, seed), Data: mapBytes(t, buf.Bytes()), Path: "unused"}}}
 }
 
 func mapBytes(t *testing.T, data []byte) []byte {
@@ -219,8 +219,8 @@ func TestGPUResidency(t *testing.T) {
 		t.Errorf("budget evictions %v, want 1", got)
 	}
 	b.mu.Lock()
-	_, has0 := b.res.slots[models[0].Digest]
-	_, has1 := b.res.slots[models[1].Digest]
+	_, has0 := b.res.slots[models[0].Main().Digest]
+	_, has1 := b.res.slots[models[1].Main().Digest]
 	b.mu.Unlock()
 	if !has0 || has1 {
 		t.Errorf("resident: model 0 %v (want true), model 1 %v (want false)", has0, has1)

@@ -78,9 +78,6 @@ var (
 // with their flags, or an error wrapping backends.ErrBadModel.
 func modelArgs(m backends.Model) ([]string, error) {
 	files := m.Files
-	if len(files) == 0 && m.Path != "" {
-		files = []backends.File{{Role: "model", Path: m.Path, Digest: m.Digest}}
-	}
 	if len(files) == 0 {
 		return nil, fmt.Errorf("sdcpp: model %q has no files: %w", m.Name, backends.ErrBadModel)
 	}

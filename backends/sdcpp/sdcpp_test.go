@@ -119,7 +119,6 @@ func model(t *testing.T, name string, roles ...string) (backends.Model, *atomic.
 		f := backends.File{Role: r, Name: r + ".gguf", Digest: fmt.Sprintf("sha256:%s-%d", name, i), Path: p}
 		m.Files = append(m.Files, f)
 	}
-	m.Digest, m.Path = m.Files[0].Digest, m.Files[0].Path
 	m.Hold = func() (func(), error) {
 		held.Add(1)
 		var once sync.Once

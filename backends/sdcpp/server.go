@@ -64,10 +64,7 @@ func newServerPool(b *Backend) *serverPool {
 }
 
 // modelKey names a model by its files' digests and roles.
-func modelKey(m backends.Model, margs []string) string {
-	if len(m.Files) == 0 {
-		return m.Digest + "|" + strings.Join(margs, " ")
-	}
+func modelKey(m backends.Model) string {
 	parts := make([]string, len(m.Files))
 	for i, f := range m.Files {
 		parts[i] = f.Role + "=" + f.Digest
@@ -164,7 +161,7 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 // acquire returns the running server of the model, starting it if needed,
 // and counts the caller as a user.
 func (sp *serverPool) acquire(ctx context.Context, m backends.Model, margs []string) (*server, error) {
-	key := modelKey(m, margs)
+	key := modelKey(m)
 	sp.mu.Lock()
 	if sp.closed {
 		sp.mu.Unlock()

@@ -451,7 +451,7 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 // expectedPNG is the PNG the cpu backend makes of req on model, encoded
 // as worker.run encodes it.
 func expectedPNG(ctx context.Context, be backends.Backend, model []byte, digest string, req job.Request) ([]byte, error) {
-	img, err := be.Generate(ctx, backends.Model{Digest: digest, Data: model}, backends.Params{
+	img, err := be.Generate(ctx, backends.Model{Files: []backends.File{{Digest: digest, Data: model}}}, backends.Params{
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt, Width: req.Width, Height: req.Height,
 		Steps: req.Steps, Seed: req.Seed, Guidance: req.Guidance,
 	}, nil)
