@@ -74,36 +74,51 @@ var (
 		"sgm_uniform", "simple", "kl_optimal", "lcm", "bong_tangent"}
 )
 
+// CheckRoles checks the roles of a model's files against the flag table:
+// each one a role the engine takes, and a "model" or a "diffusion_model"
+// among them. (`genfleet models push` checks with it before uploading; the
+// backend again before running.) Duplicates are the caller's to refuse.
+func CheckRoles(roles []string) error {
+	main := false
+	for _, r := range roles {
+		if _, ok := roleFlags[r]; !ok {
+			return fmt.Errorf("engine %s has no role %q; roles: %s", Engine, r, strings.Join(Roles(), ", "))
+		}
+		main = main || r == "model" || r == "diffusion_model"
+	}
+	if !main {
+		return fmt.Errorf("engine %s needs a file with role model or diffusion_model", Engine)
+	}
+	return nil
+}
+
 // modelArgs returns the model's files in the order the engine gets them,
 // with their flags, or an error wrapping backends.ErrBadModel.
 func modelArgs(m backends.Model) ([]string, error) {
-	files := m.Files
-	if len(files) == 0 {
+	if len(m.Files) == 0 {
 		return nil, fmt.Errorf("sdcpp: model %q has no files: %w", m.Name, backends.ErrBadModel)
 	}
-	var args []string
+	roles := make([]string, len(m.Files))
 	seen := map[string]bool{}
-	for i, f := range files {
-		role := f.Role
-		if role == "" && i == 0 {
-			role = "model"
+	for i, f := range m.Files {
+		roles[i] = f.Role
+		if roles[i] == "" && i == 0 {
+			roles[i] = "model"
 		}
-		flag, ok := roleFlags[role]
-		if !ok {
-			return nil, fmt.Errorf("sdcpp: model %q: file %q has role %q; the engine takes %s: %w",
-				m.Name, f.Name, f.Role, strings.Join(Roles(), ", "), backends.ErrBadModel)
+		if seen[roles[i]] {
+			return nil, fmt.Errorf("sdcpp: model %q has two files with role %q: %w", m.Name, roles[i], backends.ErrBadModel)
 		}
-		if seen[role] {
-			return nil, fmt.Errorf("sdcpp: model %q has two files with role %q: %w", m.Name, role, backends.ErrBadModel)
-		}
+		seen[roles[i]] = true
 		if f.Path == "" {
 			return nil, fmt.Errorf("sdcpp: model %q: file %q has no path in the cache: %w", m.Name, f.Name, backends.ErrBadModel)
 		}
-		seen[role] = true
-		args = append(args, flag, f.Path)
 	}
-	if !seen["model"] && !seen["diffusion_model"] {
-		return nil, fmt.Errorf("sdcpp: model %q has neither a \"model\" nor a \"diffusion_model\" file: %w", m.Name, backends.ErrBadModel)
+	if err := CheckRoles(roles); err != nil {
+		return nil, fmt.Errorf("sdcpp: model %q: %w: %w", m.Name, err, backends.ErrBadModel)
+	}
+	var args []string
+	for i, f := range m.Files {
+		args = append(args, roleFlags[roles[i]], f.Path)
 	}
 	return args, nil
 }

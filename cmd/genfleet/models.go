@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -126,16 +125,12 @@ func checkRoles(engine string, files []modelcache.PushFile) error {
 		}
 	case sdcpp.Engine:
 		// The backend's own flag table decides which roles it takes.
-		allowed := sdcpp.Roles()
-		hasMain := false
-		for _, pf := range files {
-			if !slices.Contains(allowed, pf.Role) {
-				return fmt.Errorf("--file %s=%s: engine %s has no role %q; roles: %s", pf.Role, pf.Path, engine, pf.Role, strings.Join(allowed, ", "))
-			}
-			hasMain = hasMain || pf.Role == "model" || pf.Role == "diffusion_model"
+		roles := make([]string, len(files))
+		for i, pf := range files {
+			roles[i] = pf.Role
 		}
-		if !hasMain {
-			return fmt.Errorf("engine %s needs a file with role model or diffusion_model", engine)
+		if err := sdcpp.CheckRoles(roles); err != nil {
+			return err
 		}
 	}
 	return nil
