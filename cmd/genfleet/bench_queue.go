@@ -94,7 +94,7 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 
 	// genfleet: the scheduler's HTTP API and a genfleet worker in no-op mode.
 	fmt.Fprintf(stderr, "genfleet: %d no-op jobs through the API, concurrency %d…\n", *jobs, *conc)
-	fleet, err := startNoopFleet(ctx, redisOpt, *conc)
+	fleet, err := startNoopFleet(ctx, c, redisOpt, *conc)
 	if err != nil {
 		return nil, err
 	}
@@ -237,20 +237,31 @@ type noopFleet struct {
 	stopAll func()
 }
 
-func startNoopFleet(ctx context.Context, opt asynq.RedisConnOpt, conc int) (*noopFleet, error) {
+func startNoopFleet(ctx context.Context, c *common, opt asynq.RedisConnOpt, conc int) (fl *noopFleet, err error) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	// The no-op path never touches S3 or the cache, but the API checks
-	// models against a registry: give it a real, empty-but-valid one.
+	// Whatever is started is stopped again if a later step fails.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 	dir, err := os.MkdirTemp("", "genfleet-bench-queue-")
 	if err != nil {
 		return nil, err
 	}
-	s3srv, err := testenv.StartS3(ctx, dir, "genfleet-models", "genfleet-outputs")
+	undo = append(undo, func() { os.RemoveAll(dir) })
+	// The no-op path never touches S3 or the cache, but the API checks
+	// models against a registry: give it a real one (--s3-endpoint, or a
+	// versitygw started for the run).
+	s3cl, stopS3, err := benchS3(ctx, c, "", "genfleet-models", "genfleet-outputs")
 	if err != nil {
-		os.RemoveAll(dir)
 		return nil, err
 	}
-	src := modelcache.NewS3Source(s3srv.Client)
+	undo = append(undo, stopS3)
+	src := modelcache.NewS3Source(s3cl)
 	reg := &modelcache.Registry{Src: src, Root: s3x.URL{Bucket: "genfleet-models"}}
 	model := dir + "/demo.safetensors"
 	if err := writeModel(model, 64<<10, 1); err != nil {
@@ -264,23 +275,25 @@ func startNoopFleet(ctx context.Context, opt asynq.RedisConnOpt, conc int) (*noo
 		return nil, err
 	}
 	// As `genfleet serve` runs it: models checked at submit, routing on.
-	sched, err := scheduler.New(scheduler.Config{Redis: opt, S3: s3srv.Client, Registry: reg, Pool: "cpu", Logger: log,
+	sched, err := scheduler.New(scheduler.Config{Redis: opt, S3: s3cl, Registry: reg, Pool: "cpu", Logger: log,
 		CheckModels: true, Routing: scheduler.Policy{Enabled: true}})
 	if err != nil {
 		return nil, err
 	}
+	undo = append(undo, func() { sched.Close() })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	hs := &http.Server{Handler: sched.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
+	undo = append(undo, func() { hs.Close() })
 	be, err := backends.New("cpu")
 	if err != nil {
 		return nil, err
 	}
 	promReg := prometheus.NewRegistry()
-	w, err := worker.New(worker.Config{Redis: opt, S3: s3srv.Client, Outputs: s3x.URL{Bucket: "genfleet-outputs"},
+	w, err := worker.New(worker.Config{Redis: opt, S3: s3cl, Outputs: s3x.URL{Bucket: "genfleet-outputs"},
 		Registry: reg, Cache: cache, Backend: be, HostID: "bench", Concurrency: conc, Noop: true,
 		Metrics: promReg, Logger: log})
 	if err != nil {
@@ -304,7 +317,7 @@ func startNoopFleet(ctx context.Context, opt asynq.RedisConnOpt, conc int) (*noo
 			<-reaperDone
 			hs.Close()
 			sched.Close()
-			s3srv.Stop()
+			stopS3()
 			os.RemoveAll(dir)
 		},
 	}, nil
