@@ -51,12 +51,17 @@ func (o *engineOutput) setJob(steps int, fn func(step, total int)) {
 // engine server answers right after drawing its last bar, and the answer can
 // overtake the bar on its way through the output pipe.
 func (o *engineOutput) drain(d time.Duration) {
-	deadline := time.Now().Add(d)
+	o.waitUntil(d, func() bool { return o.steps == 0 || o.lastStep >= o.steps })
+}
+
+// waitUntil polls cond, with o.mu held, until it holds or max has passed.
+func (o *engineOutput) waitUntil(max time.Duration, cond func() bool) {
+	deadline := time.Now().Add(max)
 	for {
 		o.mu.Lock()
-		done := o.steps == 0 || o.lastStep >= o.steps
+		ok := cond()
 		o.mu.Unlock()
-		if done || time.Now().After(deadline) {
+		if ok || !time.Now().Before(deadline) {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -83,10 +88,7 @@ func (o *engineOutput) errorLines() int {
 // the first n: a server's error answer can overtake the error lines it logs
 // on their way through the output pipe.
 func (o *engineOutput) awaitError(n int, max time.Duration) {
-	deadline := time.Now().Add(max)
-	for o.errorLines() <= n && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	o.waitUntil(max, func() bool { return o.errCount > n })
 }
 
 // stream returns the writer for stream 0 (stdout) or 1 (stderr).

@@ -45,6 +45,7 @@ type server struct {
 	proc    *process
 	out     *engineOutput
 	release func() // the server's leases on the model files
+	stopped sync.Once
 	ready   chan struct{}
 	err     error // why the server could not start; read after ready
 
@@ -232,14 +233,24 @@ func (sp *serverPool) forget(s *server, why string) {
 	}
 	go func() {
 		<-s.ready
+		s.stop()
+		if s.proc != nil {
+			sp.b.log.Info("engine server stopped", "model", s.model, "why", why)
+		}
+	}()
+}
+
+// stop kills the server's process group, if it started, and drops its
+// leases. Safe to call more than once.
+func (s *server) stop() {
+	s.stopped.Do(func() {
 		if s.proc != nil {
 			s.proc.stop()
-			sp.b.log.Info("engine server stopped", "model", s.model, "why", why)
 		}
 		if s.release != nil {
 			s.release()
 		}
-	}()
+	})
 }
 
 // kill stops s at once (a job it was running was cancelled, or it stopped
@@ -275,13 +286,7 @@ func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 	fail := func(err error) {
 		b.met.serverStarts.WithLabelValues("failed").Inc()
 		s.err = fmt.Errorf("sdcpp: start engine server for model %q: %w: %w", m.Name, err, errNoServer)
-		if s.proc != nil {
-			s.proc.stop()
-		}
-		if s.release != nil {
-			s.release()
-			s.release = nil
-		}
+		s.stop()
 		sp.mu.Lock()
 		if sp.servers[s.key] == s {
 			delete(sp.servers, s.key)
@@ -396,12 +401,7 @@ func (sp *serverPool) close() {
 	sp.mu.Unlock()
 	for _, s := range all {
 		<-s.ready
-		if s.proc != nil {
-			s.proc.stop()
-		}
-		if s.release != nil {
-			s.release()
-		}
+		s.stop()
 	}
 }
 
