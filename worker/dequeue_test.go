@@ -48,6 +48,30 @@ func noopWorker(t *testing.T, addr, host string, conc int) *Worker {
 	return w
 }
 
+// runWorker runs w until the test ends.
+func runWorker(t *testing.T, w *Worker) {
+	t.Helper()
+	wctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = w.Run(wctx) }()
+	t.Cleanup(func() { stop(); <-done })
+}
+
+// waitSucceeded waits until job id's record says succeeded and returns it.
+func waitSucceeded(t *testing.T, store *job.Store, id string, deadline time.Time) *job.Record {
+	t.Helper()
+	for {
+		rec, err := store.Get(context.Background(), id)
+		if err == nil && rec.Status == job.StatusSucceeded {
+			return rec
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s not done: %+v %v", id, rec, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
 	t.Helper()
 	info, err := rdb.Info(context.Background(), "commandstats").Result()
@@ -94,26 +118,13 @@ func TestDequeueHostFirstOneScriptPerPoll(t *testing.T) {
 	enqueue("host-job", "host:w1")
 
 	w := noopWorker(t, srv, "w1", 1)
-	wctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(wctx) }()
-	defer func() { stop(); <-done }()
+	runWorker(t, w)
 
 	store := job.NewStore(rdb)
 	recs := map[string]*job.Record{}
 	deadline := time.Now().Add(20 * time.Second)
 	for _, id := range []string{"pool-job", "host-job"} {
-		for {
-			rec, err := store.Get(ctx, id)
-			if err == nil && rec.Status == job.StatusSucceeded {
-				recs[id] = rec
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("job %s not done: %v %v", id, rec, err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		recs[id] = waitSucceeded(t, store, id, deadline)
 	}
 	if !recs["host-job"].StartedAt.Before(recs["pool-job"].StartedAt) {
 		t.Errorf("host job started at %v, pool job at %v: want the host queue first",
@@ -171,23 +182,10 @@ func TestFinishRidesWithTheCompletion(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	wctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = w.Run(wctx) }()
-	defer func() { stop(); <-done }()
+	runWorker(t, w)
 	deadline := time.Now().Add(20 * time.Second)
 	for i := range n {
-		id := "job-" + strconv.Itoa(i)
-		for {
-			rec, err := w.store.Get(ctx, id)
-			if err == nil && rec.Status == job.StatusSucceeded {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("job %s: %+v %v", id, rec, err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitSucceeded(t, w.store, "job-"+strconv.Itoa(i), deadline)
 	}
 	// The tasks are completed too: nothing left active in asynq.
 	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv})

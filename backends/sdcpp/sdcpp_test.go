@@ -314,35 +314,39 @@ func gone(pid int) bool {
 	return false
 }
 
-func waitGone(t *testing.T, what string, pid int) {
+// eventually polls cond until it holds, failing the test with the message
+// of fail after timeout.
+func eventually(t *testing.T, timeout time.Duration, cond func() bool, fail func() string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !gone(pid) {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s (pid %d) still runs", what, pid)
+			t.Fatal(fail())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// hangingJob starts a job whose engine starts a child and never returns,
-// waits for the child, and returns the engine's and the child's pids.
+func waitGone(t *testing.T, what string, pid int) {
+	t.Helper()
+	eventually(t, 5*time.Second, func() bool { return gone(pid) },
+		func() string { return fmt.Sprintf("%s (pid %d) still runs", what, pid) })
+}
+
+// readPid waits for the pid the engine's child wrote to path.
 func readPid(t *testing.T, path string) int {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
-			pid, err := strconv.Atoi(string(b))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return pid
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the engine never started its child")
-		}
-		time.Sleep(10 * time.Millisecond)
+	var b []byte
+	eventually(t, 10*time.Second, func() bool {
+		var err error
+		b, err = os.ReadFile(path)
+		return err == nil && len(b) > 0
+	}, func() string { return "the engine never started its child" })
+	pid, err := strconv.Atoi(string(b))
+	if err != nil {
+		t.Fatal(err)
 	}
+	return pid
 }
 
 func TestCancelKillsTheProcessGroup(t *testing.T) {
@@ -443,13 +447,10 @@ func TestServerKeepsTheModelLoaded(t *testing.T) {
 		t.Errorf("progress %q", got)
 	}
 	// Idle past the keep-alive: stopped, leases released.
-	deadline := time.Now().Add(10 * time.Second)
-	for len(b.servers.running()) > 0 || held.Load() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("server still up after its keep-alive: %v, leases %d", b.servers.running(), held.Load())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually(t, 10*time.Second, func() bool { return len(b.servers.running()) == 0 && held.Load() == 0 },
+		func() string {
+			return fmt.Sprintf("server still up after its keep-alive: %v, leases %d", b.servers.running(), held.Load())
+		})
 }
 
 func TestServerFailureCancelAndRestart(t *testing.T) {
@@ -478,13 +479,8 @@ func TestServerFailureCancelAndRestart(t *testing.T) {
 		t.Errorf("err = %v, want context.Canceled", err)
 	}
 	waitGone(t, "the server's child", child)
-	deadline := time.Now().Add(5 * time.Second)
-	for held.Load() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("killed server's leases still held: %d", held.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, 5*time.Second, func() bool { return held.Load() == 0 },
+		func() string { return fmt.Sprintf("killed server's leases still held: %d", held.Load()) })
 	// The next job starts a fresh server.
 	if _, err := b.Generate(t.Context(), m, params(), nil); err != nil {
 		t.Fatal(err)
@@ -506,13 +502,8 @@ func TestServerFallsBackToAProcess(t *testing.T) {
 		_, err := b.Generate(t.Context(), a, slow, nil)
 		done <- err
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for len(b.servers.running()) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no server started")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	eventually(t, 10*time.Second, func() bool { return len(b.servers.running()) > 0 },
+		func() string { return "no server started" })
 	if _, err := b.Generate(t.Context(), c, params(), nil); err != nil {
 		t.Fatal(err)
 	}
