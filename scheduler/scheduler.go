@@ -441,28 +441,32 @@ func (s *Server) taskIn(q, id string) (*asynq.TaskInfo, error) {
 	return info, err
 }
 
-func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
+// lookupFor looks job id up for a handler; when it cannot, it has answered
+// (404 for an unknown job, 503 when Redis fails) and returns nil.
+func (s *Server) lookupFor(w http.ResponseWriter, r *http.Request, id string) *job.Record {
 	rec, err := s.lookup(r.Context(), id)
 	switch {
 	case errors.Is(err, errJobNotFound):
 		writeError(w, http.StatusNotFound, fmt.Errorf("job %q not found", id))
+		return nil
 	case err != nil:
 		s.unavailable(w, err)
-	default:
+		return nil
+	}
+	return rec
+}
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+	if rec := s.lookupFor(w, r, r.PathValue("id")); rec != nil {
 		writeJSON(w, http.StatusOK, rec)
 	}
 }
 
 func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	rec, err := s.lookup(r.Context(), id)
+	rec := s.lookupFor(w, r, id)
 	switch {
-	case errors.Is(err, errJobNotFound):
-		writeError(w, http.StatusNotFound, fmt.Errorf("job %q not found", id))
-		return
-	case err != nil:
-		s.unavailable(w, err)
+	case rec == nil:
 		return
 	case rec.Status != job.StatusSucceeded || rec.Result == nil:
 		writeError(w, http.StatusNotFound, fmt.Errorf("job %q has no image yet (status %s)", id, rec.Status))
@@ -490,13 +494,9 @@ func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	ctx := r.Context()
-	rec, err := s.lookup(ctx, id)
+	rec := s.lookupFor(w, r, id)
 	switch {
-	case errors.Is(err, errJobNotFound):
-		writeError(w, http.StatusNotFound, fmt.Errorf("job %q not found", id))
-		return
-	case err != nil:
-		s.unavailable(w, err)
+	case rec == nil:
 		return
 	case rec.Status.Terminal():
 		writeJSON(w, http.StatusConflict, apiError{Error: fmt.Sprintf("job %q already %s", id, rec.Status)})
