@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -146,40 +147,57 @@ func checkModelFile(path, engine string) error {
 		}
 		return nil
 	}
+	want := fmt.Sprintf("engine %s takes safetensors, GGUF or a PyTorch .ckpt (zip) file", engine)
+	magic := make([]byte, 4)
+	if fh, err := os.Open(path); err == nil {
+		n, _ := fh.ReadAt(magic, 0)
+		fh.Close()
+		if n == 4 && string(magic) == "PK\x03\x04" {
+			if strings.EqualFold(filepath.Ext(path), ".ckpt") {
+				return nil
+			}
+			return fmt.Errorf("%s is a zip file but not named *.ckpt; %s", path, want)
+		}
+	}
+	_, _, err := parseModelFile(path)
+	if errors.Is(err, modelformat.ErrUnknownFormat) {
+		return fmt.Errorf("%w; %s", err, want)
+	}
+	return err
+}
+
+// parseModelFile parses the header of the safetensors or GGUF file at
+// path; it returns the format and the parsed header, which summarises
+// itself. Errors name the file.
+func parseModelFile(path string) (string, interface{ Summary(io.Writer) }, error) {
 	fh, err := os.Open(path)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	defer fh.Close()
 	st, err := fh.Stat()
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", path)
-	}
-	want := fmt.Sprintf("engine %s takes safetensors, GGUF or a PyTorch .ckpt (zip) file", engine)
-	magic := make([]byte, 4)
-	if n, _ := fh.ReadAt(magic, 0); n == 4 && string(magic) == "PK\x03\x04" {
-		if strings.EqualFold(filepath.Ext(path), ".ckpt") {
-			return nil
-		}
-		return fmt.Errorf("%s is a zip file but not named *.ckpt; %s", path, want)
+		return "", nil, fmt.Errorf("%s is not a regular file", path)
 	}
 	format, err := modelformat.Detect(fh, st.Size())
 	if err != nil {
-		return fmt.Errorf("%s: %s: %w", path, want, err)
+		return "", nil, fmt.Errorf("%s: %w", path, err)
 	}
-	switch format {
-	case modelformat.FormatGGUF:
-		_, err = modelformat.ParseGGUFHeader(fh, st.Size())
-	default:
-		_, err = modelformat.ParseSafetensors(fh, st.Size())
+	if format == modelformat.FormatGGUF {
+		g, err := modelformat.ParseGGUFHeader(fh, st.Size())
+		if err != nil {
+			return "", nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return format, g, nil
 	}
+	s, err := modelformat.ParseSafetensors(fh, st.Size())
 	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+		return "", nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return nil
+	return format, s, nil
 }
 
 // fileFlags collects repeated --file ROLE=PATH flags.
@@ -336,35 +354,16 @@ func cmdModelsInspect(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	path := f.Arg(0)
-	fh, err := os.Open(path)
+	format, header, err := parseModelFile(path)
 	if err != nil {
 		return err
 	}
-	defer fh.Close()
-	st, err := fh.Stat()
-	if err != nil {
-		return err
+	name := "safetensors"
+	if format == modelformat.FormatGGUF {
+		name = "GGUF"
 	}
-	format, err := modelformat.Detect(fh, st.Size())
-	if err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	switch format {
-	case "gguf":
-		g, err := modelformat.ParseGGUFHeader(fh, st.Size())
-		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		fmt.Fprintf(stdout, "%s: GGUF\n", path)
-		g.Summary(stdout)
-	default:
-		s, err := modelformat.ParseSafetensors(fh, st.Size())
-		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		fmt.Fprintf(stdout, "%s: safetensors\n", path)
-		s.Summary(stdout)
-	}
+	fmt.Fprintf(stdout, "%s: %s\n", path, name)
+	header.Summary(stdout)
 	return nil
 }
 
