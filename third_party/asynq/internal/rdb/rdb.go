@@ -404,6 +404,13 @@ return redis.status_reply("OK")
 // It removes a uniqueness lock acquired by the task, if any.
 func (r *RDB) Done(ctx context.Context, msg *base.TaskMessage) error {
 	var op errors.Op = "rdb.Done"
+	script, keys, argv := r.doneScript(msg)
+	return r.runScript(ctx, op, script, keys, argv...)
+}
+
+// doneScript is the script that completes msg, with its keys and arguments
+// (split out of Done for DoneWith: genfleet patch).
+func (r *RDB) doneScript(msg *base.TaskMessage) (*redis.Script, []string, []interface{}) {
 	now := r.clock.Now()
 	expireAt := now.Add(statsTTL)
 	keys := []string{
@@ -421,9 +428,9 @@ func (r *RDB) Done(ctx context.Context, msg *base.TaskMessage) error {
 	// Note: We cannot pass empty unique key when running this script in redis-cluster.
 	if len(msg.UniqueKey) > 0 {
 		keys = append(keys, msg.UniqueKey)
-		return r.runScript(ctx, op, doneUniqueCmd, keys, argv...)
+		return doneUniqueCmd, keys, argv
 	}
-	return r.runScript(ctx, op, doneCmd, keys, argv...)
+	return doneCmd, keys, argv
 }
 
 // DoneWith is Done, with the commands hook queues sent in the same
@@ -435,25 +442,7 @@ func (r *RDB) DoneWith(ctx context.Context, msg *base.TaskMessage, hook func(con
 		return r.Done(ctx, msg)
 	}
 	var op errors.Op = "rdb.DoneWith"
-	now := r.clock.Now()
-	expireAt := now.Add(statsTTL)
-	keys := []string{
-		base.ActiveKey(msg.Queue),
-		base.LeaseKey(msg.Queue),
-		base.TaskKey(msg.Queue, msg.ID),
-		base.ProcessedKey(msg.Queue, now),
-		base.ProcessedTotalKey(msg.Queue),
-	}
-	argv := []interface{}{
-		msg.ID,
-		expireAt.Unix(),
-		int64(math.MaxInt64),
-	}
-	script := doneCmd
-	if len(msg.UniqueKey) > 0 {
-		keys = append(keys, msg.UniqueKey)
-		script = doneUniqueCmd
-	}
+	script, keys, argv := r.doneScript(msg)
 	pipe := r.client.Pipeline()
 	after := hook(ctx, pipe)
 	// EVAL with the script's source, not EVALSHA: a NOSCRIPT reply inside a
