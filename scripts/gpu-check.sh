@@ -9,8 +9,8 @@
 # then run this script from the repository root (or with bin/ next to the
 # script, or GENFLEET_BIN pointing at the folder). It runs the cuda
 # package's tests (GPU tests included: upload strategies, residency,
-# CPU/GPU image parity) and `genfleet bench upload --size 4GiB --json`,
-# and writes into OUTDIR:
+# CPU/GPU image parity) and `genfleet bench upload --size 4GiB --json`
+# with a sweep of staging worker counts, and writes into OUTDIR:
 #
 #   env.txt              date, kernel, binaries used
 #   nvidia-smi.txt       nvidia-smi and nvidia-smi -q output, if present
@@ -71,7 +71,7 @@ timeout 170 "$BIN/cuda.test" -test.v -test.timeout 160s >"$OUT/cuda-test.log" 2>
 test_rc=$?
 t1=$(now)
 
-timeout 100 "$BIN/genfleet" bench upload --size 4GiB --json >"$OUT/bench-upload.log" 2>&1
+timeout 120 "$BIN/genfleet" bench upload --size 4GiB --sweep-threads 1,2,4,8,12,16 --json >"$OUT/bench-upload.log" 2>&1
 bench_rc=$?
 t2=$(now)
 # The JSON object is the last line the bench printed on stdout.

@@ -31,17 +31,17 @@ type Config struct {
 	// Upload is the upload strategy. Default Auto. Env GENFLEET_CUDA_UPLOAD
 	// (auto, naive, staged, registered).
 	Upload Strategy
-	// UploadThreads is the number of host goroutines filling a staging
-	// buffer. Default min(NumCPU, 16). Env GENFLEET_CUDA_UPLOAD_THREADS.
+	// UploadThreads is the number of staging workers of the Staged
+	// strategy, each an OS thread with its own stream and pinned buffers.
+	// Default min(NumCPU, 8). Env GENFLEET_CUDA_UPLOAD_THREADS.
 	UploadThreads int
-	// StagingBuffers is the number of pinned staging buffers. Default 4.
+	// StagingBuffers is the number of pinned buffers of each staging
+	// worker. Default 2.
 	StagingBuffers int
-	// StagingBufferBytes is each staging buffer's size. Default 64 MiB.
-	// Env GENFLEET_CUDA_STAGING ("4x64MiB": buffers × size).
+	// StagingBufferBytes is each staging buffer's size, and the size of
+	// the chunks an upload is split into. Default 8 MiB. Env
+	// GENFLEET_CUDA_STAGING ("2x8MiB": buffers per worker × size).
 	StagingBufferBytes int64
-	// Streams is the number of CUDA streams staged copies rotate over.
-	// Default 2.
-	Streams int
 }
 
 // Env variables read by ConfigFromEnv.
@@ -66,16 +66,13 @@ func (c Config) withDefaults() Config {
 		c.Upload = Auto
 	}
 	if c.UploadThreads <= 0 {
-		c.UploadThreads = min(runtime.NumCPU(), 16)
+		c.UploadThreads = min(runtime.NumCPU(), 8)
 	}
 	if c.StagingBuffers <= 0 {
-		c.StagingBuffers = 4
+		c.StagingBuffers = 2
 	}
 	if c.StagingBufferBytes <= 0 {
-		c.StagingBufferBytes = 64 << 20
-	}
-	if c.Streams <= 0 {
-		c.Streams = 2
+		c.StagingBufferBytes = 8 << 20
 	}
 	return c
 }
@@ -142,11 +139,11 @@ func parseSize(s string) (int64, error) { return units.ParseSize(s) }
 // percentage of the free device memory ("80%"); "" or "0" is the default.
 func parseBudget(s string) (bytes int64, percent float64, err error) { return units.ParseBudget(s) }
 
-// parseStaging parses "BUFFERSxSIZE", e.g. "4x64MiB".
+// parseStaging parses "BUFFERSxSIZE", e.g. "2x8MiB".
 func parseStaging(s string) (int, int64, error) {
 	a, b, ok := strings.Cut(strings.TrimSpace(s), "x")
 	if !ok {
-		return 0, 0, errors.New(`want BUFFERSxSIZE, e.g. "4x64MiB"`)
+		return 0, 0, errors.New(`want BUFFERSxSIZE, e.g. "2x8MiB"`)
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(a))
 	if err != nil || n < 2 || n > 64 {

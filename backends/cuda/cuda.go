@@ -60,7 +60,8 @@ func Available() error {
 // Backend runs refgen models on an NVIDIA GPU. Weights stay on the device
 // between jobs, keyed by model digest, under a byte budget with LRU
 // eviction and a keep-alive. Safe for concurrent Generate calls; their
-// driver calls are serialised on the device thread.
+// driver calls are serialised on the device thread, and their staged
+// uploads run one at a time on the staging workers.
 type Backend struct {
 	cfg    Config
 	dev    *device
@@ -94,8 +95,7 @@ func New() (backends.Backend, error) {
 func Open(cfg Config) (*Backend, error) {
 	cfg = cfg.withDefaults()
 	dev, err := openDevice(cfg.Device, stagingConfig{
-		Buffers: cfg.StagingBuffers, BufferBytes: cfg.StagingBufferBytes,
-		Streams: cfg.Streams, Threads: cfg.UploadThreads,
+		Workers: cfg.UploadThreads, Buffers: cfg.StagingBuffers, BufferBytes: cfg.StagingBufferBytes,
 	})
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 	"unsafe"
 )
 
@@ -24,21 +25,21 @@ type device struct {
 	sumsFn  cuHandle
 	staging stagingConfig
 
-	// Owned by the device thread: the staging ring, made on first use.
-	bufs    [][]byte
-	streams []cuHandle
-	events  []cuHandle
+	// stagingMu serialises staged uploads, which share the stagers, and
+	// guards stagers (made on first use).
+	stagingMu sync.Mutex
+	stagers   []*stager
 }
 
 // stagingConfig shapes the Staged strategy.
 type stagingConfig struct {
-	// Buffers is the number of pinned staging buffers, BufferBytes each.
+	// Workers is the number of staging workers.
+	Workers int
+	// Buffers is the number of pinned buffers of each worker, BufferBytes
+	// each; BufferBytes is also the size of the chunks the upload is
+	// split into.
 	Buffers     int
 	BufferBytes int64
-	// Streams is the number of CUDA streams copies rotate over.
-	Streams int
-	// Threads is the number of host goroutines that fill one buffer.
-	Threads int
 }
 
 // openDevice loads the driver, initialises it, and makes device ordinal's
@@ -104,11 +105,13 @@ func (d *device) setup(ordinal int) error {
 	return nil
 }
 
-// close frees the staging ring, unloads the kernels, releases the context
+// close stops the staging workers, unloads the kernels, releases the context
 // and stops the device thread. Device allocations must be freed first.
 func (d *device) close() {
+	d.stagingMu.Lock()
+	d.freeStagers()
+	d.stagingMu.Unlock()
 	d.th.close(func() {
-		d.freeStaging()
 		d.drv.cuModuleUnload(d.module)
 		d.drv.cuDevicePrimaryCtxRelease(d.dev)
 	})
@@ -145,58 +148,14 @@ func (d *device) free(p cuDevicePtr) error {
 	return d.do(func() error { return d.drv.check("cuMemFree", d.drv.cuMemFree(p)) })
 }
 
-// allocHost allocates n bytes of pinned host memory (device thread only).
+// allocHost allocates n bytes of pinned host memory (a thread with the
+// context current only).
 func (d *device) allocHost(n int64) ([]byte, error) {
 	var p unsafe.Pointer
 	if err := d.drv.check("cuMemAllocHost", d.drv.cuMemAllocHost(&p, uint64(n))); err != nil {
 		return nil, err
 	}
 	return unsafe.Slice((*byte)(p), n), nil
-}
-
-// ensureStaging makes the staging ring (device thread only).
-func (d *device) ensureStaging() error {
-	if d.bufs != nil {
-		return nil
-	}
-	sc := d.staging
-	for range sc.Buffers {
-		b, err := d.allocHost(sc.BufferBytes)
-		if err != nil {
-			d.freeStaging()
-			return fmt.Errorf("pinned staging buffers (%d × %d bytes): %w", sc.Buffers, sc.BufferBytes, err)
-		}
-		d.bufs = append(d.bufs, b)
-		var e cuHandle
-		if err := d.drv.check("cuEventCreate", d.drv.cuEventCreate(&e, cuEventDisableTiming)); err != nil {
-			d.freeStaging()
-			return err
-		}
-		d.events = append(d.events, e)
-	}
-	for range sc.Streams {
-		var s cuHandle
-		if err := d.drv.check("cuStreamCreate", d.drv.cuStreamCreate(&s, cuStreamNonBlocking)); err != nil {
-			d.freeStaging()
-			return err
-		}
-		d.streams = append(d.streams, s)
-	}
-	return nil
-}
-
-// freeStaging frees the staging ring (device thread only).
-func (d *device) freeStaging() {
-	for _, b := range d.bufs {
-		d.drv.cuMemFreeHost(unsafe.Pointer(unsafe.SliceData(b)))
-	}
-	for _, e := range d.events {
-		d.drv.cuEventDestroy(e)
-	}
-	for _, s := range d.streams {
-		d.drv.cuStreamDestroy(s)
-	}
-	d.bufs, d.events, d.streams = nil, nil, nil
 }
 
 // chunkSums runs the sweep kernel over the n F32 weights at w and copies

@@ -12,28 +12,29 @@
 // why (the dlerror text, or the driver's error), and `genfleet worker
 // --backend auto` falls back to the cpu backend.
 //
-// # The device thread
+// # Device threads
 //
 // A CUDA context is current per OS thread, while the Go scheduler moves
-// goroutines between threads. So every driver call of this package runs
-// on one goroutine locked to its OS thread with runtime.LockOSThread (the
-// device thread), which makes the device's primary context current once
-// and then runs closures sent to it over a channel, one at a time.
-// Concurrent Generate calls therefore serialise their driver calls; the
-// host-side work of an upload (filling pinned staging buffers) runs on
-// other goroutines, which make no driver calls.
+// goroutines between threads. So driver calls run only on goroutines
+// locked to their OS thread with runtime.LockOSThread that have made the
+// device's primary context current. The device thread runs closures sent
+// to it over a channel, one at a time: allocation, kernels, and the naive
+// and registered copies, so concurrent Generate calls serialise those.
+// The Staged strategy's workers are further such threads (see stager),
+// started on the first staged upload and kept.
 //
 // # Uploads
 //
 // Weights are copied from the worker's read-only MAP_SHARED mapping with
 // one of three strategies (see Strategy): Naive (cuMemcpyHtoD from the
-// mapping), Staged (pinned staging buffers filled by several goroutines,
-// drained by cuMemcpyHtoDAsync on several streams; on a cold model the
-// filling is what reads the pages from disk, so disk reads overlap the
-// copies) and Registered (cuMemHostRegister read-only, then one copy).
-// Auto picks per upload by estimated time, starting from figures measured
-// on an H200 and replacing them with this machine's measurements as
-// uploads are timed. Chunk planning is pure Go (planChunks, splitSpans).
+// mapping), Staged (staging workers, each copying chunks of the mapping
+// into its own pinned buffers and draining them with cuMemcpyHtoDAsync on
+// its own stream; on a cold model their copies are what read the pages
+// from disk, so disk reads overlap the device copies) and Registered
+// (cuMemHostRegister read-only, then one copy). Auto picks per upload by
+// estimated time, starting from figures measured on an H200 and replacing
+// them with this machine's measurements as uploads are timed. Chunk
+// planning is pure Go (planChunks).
 //
 // # Residency
 //

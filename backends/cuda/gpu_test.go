@@ -141,7 +141,7 @@ func (d *device) download(src cuDevicePtr, n int64) ([]byte, error) {
 
 func TestGPUUploadStrategies(t *testing.T) {
 	// Small staging buffers so that the ring wraps many times.
-	b := openGPU(t, Config{StagingBuffers: 3, StagingBufferBytes: 4 << 20, Streams: 2, UploadThreads: 4})
+	b := openGPU(t, Config{StagingBuffers: 3, StagingBufferBytes: 4 << 20, UploadThreads: 4})
 	data := make([]byte, 150<<20+12345)
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := 0; i+8 <= len(data); i += 8 {
@@ -170,6 +170,37 @@ func TestGPUUploadStrategies(t *testing.T) {
 			}
 		})
 	}
+	t.Run("concurrent staged", func(t *testing.T) {
+		// Two uploads of different ranges at once share the staging
+		// workers; each must arrive whole.
+		halves := [2][2]int64{{0, n / 2}, {n / 2, n - n/2}}
+		var wg sync.WaitGroup
+		for _, h := range halves {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ptr, err := b.dev.alloc(h[1])
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				defer b.dev.free(ptr)
+				if _, err := b.dev.upload(context.Background(), ptr, mapping, off+h[0], h[1], Staged); err != nil {
+					t.Error(err)
+					return
+				}
+				got, err := b.dev.download(ptr, h[1])
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !bytes.Equal(got, data[off+h[0]:off+h[0]+h[1]]) {
+					t.Errorf("concurrent upload of [%d, +%d) differs from the source", h[0], h[1])
+				}
+			}()
+		}
+		wg.Wait()
+	})
 	t.Run("empty", func(t *testing.T) {
 		if _, err := b.dev.upload(context.Background(), 0, mapping, 0, 0, Staged); err != nil {
 			t.Error(err)

@@ -24,6 +24,8 @@ type UploadReport struct {
 	PerStrategy map[Strategy]float64
 	// RegisterSeconds is the best cuMemHostRegister time seen.
 	RegisterSeconds float64
+	// Config is the configuration measured, defaults filled in.
+	Config Config
 }
 
 // MeasureUpload opens the backend with cfg and times, reps times each,
@@ -42,6 +44,7 @@ func MeasureUpload(ctx context.Context, mapping []byte, cfg Config, reps int) (U
 		return rep, err
 	}
 	defer b.Close()
+	rep.Config = b.cfg
 	rep.Device = b.DeviceName()
 	rep.Strategy = b.pol.choose(n)
 	dst, err := b.dev.alloc(n)
@@ -51,18 +54,11 @@ func MeasureUpload(ctx context.Context, mapping []byte, cfg Config, reps int) (U
 	defer b.dev.free(dst)
 
 	best := func(s Strategy) (float64, error) {
-		var top float64
-		for range reps {
-			st, err := b.dev.upload(ctx, dst, mapping, 0, n, s)
-			if err != nil {
-				return 0, fmt.Errorf("%s upload: %w", s, err)
-			}
-			top = max(top, st.GBps())
-			if s == Registered && st.Setup > 0 && (rep.RegisterSeconds == 0 || st.Setup.Seconds() < rep.RegisterSeconds) {
-				rep.RegisterSeconds = st.Setup.Seconds()
-			}
+		top, setup, err := bestUpload(ctx, b, dst, mapping, s, reps)
+		if s == Registered && setup > 0 {
+			rep.RegisterSeconds = setup
 		}
-		return top, nil
+		return top, err
 	}
 	for _, s := range []Strategy{Naive, Staged, Registered} {
 		if rep.PerStrategy[s], err = best(s); err != nil {
@@ -93,4 +89,46 @@ func MeasureUpload(ctx context.Context, mapping []byte, cfg Config, reps int) (U
 		return nil
 	})
 	return rep, err
+}
+
+// bestUpload uploads the whole mapping to dst reps times with s and
+// returns the best rate and the shortest setup time seen.
+func bestUpload(ctx context.Context, b *Backend, dst cuDevicePtr, mapping []byte, s Strategy, reps int) (gbps, setup float64, err error) {
+	for range max(reps, 1) {
+		st, err := b.dev.upload(ctx, dst, mapping, 0, int64(len(mapping)), s)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s upload: %w", s, err)
+		}
+		gbps = max(gbps, st.GBps())
+		if st.Setup > 0 && (setup == 0 || st.Setup.Seconds() < setup) {
+			setup = st.Setup.Seconds()
+		}
+	}
+	return gbps, setup, nil
+}
+
+// MeasureStaged opens the backend with cfg and returns the best rate of
+// reps staged uploads of the whole mapping, in 10^9 bytes/s, after one
+// untimed upload that starts the staging workers (as a worker's first
+// upload does).
+func MeasureStaged(ctx context.Context, mapping []byte, cfg Config, reps int) (float64, error) {
+	n := int64(len(mapping))
+	if n == 0 {
+		return 0, fmt.Errorf("cuda: nothing to upload")
+	}
+	b, err := Open(cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer b.Close()
+	dst, err := b.dev.alloc(n)
+	if err != nil {
+		return 0, fmt.Errorf("cuda: allocate %d bytes on %s: %w", n, b.DeviceName(), err)
+	}
+	defer b.dev.free(dst)
+	if _, err := b.dev.upload(ctx, dst, mapping, 0, n, Staged); err != nil {
+		return 0, fmt.Errorf("staged upload: %w", err)
+	}
+	gbps, _, err := bestUpload(ctx, b, dst, mapping, Staged, reps)
+	return gbps, err
 }

@@ -12,20 +12,22 @@ type Strategy string
 
 const (
 	// Naive calls cuMemcpyHtoD straight from the pageable mapping: the
-	// driver stages through its own small pinned buffer (6.3 GB/s measured
-	// on an H200 from a warm mapping).
+	// driver stages through its own small pinned buffer (6.3–9.8 GB/s
+	// measured on H200s from a warm mapping).
 	Naive Strategy = "naive"
-	// Staged copies the mapping into pinned buffers (cuMemAllocHost) with
-	// several host goroutines, rotating through the buffers while
-	// cuMemcpyHtoDAsync on several streams drains them (33.7 GB/s with 8
-	// host threads, 42.3 GB/s with 16). On a cold model the host copy is
-	// what faults the pages in, so disk reads overlap the device copies.
+	// Staged runs staging workers, each an OS thread that copies chunks
+	// of the mapping into its own pinned buffers (cuMemAllocHost) and
+	// drains them with cuMemcpyHtoDAsync on its own stream (53.7 GB/s
+	// with 8 workers of 2 × 8 MiB on an H200, 0.97 of the pinned
+	// ceiling). On a cold model the workers' copies are what fault the
+	// pages in, so disk reads overlap the device copies.
 	Staged Strategy = "staged"
 	// Registered page-locks the mapping with cuMemHostRegister
-	// (read-only) and copies from it directly: 55.3 GB/s, after a
-	// registration that took 103 ms for 4 GiB. The registration is undone
-	// before Generate returns (the backend must not hold the mapping), so
-	// it is paid on every upload.
+	// (read-only) and copies from it directly at the pinned rate, after a
+	// registration that took 73–112 ms for 4 GiB and followed by an
+	// unregistration of 34 ms. The registration is undone before
+	// Generate returns (the backend must not hold the mapping), so both
+	// are paid on every upload.
 	Registered Strategy = "registered"
 	// Auto picks, per upload, the strategy with the lowest estimated time
 	// (see policy).
@@ -44,29 +46,27 @@ func ParseStrategy(s string) (Strategy, error) {
 	}
 }
 
-// Figures measured on an H200 (see docs/gpu.md); the policy's starting
-// estimates until it has measured this machine.
+// Figures measured on an H200 (docs/benchmarks.md, "upload"); the
+// policy's starting estimates until it has measured this machine.
 const (
-	factNaiveBps        = 6.3e9
-	factPinnedBps       = 55.3e9
-	factStaged8Bps      = 33.7e9
-	factStaged16Bps     = 42.3e9
+	factNaiveBps = 6.3e9
+	// factRegisteredBps is the registered copy with its unregistration:
+	// 4 GiB in 77.5 ms + 34.4 ms.
+	factRegisteredBps   = 38.4e9
 	factRegisterSeconds = 0.103 // for 4 GiB
 	factRegisterBytes   = 4 << 30
+	// A staging worker moves about 8.4 GB/s (1: 8.8, 2: 18.2, 4: 33.4);
+	// 8 of them reached 53.7 GB/s, and more did not go faster (12: 53.6,
+	// 16: 51.7).
+	factStagedWorkerBps = 8.4e9
+	factStagedMaxBps    = 53.7e9
 )
 
-// stagedEstimate returns the expected staged rate with threads host
-// copy goroutines: the measured points, linear between them, capped at
-// 16 threads' figure and proportional below 8.
-func stagedEstimate(threads int) float64 {
-	switch {
-	case threads >= 16:
-		return factStaged16Bps
-	case threads >= 8:
-		return factStaged8Bps + (factStaged16Bps-factStaged8Bps)*float64(threads-8)/8
-	default:
-		return factStaged8Bps * float64(max(threads, 1)) / 8
-	}
+// stagedEstimate returns the expected staged rate with the given number
+// of staging workers: proportional to the workers, capped at the
+// measured best.
+func stagedEstimate(workers int) float64 {
+	return min(float64(max(workers, 1))*factStagedWorkerBps, factStagedMaxBps)
 }
 
 // policy chooses an upload strategy by estimated time and learns each
@@ -84,14 +84,14 @@ type policy struct {
 }
 
 // newPolicy starts from the measured H200 figures, with the staged rate
-// for the given number of host copy goroutines.
+// for the given number of staging workers.
 func newPolicy(fixed Strategy, threads int) *policy {
 	return &policy{
 		fixed: fixed,
 		rate: map[Strategy]float64{
 			Naive:      factNaiveBps,
 			Staged:     stagedEstimate(threads),
-			Registered: factPinnedBps,
+			Registered: factRegisteredBps,
 		},
 		regSecPerByte: factRegisterSeconds / factRegisterBytes,
 		measured:      map[Strategy]bool{},

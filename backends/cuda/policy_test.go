@@ -18,15 +18,15 @@ func TestParseStrategy(t *testing.T) {
 
 func TestStagedEstimate(t *testing.T) {
 	tests := []struct {
-		threads int
+		workers int
 		want    float64
 	}{
-		{1, factStaged8Bps / 8}, {8, factStaged8Bps}, {12, (factStaged8Bps + factStaged16Bps) / 2},
-		{16, factStaged16Bps}, {64, factStaged16Bps}, {0, factStaged8Bps / 8},
+		{1, factStagedWorkerBps}, {0, factStagedWorkerBps}, {4, 4 * factStagedWorkerBps},
+		{6, 6 * factStagedWorkerBps}, {7, factStagedMaxBps}, {16, factStagedMaxBps},
 	}
 	for _, tt := range tests {
-		if got := stagedEstimate(tt.threads); got != tt.want {
-			t.Errorf("stagedEstimate(%d) = %g, want %g", tt.threads, got, tt.want)
+		if got := stagedEstimate(tt.workers); got != tt.want {
+			t.Errorf("stagedEstimate(%d) = %g, want %g", tt.workers, got, tt.want)
 		}
 	}
 }
@@ -39,10 +39,10 @@ func TestPolicyChoose(t *testing.T) {
 		n       int64
 		want    Strategy
 	}{
-		// 4 GiB: staged 16 threads ≈ 0.10 s; registered ≈ 0.103 + 0.078 s.
-		{name: "16 threads stage", fixed: Auto, threads: 16, n: 4 << 30, want: Staged},
-		{name: "8 threads stage", fixed: Auto, threads: 8, n: 4 << 30, want: Staged},
-		// 2 threads: staged ≈ 8.4 GB/s, so registration pays.
+		// 4 GiB: staged with 8 workers ≈ 0.080 s; registered ≈ 0.103 + 0.112 s.
+		{name: "16 workers stage", fixed: Auto, threads: 16, n: 4 << 30, want: Staged},
+		{name: "8 workers stage", fixed: Auto, threads: 8, n: 4 << 30, want: Staged},
+		// 2 workers: staged ≈ 16.8 GB/s, so registration pays.
 		{name: "2 threads register", fixed: Auto, threads: 2, n: 4 << 30, want: Registered},
 		{name: "fixed naive", fixed: Naive, threads: 16, n: 4 << 30, want: Naive},
 		{name: "fixed registered", fixed: Registered, threads: 16, n: 1, want: Registered},

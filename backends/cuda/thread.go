@@ -12,9 +12,8 @@ var errThreadClosed = errors.New("cuda: device thread closed")
 // deviceThread is one goroutine locked to one OS thread on which the CUDA
 // context is current. A CUDA context is current per OS thread, and the Go
 // scheduler moves goroutines between threads, so every driver call of
-// this package is a closure sent here and run in order. Host-side work
-// that needs no driver call (filling pinned staging buffers) runs on
-// other goroutines.
+// this package is a closure sent to such a thread and run there in
+// order: the device's own thread, or a staging worker's (see stager).
 type deviceThread struct {
 	work chan func()
 	// mu guards closed and makes close wait for do calls in flight.

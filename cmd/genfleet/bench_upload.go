@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -27,6 +29,8 @@ func benchUpload(ctx context.Context, args []string, stderr io.Writer) (map[stri
 	dir := f.String("dir", "", "directory for the model file (default: the system temp directory)")
 	strategy := f.String("strategy", "auto", "genfleet's upload strategy: auto, staged, registered or naive")
 	reps := f.Int("reps", 3, "timed repetitions of each copy; the best is reported")
+	threads := f.Int("threads", 0, "staging workers of genfleet's upload (default: GENFLEET_CUDA_UPLOAD_THREADS, else min(CPUs, 8))")
+	sweep := f.String("sweep-threads", "", "also time the staged upload with each of these worker counts, e.g. 1,2,4,8,16")
 	if err := f.parse(args, 0); err != nil {
 		return nil, err
 	}
@@ -38,6 +42,13 @@ func benchUpload(ctx context.Context, args []string, stderr io.Writer) (map[stri
 	if err != nil {
 		return nil, fmt.Errorf("--strategy: %w", err)
 	}
+	if *threads < 0 || *threads > 256 {
+		return nil, fmt.Errorf("--threads %d: want 1..256 (0 for the default)", *threads)
+	}
+	sweepCounts, err := parseCounts(*sweep)
+	if err != nil {
+		return nil, fmt.Errorf("--sweep-threads: %w", err)
+	}
 	if err := cuda.Available(); err != nil {
 		return nil, err
 	}
@@ -46,6 +57,9 @@ func benchUpload(ctx context.Context, args []string, stderr io.Writer) (map[stri
 		return nil, err
 	}
 	cfg.Upload = strat
+	if *threads > 0 {
+		cfg.UploadThreads = *threads
+	}
 
 	tmp, err := os.MkdirTemp(*dir, "genfleet-bench-upload-")
 	if err != nil {
@@ -78,6 +92,16 @@ func benchUpload(ctx context.Context, args []string, stderr io.Writer) (map[stri
 	for s, v := range rep.PerStrategy {
 		per[string(s)] = v
 	}
+	used := rep.Config
+	byWorkers := map[string]float64{}
+	for _, k := range sweepCounts {
+		fmt.Fprintf(stderr, "staged upload with %d workers...\n", k)
+		c := cfg
+		c.UploadThreads = k
+		if byWorkers[strconv.Itoa(k)], err = cuda.MeasureStaged(ctx, mapping, c, *reps); err != nil {
+			return nil, fmt.Errorf("staged upload with %d workers: %w", k, err)
+		}
+	}
 	res := map[string]any{
 		"size_bytes":       size,
 		"device":           rep.Device,
@@ -88,6 +112,11 @@ func benchUpload(ctx context.Context, args []string, stderr io.Writer) (map[stri
 		"strategies_gbps":  per,
 		"register_seconds": rep.RegisterSeconds,
 		"reps":             *reps,
+		"upload_threads":   used.UploadThreads,
+		"staging":          fmt.Sprintf("%dx%s", used.StagingBuffers, humanBytes(used.StagingBufferBytes)),
+	}
+	if len(byWorkers) > 0 {
+		res["staged_gbps_by_workers"] = byWorkers
 	}
 	if rep.Pinned > 0 {
 		res["ratio_vs_pinned"] = rep.Genfleet / rep.Pinned
@@ -111,4 +140,21 @@ func mapReadOnly(path string) ([]byte, error) {
 		return nil, fmt.Errorf("map %s: %w", path, err)
 	}
 	return m, nil
+}
+
+// parseCounts parses a comma-separated list of counts in 1..256; "" is
+// none.
+func parseCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > 256 {
+			return nil, fmt.Errorf("%q: want counts in 1..256, comma-separated", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
