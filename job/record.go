@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -99,7 +100,7 @@ type Record struct {
 const RecordTTL = 7 * 24 * time.Hour
 
 // Redis keys of the job store. They are namespaced apart from asynq's.
-func recordKey(id string) string { return "genfleet:job:" + id }
+func recordKey(id string) string { return recordPrefix + id }
 func idemKey(key string) string  { return "genfleet:idem:" + key }
 
 // Hash fields of a record key. Each has one writer at a time, so a cancel
@@ -112,7 +113,12 @@ const (
 	fieldSteps  = "steps"
 )
 
-func claimKey(id string) string { return "genfleet:claim:" + id }
+func claimKey(id string) string { return claimPrefix + id }
+
+const (
+	recordPrefix = "genfleet:job:"
+	claimPrefix  = "genfleet:claim:"
+)
 
 // ErrNoRecord means the store has no record for the id.
 var ErrNoRecord = errors.New("no job record")
@@ -170,15 +176,28 @@ const (
 	StartClaimed StartResult = "claimed"
 )
 
+// claimLua is the body of a Lua function claim(rk, ck, owner, ttl) that
+// decides whether owner may run the job whose record key is rk and claim
+// key ck: not if a cancel was requested ("cancelled") or the job already
+// ended ("done"), nor while another owner holds the claim ("claimed").
+// Otherwise it takes the claim for ttl milliseconds, clears a previous
+// attempt's progress and returns "ok".
+const claimLua = `
+local f = redis.call("HMGET", rk, "cancel", "final")
+if f[1] == "1" then return "cancelled" end
+if f[2] then return "done" end
+if not redis.call("SET", ck, owner, "NX", "PX", ttl) then return "claimed" end
+redis.call("HDEL", rk, "step", "steps")
+return "ok"`
+
 // startScript: one round trip to decide whether a worker may run a job and,
 // if so, take the job's run claim and write its record.
 var startScript = redis.NewScript(`
-local f = redis.call("HMGET", KEYS[1], "cancel", "final")
-if f[1] == "1" then return "cancelled" end
-if f[2] then return "done" end
-if not redis.call("SET", KEYS[2], ARGV[1], "NX", "PX", ARGV[2]) then return "claimed" end
+local function claim(rk, ck, owner, ttl)` + claimLua + `
+end
+local r = claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+if r ~= "ok" then return r end
 redis.call("HSET", KEYS[1], "run", ARGV[3])
-redis.call("HDEL", KEYS[1], "step", "steps")
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
 return "ok"`)
 
@@ -197,6 +216,61 @@ func (s *Store) Start(ctx context.Context, run *Record, owner string, claimTTL t
 		return "", fmt.Errorf("start job %s: %w", run.ID, err)
 	}
 	return StartResult(res), nil
+}
+
+// ClaimHook is Start's decision and claim (not its record write) as the
+// body of an asynq dequeue hook (asynq.DequeueHook), so that a worker
+// claims a job in the round trip that dequeues it. Its arguments are
+// ClaimHookArgs; its result, ParseClaimHook's input, is the StartResult
+// followed, when ok, by a space and the owner that holds the claim.
+const ClaimHook = `
+local function claim(rk, ck, owner, ttl)` + claimLua + `
+end
+local r = claim("` + recordPrefix + `" .. id, "` + claimPrefix + `" .. id, args[1], args[2])
+if r == "ok" then return "ok " .. args[1] end
+return r`
+
+// ClaimHookArgs are ClaimHook's arguments for one dequeue: the owner the
+// claim would be taken for (unique per attempt) and the claim's TTL.
+func ClaimHookArgs(owner string, ttl time.Duration) []string {
+	return []string{owner, strconv.FormatInt(ttl.Milliseconds(), 10)}
+}
+
+// ParseClaimHook splits ClaimHook's result into the decision and, when it
+// is StartOK, the claim's owner.
+func ParseClaimHook(s string) (res StartResult, owner string, err error) {
+	r, owner, _ := strings.Cut(s, " ")
+	switch res = StartResult(r); res {
+	case StartOK:
+		if owner == "" {
+			return "", "", fmt.Errorf("claim hook result %q: ok without an owner", s)
+		}
+		return res, owner, nil
+	case StartCancelled, StartDone, StartClaimed:
+		return res, "", nil
+	}
+	return "", "", fmt.Errorf("claim hook result %q: not a start result", s)
+}
+
+// markRunningScript writes the record of a job that is running, unless it
+// has already ended.
+var markRunningScript = redis.NewScript(`
+if redis.call("HEXISTS", KEYS[1], "final") == 1 then return 0 end
+redis.call("HSET", KEYS[1], "run", ARGV[1])
+redis.call("PEXPIRE", KEYS[1], ARGV[2])
+return 1`)
+
+// MarkRunning writes run as the record of a job a worker claimed at
+// dequeue (ClaimHook), unless the job has ended meanwhile.
+func (s *Store) MarkRunning(ctx context.Context, run *Record) error {
+	b, err := json.Marshal(run)
+	if err != nil {
+		return err
+	}
+	if err := markRunningScript.Run(ctx, s.rdb, []string{recordKey(run.ID)}, b, RecordTTL.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("write job record %s: %w", run.ID, err)
+	}
+	return nil
 }
 
 var refreshScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)

@@ -402,9 +402,18 @@ func (s *Server) lookup(ctx context.Context, id string) (*job.Record, error) {
 			}
 		}
 	}
+	if info == nil && rec == nil {
+		// The job may have ended between the two reads: a worker writes the
+		// final record in the same pipeline as, and before, the completion
+		// that deletes the task. Read the record again before saying no.
+		if rec, err = s.store.Get(ctx, id); errors.Is(err, job.ErrNoRecord) {
+			return nil, errJobNotFound
+		} else if err != nil {
+			return nil, err
+		}
+		return rec, nil
+	}
 	switch {
-	case info == nil && rec == nil:
-		return nil, errJobNotFound
 	case info == nil:
 		return rec, nil
 	case rec == nil:

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -207,5 +209,153 @@ func TestFinishRidesWithTheCompletion(t *testing.T) {
 	// run as EVALSHA): two per job.
 	if evals := commandCalls(t, rdb)["eval"]; evals < 2*n {
 		t.Errorf("%d EVALs for %d jobs: the record write did not ride with the completion", evals, n)
+	}
+}
+
+// The worker's dequeue decides whether it may run a job and takes the
+// job's run claim in the same script (job.ClaimHook through the replaced
+// asynq's DequeueHook): the handler finds the decision, and for "ok" the
+// claim already held by the owner it names.
+func TestClaimTakenAtDequeue(t *testing.T) {
+	srv := testenv.Redis(t).Addr
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv})
+	defer rdb.Close()
+	store := job.NewStore(rdb)
+	cl := asynq.NewClient(asynq.RedisClientOpt{Addr: srv})
+	defer cl.Close()
+
+	req := job.Request{Model: "demo", Prompt: "p"}
+	req.ApplyDefaults()
+	for _, id := range []string{"free", "cancelled", "ended", "held"} {
+		task, opts, err := job.NewTask(id, req, "cpu")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.Enqueue(task, opts...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store.RequestCancel(ctx, "cancelled"); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Finish(ctx, &job.Record{ID: "ended", Status: job.StatusSucceeded}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, "genfleet:claim:held", "someone-else", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	type seen struct {
+		result, claim string
+		ok            bool
+	}
+	var mu sync.Mutex
+	got := map[string]seen{}
+	var n atomic.Int64
+	srvA := asynq.NewServer(asynq.RedisClientOpt{Addr: srv}, asynq.Config{
+		Concurrency: 1, Queues: map[string]int{job.PoolQueue("cpu"): 1}, TaskCheckInterval: 20 * time.Millisecond,
+		LogLevel: asynq.FatalLevel,
+		DequeueHook: &asynq.DequeueHook{
+			Script: job.ClaimHook,
+			Args:   func() []string { return job.ClaimHookArgs("me:"+strconv.FormatInt(n.Add(1), 10), time.Minute) },
+		},
+	})
+	mux := asynq.NewServeMux()
+	mux.HandleFunc(job.TaskType, func(ctx context.Context, _ *asynq.Task) error {
+		id, _ := asynq.GetTaskID(ctx)
+		res, ok := asynq.GetDequeueHookResult(ctx)
+		claim, _ := rdb.Get(ctx, "genfleet:claim:"+id).Result()
+		mu.Lock()
+		got[id] = seen{res, claim, ok}
+		mu.Unlock()
+		return nil
+	})
+	if err := srvA.Start(mux); err != nil {
+		t.Fatal(err)
+	}
+	defer srvA.Shutdown()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		done := len(got)
+		mu.Unlock()
+		if done == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("handled %d of 4 tasks: %v", done, got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	free := got["free"]
+	res, owner, err := job.ParseClaimHook(free.result)
+	if !free.ok || err != nil || res != job.StartOK || !strings.HasPrefix(owner, "me:") || free.claim != owner {
+		t.Errorf("free job: hook result %q (ran %v, %v), claim held by %q; want ok with the claim held by its owner", free.result, free.ok, err, free.claim)
+	}
+	for id, want := range map[string]job.StartResult{"cancelled": job.StartCancelled, "ended": job.StartDone, "held": job.StartClaimed} {
+		s := got[id]
+		res, _, err := job.ParseClaimHook(s.result)
+		if !s.ok || err != nil || res != want {
+			t.Errorf("%s job: hook result %q (ran %v, %v), want %s", id, s.result, s.ok, err, want)
+		}
+		if id != "held" && s.claim != "" {
+			t.Errorf("%s job: claim taken by %q, want none", id, s.claim)
+		}
+	}
+	if got["held"].claim != "someone-else" {
+		t.Errorf("held job: claim now %q, want it still someone else's", got["held"].claim)
+	}
+}
+
+// A job claimed at dequeue gets its running record only after
+// runningRecordDelay, and never once stopped: a short job has only its
+// final record, and a late write never lands over the final one.
+func TestRunningRecordWrittenLater(t *testing.T) {
+	srv := testenv.Redis(t).Addr
+	ctx := context.Background()
+	w := noopWorker(t, srv, "w1", 1)
+	running := func(id string) *job.Record {
+		return &job.Record{ID: id, Status: job.StatusRunning, Worker: &job.WorkerInfo{Host: "w1"}, Timings: map[string]float64{"queue_wait": 1}}
+	}
+
+	// Long enough: the record appears, a copy of the record as it was.
+	rec := running("long")
+	stop := w.markRunningLater(ctx, rec)
+	rec.Timings["generate"] = 5 // the job goes on; the write must not race with it
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, err := w.store.Get(ctx, "long")
+		if err == nil {
+			if got.Status != job.StatusRunning || got.Worker == nil || got.Worker.Host != "w1" {
+				t.Errorf("running record %+v", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no running record 5 s after the delay: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+
+	// Stopped first: nothing is written.
+	stop = w.markRunningLater(ctx, running("short"))
+	stop()
+	time.Sleep(2 * runningRecordDelay)
+	if got, err := w.store.Get(ctx, "short"); err == nil {
+		t.Errorf("stopped job got a running record: %+v", got)
+	}
+
+	// A record that is already final is not overwritten.
+	if err := w.store.Finish(ctx, &job.Record{ID: "ended", Status: job.StatusSucceeded}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.store.MarkRunning(ctx, running("ended")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := w.store.Get(ctx, "ended"); err != nil || got.Status != job.StatusSucceeded {
+		t.Errorf("final record after a late running write: %+v, %v", got, err)
 	}
 }

@@ -21,9 +21,11 @@ import (
 	"image/png"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,6 +107,8 @@ type Worker struct {
 	log     *slog.Logger
 	metrics *metrics
 	pid     int
+	// ownerPrefix starts every run claim owner of this process (newOwner).
+	ownerPrefix string
 
 	// baseCtx is the parent of every handler's context; cancelling it with
 	// errShutdown stops handlers that outlived the shutdown timeout.
@@ -187,6 +191,7 @@ func New(cfg Config) (*Worker, error) {
 		metrics: newMetrics(cfg.Metrics),
 		pid:     os.Getpid(),
 	}
+	w.ownerPrefix = fmt.Sprintf("%s:%d:", cfg.HostID, w.pid)
 	w.baseCtx, w.baseCancel = context.WithCancelCause(context.Background())
 	return w, nil
 }
@@ -224,6 +229,12 @@ func (w *Worker) Run(ctx context.Context) error {
 		},
 		Logger:   asynqLogger{w.log},
 		LogLevel: asynq.WarnLevel,
+		// Each dequeue also decides whether this worker may run the job and
+		// takes its run claim, in the same round trip.
+		DequeueHook: &asynq.DequeueHook{
+			Script: job.ClaimHook,
+			Args:   func() []string { return job.ClaimHookArgs(w.newOwner(), claimTTL) },
+		},
 	})
 	if err := w.checkHostID(ctx); err != nil {
 		return err
@@ -306,13 +317,24 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		ID: id, Queue: queue, Attempt: retried + 1, CreatedAt: started.UTC(),
 		Worker: &job.WorkerInfo{Host: w.cfg.HostID, PID: w.pid, Backend: w.cfg.Backend.Name()},
 	}
-	// owner is unique per attempt: it names this claim, no other.
-	owner := fmt.Sprintf("%s:%d:%d", w.cfg.HostID, w.pid, started.UnixNano())
+	// The job's run claim: taken by the dequeue itself (job.ClaimHook), or
+	// here when the dequeue could not run the hook.
+	hookRes, claimedAtDequeue := asynq.GetDequeueHookResult(ctx)
+	var (
+		start job.StartResult
+		owner string
+	)
+	if claimedAtDequeue {
+		var err error
+		if start, owner, err = job.ParseClaimHook(hookRes); err != nil {
+			return err // not from this worker's hook: retry
+		}
+	}
 
 	p, err := job.DecodePayload(t.Payload())
 	if err != nil {
 		log.Warn("invalid job", "err", err)
-		w.finish(wctx, rec, job.StatusFailed, err.Error(), started, "")
+		w.finish(wctx, rec, job.StatusFailed, err.Error(), started, owner)
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	rec.Model = p.Request.Model
@@ -327,19 +349,31 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if !p.SubmittedAt.IsZero() {
 		rec.Timings["queue_wait"] = ms(started.Sub(p.SubmittedAt))
 	}
-	switch res, err := w.store.Start(wctx, rec, owner, claimTTL); {
-	case err != nil:
-		return err // Redis fault: retry
-	case res == job.StartCancelled:
+	if !claimedAtDequeue {
+		// owner is unique per attempt: it names this claim, no other.
+		owner = w.newOwner()
+		if start, err = w.store.Start(wctx, rec, owner, claimTTL); err != nil {
+			return err // Redis fault: retry
+		}
+	}
+	switch start {
+	case job.StartCancelled:
 		w.finish(wctx, rec, job.StatusCancelled, "", started, "")
 		return nil
-	case res == job.StartDone:
+	case job.StartDone:
 		// Another copy of this job already ran to the end (a copy moved
 		// from a dead host's queue, or a redelivery): never run it twice.
 		log.Info("job already ended; skipping duplicate delivery")
 		return nil
-	case res == job.StartClaimed:
+	case job.StartClaimed:
 		return errClaimed
+	}
+	// A claim taken at dequeue wrote no record: the running record follows
+	// unless the job ends first (until then the API shows it running from
+	// asynq's task state).
+	stopMark := func() {}
+	if claimedAtDequeue {
+		stopMark = w.markRunningLater(wctx, rec)
 	}
 
 	jctx, stop := w.watch(ctx, id, owner)
@@ -350,6 +384,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	} else {
 		out, err = w.run(jctx, rec, &p.Request, log)
 	}
+	stopMark() // before any final write, so the running record never lands after it
 	switch {
 	case err == nil:
 		rec.Result = out
@@ -378,6 +413,41 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		w.metrics.jobs.WithLabelValues("retry").Inc()
 		log.Warn("job attempt failed, will retry", "err", err)
 		return err
+	}
+}
+
+// newOwner returns a run claim owner, unique per attempt.
+func (w *Worker) newOwner() string {
+	return w.ownerPrefix + strconv.FormatInt(time.Now().UnixNano(), 10)
+}
+
+// runningRecordDelay is how long a job claimed at dequeue runs before its
+// running record is written: a job that ends sooner has only its final one.
+const runningRecordDelay = 100 * time.Millisecond
+
+// markRunningLater writes a copy of rec, as it is now, as the job's running
+// record after runningRecordDelay. The returned function cancels the write
+// if it has not started and waits for it if it has.
+func (w *Worker) markRunningLater(ctx context.Context, rec *job.Record) (stop func()) {
+	snap := *rec
+	snap.Timings = maps.Clone(rec.Timings)
+	var mu sync.Mutex
+	stopped := false
+	t := time.AfterFunc(runningRecordDelay, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if err := w.store.MarkRunning(ctx, &snap); err != nil {
+			w.log.Warn("write running record", "job", snap.ID, "err", err)
+		}
+	})
+	return func() {
+		t.Stop()
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
 	}
 }
 

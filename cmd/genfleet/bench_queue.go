@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -66,13 +68,17 @@ func flagGiven(f flags, name string) bool {
 func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
 	f := newFlags("bench queue", stderr)
 	c := addCommon(f)
-	jobs := f.Int("jobs", 5000, "no-op jobs per side")
+	jobs := f.Int("jobs", 5000, "no-op jobs per side and round")
+	rounds := f.Int("rounds", 3, "rounds, each raw asynq then genfleet; the figures are medians over rounds")
 	conc := f.Int("concurrency", 4, "worker concurrency (both sides)")
 	clients := f.Int("clients", 8, "concurrent submitters (both sides)")
 	idle := f.Int("idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures")
-	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the genfleet throughput phase (API, worker and submitters) to this file")
+	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the first round's genfleet phase (API, worker and submitters) to this file")
 	if err := f.parse(args, 0); err != nil {
 		return nil, err
+	}
+	if *jobs < 1 || *rounds < 1 {
+		return nil, fmt.Errorf("--jobs %d, --rounds %d: want at least 1 of each", *jobs, *rounds)
 	}
 	redisOpt, stop, err := benchRedis(c, flagGiven(f, "redis"))
 	if err != nil {
@@ -82,64 +88,54 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	rdb := redisOpt.MakeRedisClient().(redis.UniversalClient)
 	defer rdb.Close()
 
-	// Anchor: raw asynq, no-op handler, same Redis, same concurrency.
-	fmt.Fprintf(stderr, "raw asynq: %d no-op tasks, concurrency %d…\n", *jobs, *conc)
-	asynqRate, err := rawAsynqRate(ctx, redisOpt, *jobs, *conc, *clients)
+	// Both sides run for the whole bench, on the same Redis, so each side's
+	// rounds pay for the other's idle polling alike.
+	raw, err := startRawAsynq(redisOpt, *conc)
 	if err != nil {
 		return nil, err
 	}
-	if err := rdb.FlushDB(ctx).Err(); err != nil {
-		return nil, err
-	}
-
-	// genfleet: the scheduler's HTTP API and a genfleet worker in no-op mode.
-	fmt.Fprintf(stderr, "genfleet: %d no-op jobs through the API, concurrency %d…\n", *jobs, *conc)
+	defer raw.stop()
 	fleet, err := startNoopFleet(ctx, c, redisOpt, *conc)
 	if err != nil {
 		return nil, err
 	}
 	defer fleet.stop()
 	body := []byte(`{"model":"demo","prompt":"noop","width":64,"height":64,"steps":1}`)
+
+	var profile *os.File
 	if *cpuProfile != "" {
-		pf, err := os.Create(*cpuProfile)
+		if profile, err = os.Create(*cpuProfile); err != nil {
+			return nil, err
+		}
+		defer profile.Close()
+	}
+	var asynqRates, fleetRates, ratios []float64
+	for r := range *rounds {
+		// Anchor: raw asynq, no-op handler, same Redis, same concurrency.
+		fmt.Fprintf(stderr, "round %d/%d: raw asynq, %d no-op tasks, concurrency %d…\n", r+1, *rounds, *jobs, *conc)
+		ar, err := raw.rate(ctx, *jobs, *clients)
 		if err != nil {
 			return nil, err
 		}
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			pf.Close()
+		// genfleet: the scheduler's HTTP API and a genfleet worker in no-op mode.
+		fmt.Fprintf(stderr, "round %d/%d: genfleet, %d no-op jobs through the API, concurrency %d…\n", r+1, *rounds, *jobs, *conc)
+		if r == 0 && profile != nil {
+			if err := pprof.StartCPUProfile(profile); err != nil {
+				return nil, err
+			}
+		}
+		gr, err := fleet.rate(ctx, body, *jobs, *clients)
+		if r == 0 && profile != nil {
+			pprof.StopCPUProfile()
+		}
+		if err != nil {
 			return nil, err
 		}
-		defer func() { pprof.StopCPUProfile(); pf.Close() }()
-	}
-	start := time.Now()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errc := make(chan error, *clients)
-	for range *clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(*jobs) {
-				if _, err := fleet.submit(ctx, body); err != nil {
-					errc <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errc)
-	if err := <-errc; err != nil {
-		return nil, err
-	}
-	if err := fleet.waitDone(ctx, *jobs, 10*time.Minute); err != nil {
-		return nil, err
-	}
-	genfleetRate := float64(*jobs) / time.Since(start).Seconds()
-	if *cpuProfile != "" {
-		pprof.StopCPUProfile() // the throughput phase only; stopping twice is harmless
+		fmt.Fprintf(stderr, "round %d/%d: %.0f vs %.0f jobs/s, ratio %.3f\n", r+1, *rounds, gr, ar, gr/ar)
+		asynqRates, fleetRates, ratios = append(asynqRates, ar), append(fleetRates, gr), append(ratios, gr/ar)
 	}
 
+	raw.stop() // the anchor is done; the fleet alone is measured from here
 	// Idle start latency: one job at a time on an idle fleet, submit →
 	// handler start (the record's started_at), with a random pause between
 	// jobs so submits land anywhere in the workers' poll cycle.
@@ -147,57 +143,115 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	var lat []float64
 	for i := range *idle {
 		time.Sleep(time.Duration(50+(i*37)%100) * time.Millisecond)
+		base := int(fleet.done())
 		t0 := time.Now()
 		id, err := fleet.submit(ctx, body)
 		if err != nil {
 			return nil, err
 		}
-		if err := fleet.waitDone(ctx, *jobs+i+1, time.Minute); err != nil {
+		if err := fleet.waitDone(ctx, base+1, time.Minute); err != nil {
 			return nil, err
 		}
-		rec, err := job.NewStore(rdb).Get(ctx, id)
+		rec, err := finalRecord(ctx, job.NewStore(rdb), id)
 		if err != nil {
 			return nil, err
 		}
 		lat = append(lat, float64(rec.StartedAt.Sub(t0).Microseconds())/1000)
 	}
 	sort.Float64s(lat)
+	ratio := median(ratios)
 	res := map[string]any{
-		"jobs": *jobs, "concurrency": *conc, "clients": *clients,
-		"genfleet_jobs_per_s": round1(genfleetRate),
-		"asynq_jobs_per_s":    round1(asynqRate),
-		"ratio":               round3(genfleetRate / asynqRate),
-		"idle_start_p50_ms":   round1(percentile(lat, 0.50)),
-		"idle_start_p99_ms":   round1(percentile(lat, 0.99)),
-		"poll_interval_ms":    20,
+		"jobs": *jobs, "rounds": *rounds, "concurrency": *conc, "clients": *clients,
+		"genfleet_jobs_per_s":       round1(median(fleetRates)),
+		"asynq_jobs_per_s":          round1(median(asynqRates)),
+		"ratio":                     round3(ratio),
+		"round_ratios":              mapFloats(ratios, round3),
+		"round_genfleet_jobs_per_s": mapFloats(fleetRates, round1),
+		"round_asynq_jobs_per_s":    mapFloats(asynqRates, round1),
+		"idle_start_p50_ms":         round1(percentile(lat, 0.50)),
+		"idle_start_p99_ms":         round1(percentile(lat, 0.99)),
+		"poll_interval_ms":          20,
 	}
-	res["targets_met"] = genfleetRate/asynqRate >= 0.5 && percentile(lat, 0.5) <= 50
+	res["targets_met"] = ratio >= 0.5 && percentile(lat, 0.5) <= 50
 	return res, nil
 }
 
-// rawAsynqRate enqueues n no-op tasks from clients goroutines and processes
-// them with a plain asynq server; it returns tasks per second, first
-// enqueue to last completion.
-func rawAsynqRate(ctx context.Context, opt asynq.RedisConnOpt, n, conc, clients int) (float64, error) {
-	var done atomic.Int64
-	all := make(chan struct{})
-	srv := asynq.NewServer(opt, asynq.Config{
+// median returns the median of xs (the mean of the middle two for an even
+// count).
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func mapFloats(xs []float64, f func(float64) float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = f(x)
+	}
+	return out
+}
+
+// rawAsynq is the anchor: a plain asynq server with a no-op handler and a
+// plain asynq client, on the queue bench:raw.
+type rawAsynq struct {
+	opt  asynq.RedisConnOpt
+	srv  *asynq.Server
+	cl   *asynq.Client
+	done atomic.Int64
+	// goal and all: rate waits for done to reach goal, then all is closed.
+	mu   sync.Mutex
+	goal int64
+	all  chan struct{}
+
+	stopOnce sync.Once
+}
+
+func startRawAsynq(opt asynq.RedisConnOpt, conc int) (*rawAsynq, error) {
+	r := &rawAsynq{opt: opt}
+	r.srv = asynq.NewServer(opt, asynq.Config{
 		Concurrency: conc, Queues: map[string]int{"bench:raw": 1},
 		TaskCheckInterval: 20 * time.Millisecond, LogLevel: asynq.ErrorLevel,
 	})
 	mux := asynq.NewServeMux()
 	mux.HandleFunc("bench:noop", func(context.Context, *asynq.Task) error {
-		if done.Add(1) == int64(n) {
-			close(all)
+		n := r.done.Add(1)
+		r.mu.Lock()
+		if n == r.goal && r.all != nil {
+			close(r.all)
+			r.all = nil
 		}
+		r.mu.Unlock()
 		return nil
 	})
-	if err := srv.Start(mux); err != nil {
-		return 0, err
+	if err := r.srv.Start(mux); err != nil {
+		return nil, err
 	}
-	defer srv.Shutdown()
-	cl := asynq.NewClient(opt)
-	defer cl.Close()
+	r.cl = asynq.NewClient(opt)
+	return r, nil
+}
+
+func (r *rawAsynq) stop() {
+	r.stopOnce.Do(func() {
+		r.srv.Shutdown()
+		r.cl.Close()
+	})
+}
+
+// rate enqueues n no-op tasks from clients goroutines and returns tasks
+// per second, first enqueue to last completion.
+func (r *rawAsynq) rate(ctx context.Context, n, clients int) (float64, error) {
+	all := make(chan struct{})
+	r.mu.Lock()
+	base := r.done.Load()
+	r.goal, r.all = base+int64(n), all
+	r.mu.Unlock()
 	start := time.Now()
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -207,7 +261,7 @@ func rawAsynqRate(ctx context.Context, opt asynq.RedisConnOpt, n, conc, clients 
 		go func() {
 			defer wg.Done()
 			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-				if _, err := cl.EnqueueContext(ctx, asynq.NewTask("bench:noop", []byte(fmt.Sprint(i))), asynq.Queue("bench:raw")); err != nil {
+				if _, err := r.cl.EnqueueContext(ctx, asynq.NewTask("bench:noop", []byte(fmt.Sprint(i))), asynq.Queue("bench:raw")); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}
@@ -221,7 +275,7 @@ func rawAsynqRate(ctx context.Context, opt asynq.RedisConnOpt, n, conc, clients 
 	select {
 	case <-all:
 	case <-time.After(10 * time.Minute):
-		return 0, fmt.Errorf("raw asynq: only %d of %d tasks done after 10 minutes", done.Load(), n)
+		return 0, fmt.Errorf("raw asynq: only %d of %d tasks done after 10 minutes", r.done.Load()-base, n)
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
@@ -325,6 +379,37 @@ func startNoopFleet(ctx context.Context, c *common, opt asynq.RedisConnOpt, conc
 
 func (f *noopFleet) stop() { f.stopAll() }
 
+// rate submits n no-op jobs from clients goroutines and returns jobs per
+// second, first submit to the worker's last completion.
+func (f *noopFleet) rate(ctx context.Context, body []byte, n, clients int) (float64, error) {
+	base := int(f.done())
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, clients)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				if _, err := f.submit(ctx, body); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return 0, err
+	}
+	if err := f.waitDone(ctx, base+n, 10*time.Minute); err != nil {
+		return 0, err
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
 func (f *noopFleet) submit(ctx context.Context, body []byte) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.url+"/v1/jobs", bytes.NewReader(body))
 	resp, err := f.client.Do(req)
@@ -362,6 +447,29 @@ func (f *noopFleet) waitDone(ctx context.Context, n int, timeout time.Duration) 
 		}
 	}
 	return nil
+}
+
+// finalRecord returns job id's record once it is final. The worker counts
+// a job done as it hands the final write to the task's completion, which
+// lands a moment later.
+func finalRecord(ctx context.Context, store *job.Store, id string) (*job.Record, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec, err := store.Get(ctx, id)
+		switch {
+		case err == nil && rec.Status.Terminal():
+			return rec, nil
+		case err != nil && !errors.Is(err, job.ErrNoRecord):
+			return nil, err
+		case time.Now().After(deadline):
+			return nil, fmt.Errorf("job %s: no final record 10 s after the worker finished it", id)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
 
 // counterValue reads one labelled counter from a registry.

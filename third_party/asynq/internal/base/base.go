@@ -237,6 +237,12 @@ type TaskMessage struct {
 	// Type indicates the kind of the task to be performed.
 	Type string
 
+	// HookResult is what the server's dequeue hook returned for this
+	// dequeue, and HookRan whether one ran (genfleet patch). Neither is
+	// stored in Redis.
+	HookResult string
+	HookRan    bool
+
 	// Payload holds data needed to process the task.
 	Payload []byte
 

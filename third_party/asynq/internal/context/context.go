@@ -17,6 +17,9 @@ type taskMetadata struct {
 	maxRetry   int
 	retryCount int
 	qname      string
+	// genfleet patch: the dequeue hook's result, if one ran.
+	hookResult string
+	hookRan    bool
 }
 
 // ctxKey type is unexported to prevent collisions with context keys defined in
@@ -34,6 +37,8 @@ func New(base context.Context, msg *base.TaskMessage, deadline time.Time) (conte
 		maxRetry:   msg.Retry,
 		retryCount: msg.Retried,
 		qname:      msg.Queue,
+		hookResult: msg.HookResult,
+		hookRan:    msg.HookRan,
 	}
 	ctx := context.WithValue(base, metadataCtxKey, metadata)
 	return context.WithDeadline(ctx, deadline)
@@ -84,4 +89,14 @@ func GetQueueName(ctx context.Context) (qname string, ok bool) {
 		return "", false
 	}
 	return metadata.qname, true
+}
+
+// GetDequeueHookResult extracts the dequeue hook's result from a context,
+// if a hook ran (genfleet patch).
+func GetDequeueHookResult(ctx context.Context) (result string, ok bool) {
+	metadata, ok := ctx.Value(metadataCtxKey).(taskMetadata)
+	if !ok || !metadata.hookRan {
+		return "", false
+	}
+	return metadata.hookResult, true
 }

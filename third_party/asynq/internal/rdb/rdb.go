@@ -30,6 +30,21 @@ type RDB struct {
 	client          redis.UniversalClient
 	clock           timeutil.Clock
 	queuesPublished sync.Map
+
+	// genfleet patch: the dequeue script with the server's hook, and the
+	// hook's arguments per dequeue (see SetDequeueHook).
+	hookedDequeue *redis.Script
+	hookArgs      func() []string
+}
+
+// SetDequeueHook makes every dequeue from a non-cluster client run script
+// as the body of a Lua function hook(id, args) right after the task is
+// made active, in the same script, and return its result with the task
+// (TaskMessage.HookResult). args gets the strings argsFn returns for that
+// dequeue. Call it before the first Dequeue (genfleet patch).
+func (r *RDB) SetDequeueHook(script string, argsFn func() []string) {
+	r.hookedDequeue = redis.NewScript("local function hook(id, args)\n" + script + "\nend\n" + dequeueMultiBody)
+	r.hookArgs = argsFn
 }
 
 // NewRDB returns a new instance of RDB.
@@ -243,7 +258,7 @@ return nil`)
 // If all queues are empty, ErrNoProcessableTask error is returned.
 func (r *RDB) Dequeue(qnames ...string) (msg *base.TaskMessage, leaseExpirationTime time.Time, err error) {
 	var op errors.Op = "rdb.Dequeue"
-	if _, cluster := r.client.(*redis.ClusterClient); len(qnames) > 1 && !cluster {
+	if _, cluster := r.client.(*redis.ClusterClient); (len(qnames) > 1 || r.hookedDequeue != nil) && !cluster {
 		return r.dequeueMulti(qnames)
 	}
 	for _, qname := range qnames {
@@ -281,16 +296,20 @@ func (r *RDB) Dequeue(qnames ...string) (msg *base.TaskMessage, leaseExpirationT
 // --
 // ARGV[1] -> lease expiration Unix time
 // ARGV[i+1] -> task key prefix of the i-th queue
+// ARGV[n+2...] -> the dequeue hook's arguments, n being the number of queues
 //
 // Output:
 // Returns nil if no processable task is found in any of the queues.
-// Returns an encoded TaskMessage of the first queue, in order, that has one.
+// Returns an encoded TaskMessage of the first queue, in order, that has one;
+// with a dequeue hook (see SetDequeueHook), a table of the encoded message
+// and the hook's result.
 //
 // Note: dequeueMultiCmd is dequeueCmd run over every queue in order, in one
 // round trip. Its keys span several hash slots, so it is not used with a
 // Redis Cluster client.
-var dequeueMultiCmd = redis.NewScript(`
-for i = 1, #KEYS / 4 do
+const dequeueMultiBody = `
+local n = #KEYS / 4
+for i = 1, n do
 	local k = (i - 1) * 4
 	if redis.call("EXISTS", KEYS[k + 2]) == 0 then
 		local id = redis.call("RPOPLPUSH", KEYS[k + 1], KEYS[k + 3])
@@ -299,13 +318,20 @@ for i = 1, #KEYS / 4 do
 			redis.call("HSET", key, "state", "active")
 			redis.call("HDEL", key, "pending_since")
 			redis.call("ZADD", KEYS[k + 4], ARGV[1], id)
-			return redis.call("HGET", key, "msg")
+			local msg = redis.call("HGET", key, "msg")
+			if hook then
+				return {msg, hook(id, {unpack(ARGV, n + 2)})}
+			end
+			return msg
 		end
 	end
 end
-return nil`)
+return nil`
 
-// dequeueMulti is Dequeue in one round trip for several queues.
+var dequeueMultiCmd = redis.NewScript("local hook = nil\n" + dequeueMultiBody)
+
+// dequeueMulti is Dequeue in one round trip for several queues, running the
+// dequeue hook if there is one.
 func (r *RDB) dequeueMulti(qnames []string) (msg *base.TaskMessage, leaseExpirationTime time.Time, err error) {
 	var op errors.Op = "rdb.Dequeue"
 	keys := make([]string, 0, 4*len(qnames))
@@ -316,11 +342,32 @@ func (r *RDB) dequeueMulti(qnames []string) (msg *base.TaskMessage, leaseExpirat
 		keys = append(keys, base.PendingKey(qname), base.PausedKey(qname), base.ActiveKey(qname), base.LeaseKey(qname))
 		argv = append(argv, base.TaskKeyPrefix(qname))
 	}
-	res, err := dequeueMultiCmd.Run(context.Background(), r.client, keys, argv...).Result()
+	script := dequeueMultiCmd
+	if r.hookedDequeue != nil {
+		script = r.hookedDequeue
+		if r.hookArgs != nil {
+			for _, a := range r.hookArgs() {
+				argv = append(argv, a)
+			}
+		}
+	}
+	res, err := script.Run(context.Background(), r.client, keys, argv...).Result()
 	if err == redis.Nil {
 		return nil, time.Time{}, errors.E(op, errors.NotFound, errors.ErrNoProcessableTask)
 	} else if err != nil {
 		return nil, time.Time{}, errors.E(op, errors.Unknown, fmt.Sprintf("redis eval error: %v", err))
+	}
+	var hookResult string
+	var hookRan bool
+	if pair, ok := res.([]interface{}); ok && r.hookedDequeue != nil {
+		if len(pair) != 2 {
+			return nil, time.Time{}, errors.E(op, errors.Internal, fmt.Sprintf("unexpected return value from Lua script: %v", res))
+		}
+		res = pair[0]
+		if hookResult, err = cast.ToStringE(pair[1]); err != nil {
+			return nil, time.Time{}, errors.E(op, errors.Internal, fmt.Sprintf("dequeue hook returned %v, not a string", pair[1]))
+		}
+		hookRan = true
 	}
 	encoded, err := cast.ToStringE(res)
 	if err != nil {
@@ -329,6 +376,7 @@ func (r *RDB) dequeueMulti(qnames []string) (msg *base.TaskMessage, leaseExpirat
 	if msg, err = base.DecodeMessage([]byte(encoded)); err != nil {
 		return nil, time.Time{}, errors.E(op, errors.Internal, fmt.Sprintf("cannot decode message: %v", err))
 	}
+	msg.HookResult, msg.HookRan = hookResult, hookRan
 	return msg, leaseExpirationTime, nil
 }
 
