@@ -60,6 +60,15 @@ type ModelState struct {
 // Redis keys of the fleet view.
 const (
 	heartbeatPrefix = "genfleet:hb:"
+	// heartbeatIndex is a sorted set of heartbeat keys, each scored with
+	// the unix ms at which it expires, so that listing the fleet reads the
+	// live processes' keys and never scans the keyspace (which holds every
+	// job record).
+	heartbeatIndex = "genfleet:hbindex"
+	// heartbeatIndexSlack is how long past its expiry an index entry is
+	// kept: readers whose clocks run behind a worker's still find its key
+	// (the key's own TTL decides whether it is alive).
+	heartbeatIndexSlack = time.Minute
 	// HostsKey is a sorted set: host id → unix ms of its latest heartbeat.
 	// The scheduler's reaper finds hosts whose heartbeats stopped here.
 	HostsKey = "genfleet:hosts"
@@ -84,7 +93,9 @@ func (f *Fleet) Beat(ctx context.Context, hb *Heartbeat, ttl time.Duration) erro
 		return err
 	}
 	pipe := f.rdb.TxPipeline()
-	pipe.Set(ctx, heartbeatKey(hb.Host, hb.PID), b, ttl)
+	key := heartbeatKey(hb.Host, hb.PID)
+	pipe.Set(ctx, key, b, ttl)
+	pipe.ZAdd(ctx, heartbeatIndex, redis.Z{Score: float64(hb.At.Add(ttl).UnixMilli()), Member: key})
 	pipe.ZAdd(ctx, HostsKey, redis.Z{Score: float64(hb.At.UnixMilli()), Member: hb.Host})
 	_, err = pipe.Exec(ctx)
 	return err
@@ -92,19 +103,25 @@ func (f *Fleet) Beat(ctx context.Context, hb *Heartbeat, ttl time.Duration) erro
 
 // Leave removes a process's heartbeat at clean shutdown.
 func (f *Fleet) Leave(ctx context.Context, host string, pid int) error {
-	return f.rdb.Del(ctx, heartbeatKey(host, pid)).Err()
+	key := heartbeatKey(host, pid)
+	pipe := f.rdb.TxPipeline()
+	pipe.Del(ctx, key)
+	pipe.ZRem(ctx, heartbeatIndex, key)
+	_, err := pipe.Exec(ctx)
+	return err
 }
 
-// Heartbeats returns every unexpired heartbeat.
+// Heartbeats returns every unexpired heartbeat. It reads the heartbeat
+// index, dropping entries long expired, then the keys it names.
 func (f *Fleet) Heartbeats(ctx context.Context) ([]Heartbeat, error) {
-	var keys []string
-	iter := f.rdb.Scan(ctx, 0, heartbeatPrefix+"*", 256).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
+	stale := strconv.FormatInt(time.Now().Add(-heartbeatIndexSlack).UnixMilli(), 10)
+	pipe := f.rdb.Pipeline()
+	pipe.ZRemRangeByScore(ctx, heartbeatIndex, "-inf", "("+stale)
+	listed := pipe.ZRange(ctx, heartbeatIndex, 0, -1)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("list heartbeats: %w", err)
 	}
+	keys := listed.Val()
 	if len(keys) == 0 {
 		return nil, nil
 	}
@@ -116,7 +133,7 @@ func (f *Fleet) Heartbeats(ctx context.Context) ([]Heartbeat, error) {
 	for _, v := range vals {
 		s, ok := v.(string)
 		if !ok {
-			continue // expired between SCAN and MGET
+			continue // expired (or left) since its index entry was written
 		}
 		var hb Heartbeat
 		if err := json.Unmarshal([]byte(s), &hb); err != nil {
