@@ -17,11 +17,15 @@
 #   cuda-test.log        bin/cuda.test -test.v
 #   bench-upload.log     the bench's stdout and stderr
 #   bench-upload.json    the bench's result (its last stdout line)
+#   dev-cuda.log, dev-cpu.log, submit-*.log, fox-cuda.png, fox-cpu.png
+#                        one job through `genfleet dev` with cuda workers
+#                        and with cpu workers
 #   summary.txt          exit codes and seconds per step
 #
-# Everything is bounded by timeouts that add up to under 5 minutes. The
-# exit status is 0 only when the tests passed with no GPU test skipped
-# and the bench produced JSON.
+# Everything is bounded by timeouts that add up to under 10 minutes (it
+# takes well under a minute on an H200). The exit status is 0 only when
+# the tests passed with no GPU test skipped, the bench produced JSON, and
+# the cuda and cpu fleets made the same PNG bytes.
 set -u
 
 if [ $# -ne 1 ]; then
@@ -77,16 +81,47 @@ t2=$(now)
 # The JSON object is the last line the bench printed on stdout.
 grep '^{' "$OUT/bench-upload.log" | tail -n 1 >"$OUT/bench-upload.json"
 
+# A job end to end: `genfleet dev` with cuda workers, then with cpu workers,
+# the same request; the two PNGs must be the same bytes.
+e2e() { # e2e BACKEND PORT: up to 60 s for dev to start, 90 s for the job
+	"$BIN/genfleet" dev --backend "$1" --listen "127.0.0.1:$2" --demo-size 64MiB >"$OUT/dev-$1.log" 2>&1 &
+	pid=$!
+	ok=1
+	for _ in $(seq 1 60); do
+		grep -q 'genfleet dev is running' "$OUT/dev-$1.log" && break
+		kill -0 "$pid" 2>/dev/null || break # dev exited: see its log
+		sleep 1
+	done
+	if "$BIN/genfleet" submit --api "http://127.0.0.1:$2" --model demo --prompt "a red fox" --timeout 90s \
+		--seed 7 --width 256 --height 256 --steps 4 -o "$OUT/fox-$1.png" >"$OUT/submit-$1.log" 2>&1; then
+		ok=0
+	fi
+	kill -INT "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	return $ok
+}
+e2e cuda 18481
+cuda_rc=$?
+e2e cpu 18482
+cpu_rc=$?
+t3=$(now)
+if [ "$cuda_rc" -eq 0 ] && [ "$cpu_rc" -eq 0 ] && cmp -s "$OUT/fox-cuda.png" "$OUT/fox-cpu.png"; then
+	e2e_rc=0
+else
+	e2e_rc=1
+fi
+
 # On a GPU machine no GPU test may skip: a skip means the driver was not
 # found, and the run proves nothing.
 skips=$(grep -c -- '--- SKIP: TestGPU' "$OUT/cuda-test.log" || true)
 {
 	echo "cuda.test: exit $test_rc in $((t1 - t0)) s ($skips GPU tests skipped)"
 	echo "bench upload: exit $bench_rc in $((t2 - t1)) s"
-	echo "total: $((t2 - start)) s"
+	echo "dev end to end: cuda $cuda_rc, cpu $cpu_rc, same PNG: $([ "$e2e_rc" -eq 0 ] && echo yes || echo no) in $((t3 - t2)) s"
+	echo "total: $((t3 - start)) s"
 } >"$OUT/summary.txt"
 cat "$OUT/summary.txt"
 grep -E -- '^(--- |ok|FAIL|PASS)|PSNR|GB/s|no usable GPU' "$OUT/cuda-test.log" | head -n 60
 cat "$OUT/bench-upload.json"
 
-[ "$test_rc" -eq 0 ] && [ "$skips" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ -s "$OUT/bench-upload.json" ]
+[ "$test_rc" -eq 0 ] && [ "$skips" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ -s "$OUT/bench-upload.json" ] && [ "$e2e_rc" -eq 0 ]

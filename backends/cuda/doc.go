@@ -21,7 +21,7 @@
 // to it over a channel, one at a time: allocation, kernels, and the naive
 // and registered copies, so concurrent Generate calls serialise those.
 // The Staged strategy's workers are further such threads (see stager),
-// started on the first staged upload and kept.
+// started when the backend opens and kept.
 //
 // # Uploads
 //

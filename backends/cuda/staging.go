@@ -94,6 +94,13 @@ func (d *device) ensureStagers() error {
 	return nil
 }
 
+// prepareStaging starts the staging workers ahead of the first upload.
+func (d *device) prepareStaging() error {
+	d.stagingMu.Lock()
+	defer d.stagingMu.Unlock()
+	return d.ensureStagers()
+}
+
 // freeStagers stops the staging workers, each freeing its buffers, events
 // and stream on its own thread; d.stagingMu is held.
 func (d *device) freeStagers() {

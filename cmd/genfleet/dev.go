@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +21,8 @@ import (
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
+	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/backends/refgen"
 	"github.com/genfleet/genfleet/internal/s3x"
 )
 
@@ -36,6 +39,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	dir := f.String("dir", "", "directory for the shared model cache (default: a temporary directory removed on exit)")
 	demoSize := f.String("demo-size", "32MiB", "size of the seeded demo model")
 	logLevel := f.str("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	backendName := f.str("backend", "GENFLEET_BACKEND", "cpu", "the workers' backend: "+fmt.Sprint(backends.Names())+" or auto (cuda where a GPU is usable, else cpu)")
 	if err := f.parse(args, 0); err != nil {
 		return err
 	}
@@ -46,6 +50,20 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(*logLevel))
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+
+	// The workers' backend, decided once here (so that "auto" means the
+	// same for every worker) and the scheduler's pool with it.
+	be, err := selectBackend(*backendName, log)
+	if err != nil {
+		return fmt.Errorf("--backend %s: %w", *backendName, err)
+	}
+	backend, pool, engines := be.Name(), be.DeviceClass(), be.Engines()
+	if c, ok := be.(io.Closer); ok {
+		_ = c.Close()
+	}
+	if !slices.Contains(engines, refgen.Engine) {
+		return fmt.Errorf("--backend %s runs %v models, and dev seeds a model of the built-in engine (%s): use cpu, cuda or auto", backend, engines, refgen.Engine)
+	}
 
 	// Bind the API address first: a clash should fail before anything starts.
 	apiLn, err := net.Listen("tcp", *listen)
@@ -131,7 +149,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		wg.Wait()
 	}()
 	for i := 1; i <= *workers; i++ {
-		cmd := exec.Command(self, "worker",
+		cmd := exec.Command(self, "worker", "--backend", backend,
 			"--cache-dir", cacheDir, "--host-id", "dev", "--metrics-listen", "127.0.0.1:0",
 			"--shutdown-timeout", "10s")
 		cmd.Env = os.Environ()
@@ -153,7 +171,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	url := "http://" + apiLn.Addr().String()
 	fmt.Fprintf(stdout, `
-genfleet dev is running: API %s, %d worker processes sharing %s
+genfleet dev is running: API %s, %d %s worker processes sharing %s
   embedded redis %s, embedded s3 %s (model "demo" registered)
 
 Try:
@@ -165,10 +183,10 @@ or:
   go run ./cmd/genfleet submit --api %s --model demo --prompt "a red fox" --seed 7 --width 256 --height 256 --steps 4 -o fox.png
 
 Ctrl-C stops everything.
-`, url, *workers, cacheDir, mr.Addr(), s3Endpoint, url, url, url, url)
+`, url, *workers, backend, cacheDir, mr.Addr(), s3Endpoint, url, url, url, url)
 
 	rf := addRoutingFlags(newFlags("dev-internal", io.Discard))
-	err = serveScheduler(ctx, c, apiLn, "cpu", rf, log)
+	err = serveScheduler(ctx, c, apiLn, pool, rf, log)
 	fmt.Fprintln(stderr, "genfleet dev: stopping")
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
