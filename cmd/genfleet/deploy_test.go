@@ -1120,6 +1120,7 @@ func TestKustomizeOverlays(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			bo := kustomizeBuild(t, tc.dir)
 			checkOverlay(t, bo, known, table, wantUID, tc.gpu)
+			checkSdcppWorker(t, bo, tc.gpu)
 		})
 	}
 	// The base builds on its own too (what a new overlay starts from).
@@ -1290,6 +1291,41 @@ func checkOverlay(t *testing.T, bo builtOverlay, known map[string]bool, table []
 	}
 	if !svc {
 		t.Errorf("overlay %s has no genfleet-scheduler Service", bo.name)
+	}
+}
+
+// checkSdcppWorker: where the overlay has GPU workers it has the
+// stable-diffusion.cpp worker too, on the image's sdcpp stage with backend
+// sdcpp; where it has none (dev), it has neither.
+func checkSdcppWorker(t *testing.T, bo builtOverlay, want bool) {
+	t.Helper()
+	var found *k8sWorkload
+	for _, o := range bo.objects {
+		if o.Kind == "Deployment" && o.Metadata.Name == "genfleet-worker-sdcpp" {
+			found = &k8sWorkload{}
+			if err := json.Unmarshal(o.Spec, found); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if (found != nil) != want {
+		t.Fatalf("overlay %s: genfleet-worker-sdcpp present = %v, want %v", bo.name, found != nil, want)
+	}
+	if found == nil {
+		return
+	}
+	c := found.Template.Spec.Containers[0]
+	backend := ""
+	for _, e := range c.Env {
+		if e.Name == "GENFLEET_BACKEND" {
+			backend = e.Value
+		}
+	}
+	if backend != "sdcpp" || !strings.Contains(c.Image, "genfleet-sdcpp") {
+		t.Errorf("overlay %s: genfleet-worker-sdcpp runs image %q with backend %q; want the genfleet-sdcpp image and backend sdcpp", bo.name, c.Image, backend)
+	}
+	if found.Template.Metadata.Labels["genfleet.io/pool"] != "sdcpp" {
+		t.Errorf("overlay %s: genfleet-worker-sdcpp pods labelled pool %q, want sdcpp", bo.name, found.Template.Metadata.Labels["genfleet.io/pool"])
 	}
 }
 

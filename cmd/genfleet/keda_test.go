@@ -61,6 +61,12 @@ func TestKEDAKeysMatchAsynq(t *testing.T) {
 	if _, err := gpu.Enqueue(ctx, "", req); err != nil {
 		t.Fatal(err)
 	}
+	sd := job.NewProducer(opt)
+	sd.Pool = "sdcpp"
+	defer sd.Close()
+	if _, err := sd.Enqueue(ctx, "", req); err != nil {
+		t.Fatal(err)
+	}
 
 	// Every Redis list that now holds exactly the jobs we know of.
 	lists := map[string]int64{}
@@ -74,9 +80,10 @@ func TestKEDAKeysMatchAsynq(t *testing.T) {
 		}
 	}
 	want := map[string]int64{ // what the triggers' key names must hold
-		"asynq:{pool:cpu}:pending":  1,
-		"asynq:{pool:cpu}:active":   1,
-		"asynq:{pool:cuda}:pending": 1,
+		"asynq:{pool:cpu}:pending":   1,
+		"asynq:{pool:cpu}:active":    1,
+		"asynq:{pool:cuda}:pending":  1,
+		"asynq:{pool:sdcpp}:pending": 1,
 	}
 	for k, n := range want {
 		if lists[k] != n {
@@ -131,7 +138,7 @@ func TestKEDAKeysMatchAsynq(t *testing.T) {
 			seen[so.Spec.ScaleTargetRef.Name][suffix] = true
 		}
 	}
-	for _, d := range []string{"genfleet-worker-cpu", "genfleet-worker-gpu"} {
+	for _, d := range []string{"genfleet-worker-cpu", "genfleet-worker-gpu", "genfleet-worker-sdcpp"} {
 		if !seen[d]["pending"] || !seen[d]["active"] {
 			t.Fatalf("%s scales on %v; want both pending and active", d, seen[d])
 		}
