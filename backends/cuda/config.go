@@ -36,11 +36,11 @@ type Config struct {
 	// Default min(NumCPU, 8). Env GENFLEET_CUDA_UPLOAD_THREADS.
 	UploadThreads int
 	// StagingBuffers is the number of pinned buffers of each staging
-	// worker. Default 2.
+	// worker. Default 4.
 	StagingBuffers int
 	// StagingBufferBytes is each staging buffer's size, and the size of
-	// the chunks an upload is split into. Default 8 MiB. Env
-	// GENFLEET_CUDA_STAGING ("2x8MiB": buffers per worker × size).
+	// the chunks an upload is split into. Default 2 MiB. Env
+	// GENFLEET_CUDA_STAGING ("4x2MiB": buffers per worker × size).
 	StagingBufferBytes int64
 }
 
@@ -69,10 +69,10 @@ func (c Config) withDefaults() Config {
 		c.UploadThreads = min(runtime.NumCPU(), 8)
 	}
 	if c.StagingBuffers <= 0 {
-		c.StagingBuffers = 2
+		c.StagingBuffers = 4
 	}
 	if c.StagingBufferBytes <= 0 {
-		c.StagingBufferBytes = 8 << 20
+		c.StagingBufferBytes = 2 << 20
 	}
 	return c
 }
@@ -139,19 +139,19 @@ func parseSize(s string) (int64, error) { return units.ParseSize(s) }
 // percentage of the free device memory ("80%"); "" or "0" is the default.
 func parseBudget(s string) (bytes int64, percent float64, err error) { return units.ParseBudget(s) }
 
-// parseStaging parses "BUFFERSxSIZE", e.g. "2x8MiB".
+// parseStaging parses "BUFFERSxSIZE", e.g. "4x2MiB".
 func parseStaging(s string) (int, int64, error) {
 	a, b, ok := strings.Cut(strings.TrimSpace(s), "x")
 	if !ok {
-		return 0, 0, errors.New(`want BUFFERSxSIZE, e.g. "2x8MiB"`)
+		return 0, 0, errors.New(`want BUFFERSxSIZE, e.g. "4x2MiB"`)
 	}
 	n, err := strconv.Atoi(strings.TrimSpace(a))
 	if err != nil || n < 2 || n > 64 {
 		return 0, 0, errors.New("want 2..64 staging buffers")
 	}
 	size, err := parseSize(b)
-	if err != nil || size < 1<<20 || size%4096 != 0 {
-		return 0, 0, errors.New("want a staging buffer size of at least 1MiB, a multiple of 4KiB")
+	if err != nil || size < 64<<10 || size%4096 != 0 {
+		return 0, 0, errors.New("want a staging buffer size of at least 64KiB, a multiple of 4KiB")
 	}
 	return n, size, nil
 }

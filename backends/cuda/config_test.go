@@ -58,7 +58,7 @@ func TestConfigFromEnv(t *testing.T) {
 func TestConfigDefaults(t *testing.T) {
 	c := Config{}.withDefaults()
 	want := Config{MemBudgetPercent: 90, KeepAlive: 30 * time.Minute, Upload: Auto,
-		UploadThreads: min(runtime.NumCPU(), 8), StagingBuffers: 2, StagingBufferBytes: 8 << 20}
+		UploadThreads: min(runtime.NumCPU(), 8), StagingBuffers: 4, StagingBufferBytes: 2 << 20}
 	if c != want {
 		t.Errorf("defaults %+v\nwant %+v", c, want)
 	}

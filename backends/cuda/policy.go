@@ -17,9 +17,8 @@ const (
 	Naive Strategy = "naive"
 	// Staged runs staging workers, each an OS thread that copies chunks
 	// of the mapping into its own pinned buffers (cuMemAllocHost) and
-	// drains them with cuMemcpyHtoDAsync on its own stream (53.7 GB/s
-	// with 8 workers of 2 × 8 MiB on an H200, 0.97 of the pinned
-	// ceiling). On a cold model the workers' copies are what fault the
+	// drains them with cuMemcpyHtoDAsync on its own stream (8 workers of
+	// 4 × 2 MiB: 0.92 of the pinned ceiling on an H200, 0.87 on an H100). On a cold model the workers' copies are what fault the
 	// pages in, so disk reads overlap the device copies.
 	Staged Strategy = "staged"
 	// Registered page-locks the mapping with cuMemHostRegister
@@ -55,11 +54,12 @@ const (
 	factRegisteredBps   = 38.4e9
 	factRegisterSeconds = 0.103 // for 4 GiB
 	factRegisterBytes   = 4 << 30
-	// A staging worker moves about 8.4 GB/s (1: 8.8, 2: 18.2, 4: 33.4);
-	// 8 of them reached 53.7 GB/s, and more did not go faster (12: 53.6,
-	// 16: 51.7).
-	factStagedWorkerBps = 8.4e9
-	factStagedMaxBps    = 53.7e9
+	// A staging worker (4 × 2 MiB) moves about 7 GB/s (H200: 1: 8.3,
+	// 2: 14.1, 4: 27.8; H100 host: 7.5, 15.0, 27.7); 8 of them reached
+	// 50.4 GB/s on the H200 and 48.3 on the H100, and more did not go much
+	// faster.
+	factStagedWorkerBps = 6.9e9
+	factStagedMaxBps    = 48.3e9
 )
 
 // stagedEstimate returns the expected staged rate with the given number
