@@ -39,19 +39,14 @@ func MeasureUpload(ctx context.Context, mapping []byte, cfg Config, reps int) (U
 		return rep, fmt.Errorf("cuda: nothing to upload")
 	}
 	reps = max(reps, 1)
-	b, err := Open(cfg)
+	b, dst, done, err := openForMeasure(cfg, n)
 	if err != nil {
 		return rep, err
 	}
-	defer b.Close()
+	defer done()
 	rep.Config = b.cfg
 	rep.Device = b.DeviceName()
 	rep.Strategy = b.pol.choose(n)
-	dst, err := b.dev.alloc(n)
-	if err != nil {
-		return rep, fmt.Errorf("cuda: allocate %d bytes on %s: %w", n, rep.Device, err)
-	}
-	defer b.dev.free(dst)
 
 	best := func(s Strategy) (float64, error) {
 		top, setup, err := bestUpload(ctx, b, dst, mapping, s, reps)
@@ -66,8 +61,7 @@ func MeasureUpload(ctx context.Context, mapping []byte, cfg Config, reps int) (U
 		}
 	}
 	rep.Naive = rep.PerStrategy[Naive]
-	// Genfleet's upload, timed on its own after the others so that it
-	// runs with the staging ring already allocated, as in a worker.
+	// Genfleet's upload, timed on its own after the others.
 	if rep.Genfleet, err = best(rep.Strategy); err != nil {
 		return rep, err
 	}
@@ -107,28 +101,34 @@ func bestUpload(ctx context.Context, b *Backend, dst cuDevicePtr, mapping []byte
 	return gbps, setup, nil
 }
 
-// MeasureStaged opens the backend with cfg and returns the best rate of
-// reps staged uploads of the whole mapping, in 10^9 bytes/s, after one
-// untimed upload that starts the staging workers (as a worker's first
-// upload does).
+// MeasureStaged opens the backend with cfg, its upload strategy set to
+// Staged (so the staging workers start with it, as in a worker), and
+// returns the best rate of reps staged uploads of the whole mapping, in
+// 10^9 bytes/s.
 func MeasureStaged(ctx context.Context, mapping []byte, cfg Config, reps int) (float64, error) {
 	n := int64(len(mapping))
 	if n == 0 {
 		return 0, fmt.Errorf("cuda: nothing to upload")
 	}
-	b, err := Open(cfg)
+	cfg.Upload = Staged
+	b, dst, done, err := openForMeasure(cfg, n)
 	if err != nil {
 		return 0, err
 	}
-	defer b.Close()
-	dst, err := b.dev.alloc(n)
-	if err != nil {
-		return 0, fmt.Errorf("cuda: allocate %d bytes on %s: %w", n, b.DeviceName(), err)
-	}
-	defer b.dev.free(dst)
-	if _, err := b.dev.upload(ctx, dst, mapping, 0, n, Staged); err != nil {
-		return 0, fmt.Errorf("staged upload: %w", err)
-	}
+	defer done()
 	gbps, _, err := bestUpload(ctx, b, dst, mapping, Staged, reps)
 	return gbps, err
+}
+
+// openForMeasure opens the backend with cfg and allocates n bytes of device
+// memory to upload into; done frees both.
+func openForMeasure(cfg Config, n int64) (b *Backend, dst cuDevicePtr, done func(), err error) {
+	if b, err = Open(cfg); err != nil {
+		return nil, 0, nil, err
+	}
+	if dst, err = b.dev.alloc(n); err != nil {
+		b.Close()
+		return nil, 0, nil, fmt.Errorf("cuda: allocate %d bytes on %s: %w", n, b.DeviceName(), err)
+	}
+	return b, dst, func() { b.dev.free(dst); b.Close() }, nil
 }
