@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"time"
 
@@ -136,4 +137,18 @@ func benchS3Config(ctx context.Context, c *common, dir string, buckets ...string
 		return nil, cfg, nil, fmt.Errorf("start versitygw for the benchmark (or pass --s3-endpoint): %w", err)
 	}
 	return srv.Client, srv.Config, func() { srv.Stop(); os.RemoveAll(tmp) }, nil
+}
+
+// median returns the median of xs (the mean of the middle two for an even
+// count; 0 for none).
+func median[T ~int64 | ~float64](xs []T) T {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
@@ -182,14 +181,6 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 			fmt.Fprintf(stderr, "run %d %-16s %6.0f MB/s (%v)\n", run+1, ct.name, mbps(size, d), d.Round(time.Millisecond))
 			ct.all = append(ct.all, d)
 		}
-	}
-	median := func(ds []time.Duration) time.Duration {
-		s := append([]time.Duration(nil), ds...)
-		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-		if len(s)%2 == 1 {
-			return s[len(s)/2]
-		}
-		return (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
 	perRun := func(ds []time.Duration) []float64 {
 		out := make([]float64, len(ds))

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"runtime/pprof"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -174,20 +173,6 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	}
 	res["targets_met"] = ratio >= 0.5 && percentile(lat, 0.5) <= 50
 	return res, nil
-}
-
-// median returns the median of xs (the mean of the middle two for an even
-// count).
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func mapFloats(xs []float64, f func(float64) float64) []float64 {
