@@ -74,6 +74,20 @@ func waitSucceeded(t *testing.T, store *job.Store, id string, deadline time.Time
 	}
 }
 
+// enqueuePool enqueues a small job with id on pool:cpu.
+func enqueuePool(t *testing.T, cl *asynq.Client, id string) {
+	t.Helper()
+	req := job.Request{Model: "demo", Prompt: "p"}
+	req.ApplyDefaults()
+	task, opts, err := job.NewTask(id, req, "cpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Enqueue(task, opts...); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
 	t.Helper()
 	info, err := rdb.Info(context.Background(), "commandstats").Result()
@@ -173,16 +187,8 @@ func TestFinishRidesWithTheCompletion(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 20
-	req := job.Request{Model: "demo", Prompt: "p"}
-	req.ApplyDefaults()
 	for i := range n {
-		task, opts, err := job.NewTask("job-"+strconv.Itoa(i), req, "cpu")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := cl.Enqueue(task, opts...); err != nil {
-			t.Fatal(err)
-		}
+		enqueuePool(t, cl, "job-"+strconv.Itoa(i))
 	}
 	runWorker(t, w)
 	deadline := time.Now().Add(20 * time.Second)
@@ -225,16 +231,8 @@ func TestClaimTakenAtDequeue(t *testing.T) {
 	cl := asynq.NewClient(asynq.RedisClientOpt{Addr: srv})
 	defer cl.Close()
 
-	req := job.Request{Model: "demo", Prompt: "p"}
-	req.ApplyDefaults()
 	for _, id := range []string{"free", "cancelled", "ended", "held"} {
-		task, opts, err := job.NewTask(id, req, "cpu")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := cl.Enqueue(task, opts...); err != nil {
-			t.Fatal(err)
-		}
+		enqueuePool(t, cl, id)
 	}
 	if err := store.RequestCancel(ctx, "cancelled"); err != nil {
 		t.Fatal(err)
