@@ -14,6 +14,8 @@ import (
 	"os"
 	"runtime/pprof"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +23,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sys/unix"
 
 	"github.com/genfleet/genfleet/backends"
 	"github.com/genfleet/genfleet/internal/s3x"
@@ -109,13 +112,16 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		defer profile.Close()
 	}
 	var asynqRates, fleetRates, ratios []float64
+	var asynqCPU, fleetCPU cpuPerJob
 	for r := range *rounds {
 		// Anchor: raw asynq, no-op handler, same Redis, same concurrency.
 		fmt.Fprintf(stderr, "round %d/%d: raw asynq, %d no-op tasks, concurrency %d…\n", r+1, *rounds, *jobs, *conc)
+		m := startCPU(ctx, rdb)
 		ar, err := raw.rate(ctx, *jobs, *clients)
 		if err != nil {
 			return nil, err
 		}
+		asynqCPU.add(ctx, rdb, m, *jobs)
 		// genfleet: the scheduler's HTTP API and a genfleet worker in no-op mode.
 		fmt.Fprintf(stderr, "round %d/%d: genfleet, %d no-op jobs through the API, concurrency %d…\n", r+1, *rounds, *jobs, *conc)
 		if r == 0 && profile != nil {
@@ -123,6 +129,7 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 				return nil, err
 			}
 		}
+		m = startCPU(ctx, rdb)
 		gr, err := fleet.rate(ctx, body, *jobs, *clients)
 		if r == 0 && profile != nil {
 			pprof.StopCPUProfile()
@@ -130,6 +137,7 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		if err != nil {
 			return nil, err
 		}
+		fleetCPU.add(ctx, rdb, m, *jobs)
 		fmt.Fprintf(stderr, "round %d/%d: %.0f vs %.0f jobs/s, ratio %.3f\n", r+1, *rounds, gr, ar, gr/ar)
 		asynqRates, fleetRates, ratios = append(asynqRates, ar), append(fleetRates, gr), append(ratios, gr/ar)
 	}
@@ -171,8 +179,78 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		"idle_start_p99_ms":         round1(percentile(lat, 0.99)),
 		"poll_interval_ms":          20,
 	}
+	asynqCPU.report(res, "asynq")
+	fleetCPU.report(res, "genfleet")
 	res["targets_met"] = ratio >= 0.5 && percentile(lat, 0.5) <= 50
 	return res, nil
+}
+
+// cpuMark is the CPU this process and Redis had used at the start of a
+// phase.
+type cpuMark struct {
+	proc, redis time.Duration
+	redisOK     bool
+}
+
+func startCPU(ctx context.Context, rdb redis.UniversalClient) cpuMark {
+	r, ok := redisCPU(ctx, rdb)
+	return cpuMark{proc: processCPU(), redis: r, redisOK: ok}
+}
+
+// cpuPerJob collects, per round, the CPU one side used per job: this
+// process's (getrusage: the side's submitters, API or client and worker,
+// plus the other side's idle polling) and Redis's (INFO cpu, user + sys).
+type cpuPerJob struct {
+	proc, redis []float64
+}
+
+func (c *cpuPerJob) add(ctx context.Context, rdb redis.UniversalClient, m cpuMark, jobs int) {
+	c.proc = append(c.proc, float64((processCPU()-m.proc).Microseconds())/float64(jobs))
+	if r, ok := redisCPU(ctx, rdb); ok && m.redisOK {
+		c.redis = append(c.redis, float64((r-m.redis).Microseconds())/float64(jobs))
+	}
+}
+
+// report adds side_cpu_us_per_job and side_redis_cpu_us_per_job (medians
+// over rounds) to res; the Redis figure only where INFO could be read.
+func (c *cpuPerJob) report(res map[string]any, side string) {
+	res[side+"_cpu_us_per_job"] = round1(median(c.proc))
+	if len(c.redis) == len(c.proc) {
+		res[side+"_redis_cpu_us_per_job"] = round1(median(c.redis))
+	}
+}
+
+// processCPU is the user + system CPU this process has used.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// redisCPU is the user + system CPU the Redis server has used, from INFO
+// cpu; false where the server does not say (a managed Redis may not).
+func redisCPU(ctx context.Context, rdb redis.UniversalClient) (time.Duration, bool) {
+	info, err := rdb.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0, false
+	}
+	var total float64
+	found := 0
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || (k != "used_cpu_user" && k != "used_cpu_sys") {
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return 0, false
+		}
+		total += f
+		found++
+	}
+	return time.Duration(total * float64(time.Second)), found == 2
 }
 
 func mapFloats(xs []float64, f func(float64) float64) []float64 {
