@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -75,12 +76,16 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	conc := f.Int("concurrency", 4, "worker concurrency (both sides)")
 	clients := f.Int("clients", 8, "concurrent submitters (both sides)")
 	idle := f.Int("idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures")
+	client := f.String("client", "lean", "how the submitters talk to the API: lean (one keep-alive HTTP/1.1 connection each, like wrk) or net/http (Go's http.Client)")
 	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the first round's genfleet phase (API, worker and submitters) to this file")
 	if err := f.parse(args, 0); err != nil {
 		return nil, err
 	}
 	if *jobs < 1 || *rounds < 1 {
 		return nil, fmt.Errorf("--jobs %d, --rounds %d: want at least 1 of each", *jobs, *rounds)
+	}
+	if *client != "lean" && *client != "net/http" {
+		return nil, fmt.Errorf("--client %q: want lean or net/http", *client)
 	}
 	redisOpt, stop, err := benchRedis(c, flagGiven(f, "redis"))
 	if err != nil {
@@ -102,6 +107,9 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		return nil, err
 	}
 	defer fleet.stop()
+	if *client == "net/http" {
+		fleet.stdClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	}
 	body := []byte(`{"model":"demo","prompt":"noop","width":64,"height":64,"steps":1}`)
 
 	var profile *os.File
@@ -178,6 +186,7 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		"idle_start_p50_ms":         round1(percentile(lat, 0.50)),
 		"idle_start_p99_ms":         round1(percentile(lat, 0.99)),
 		"poll_interval_ms":          20,
+		"client":                    *client,
 	}
 	asynqCPU.report(res, "asynq")
 	fleetCPU.report(res, "genfleet")
@@ -348,10 +357,13 @@ func (r *rawAsynq) rate(ctx context.Context, n, clients int) (float64, error) {
 // noopFleet is a scheduler and one worker, in this process, running no-op
 // jobs: the whole genfleet path except the model, backend and upload.
 type noopFleet struct {
-	url     string
-	client  *http.Client
-	done    func() float64
-	stopAll func()
+	addr  string
+	conns chan *apiConn
+	url   string
+	// stdClient, when set, submits through net/http's client instead.
+	stdClient *http.Client
+	done      func() float64
+	stopAll   func()
 }
 
 func startNoopFleet(ctx context.Context, c *common, opt asynq.RedisConnOpt, conc int) (fl *noopFleet, err error) {
@@ -423,9 +435,10 @@ func startNoopFleet(ctx context.Context, c *common, opt asynq.RedisConnOpt, conc
 	reaperDone := make(chan struct{})
 	go func() { defer close(reaperDone); sched.RunReaper(reapCtx) }()
 	return &noopFleet{
-		url:    "http://" + ln.Addr().String(),
-		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-		done:   func() float64 { return counterValue(promReg, "genfleet_worker_jobs_total", "succeeded") },
+		addr:  ln.Addr().String(),
+		conns: make(chan *apiConn, 64),
+		url:   "http://" + ln.Addr().String(),
+		done:  func() float64 { return counterValue(promReg, "genfleet_worker_jobs_total", "succeeded") },
 		stopAll: func() {
 			stopWorker()
 			<-wdone
@@ -440,7 +453,17 @@ func startNoopFleet(ctx context.Context, c *common, opt asynq.RedisConnOpt, conc
 	}, nil
 }
 
-func (f *noopFleet) stop() { f.stopAll() }
+func (f *noopFleet) stop() {
+	f.stopAll()
+	for {
+		select {
+		case c := <-f.conns:
+			c.close()
+		default:
+			return
+		}
+	}
+}
 
 // rate submits n no-op jobs from clients goroutines and returns jobs per
 // second, first submit to the worker's last completion.
@@ -474,8 +497,26 @@ func (f *noopFleet) rate(ctx context.Context, body []byte, n, clients int) (floa
 }
 
 func (f *noopFleet) submit(ctx context.Context, body []byte) (string, error) {
+	if f.stdClient != nil {
+		return f.submitStd(ctx, body)
+	}
+	c, err := f.conn()
+	if err != nil {
+		return "", err
+	}
+	id, err := c.post(body)
+	if err != nil {
+		c.close()
+		return "", err
+	}
+	f.conns <- c
+	return id, nil
+}
+
+// submitStd is submit through net/http's client (--client net/http).
+func (f *noopFleet) submitStd(ctx context.Context, body []byte) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.url+"/v1/jobs", bytes.NewReader(body))
-	resp, err := f.client.Do(req)
+	resp, err := f.stdClient.Do(req)
 	if err != nil {
 		return "", err
 	}
@@ -486,6 +527,70 @@ func (f *noopFleet) submit(ctx context.Context, body []byte) (string, error) {
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		return "", err
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		return "", fmt.Errorf("POST /v1/jobs: %s: %s", resp.Status, out.Error)
+	}
+	return out.ID, nil
+}
+
+// conn returns an idle keep-alive connection to the API, or a new one.
+func (f *noopFleet) conn() (*apiConn, error) {
+	select {
+	case c := <-f.conns:
+		return c, nil
+	default:
+	}
+	nc, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		return nil, err
+	}
+	return &apiConn{nc: nc, br: bufio.NewReader(nc), host: f.addr}, nil
+}
+
+// apiConn is the submitters' HTTP/1.1 client: one keep-alive connection,
+// a request written in one write, the response read in place. A load
+// generator, like wrk or hey, so that the bench spends its CPU on the API
+// rather than on net/http's client, whose transport hands every request
+// to two goroutines of its own.
+type apiConn struct {
+	nc   net.Conn
+	br   *bufio.Reader
+	host string
+	buf  []byte
+}
+
+func (c *apiConn) close() { c.nc.Close() }
+
+// post sends body as POST /v1/jobs and returns the accepted job's id.
+func (c *apiConn) post(body []byte) (string, error) {
+	c.buf = append(c.buf[:0], "POST /v1/jobs HTTP/1.1\r\nHost: "...)
+	c.buf = append(c.buf, c.host...)
+	c.buf = append(c.buf, "\r\nContent-Type: application/json\r\nContent-Length: "...)
+	c.buf = strconv.AppendInt(c.buf, int64(len(body)), 10)
+	c.buf = append(c.buf, "\r\n\r\n"...)
+	c.buf = append(c.buf, body...)
+	if _, err := c.nc.Write(c.buf); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return "", err
+	}
+	if resp.Close {
+		return "", fmt.Errorf("POST /v1/jobs: the server closed the connection")
+	}
+	var out struct {
+		ID    string `json:"id"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return "", fmt.Errorf("POST /v1/jobs: %s: %w", resp.Status, err)
 	}
 	if resp.StatusCode != http.StatusAccepted {
 		return "", fmt.Errorf("POST /v1/jobs: %s: %s", resp.Status, out.Error)

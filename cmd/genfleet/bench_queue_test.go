@@ -13,16 +13,31 @@ import (
 func TestBenchQueueSmall(t *testing.T) {
 	rs := testenv.Redis(t)
 	s3 := testenv.S3Server(t)
-	code, stdout, stderr := runCLI("bench", "queue", "--redis", rs.Addr,
-		"--s3-endpoint", s3.Endpoint, "--s3-access-key", s3.Config.AccessKey, "--s3-secret-key", s3.Config.SecretKey,
-		"--jobs", "60", "--rounds", "2", "--idle-jobs", "3", "--json")
-	if code != 0 {
-		t.Fatalf("bench queue: exit %d\n%s", code, stderr)
+	bench := func(extra ...string) map[string]any {
+		t.Helper()
+		args := append([]string{"bench", "queue", "--redis", rs.Addr,
+			"--s3-endpoint", s3.Endpoint, "--s3-access-key", s3.Config.AccessKey, "--s3-secret-key", s3.Config.SecretKey,
+			"--idle-jobs", "3", "--json"}, extra...)
+		code, stdout, stderr := runCLI(args...)
+		if code != 0 {
+			t.Fatalf("bench queue %v: exit %d\n%s", extra, code, stderr)
+		}
+		lines := strings.Split(strings.TrimSpace(stdout), "\n")
+		var res map[string]any
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
+			t.Fatalf("last line is not one JSON object: %v\n%s", err, stdout)
+		}
+		return res
 	}
-	lines := strings.Split(strings.TrimSpace(stdout), "\n")
-	var res map[string]any
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
-		t.Fatalf("last line is not one JSON object: %v\n%s", err, stdout)
+	if res := bench("--jobs", "20", "--rounds", "1", "--client", "net/http"); res["client"] != "net/http" || !(res["genfleet_jobs_per_s"].(float64) > 0) {
+		t.Errorf("--client net/http: client %v, %v jobs/s", res["client"], res["genfleet_jobs_per_s"])
+	}
+	if _, _, stderr := runCLI("bench", "queue", "--client", "curl"); !strings.Contains(stderr, "--client") {
+		t.Errorf("--client curl: %q, want an error naming --client", stderr)
+	}
+	res := bench("--jobs", "60", "--rounds", "2")
+	if res["client"] != "lean" {
+		t.Errorf("client %v, want lean by default", res["client"])
 	}
 	for _, k := range []string{"genfleet_jobs_per_s", "asynq_jobs_per_s", "ratio", "idle_start_p50_ms", "idle_start_p99_ms",
 		"genfleet_cpu_us_per_job", "asynq_cpu_us_per_job", "genfleet_redis_cpu_us_per_job", "asynq_redis_cpu_us_per_job"} {
