@@ -308,16 +308,22 @@ func (s *Store) Finish(ctx context.Context, run *Record, owner string) error {
 
 // QueueFinish queues what Finish does on pipe, for a caller that sends it
 // with other commands in one round trip. It is idempotent. The returned
-// function reports the outcome once the pipeline has run.
+// function must be called once the pipeline has run: it reports the
+// outcome, and writes the record itself where the pipeline could not.
 func (s *Store) QueueFinish(ctx context.Context, pipe redis.Pipeliner, run *Record, owner string) (result func() error) {
 	keys, args, err := finishArgs(run, owner)
 	if err != nil {
 		return func() error { return err }
 	}
-	// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT.
-	cmd := finishScript.Eval(ctx, pipe, keys, args...)
+	// EVALSHA; where Redis does not have the script (a first use, or after
+	// a restart or SCRIPT FLUSH) it did not run, and runs here on its own.
+	cmd := finishScript.EvalSha(ctx, pipe, keys, args...)
 	return func() error {
-		if err := cmd.Err(); err != nil {
+		err := cmd.Err()
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			err = finishScript.Run(ctx, s.rdb, keys, args...).Err()
+		}
+		if err != nil {
 			return fmt.Errorf("write job record %s: %w", run.ID, err)
 		}
 		return nil

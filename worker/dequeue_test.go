@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
@@ -27,6 +28,12 @@ import (
 // server, model or backend work.
 func noopWorker(t *testing.T, addr, host string, conc int) *Worker {
 	t.Helper()
+	return noopWorkerOn(t, asynq.RedisClientOpt{Addr: addr}, host, conc)
+}
+
+// noopWorkerOn is noopWorker on a Redis connection option of the test's.
+func noopWorkerOn(t *testing.T, opt asynq.RedisConnOpt, host string, conc int) *Worker {
+	t.Helper()
 	cl := s3.New(s3.Options{Region: "us-east-1"})
 	src := modelcache.NewS3Source(cl)
 	cache, err := modelcache.Open(t.TempDir(), src)
@@ -38,7 +45,7 @@ func noopWorker(t *testing.T, addr, host string, conc int) *Worker {
 		t.Fatal(err)
 	}
 	w, err := New(Config{
-		Redis: asynq.RedisClientOpt{Addr: addr}, S3: cl, Outputs: s3x.URL{Bucket: "outputs"},
+		Redis: opt, S3: cl, Outputs: s3x.URL{Bucket: "outputs"},
 		Registry: &modelcache.Registry{Src: src, Root: s3x.URL{Bucket: "models"}}, Cache: cache, Backend: be,
 		HostID: host, Concurrency: conc, Noop: true, HeartbeatInterval: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -174,7 +181,8 @@ func TestFinishRidesWithTheCompletion(t *testing.T) {
 	defer rdb.Close()
 	cl := asynq.NewClient(asynq.RedisClientOpt{Addr: srv})
 	defer cl.Close()
-	w := noopWorker(t, srv, "w1", 2)
+	pipes := &pipeRecorder{}
+	w := noopWorkerOn(t, hookedOpt{asynq.RedisClientOpt{Addr: srv}, pipes}, "w1", 2)
 
 	// Without a task's context: written at once.
 	rec := &job.Record{ID: "direct", Status: job.StatusRunning}
@@ -183,39 +191,123 @@ func TestFinishRidesWithTheCompletion(t *testing.T) {
 		t.Fatalf("record written outside a task: %+v, %v", got, err)
 	}
 
-	if err := rdb.ConfigResetStat(ctx).Err(); err != nil {
-		t.Fatal(err)
-	}
-	const n = 20
-	for i := range n {
-		enqueuePool(t, cl, "job-"+strconv.Itoa(i))
-	}
 	runWorker(t, w)
-	deadline := time.Now().Add(20 * time.Second)
-	for i := range n {
-		waitSucceeded(t, w.store, "job-"+strconv.Itoa(i), deadline)
-	}
-	// The tasks are completed too: nothing left active in asynq.
 	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: srv})
 	defer insp.Close()
-	for {
-		info, err := insp.GetQueueInfo("pool:cpu")
-		if err != nil {
-			t.Fatal(err)
+	const n = 20
+	// Three rounds: on a fresh Redis, whose first EVALSHAs get NOSCRIPT and
+	// are run again on their own; on a Redis that has the scripts; and
+	// right after SCRIPT FLUSH, which is the first round again.
+	for round := range 3 {
+		if round == 2 {
+			if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if info.Active == 0 && info.Pending == 0 && info.Processed >= n {
-			break
+		pipes.reset()
+		for i := range n {
+			enqueuePool(t, cl, fmt.Sprintf("job-%d-%d", round, i))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue: %+v", info)
+		deadline := time.Now().Add(20 * time.Second)
+		for i := range n {
+			waitSucceeded(t, w.store, fmt.Sprintf("job-%d-%d", round, i), deadline)
 		}
-		time.Sleep(10 * time.Millisecond)
+		// The tasks are completed too: nothing left active in asynq.
+		for {
+			info, err := insp.GetQueueInfo("pool:cpu")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.Active == 0 && info.Pending == 0 && info.Processed >= (round+1)*n {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: queue %+v", round, info)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		// Each job's record write went in one pipeline with its completion,
+		// record first; without the scripts in Redis, the first pipelines got
+		// NOSCRIPT and the jobs still completed.
+		ok, noscript := pipes.finishThenDone()
+		if round == 1 && (ok != n || noscript != 0) {
+			t.Errorf("%d pipelines carried a job's finish then its completion (%d got NOSCRIPT), want %d and 0", ok, noscript, n)
+		}
+		if round != 1 && (ok+noscript != n || noscript == 0) {
+			t.Errorf("round %d, no scripts loaded: %d finish-then-completion pipelines ran, %d got NOSCRIPT; want %d in all, some NOSCRIPT", round, ok, noscript, n)
+		}
 	}
-	// Finish and completion went as EVALs in a pipeline (the other scripts
-	// run as EVALSHA): two per job.
-	if evals := commandCalls(t, rdb)["eval"]; evals < 2*n {
-		t.Errorf("%d EVALs for %d jobs: the record write did not ride with the completion", evals, n)
+}
+
+// hookedOpt makes asynq's (and the worker's) Redis clients with a hook.
+type hookedOpt struct {
+	asynq.RedisClientOpt
+	hook redis.Hook
+}
+
+func (o hookedOpt) MakeRedisClient() any {
+	c := o.RedisClientOpt.MakeRedisClient().(*redis.Client)
+	c.AddHook(o.hook)
+	return c
+}
+
+// pipeRecorder records the pipelines a client sends: each command's name,
+// first key and error.
+type pipeRecorder struct {
+	mu    sync.Mutex
+	pipes [][]pipedCmd
+}
+
+type pipedCmd struct {
+	name, key string
+	err       error
+}
+
+func (p *pipeRecorder) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (p *pipeRecorder) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (p *pipeRecorder) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		var got []pipedCmd
+		for _, c := range cmds {
+			pc := pipedCmd{name: c.Name(), err: c.Err()}
+			if args := c.Args(); len(args) > 3 {
+				pc.key = fmt.Sprint(args[3]) // EVALSHA sha numkeys key...
+			}
+			got = append(got, pc)
+		}
+		p.mu.Lock()
+		p.pipes = append(p.pipes, got)
+		p.mu.Unlock()
+		return err
 	}
+}
+
+func (p *pipeRecorder) reset() {
+	p.mu.Lock()
+	p.pipes = nil
+	p.mu.Unlock()
+}
+
+// finishThenDone counts the pipelines that were a job record's finish
+// script then an asynq completion script, both EVALSHA: those that ran
+// (ok) and those that got NOSCRIPT.
+func (p *pipeRecorder) finishThenDone() (ok, noscript int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, cmds := range p.pipes {
+		if len(cmds) != 2 || cmds[0].name != "evalsha" || cmds[1].name != "evalsha" ||
+			!strings.HasPrefix(cmds[0].key, "genfleet:job:") || !strings.HasSuffix(cmds[1].key, ":active") {
+			continue
+		}
+		switch {
+		case cmds[0].err == nil && cmds[1].err == nil:
+			ok++
+		case redis.HasErrorPrefix(cmds[0].err, "NOSCRIPT") || redis.HasErrorPrefix(cmds[1].err, "NOSCRIPT"):
+			noscript++
+		}
+	}
+	return ok, noscript
 }
 
 // The worker's dequeue decides whether it may run a job and takes the

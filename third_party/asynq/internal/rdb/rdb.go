@@ -493,14 +493,21 @@ func (r *RDB) DoneWith(ctx context.Context, msg *base.TaskMessage, hook func(con
 	script, keys, argv := r.doneScript(msg)
 	pipe := r.client.Pipeline()
 	after := hook(ctx, pipe)
-	// EVAL with the script's source, not EVALSHA: a NOSCRIPT reply inside a
-	// pipeline could not fall back the way Script.Run does.
-	done := script.Eval(ctx, pipe, keys, argv...)
+	// EVALSHA, falling back to Script.Run (EVALSHA, then EVAL) after the
+	// pipeline where Redis does not have the script yet (a first use, or
+	// after a restart or SCRIPT FLUSH): a NOSCRIPT reply means it did not run.
+	// after, and with it the hook's own fallback, runs first, so the hook's
+	// commands still land before the completion.
+	done := script.EvalSha(ctx, pipe, keys, argv...)
 	_, _ = pipe.Exec(ctx)
 	if after != nil {
 		after()
 	}
-	if err := done.Err(); err != nil {
+	err := done.Err()
+	if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		err = script.Run(ctx, r.client, keys, argv...).Err()
+	}
+	if err != nil {
 		return errors.E(op, errors.Internal, fmt.Sprintf("redis eval error: %v", err))
 	}
 	return nil
