@@ -334,7 +334,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.submitted.WithLabelValues("enqueued").Inc()
-	s.log.Info("job enqueued", "job", id, "model", req.Model, "queue", queue, "route", route.Reason)
+	s.log.Debug("job enqueued", "job", id, "model", req.Model, "queue", queue, "route", route.Reason)
 	w.Header().Set("Location", "/v1/jobs/"+id)
 	writeJSON(w, http.StatusAccepted, accepted{ID: id, Queue: queue, Status: job.StatusQueued})
 }
