@@ -206,7 +206,7 @@ return "ok"`)
 // job already ended, takes the run claim for claimTTL, and writes run as
 // the record.
 func (s *Store) Start(ctx context.Context, run *Record, owner string, claimTTL time.Duration) (StartResult, error) {
-	b, err := json.Marshal(run)
+	b, err := encodeRecord(run)
 	if err != nil {
 		return "", err
 	}
@@ -263,7 +263,7 @@ return 1`)
 // MarkRunning writes run as the record of a job a worker claimed at
 // dequeue (ClaimHook), unless the job has ended meanwhile.
 func (s *Store) MarkRunning(ctx context.Context, run *Record) error {
-	b, err := json.Marshal(run)
+	b, err := encodeRecord(run)
 	if err != nil {
 		return err
 	}
@@ -331,7 +331,7 @@ func (s *Store) QueueFinish(ctx context.Context, pipe redis.Pipeliner, run *Reco
 }
 
 func finishArgs(run *Record, owner string) ([]string, []any, error) {
-	b, err := json.Marshal(run)
+	b, err := encodeRecord(run)
 	if err != nil {
 		return nil, nil, err
 	}

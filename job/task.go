@@ -55,7 +55,7 @@ func encodePayload(p Payload) ([]byte, error) {
 	}
 	p.Version = PayloadVersion
 	p.SubmittedAt = p.SubmittedAt.UTC()
-	return json.Marshal(p)
+	return encodePayloadJSON(&p)
 }
 
 // DecodePayload parses and validates a payload. Errors wrap ErrInvalid:

@@ -1,0 +1,83 @@
+package job
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"testing"
+	"time"
+)
+
+// FuzzEncodeRecord holds encodeRecord to json.Marshal, byte for byte (or
+// both failing), over records built from the fuzzer's strings, numbers and
+// times: strings with HTML, control characters, invalid UTF-8 and U+2028;
+// floats tiny, huge, negative zero and not finite; times in any zone and
+// out of JSON's range; every optional part present or not.
+func FuzzEncodeRecord(f *testing.F) {
+	f.Add("job-1", "<a&b>\u2028\x00\xff\"\\\t", "s3://m/x", 1.5, 1e-7, int64(0), int64(7), uint8(0xff))
+	f.Add("", "", "", 0.0, math.Copysign(0, -1), int64(1<<62), int64(-3600), uint8(0))
+	f.Add("x", "\u00e9\U0001F600", "p", 1e21, 123456789.125, int64(-62135596800e3), int64(86399), uint8(0x55))
+	f.Add("x", "y", "z", math.NaN(), 1.0, int64(253402300800e3), int64(0), uint8(0x0f))
+	f.Add("x", "y", "z", 7.5, math.Inf(1), int64(1e18), int64(19800), uint8(0xf0))
+	f.Fuzz(func(t *testing.T, s1, s2, s3 string, f1, f2 float64, nanos, offset int64, parts uint8) {
+		zone := time.FixedZone("z", int(offset%(48*3600)))
+		// Seconds from nanos/1000 reach years far outside 0–9999.
+		at := time.Unix(nanos/1000, (nanos%1e9+1e9)%1e9).In(zone)
+		r := &Record{ID: s1, Status: Status(s2), Model: s3, Attempt: int(f2)}
+		if parts&1 != 0 {
+			r.Queue, r.Error = s2, s3
+			r.Route = &Route{Queue: s1, Host: s2, Pool: s3, Reason: s1 + s2}
+		}
+		if parts&2 != 0 {
+			r.Request = &Request{Model: s1, Prompt: s2, NegativePrompt: s3, Width: int(nanos % 4096), Height: int(offset),
+				Steps: int(f2), Seed: nanos, Guidance: f1, SamplingMethod: s3, Scheduler: s2, OutputFormat: s1}
+		}
+		if parts&4 != 0 {
+			r.Progress = &Progress{Step: int(offset), Steps: int(nanos % 100)}
+		}
+		if parts&8 != 0 {
+			r.Timings = map[string]float64{s1: f1, s2: f2, "total": f1 + f2, s3 + "x": -f2}
+		}
+		if parts&16 != 0 {
+			r.Result = &Output{Bucket: s1, Key: s2, URL: s3, ContentType: s1, Bytes: nanos, SHA256: s2,
+				ModelDigest: s3, Width: int(offset), Height: -1, CacheHit: parts&32 != 0}
+			r.Worker = &WorkerInfo{Host: s3, PID: int(offset), Backend: s1}
+		}
+		if parts&64 != 0 {
+			r.CreatedAt = at
+			r.FinishedAt = at.Add(time.Duration(offset))
+		}
+		if parts&128 != 0 {
+			r.StartedAt = at.UTC()
+		}
+		want, werr := json.Marshal(r)
+		got, gerr := encodeRecord(r)
+		if (werr != nil) != (gerr != nil) || !bytes.Equal(got, want) {
+			t.Fatalf("encodeRecord\n got %s (%v)\nwant %s (%v)", got, gerr, want, werr)
+		}
+	})
+}
+
+// FuzzEncodePayload holds encodePayloadJSON to json.Marshal, as
+// FuzzEncodeRecord does encodeRecord.
+func FuzzEncodePayload(f *testing.F) {
+	f.Add("demo", "<a&b>\u2028\x00\xff\"\\\t", 7.5, int64(1e18), int64(0), true)
+	f.Add("", "", math.NaN(), int64(0), int64(3600), false)
+	f.Add("x", "y", 1e-9, int64(253402300800e3), int64(-60), true)
+	f.Fuzz(func(t *testing.T, s1, s2 string, g float64, nanos, offset int64, routed bool) {
+		at := time.Unix(nanos/1000, (nanos%1e9+1e9)%1e9).In(time.FixedZone("z", int(offset%(48*3600))))
+		p := &Payload{Version: int(offset), SubmittedAt: at,
+			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 100), Seed: nanos, Guidance: g, OutputFormat: s1}}
+		if routed {
+			p.Route = &Route{Queue: s1, Host: s2, Pool: s1, Reason: s2}
+		}
+		if offset%7 == 0 {
+			p.SubmittedAt = time.Time{}
+		}
+		want, werr := json.Marshal(p)
+		got, gerr := encodePayloadJSON(p)
+		if (werr != nil) != (gerr != nil) || !bytes.Equal(got, want) {
+			t.Fatalf("encodePayloadJSON\n got %s (%v)\nwant %s (%v)", got, gerr, want, werr)
+		}
+	})
+}
