@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // FuzzEncodeRecord holds encodeRecord to json.Marshal, byte for byte (or
@@ -80,4 +83,75 @@ func FuzzEncodePayload(f *testing.F) {
 			t.Fatalf("encodePayloadJSON\n got %s (%v)\nwant %s (%v)", got, gerr, want, werr)
 		}
 	})
+}
+
+// FuzzDecodeCanonicalPayload: whatever the canonical decoder accepts, the
+// strict encoding/json decode accepts too and decodes to the same payload;
+// and any payload encodePayloadJSON writes with strings that need no
+// escapes is taken by the canonical decoder (so the fast path is the path).
+func FuzzDecodeCanonicalPayload(f *testing.F) {
+	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"noop","width":64,"height":64,"steps":1,"seed":0,"guidance":7.5,"output_format":"png"},"submitted_at":"2026-11-27T12:00:00.123456789Z","route":{"queue":"pool:cpu","pool":"pool:cpu","reason":"cold"}}`), "demo", "a lighthouse", 7.5, int64(1e18), true)
+	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","width":01,"seed":0,"guidance":1}}`), "", "", 0.0, int64(0), false)
+	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","seed":-0,"guidance":-0.5e-3}}`), "é", "\u2028", 1e300, int64(-1), true)
+	f.Add([]byte(`{"v":1,"request":{"model":"d","prompt":"x","seed":1,"guidance":1e400}}`), "x", "<&>", -0.0, int64(5), false)
+	f.Fuzz(func(t *testing.T, b []byte, s1, s2 string, g float64, nanos int64, routed bool) {
+		if fast, ok := decodeCanonicalPayload(b); ok {
+			slow, err := decodePayloadJSON(b)
+			if err != nil || !reflect.DeepEqual(fast, slow) {
+				t.Fatalf("%s\ncanonical decoder: %+v\nencoding/json:     %+v (%v)", b, fast, slow, err)
+			}
+		}
+		p := &Payload{Version: PayloadVersion, SubmittedAt: time.Unix(0, nanos).UTC(),
+			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 3), Seed: nanos, Guidance: g, OutputFormat: s1}}
+		if routed {
+			p.Route = &Route{Queue: s2, Host: s1, Pool: s2, Reason: s1}
+		}
+		enc, err := encodePayloadJSON(p)
+		if err != nil {
+			return
+		}
+		fast, ok := decodeCanonicalPayload(enc)
+		slow, err := decodePayloadJSON(enc)
+		if err != nil {
+			t.Fatalf("encoding/json cannot decode %s: %v", enc, err)
+		}
+		plain := func(s string) bool {
+			return utf8.ValidString(s) && !strings.ContainsAny(s, "\"\\<>&\u2028\u2029") && !hasControl(s)
+		}
+		if !ok {
+			if plain(s1) && plain(s2) && !math.IsNaN(g) && !math.IsInf(g, 0) {
+				t.Fatalf("canonical decoder refused %s", enc)
+			}
+			return
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("%s\ncanonical decoder: %+v\nencoding/json:     %+v", enc, fast, slow)
+		}
+	})
+}
+
+func hasControl(s string) bool {
+	for _, c := range []byte(s) {
+		if c < 0x20 {
+			return true
+		}
+	}
+	return false
+}
+
+// A payload as the scheduler writes it takes the canonical path.
+func TestSchedulerPayloadIsCanonical(t *testing.T) {
+	req := Request{Model: "demo", Prompt: "a lighthouse at dusk", NegativePrompt: "blur", Seed: 42, SamplingMethod: "euler_a", Scheduler: "karras"}
+	task, _, err := NewRoutedTask("id-1", withDefaults(req), "cpu", &Route{Queue: "host:h1", Host: "h1", Pool: "pool:cpu", Reason: "warm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := decodeCanonicalPayload(task.Payload()); !ok {
+		t.Fatalf("payload %s is not read by the canonical decoder", task.Payload())
+	}
+}
+
+func withDefaults(r Request) Request {
+	r.ApplyDefaults()
+	return r
 }

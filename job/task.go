@@ -61,22 +61,13 @@ func encodePayload(p Payload) ([]byte, error) {
 // DecodePayload parses and validates a payload. Errors wrap ErrInvalid:
 // a payload that fails here never succeeds on retry.
 func DecodePayload(b []byte) (*Payload, error) {
-	// One strict pass over the payload: the request is decoded as its plain
-	// type, with the defaults Request.UnmarshalJSON would give it set first,
-	// rather than scanned again by a second decoder inside UnmarshalJSON.
-	var w struct {
-		Version     int          `json:"v"`
-		Request     plainRequest `json:"request"`
-		SubmittedAt time.Time    `json:"submitted_at,omitzero"`
-		Route       *Route       `json:"route,omitempty"`
+	p, ok := decodeCanonicalPayload(b)
+	if !ok {
+		var err error
+		if p, err = decodePayloadJSON(b); err != nil {
+			return nil, err
+		}
 	}
-	w.Request = plainRequest(requestDefaults)
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
-		return nil, fmt.Errorf("%w: payload is not valid JSON for %s: %w", ErrInvalid, TaskType, err)
-	}
-	p := Payload{Version: w.Version, Request: Request(w.Request), SubmittedAt: w.SubmittedAt, Route: w.Route}
 	if p.Version == 0 {
 		p.Version = 1
 	}
@@ -87,6 +78,26 @@ func DecodePayload(b []byte) (*Payload, error) {
 		return nil, err
 	}
 	return &p, nil
+}
+
+// decodePayloadJSON is DecodePayload's strict decode for any payload: one
+// pass, the request decoded as its plain type with the defaults
+// Request.UnmarshalJSON would give it set first, rather than scanned again
+// by a second decoder inside UnmarshalJSON.
+func decodePayloadJSON(b []byte) (Payload, error) {
+	var w struct {
+		Version     int          `json:"v"`
+		Request     plainRequest `json:"request"`
+		SubmittedAt time.Time    `json:"submitted_at,omitzero"`
+		Route       *Route       `json:"route,omitempty"`
+	}
+	w.Request = plainRequest(requestDefaults)
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return Payload{}, fmt.Errorf("%w: payload is not valid JSON for %s: %w", ErrInvalid, TaskType, err)
+	}
+	return Payload{Version: w.Version, Request: Request(w.Request), SubmittedAt: w.SubmittedAt, Route: w.Route}, nil
 }
 
 // NewTask returns the asynq task for req with job id id (the asynq task id,
