@@ -369,6 +369,11 @@ func (s *Server) unavailable(w http.ResponseWriter, err error) {
 
 var errJobNotFound = errors.New("job not found")
 
+// afterRecordRead, when a test sets it, runs in lookup between the read of
+// a job's record and the read of its task: where a job that ends at that
+// moment lands.
+var afterRecordRead func(id string)
+
 // lookup returns what is known of job id: the job record, reconciled with
 // asynq's task state; or, for a job enqueued straight into Redis that no
 // worker has picked up yet, a record made from asynq's task state alone.
@@ -379,6 +384,9 @@ func (s *Server) lookup(ctx context.Context, id string) (*job.Record, error) {
 	}
 	if rec != nil && rec.Status.Terminal() {
 		return rec, nil
+	}
+	if afterRecordRead != nil {
+		afterRecordRead(id)
 	}
 	// The record's queue first (where the job most likely is); every queue
 	// only when it is not there (a job no worker started yet, or one moved).
@@ -402,21 +410,28 @@ func (s *Server) lookup(ctx context.Context, id string) (*job.Record, error) {
 			}
 		}
 	}
-	if info == nil && rec == nil {
+	if info == nil || info.State == asynq.TaskStateArchived {
 		// The job may have ended between the two reads: a worker writes the
-		// final record in the same pipeline as, and before, the completion
-		// that deletes the task. Read the record again before saying no.
-		if rec, err = s.store.Get(ctx, id); errors.Is(err, job.ErrNoRecord) {
-			return nil, errJobNotFound
-		} else if err != nil {
+		// final record before asynq deletes the task (in the completion's
+		// pipeline) or archives it (before the handler returns). Read the
+		// record again before answering from the task, or its absence.
+		again, err := s.store.Get(ctx, id)
+		if err != nil && !errors.Is(err, job.ErrNoRecord) {
 			return nil, err
 		}
-		return rec, nil
+		if again != nil {
+			rec = again
+		}
+		switch {
+		case rec != nil && rec.Status.Terminal():
+			return rec, nil
+		case info == nil && rec == nil:
+			return nil, errJobNotFound
+		case info == nil:
+			return rec, nil
+		}
 	}
-	switch {
-	case info == nil:
-		return rec, nil
-	case rec == nil:
+	if rec == nil {
 		rec = &job.Record{ID: id, Status: job.StatusQueued, Queue: info.Queue}
 		if p, err := job.DecodePayload(info.Payload); err == nil {
 			rec.Model = p.Request.Model
