@@ -71,8 +71,8 @@ func flagGiven(f flags, name string) bool {
 func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
 	f := newFlags("bench queue", stderr)
 	c := addCommon(f)
-	jobs := f.Int("jobs", 5000, "no-op jobs per side and round")
-	rounds := f.Int("rounds", 3, "rounds, each raw asynq then genfleet; the figures are medians over rounds")
+	jobs := f.Int("jobs", 10000, "no-op jobs per side and round")
+	rounds := f.Int("rounds", 5, "rounds, each raw asynq then genfleet; the figures are medians over rounds")
 	conc := f.Int("concurrency", 4, "worker concurrency (both sides)")
 	clients := f.Int("clients", 8, "concurrent submitters (both sides)")
 	idle := f.Int("idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures")
@@ -499,6 +499,9 @@ func (f *noopFleet) rate(ctx context.Context, body []byte, n, clients int) (floa
 func (f *noopFleet) submit(ctx context.Context, body []byte) (string, error) {
 	if f.stdClient != nil {
 		return f.submitStd(ctx, body)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
 	}
 	c, err := f.conn()
 	if err != nil {
