@@ -354,6 +354,15 @@ func TestCancelKillsTheProcessGroup(t *testing.T) {
 	t.Setenv("FAKESD_CHILDPID", pidFile)
 	b := newBackend(t, Config{Mode: ModeProcess})
 	m, _ := model(t, "m", "model")
+	child := cancelHungGenerate(t, b, m, pidFile)
+	waitGone(t, "the engine's child", child)
+}
+
+// cancelHungGenerate starts a job that hangs, cancels it once the engine's
+// child has written its pid to pidFile, checks that Generate returns
+// context.Canceled, and returns the child's pid.
+func cancelHungGenerate(t *testing.T, b *Backend, m backends.Model, pidFile string) int {
+	t.Helper()
 	p := params()
 	p.Prompt = "hang"
 	ctx, cancel := context.WithCancel(t.Context())
@@ -372,7 +381,7 @@ func TestCancelKillsTheProcessGroup(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Generate did not return after cancel")
 	}
-	waitGone(t, "the engine's child", child)
+	return child
 }
 
 func TestTimeoutKillsTheProcessGroup(t *testing.T) {
@@ -466,18 +475,7 @@ func TestServerFailureCancelAndRestart(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 
-	p.Prompt = "hang"
-	ctx, cancel := context.WithCancel(t.Context())
-	errc := make(chan error, 1)
-	go func() {
-		_, err := b.Generate(ctx, m, p, nil)
-		errc <- err
-	}()
-	child := readPid(t, pidFile)
-	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
-		t.Errorf("err = %v, want context.Canceled", err)
-	}
+	child := cancelHungGenerate(t, b, m, pidFile)
 	waitGone(t, "the server's child", child)
 	eventually(t, 5*time.Second, func() bool { return held.Load() == 0 },
 		func() string { return fmt.Sprintf("killed server's leases still held: %d", held.Load()) })
