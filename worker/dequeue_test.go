@@ -172,7 +172,7 @@ func TestDequeueHostFirstOneScriptPerPoll(t *testing.T) {
 }
 
 // A job's final record write travels with asynq's completion of the task:
-// both are EVALs in one pipeline (asynq.OnSuccess). Outside a task's
+// both are EVALSHAs in one pipeline (asynq.OnSuccess). Outside a task's
 // context finishDone writes at once.
 func TestFinishRidesWithTheCompletion(t *testing.T) {
 	srv := testenv.Redis(t).Addr

@@ -357,9 +357,8 @@ func (r *rawAsynq) rate(ctx context.Context, n, clients int) (float64, error) {
 // noopFleet is a scheduler and one worker, in this process, running no-op
 // jobs: the whole genfleet path except the model, backend and upload.
 type noopFleet struct {
-	addr  string
+	addr  string // the API's host:port
 	conns chan *apiConn
-	url   string
 	// stdClient, when set, submits through net/http's client instead.
 	stdClient *http.Client
 	done      func() float64
@@ -437,7 +436,6 @@ func startNoopFleet(ctx context.Context, c *common, opt asynq.RedisConnOpt, conc
 	return &noopFleet{
 		addr:  ln.Addr().String(),
 		conns: make(chan *apiConn, 64),
-		url:   "http://" + ln.Addr().String(),
 		done:  func() float64 { return counterValue(promReg, "genfleet_worker_jobs_total", "succeeded") },
 		stopAll: func() {
 			stopWorker()
@@ -518,18 +516,28 @@ func (f *noopFleet) submit(ctx context.Context, body []byte) (string, error) {
 
 // submitStd is submit through net/http's client (--client net/http).
 func (f *noopFleet) submitStd(ctx context.Context, body []byte) (string, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.url+"/v1/jobs", bytes.NewReader(body))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+f.addr+"/v1/jobs", bytes.NewReader(body))
 	resp, err := f.stdClient.Do(req)
 	if err != nil {
 		return "", err
 	}
-	defer resp.Body.Close()
+	return acceptedID(resp)
+}
+
+// acceptedID reads and closes the body of a response to POST /v1/jobs and
+// returns the accepted job's id, or the API's error.
+func acceptedID(resp *http.Response) (string, error) {
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return "", err
+	}
 	var out struct {
 		ID    string `json:"id"`
 		Error string `json:"error"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return "", err
+	if err := json.Unmarshal(b, &out); err != nil {
+		return "", fmt.Errorf("POST /v1/jobs: %s: %w", resp.Status, err)
 	}
 	if resp.StatusCode != http.StatusAccepted {
 		return "", fmt.Errorf("POST /v1/jobs: %s: %s", resp.Status, out.Error)
@@ -580,25 +588,11 @@ func (c *apiConn) post(body []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return "", err
+	id, err := acceptedID(resp)
+	if err == nil && resp.Close {
+		err = fmt.Errorf("POST /v1/jobs: the server closed the connection")
 	}
-	if resp.Close {
-		return "", fmt.Errorf("POST /v1/jobs: the server closed the connection")
-	}
-	var out struct {
-		ID    string `json:"id"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(b, &out); err != nil {
-		return "", fmt.Errorf("POST /v1/jobs: %s: %w", resp.Status, err)
-	}
-	if resp.StatusCode != http.StatusAccepted {
-		return "", fmt.Errorf("POST /v1/jobs: %s: %s", resp.Status, out.Error)
-	}
-	return out.ID, nil
+	return id, err
 }
 
 // waitDone waits until the worker has finished n jobs in all. It reads the

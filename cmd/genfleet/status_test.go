@@ -42,7 +42,7 @@ func TestStatusNeverMissesAFinishingJob(t *testing.T) {
 		}
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			resp, err := http.Get(fleet.url + "/v1/jobs/" + id)
+			resp, err := http.Get("http://" + fleet.addr + "/v1/jobs/" + id)
 			if err != nil {
 				t.Fatal(err)
 			}
