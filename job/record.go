@@ -190,11 +190,13 @@ if not redis.call("SET", ck, owner, "NX", "PX", ttl) then return "claimed" end
 redis.call("HDEL", rk, "step", "steps")
 return "ok"`
 
+// claimFunc defines claimLua as the Lua function claim, for the scripts
+// that use it.
+const claimFunc = "local function claim(rk, ck, owner, ttl)" + claimLua + "\nend\n"
+
 // startScript: one round trip to decide whether a worker may run a job and,
 // if so, take the job's run claim and write its record.
-var startScript = redis.NewScript(`
-local function claim(rk, ck, owner, ttl)` + claimLua + `
-end
+var startScript = redis.NewScript(claimFunc + `
 local r = claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 if r ~= "ok" then return r end
 redis.call("HSET", KEYS[1], "run", ARGV[3])
@@ -223,9 +225,7 @@ func (s *Store) Start(ctx context.Context, run *Record, owner string, claimTTL t
 // claims a job in the round trip that dequeues it. Its arguments are
 // ClaimHookArgs; its result, ParseClaimHook's input, is the StartResult
 // followed, when ok, by a space and the owner that holds the claim.
-const ClaimHook = `
-local function claim(rk, ck, owner, ttl)` + claimLua + `
-end
+const ClaimHook = claimFunc + `
 local r = claim("` + recordPrefix + `" .. id, "` + claimPrefix + `" .. id, args[1], args[2])
 if r == "ok" then return "ok " .. args[1] end
 return r`

@@ -575,6 +575,12 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 // back) is not an outcome.
 func (w *Worker) finish(ctx context.Context, rec *job.Record, st job.Status, msg string, started time.Time, owner string) {
 	w.settle(rec, st, msg, started)
+	w.write(ctx, rec, owner)
+}
+
+// write writes rec as the job's record, releasing owner's claim; a failure
+// is logged (the job's outcome stands: asynq's task state still says it).
+func (w *Worker) write(ctx context.Context, rec *job.Record, owner string) {
 	if err := w.store.Finish(ctx, rec, owner); err != nil {
 		w.log.Error("write job record", "job", rec.ID, "err", err)
 	}
@@ -595,9 +601,7 @@ func (w *Worker) finishDone(ctx context.Context, rec *job.Record, st job.Status,
 		}
 	})
 	if !queued {
-		if err := w.store.Finish(ctx, rec, owner); err != nil {
-			w.log.Error("write job record", "job", rec.ID, "err", err)
-		}
+		w.write(ctx, rec, owner)
 	}
 }
 
