@@ -98,3 +98,69 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// isolateAWSEnv leaves the test with no AWS or GENFLEET_S3_* settings from
+// the machine it runs on: no credentials in the environment, no shared
+// config files, no instance metadata service.
+func isolateAWSEnv(t *testing.T) {
+	t.Helper()
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+		"AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+		"GENFLEET_S3_ENDPOINT", "GENFLEET_S3_ACCESS_KEY", "GENFLEET_S3_SECRET_KEY"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(home, "no-config"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(home, "no-credentials"))
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+}
+
+// A command that needs S3 on a machine with no endpoint and no
+// credentials says which flags to set, after the SDK's own words; AWS
+// credentials from the environment or the shared credentials file still
+// work where they exist.
+func TestS3CredentialsHint(t *testing.T) {
+	isolateAWSEnv(t)
+	code, _, stderr := runCLI("models", "ls")
+	if code != 1 {
+		t.Fatalf("models ls with no S3 settings: exit %d\n%s", code, stderr)
+	}
+	for _, want := range []string{"no S3 endpoint and no S3 credentials", "--s3-endpoint (GENFLEET_S3_ENDPOINT)", "--s3-access-key", "--s3-secret-key", "AWS_ACCESS_KEY_ID"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	if i, j := strings.LastIndex(stderr, "IMDS"), strings.LastIndex(stderr, "--s3-endpoint"); i > j {
+		t.Errorf("the message ends with the SDK's words, not what to do:\n%s", stderr)
+	}
+	// An endpoint without keys: the hint names the key flags.
+	code, _, stderr = runCLI("models", "ls", "--s3-endpoint", "http://127.0.0.1:1")
+	if code != 1 || !strings.Contains(stderr, "S3 endpoint http://127.0.0.1:1: no S3 credentials") || !strings.Contains(stderr, "--s3-secret-key") {
+		t.Errorf("endpoint without keys: exit %d\n%s", code, stderr)
+	}
+	// One key without the other.
+	code, _, stderr = runCLI("models", "ls", "--s3-endpoint", "http://127.0.0.1:1", "--s3-access-key", "k")
+	if code != 1 || !strings.Contains(stderr, "give both or neither") {
+		t.Errorf("access key alone: exit %d\n%s", code, stderr)
+	}
+
+	// Credentials the AWS way, against a real S3 server.
+	e := newPushEnv(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", e.s.Config.AccessKey)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", e.s.Config.SecretKey)
+	if code, out, stderr := runCLI("models", "ls", "--registry", "s3://pushmodels/", "--s3-endpoint", e.s.Endpoint); code != 0 || !strings.HasPrefix(out, "NAME") {
+		t.Errorf("credentials from AWS_* variables: exit %d\n%s%s", code, out, stderr)
+	}
+	os.Unsetenv("AWS_ACCESS_KEY_ID")
+	os.Unsetenv("AWS_SECRET_ACCESS_KEY")
+	creds := "[default]\naws_access_key_id = " + e.s.Config.AccessKey + "\naws_secret_access_key = " + e.s.Config.SecretKey + "\n"
+	if err := os.WriteFile(os.Getenv("AWS_SHARED_CREDENTIALS_FILE"), []byte(creds), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, stderr := runCLI("models", "ls", "--registry", "s3://pushmodels/", "--s3-endpoint", e.s.Endpoint); code != 0 || !strings.HasPrefix(out, "NAME") {
+		t.Errorf("credentials from the shared credentials file: exit %d\n%s%s", code, out, stderr)
+	}
+}

@@ -311,8 +311,24 @@ func (c *common) s3Config() s3x.Config {
 	return s3x.Config{Endpoint: *c.s3Endpoint, Region: *c.s3Region, AccessKey: *c.s3Access, SecretKey: *c.s3Secret, PathStyle: *c.s3PathStyle}
 }
 
+// s3Client returns the S3 client the flags describe. When neither the
+// flags nor the AWS credential chain hold credentials, the error says which
+// flags to set rather than what the chain tried last.
 func (c *common) s3Client(ctx context.Context) (*s3.Client, error) {
-	return s3x.NewClient(ctx, c.s3Config())
+	cl, err := s3x.NewClient(ctx, c.s3Config())
+	if errors.Is(err, s3x.ErrNoCredentials) {
+		keys := "--s3-access-key and --s3-secret-key (GENFLEET_S3_ACCESS_KEY, GENFLEET_S3_SECRET_KEY)"
+		if *c.s3Endpoint == "" {
+			return nil, fmt.Errorf("no S3 endpoint and %w: for an S3-compatible server (MinIO, versitygw, the one `genfleet dev` prints) "+
+				"set --s3-endpoint (GENFLEET_S3_ENDPOINT) and %s; for AWS S3 set those keys or AWS credentials "+
+				"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials, an instance or pod role)", err, keys)
+		}
+		return nil, fmt.Errorf("S3 endpoint %s: %w: set %s", *c.s3Endpoint, err, keys)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("s3: %w", err)
+	}
+	return cl, nil
 }
 
 func (c *common) registryURL() (s3x.URL, error) {

@@ -38,10 +38,23 @@ type Config struct {
 	PathStyle bool
 }
 
+// ErrNoCredentials means that cfg has no keys and the SDK's default
+// credential chain found none either.
+var ErrNoCredentials = errors.New("no S3 credentials")
+
 // NewClient returns an S3 client for cfg. Checksums are computed and validated
 // only where S3 requires them, which keeps the client compatible with
 // S3-compatible servers that do not implement flexible checksums.
+//
+// Without keys in cfg the SDK's default credential chain is asked for
+// credentials once, here, so that a machine with none fails now with an
+// error wrapping ErrNoCredentials, rather than at the first request with
+// the chain's last word (usually that no EC2 instance role was found). One
+// key without the other is an error too.
 func NewClient(ctx context.Context, cfg Config) (*s3.Client, error) {
+	if (cfg.AccessKey == "") != (cfg.SecretKey == "") {
+		return nil, errors.New("S3 access key without secret key, or the other way round: give both or neither")
+	}
 	region := cfg.Region
 	if region == "" {
 		region = "us-east-1"
@@ -62,6 +75,14 @@ func NewClient(ctx context.Context, cfg Config) (*s3.Client, error) {
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("s3 config: %w", err)
+	}
+	if cfg.AccessKey == "" {
+		if awsCfg.Credentials == nil {
+			return nil, ErrNoCredentials
+		}
+		if _, err := awsCfg.Credentials.Retrieve(ctx); err != nil {
+			return nil, fmt.Errorf("%w (the AWS credential chain found none: %v)", ErrNoCredentials, err)
+		}
 	}
 	return s3.NewFromConfig(awsCfg, func(o *s3.Options) {
 		if cfg.Endpoint != "" {
