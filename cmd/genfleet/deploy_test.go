@@ -629,6 +629,9 @@ func TestComposeFile(t *testing.T) {
 			if role == "scheduler" && u.Path != "/readyz" {
 				t.Errorf("scheduler healthcheck path %s, want /readyz (dependants must wait for Redis)", u.Path)
 			}
+			if role == "scheduler" {
+				checkComposeAPIAuth(t, name, s, env, table)
+			}
 		}
 		if role == "worker" {
 			cacheDir := roleSetting(t, table, "worker", "cache-dir", env)
@@ -685,6 +688,33 @@ func TestComposeFile(t *testing.T) {
 	}
 	checkGrafanaCompose(t, p.Services["grafana"])
 	checkPrometheusConfig(t, table, p)
+}
+
+// checkComposeAPIAuth: the compose scheduler starts (checkAPIExposure lets
+// it), and where it serves the API without a token its port is published
+// on loopback only.
+func checkComposeAPIAuth(t *testing.T, name string, s composetypes.ServiceConfig, env map[string]string, table []commandFlags) {
+	t.Helper()
+	rf := &routingFlags{apiToken: new(string)}
+	*rf.apiToken = roleSetting(t, table, "scheduler", "api-token", env)
+	allow, err := strconv.ParseBool(roleSetting(t, table, "scheduler", "allow-unauthenticated", env))
+	if err != nil {
+		t.Fatalf("service %s: GENFLEET_ALLOW_UNAUTHENTICATED: %v", name, err)
+	}
+	if err := checkAPIExposure(roleSetting(t, table, "scheduler", "listen", env), rf.apiTokens(), allow); err != nil {
+		t.Errorf("service %s would not start: %v", name, err)
+	}
+	if len(rf.apiTokens()) > 0 {
+		return
+	}
+	if len(s.Ports) == 0 {
+		t.Errorf("service %s publishes no port", name)
+	}
+	for _, p := range s.Ports {
+		if ip := net.ParseIP(p.HostIP); ip == nil || !ip.IsLoopback() {
+			t.Errorf("service %s serves the API without a token on host address %q: publish it on 127.0.0.1 or set a token", name, p.HostIP)
+		}
+	}
 }
 
 // checkGrafanaCompose: the dashboard provider's path is a mounted directory
@@ -985,8 +1015,12 @@ type k8sContainer struct {
 	Command []string `json:"command"`
 	Args    []string `json:"args"`
 	Env     []struct {
-		Name  string `json:"name"`
-		Value string `json:"value"`
+		Name      string `json:"name"`
+		Value     string `json:"value"`
+		ValueFrom *struct {
+			SecretKeyRef    *struct{ Name, Key string } `json:"secretKeyRef"`
+			ConfigMapKeyRef *struct{ Name, Key string } `json:"configMapKeyRef"`
+		} `json:"valueFrom"`
 	} `json:"env"`
 	EnvFrom []struct {
 		ConfigMapRef *struct{ Name string } `json:"configMapRef"`
@@ -1105,8 +1139,17 @@ func TestKustomizeOverlays(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(prodDir, "credentials.env"), ex, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(repoPath("infra", "k8s", "overlays", "production", "credentials.env")); err == nil {
-		t.Error("infra/k8s/overlays/production/credentials.env exists in the tree: it holds secrets and must not be committed")
+	ex, err = os.ReadFile(filepath.Join(prodDir, "api-token.env.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(prodDir, "api-token.env"), ex, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"credentials.env", "api-token.env"} {
+		if _, err := os.Stat(repoPath("infra", "k8s", "overlays", "production", f)); err == nil {
+			t.Errorf("infra/k8s/overlays/production/%s exists in the tree: it holds secrets and must not be committed", f)
+		}
 	}
 
 	wantUID, _ := strconv.ParseInt(strings.Split(df.user, ":")[0], 10, 64)
@@ -1190,7 +1233,23 @@ func checkOverlay(t *testing.T, bo builtOverlay, known map[string]bool, table []
 				if strings.HasPrefix(e.Name, "GENFLEET_") && !known[e.Name] {
 					t.Errorf("%s sets %s, which no genfleet flag reads", cw, e.Name)
 				}
-				env[e.Name] = e.Value
+				v := e.Value
+				if vf := e.ValueFrom; vf != nil {
+					// A key of a ConfigMap or Secret the overlay defines.
+					ref, key := "", ""
+					switch {
+					case vf.SecretKeyRef != nil:
+						ref, key = "Secret/"+vf.SecretKeyRef.Name, vf.SecretKeyRef.Key
+					case vf.ConfigMapKeyRef != nil:
+						ref, key = "ConfigMap/"+vf.ConfigMapKeyRef.Name, vf.ConfigMapKeyRef.Key
+					}
+					data, ok := bo.configs[ref]
+					if _, has := data[key]; ref == "" || !ok || !has {
+						t.Errorf("%s takes %s from %s key %q, which the overlay does not define", cw, e.Name, ref, key)
+					}
+					v = data[key]
+				}
+				env[e.Name] = v
 			}
 			if !strings.Contains(c.Image, "genfleet") || len(c.Command) > 0 || len(c.Args) == 0 {
 				continue
@@ -1213,6 +1272,7 @@ func checkOverlay(t *testing.T, bo builtOverlay, known map[string]bool, table []
 			if role == "scheduler" && c.ReadinessProbe != nil && c.ReadinessProbe.HTTPGet != nil && c.ReadinessProbe.HTTPGet.Path != "/readyz" {
 				t.Errorf("%s readiness probe %s, want /readyz", cw, c.ReadinessProbe.HTTPGet.Path)
 			}
+			checkK8sAPIAuth(t, cw, role, c, env, table)
 			// Non-root, matching the image's user.
 			sc := ps.SecurityContext
 			if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser != wantUID {
@@ -1291,6 +1351,37 @@ func checkOverlay(t *testing.T, bo builtOverlay, known map[string]bool, table []
 	}
 	if !svc {
 		t.Errorf("overlay %s has no genfleet-scheduler Service", bo.name)
+	}
+}
+
+// checkK8sAPIAuth: on Kubernetes the scheduler starts (checkAPIExposure
+// lets it) because it has an API token, taken from a Secret, not because
+// authentication is switched off; no other genfleet container holds the
+// token.
+func checkK8sAPIAuth(t *testing.T, cw, role string, c k8sContainer, env map[string]string, table []commandFlags) {
+	t.Helper()
+	fromSecret := false
+	for _, e := range c.Env {
+		if e.Name == "GENFLEET_API_TOKEN" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			fromSecret = true
+		}
+	}
+	if role != "scheduler" {
+		if _, ok := env["GENFLEET_API_TOKEN"]; ok {
+			t.Errorf("%s (genfleet %s) gets GENFLEET_API_TOKEN: only the scheduler needs it", cw, role)
+		}
+		return
+	}
+	if !fromSecret {
+		t.Errorf("%s: GENFLEET_API_TOKEN must come from a Secret (valueFrom.secretKeyRef)", cw)
+	}
+	if allow := roleSetting(t, table, "scheduler", "allow-unauthenticated", env); allow != "false" {
+		t.Errorf("%s sets GENFLEET_ALLOW_UNAUTHENTICATED=%s: use the API token instead", cw, allow)
+	}
+	rf := &routingFlags{apiToken: new(string)}
+	*rf.apiToken = env["GENFLEET_API_TOKEN"]
+	if err := checkAPIExposure(roleSetting(t, table, "scheduler", "listen", env), rf.apiTokens(), false); err != nil {
+		t.Errorf("%s would not start: %v", cw, err)
 	}
 }
 

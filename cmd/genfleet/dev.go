@@ -40,7 +40,15 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	demoSize := f.String("demo-size", "32MiB", "size of the seeded demo model")
 	logLevel := f.str("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	backendName := f.str("backend", "GENFLEET_BACKEND", "cpu", "the workers' backend: "+fmt.Sprint(backends.Names())+" or auto (cuda where a GPU is usable, else cpu)")
+	apiToken := apiTokenFlag(f)
+	allowUnauth := allowUnauthFlag(f)
 	if err := f.parse(args, 0); err != nil {
+		return err
+	}
+	// The in-process scheduler's routing and authentication settings.
+	rf := addRoutingFlags(newFlags("dev-internal", io.Discard))
+	rf.apiToken, rf.allowUnauth = apiToken, allowUnauth
+	if err := checkAPIExposure(*listen, rf.apiTokens(), *allowUnauth); err != nil {
 		return err
 	}
 	size, err := parseSize(*demoSize)
@@ -185,7 +193,6 @@ or:
 Ctrl-C stops everything.
 `, url, *workers, backend, cacheDir, mr.Addr(), s3Endpoint, url, url, url, url)
 
-	rf := addRoutingFlags(newFlags("dev-internal", io.Discard))
 	err = serveScheduler(ctx, c, apiLn, pool, rf, log)
 	fmt.Fprintln(stderr, "genfleet dev: stopping")
 	if errors.Is(err, net.ErrClosed) {

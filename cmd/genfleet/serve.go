@@ -35,12 +35,52 @@ func cmdScheduler(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := f.parse(args, 0); err != nil {
 		return err
 	}
+	// Refuse an open API on a reachable address before binding anything.
+	if err := checkAPIExposure(*listen, rf.apiTokens(), *rf.allowUnauth); err != nil {
+		return err
+	}
 	log := c.logger(stderr)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *listen, err)
 	}
 	return serveScheduler(ctx, c, ln, *pool, rf, log)
+}
+
+// loopbackOnly reports whether a listener on addr ("host:port") can be
+// reached from this host only: host is a loopback address or "localhost".
+// An empty host or an unspecified address (":8080", "0.0.0.0:8080",
+// "[::]:8080") binds every interface, and any other name may resolve to
+// an address other hosts reach, so neither counts.
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkAPIExposure refuses to serve the API on addr without authentication
+// (no tokens) when other hosts can reach addr, unless allowUnauth says an
+// operator accepted that: like Redis's protected mode, an API that anyone
+// on the network can use must be asked for, not fallen into.
+func checkAPIExposure(addr string, tokens []string, allowUnauth bool) error {
+	if len(tokens) > 0 || allowUnauth || loopbackOnly(addr) {
+		return nil
+	}
+	port := "8080"
+	if _, p, err := net.SplitHostPort(addr); err == nil {
+		port = p
+	}
+	return fmt.Errorf("refusing to serve the API on %s without authentication: other hosts can reach that address, "+
+		"and anyone who reaches the API can submit jobs and read every job's images. Either set an API token "+
+		"(GENFLEET_API_TOKEN or --api-token; clients send \"Authorization: Bearer <token>\"), or listen on loopback only "+
+		"(--listen 127.0.0.1:%s), or, if something in front of the API already keeps strangers out (a firewall, an "+
+		"authenticating proxy), pass --allow-unauthenticated (GENFLEET_ALLOW_UNAUTHENTICATED=true) to serve it open", addr, port)
 }
 
 // routingFlags configure the router and the reaper, and the API's
@@ -51,6 +91,7 @@ type routingFlags struct {
 	backlogCap  *int
 	hostTimeout *time.Duration
 	apiToken    *string
+	allowUnauth *bool
 	enginePools *string
 }
 
@@ -80,12 +121,28 @@ func addRoutingFlags(f flags) *routingFlags {
 		backlogCap:  f.integer("backlog-cap", "GENFLEET_BACKLOG_CAP", 0, "most jobs queued for one host before routing falls back to the pool; 0 = 2 per worker slot"),
 		hostTimeout: f.duration("host-timeout", "GENFLEET_HOST_TIMEOUT", 10*time.Second, "silence after which a host's queued jobs move back to the pool"),
 		enginePools: f.str("engine-pool", "GENFLEET_ENGINE_POOL", "sdcpp=sdcpp", "device class that runs each model engine other than the built-in one, ENGINE=CLASS[,…]"),
-		apiToken:    f.str("api-token", "GENFLEET_API_TOKEN", "", "bearer token clients must send (several, comma-separated, during a rotation); empty = no authentication. Prefer the environment: flags show in ps"),
+		apiToken:    apiTokenFlag(f),
+		allowUnauth: allowUnauthFlag(f),
 	}
 }
 
-// serveScheduler runs the API and the reaper on ln until ctx ends.
+// apiTokenFlag and allowUnauthFlag are the API's authentication flags, for
+// every command that serves the API.
+func apiTokenFlag(f flags) *string {
+	return f.str("api-token", "GENFLEET_API_TOKEN", "", "bearer token clients must send (several, comma-separated, during a rotation); empty = no authentication, allowed only on a loopback --listen or with --allow-unauthenticated. Prefer the environment: flags show in ps")
+}
+
+func allowUnauthFlag(f flags) *bool {
+	return f.boolean("allow-unauthenticated", "GENFLEET_ALLOW_UNAUTHENTICATED", false, "serve the API without --api-token on an address other hosts can reach (anyone who reaches it can submit jobs and read their images); without it such a scheduler refuses to start")
+}
+
+// serveScheduler runs the API and the reaper on ln until ctx ends. It
+// refuses an unauthenticated API on an address other hosts can reach (see
+// checkAPIExposure), judging by the address ln really bound.
 func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string, rf *routingFlags, log *slog.Logger) error {
+	if err := checkAPIExposure(ln.Addr().String(), rf.apiTokens(), *rf.allowUnauth); err != nil {
+		return err
+	}
 	redisOpt, err := c.redisOpt()
 	if err != nil {
 		return err
