@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,6 +41,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	demoSize := f.String("demo-size", "32MiB", "size of the seeded demo model")
 	logLevel := f.str("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	backendName := f.str("backend", "GENFLEET_BACKEND", "cpu", "the workers' backend: "+fmt.Sprint(backends.Names())+" or auto (cuda where a GPU is usable, else cpu)")
+	envFile := f.String("env-file", "", "also write the settings a second shell needs (export GENFLEET_… lines, for `. FILE`) to this file, mode 0600; it is removed when dev stops")
 	apiToken := apiTokenFlag(f)
 	allowUnauth := allowUnauthFlag(f)
 	if err := f.parse(args, 0); err != nil {
@@ -108,18 +110,19 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer s3Srv.Close()
 	s3Endpoint := "http://" + s3Ln.Addr().String()
 
-	env := map[string]string{
-		"GENFLEET_REDIS":         mr.Addr(),
-		"GENFLEET_S3_ENDPOINT":   s3Endpoint,
-		"GENFLEET_S3_ACCESS_KEY": devAccessKey,
-		"GENFLEET_S3_SECRET_KEY": devSecretKey,
-		"GENFLEET_S3_PATH_STYLE": "true",
-		"GENFLEET_S3_REGION":     "us-east-1",
-		"GENFLEET_LOG_LEVEL":     *logLevel,
-	}
-	// The in-process scheduler reads the same settings through its flags.
+	// The in-process scheduler's connection settings; the workers and a
+	// second shell get the same ones through the environment (shellEnv).
 	c := addCommon(newFlags("dev-internal", io.Discard))
 	*c.redis, *c.s3Endpoint, *c.s3Access, *c.s3Secret, *c.logLevel = mr.Addr(), s3Endpoint, devAccessKey, devSecretKey, *logLevel
+	*c.s3Region, *c.s3PathStyle = "us-east-1", true
+	url := "http://" + apiLn.Addr().String()
+	shell := shellEnv(c, url)
+	if *envFile != "" {
+		if err := writeEnvFile(*envFile, shell); err != nil {
+			return fmt.Errorf("--env-file: %w", err)
+		}
+		defer os.Remove(*envFile)
+	}
 
 	// Seed the demo model.
 	fmt.Fprintf(stderr, "genfleet dev: making the %s demo model…\n", *demoSize)
@@ -160,9 +163,9 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		cmd := exec.Command(self, "worker", "--backend", backend,
 			"--cache-dir", cacheDir, "--host-id", "dev", "--metrics-listen", "127.0.0.1:0",
 			"--shutdown-timeout", "10s")
-		cmd.Env = os.Environ()
-		for k, v := range env {
-			cmd.Env = append(cmd.Env, k+"="+v)
+		cmd.Env = append(os.Environ(), "GENFLEET_LOG_LEVEL="+*logLevel)
+		for _, kv := range shell {
+			cmd.Env = append(cmd.Env, kv.name+"="+kv.value)
 		}
 		cmd.Stdout = stderr
 		cmd.Stderr = &prefixWriter{w: stderr, prefix: fmt.Sprintf("worker-%d | ", i)}
@@ -177,21 +180,37 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		go func() { defer wg.Done(); _ = cmd.Wait() }()
 	}
 
-	url := "http://" + apiLn.Addr().String()
+	auth := ""
+	if len(rf.apiTokens()) > 0 {
+		auth = ` -H "Authorization: Bearer $GENFLEET_API_TOKEN"`
+	}
+	var exports strings.Builder
+	for _, kv := range shell {
+		fmt.Fprintf(&exports, "  export %s=%s\n", kv.name, shellQuote(kv.value))
+	}
+	envHint := "genfleet dev --env-file FILE writes these lines to FILE for `. FILE`"
+	if *envFile != "" {
+		envHint = "or: . " + shellQuote(*envFile)
+	}
 	fmt.Fprintf(stdout, `
 genfleet dev is running: API %s, %d %s worker processes sharing %s
   embedded redis %s, embedded s3 %s (model "demo" registered)
 
 Try:
-  curl -s -X POST %s/v1/jobs -H 'Content-Type: application/json' \
+  curl -s -X POST %s/v1/jobs%s -H 'Content-Type: application/json' \
     -d '{"model":"demo","prompt":"a red fox","seed":7,"width":256,"height":256,"steps":4}'
-  curl -s %s/v1/jobs/JOB_ID
-  curl -s -o fox.png %s/v1/jobs/JOB_ID/image
-or:
-  go run ./cmd/genfleet submit --api %s --model demo --prompt "a red fox" --seed 7 --width 256 --height 256 --steps 4 -o fox.png
+  curl -s%s %s/v1/jobs/JOB_ID
+  curl -s%s -o fox.png %s/v1/jobs/JOB_ID/image
+
+In another shell, point genfleet at this fleet (%s):
+%s
+then:
+  genfleet models ls
+  genfleet models push my.safetensors s3://genfleet-models/blobs/my.safetensors --name my
+  genfleet submit --model demo --prompt "a red fox" --seed 7 --width 256 --height 256 --steps 4 -o fox.png
 
 Ctrl-C stops everything.
-`, url, *workers, backend, cacheDir, mr.Addr(), s3Endpoint, url, url, url, url)
+`, url, *workers, backend, cacheDir, mr.Addr(), s3Endpoint, url, auth, auth, url, auth, url, envHint, strings.TrimRight(exports.String(), "\n"))
 
 	err = serveScheduler(ctx, c, apiLn, pool, rf, log)
 	fmt.Fprintln(stderr, "genfleet dev: stopping")
@@ -199,6 +218,64 @@ Ctrl-C stops everything.
 		err = nil
 	}
 	return err
+}
+
+// envVar is one environment setting.
+type envVar struct{ name, value string }
+
+// shellEnv is what `genfleet models`, `genfleet submit` and the workers
+// need to reach a dev fleet: its Redis, its S3 server and keys, the registry
+// and outputs it uses, and its API. The API token is not among them: it is
+// the user's own secret, and already in their hands.
+func shellEnv(c *common, api string) []envVar {
+	return []envVar{
+		{"GENFLEET_REDIS", *c.redis},
+		{"GENFLEET_S3_ENDPOINT", *c.s3Endpoint},
+		{"GENFLEET_S3_ACCESS_KEY", *c.s3Access},
+		{"GENFLEET_S3_SECRET_KEY", *c.s3Secret},
+		{"GENFLEET_S3_REGION", *c.s3Region},
+		{"GENFLEET_S3_PATH_STYLE", strconv.FormatBool(*c.s3PathStyle)},
+		{"GENFLEET_REGISTRY", *c.registry},
+		{"GENFLEET_OUTPUTS", *c.outputs},
+		{"GENFLEET_API", api},
+	}
+}
+
+// writeEnvFile writes vars to path as "export NAME=value" lines for a
+// POSIX shell's ".", readable by the owner only. It writes a temporary
+// file and renames it over path, so a reader never sees half of it.
+func writeEnvFile(path string, vars []envVar) error {
+	var b strings.Builder
+	b.WriteString("# genfleet dev: the settings of a running dev fleet. Load with: . " + shellQuote(path) + "\n")
+	for _, kv := range vars {
+		fmt.Fprintf(&b, "export %s=%s\n", kv.name, shellQuote(kv.value))
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.WriteString(b.String()); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// shellQuote quotes s for a POSIX shell when it holds anything but
+// letters, digits and -_./:@%+=, (addresses and URLs need no quotes).
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@%+=,") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // prefixWriter prefixes each line written through it.
