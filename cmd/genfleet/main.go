@@ -5,7 +5,7 @@
 //	genfleet scheduler   the HTTP API
 //	genfleet worker      a worker process
 //	genfleet submit      submit a job through the API
-//	genfleet models      make, push, inspect and list models
+//	genfleet models      make, push, register, inspect and list models
 //
 // Every flag has a GENFLEET_* environment fallback; `genfleet CMD -h` lists them.
 package main
@@ -46,7 +46,7 @@ Commands:
   scheduler   serve the HTTP API (jobs, models, health, metrics)
   worker      run a worker process
   submit      submit a job through the API, optionally wait and save the PNG
-  models      make | push | inspect | ls reference and registered models
+  models      make | push | register | inspect | ls reference and registered models
   cache       ls | pull | verify | gc | rm this host's model cache
   bench       measure genfleet against its anchors (genfleet bench -h)
 

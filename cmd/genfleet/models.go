@@ -30,6 +30,9 @@ Commands:
                                             upload a split model's files (one
                                             --file per file, e.g. vae=ae.safetensors)
                                             and register NAME
+  register s3://bucket/key [--name NAME] [--engine ENGINE]
+                                            register an object already in S3
+                                            as NAME, without uploading it
   inspect FILE                              summarise a safetensors or GGUF header
   ls                                        list registered models
 `
@@ -44,6 +47,8 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return cmdModelsMake(args[1:], stdout, stderr)
 	case "push":
 		return cmdModelsPush(ctx, args[1:], stdout, stderr)
+	case "register":
+		return cmdModelsRegister(ctx, args[1:], stdout, stderr)
 	case "inspect":
 		return cmdModelsInspect(args[1:], stdout, stderr)
 	case "ls", "list":
@@ -138,64 +143,89 @@ func checkRoles(engine string, files []modelcache.PushFile) error {
 }
 
 // checkModelFile checks, before anything is uploaded, that the file at
-// path is a model file engine can load: safetensors for the built-in
-// engine; safetensors, GGUF or a PyTorch .ckpt (a zip) for the others.
+// path is a model file engine can load (see checkModel).
 func checkModelFile(path, engine string) error {
+	fh, size, err := openModelFile(path)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	return checkModel(fh, size, path, engine)
+}
+
+// checkModel checks that the size bytes read through r, named name in
+// errors (a path or an s3:// URL), are a model file engine can load:
+// safetensors for the built-in engine; safetensors, GGUF or a PyTorch
+// .ckpt (a zip) for the others.
+func checkModel(r io.ReaderAt, size int64, name, engine string) error {
 	if engine == "" {
-		if _, err := modelformat.ParseSafetensorsFile(path); err != nil {
-			return fmt.Errorf("%s: engine %s takes safetensors: %w", path, modelcache.EngineBuiltin, err)
+		if _, err := modelformat.ParseSafetensors(r, size); err != nil {
+			return fmt.Errorf("%s: engine %s takes safetensors: %w", name, modelcache.EngineBuiltin, err)
 		}
 		return nil
 	}
 	want := fmt.Sprintf("engine %s takes safetensors, GGUF or a PyTorch .ckpt (zip) file", engine)
 	magic := make([]byte, 4)
-	if fh, err := os.Open(path); err == nil {
-		n, _ := fh.ReadAt(magic, 0)
-		fh.Close()
-		if n == 4 && string(magic) == "PK\x03\x04" {
-			if strings.EqualFold(filepath.Ext(path), ".ckpt") {
-				return nil
-			}
-			return fmt.Errorf("%s is a zip file but not named *.ckpt; %s", path, want)
+	if n, _ := r.ReadAt(magic, 0); n == 4 && string(magic) == "PK\x03\x04" {
+		if strings.EqualFold(filepath.Ext(name), ".ckpt") {
+			return nil
 		}
+		return fmt.Errorf("%s is a zip file but not named *.ckpt; %s", name, want)
 	}
-	_, _, err := parseModelFile(path)
+	_, _, err := parseModel(r, size, name)
 	if errors.Is(err, modelformat.ErrUnknownFormat) {
 		return fmt.Errorf("%w; %s", err, want)
 	}
 	return err
 }
 
-// parseModelFile parses the header of the safetensors or GGUF file at
-// path; it returns the format and the parsed header, which summarises
-// itself. Errors name the file.
-func parseModelFile(path string) (string, interface{ Summary(io.Writer) }, error) {
+// openModelFile opens the regular file at path and returns its size.
+func openModelFile(path string) (*os.File, int64, error) {
 	fh, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	st, err := fh.Stat()
+	if err != nil {
+		fh.Close()
+		return nil, 0, err
+	}
+	if !st.Mode().IsRegular() {
+		fh.Close()
+		return nil, 0, fmt.Errorf("%s is not a regular file", path)
+	}
+	return fh, st.Size(), nil
+}
+
+// parseModelFile parses the header of the safetensors or GGUF file at
+// path (see parseModel).
+func parseModelFile(path string) (string, interface{ Summary(io.Writer) }, error) {
+	fh, size, err := openModelFile(path)
 	if err != nil {
 		return "", nil, err
 	}
 	defer fh.Close()
-	st, err := fh.Stat()
+	return parseModel(fh, size, path)
+}
+
+// parseModel parses the header of the safetensors or GGUF file of size
+// bytes read through r; it returns the format and the parsed header, which
+// summarises itself. Errors name the file as name.
+func parseModel(r io.ReaderAt, size int64, name string) (string, interface{ Summary(io.Writer) }, error) {
+	format, err := modelformat.Detect(r, size)
 	if err != nil {
-		return "", nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return "", nil, fmt.Errorf("%s is not a regular file", path)
-	}
-	format, err := modelformat.Detect(fh, st.Size())
-	if err != nil {
-		return "", nil, fmt.Errorf("%s: %w", path, err)
+		return "", nil, fmt.Errorf("%s: %w", name, err)
 	}
 	if format == modelformat.FormatGGUF {
-		g, err := modelformat.ParseGGUFHeader(fh, st.Size())
+		g, err := modelformat.ParseGGUFHeader(r, size)
 		if err != nil {
-			return "", nil, fmt.Errorf("%s: %w", path, err)
+			return "", nil, fmt.Errorf("%s: %w", name, err)
 		}
 		return format, g, nil
 	}
-	s, err := modelformat.ParseSafetensors(fh, st.Size())
+	s, err := modelformat.ParseSafetensors(r, size)
 	if err != nil {
-		return "", nil, fmt.Errorf("%s: %w", path, err)
+		return "", nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return format, s, nil
 }

@@ -5,6 +5,9 @@ package s3x
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -150,6 +153,44 @@ func IsNotFound(err error) bool {
 		}
 	}
 	return false
+}
+
+// Object is what HeadObject reports about an object.
+type Object struct {
+	Size int64
+	// ETag as S3 returns it, quotes included.
+	ETag string
+	// SHA256 is the lowercase hex SHA-256 of the whole object when S3
+	// holds one: the object was uploaded with a SHA-256 checksum, which S3
+	// checked against the bytes it received. Empty when it has none, has
+	// another algorithm's, or has the composite checksum of a multipart
+	// upload (a hash of the parts' hashes, not of the object).
+	SHA256 string
+}
+
+// Head returns the size, ETag and full-object SHA-256 of the object at u,
+// asking S3 for its checksum (checksum mode). A missing bucket or object
+// yields an error for which IsNotFound is true.
+func Head(ctx context.Context, c *s3.Client, u URL) (Object, error) {
+	out, err := c.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &u.Bucket, Key: &u.Key, ChecksumMode: types.ChecksumModeEnabled})
+	if err != nil {
+		return Object{}, fmt.Errorf("head %s: %w", u, err)
+	}
+	o := Object{Size: aws.ToInt64(out.ContentLength), ETag: aws.ToString(out.ETag)}
+	if out.ChecksumType != types.ChecksumTypeComposite {
+		o.SHA256 = fullObjectSHA256(aws.ToString(out.ChecksumSHA256))
+	}
+	return o, nil
+}
+
+// fullObjectSHA256 returns the hex of a base64 SHA-256 checksum header, or
+// "" when v is not one: empty, or a composite checksum ("<base64>-<parts>").
+func fullObjectSHA256(v string) string {
+	b, err := base64.StdEncoding.DecodeString(v)
+	if err != nil || len(b) != sha256.Size {
+		return ""
+	}
+	return hex.EncodeToString(b)
 }
 
 // EnsureBucket creates bucket if it does not exist yet.

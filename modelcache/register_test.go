@@ -1,0 +1,64 @@
+package modelcache
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// Register writes a manifest for objects already in S3, after checking
+// each is there with the size given; the cache then fetches and verifies
+// the model through it.
+func TestRegister(t *testing.T) {
+	e := newEnv(t)
+	data := randomBytes(300<<10, 5)
+	e.putObject(t, "raw/a.safetensors", data)
+	sum := sha256.Sum256(data)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	file := File{Name: "a.safetensors", URL: "s3://models/raw/a.safetensors", Size: int64(len(data)), Digest: digest}
+
+	m, err := e.reg.Register(t.Context(), "a", "", []File{file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Format != "safetensors" || m.Created.IsZero() {
+		t.Errorf("manifest %+v", m)
+	}
+	got, err := e.reg.Resolve(t.Context(), "a")
+	if err != nil || len(got.Files) != 1 || got.Files[0] != file || got.Engine != "" {
+		t.Fatalf("resolve: %+v, %v", got, err)
+	}
+	c := openCache(t, t.TempDir(), e.src)
+	model := acquire(t, c, got)
+	model.Close()
+
+	tests := []struct {
+		name  string
+		files []File
+		want  string
+		is    error
+	}{
+		{"missing object", []File{{Name: "b.safetensors", URL: "s3://models/raw/b.safetensors", Size: 1, Digest: digest}}, "no object at s3://models/raw/b.safetensors", ErrModelNotFound},
+		{"wrong size", []File{{Name: "a.safetensors", URL: file.URL, Size: 5, Digest: digest}}, "holds 307200 bytes, not 5", nil},
+		{"no digest", []File{{Name: "a.safetensors", URL: file.URL, Size: file.Size}}, `file "a.safetensors" has no digest`, nil},
+		{"bad digest", []File{{Name: "a.safetensors", URL: file.URL, Size: file.Size, Digest: "sha256:xyz"}}, "invalid digest", nil},
+		{"prefix", []File{{Name: "a", URL: "s3://models/raw/", Size: 1, Digest: digest}}, "names a prefix", nil},
+		{"no files", nil, "no files", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.reg.Register(t.Context(), "bad", "", tc.files)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || (tc.is != nil && !errors.Is(err, tc.is)) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if _, err := e.reg.Resolve(t.Context(), "bad"); !errors.Is(err, ErrModelNotFound) {
+				t.Fatalf("a refused register left a manifest: %v", err)
+			}
+		})
+	}
+	if _, err := e.reg.Register(t.Context(), "Bad Name", "", []File{file}); !errors.Is(err, ErrInvalidRef) {
+		t.Errorf("bad name: %v", err)
+	}
+}
