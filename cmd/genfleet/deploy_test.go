@@ -1126,9 +1126,32 @@ func TestKustomizeOverlays(t *testing.T) {
 	known := knownEnvSnapshot(t)
 	table := deployFlagTable(t)
 	df := readDockerfile(t)
+	tmp := k8sTree(t)
+	prodDir := filepath.Join(tmp, "overlays", "production")
 
-	// Production needs credentials.env, which operators create from the
-	// example; build a copy with the example in its place.
+	wantUID, _ := strconv.ParseInt(strings.Split(df.user, ":")[0], 10, 64)
+	for _, tc := range []struct {
+		name, dir string
+		gpu       bool
+	}{
+		{"dev", filepath.Join(tmp, "overlays", "dev"), false},
+		{"production", prodDir, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bo := kustomizeBuild(t, tc.dir)
+			checkOverlay(t, bo, known, table, wantUID, tc.gpu)
+			checkSdcppWorker(t, bo, tc.gpu)
+		})
+	}
+	// The base builds on its own too (what a new overlay starts from).
+	kustomizeBuild(t, filepath.Join(tmp, "base"))
+}
+
+// k8sTree returns a copy of infra/k8s with the files an operator adds
+// (production's credentials.env and api-token.env, made from their
+// examples), ready to build.
+func k8sTree(t *testing.T) string {
+	t.Helper()
 	tmp := t.TempDir()
 	copyTree(t, repoPath("infra", "k8s"), tmp)
 	prodDir := filepath.Join(tmp, "overlays", "production")
@@ -1151,23 +1174,7 @@ func TestKustomizeOverlays(t *testing.T) {
 			t.Errorf("infra/k8s/overlays/production/%s exists in the tree: it holds secrets and must not be committed", f)
 		}
 	}
-
-	wantUID, _ := strconv.ParseInt(strings.Split(df.user, ":")[0], 10, 64)
-	for _, tc := range []struct {
-		name, dir string
-		gpu       bool
-	}{
-		{"dev", filepath.Join(tmp, "overlays", "dev"), false},
-		{"production", prodDir, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			bo := kustomizeBuild(t, tc.dir)
-			checkOverlay(t, bo, known, table, wantUID, tc.gpu)
-			checkSdcppWorker(t, bo, tc.gpu)
-		})
-	}
-	// The base builds on its own too (what a new overlay starts from).
-	kustomizeBuild(t, filepath.Join(tmp, "base"))
+	return tmp
 }
 
 func checkOverlay(t *testing.T, bo builtOverlay, known map[string]bool, table []commandFlags, wantUID int64, wantGPU bool) {
@@ -1618,6 +1625,182 @@ func TestComposeSdcppWorker(t *testing.T) {
 		t.Errorf("worker-sdcpp: backend %q, pool %q; the scheduler sends sdcpp models to %q",
 			env["GENFLEET_BACKEND"], env["GENFLEET_SDCPP_POOL"], pools["sdcpp"])
 	}
+}
+
+// ---- pinned images ------------------------------------------------------------
+
+// ownImages are the images this repository builds (infra/docker/Dockerfile):
+// a local build may call them :dev; a deployment of a release names it.
+var ownImages = map[string]bool{"genfleet": true, "genfleet-sdcpp": true}
+
+var (
+	reDigestRef = regexp.MustCompile(`@sha256:[0-9a-f]{64}$`)
+	// A release tag: MAJOR.MINOR.PATCH, optionally "v" before and a variant
+	// after ("7.4.11-alpine", "v1.8.0", "1.26.8-bookworm").
+	reReleaseTag = regexp.MustCompile(`^v?\d+\.\d+\.\d+([-.+_][0-9A-Za-z.+_-]+)?$`)
+	// Debian numbers its releases MAJOR.POINT: "12.13-slim" is one exact
+	// point release.
+	reDebianTag = regexp.MustCompile(`^\d+\.\d+(-slim)?$`)
+	// A Dockerfile's frontend directive, before its first instruction.
+	reSyntaxLine = regexp.MustCompile(`^#\s*syntax=(\S+)`)
+)
+
+// floatingImage says why ref does not name one exact image release, or ""
+// when it does: an image digest, or a tag that is a whole release number.
+// "latest", no tag at all, a major or major.minor tag ("7-alpine",
+// "1.26-bookworm") and a codename ("bookworm-slim") all float: they move to
+// new releases without a change to this repository.
+func floatingImage(ref string) string {
+	if reDigestRef.MatchString(ref) {
+		return ""
+	}
+	name, tag := ref, ""
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		name, tag = ref[:i], ref[i+1:]
+	}
+	base := name[strings.LastIndex(name, "/")+1:]
+	switch {
+	case tag == "":
+		return "no tag (means latest)"
+	case tag == "latest":
+		return "tag latest"
+	case reReleaseTag.MatchString(tag):
+		return ""
+	case base == "debian" && reDebianTag.MatchString(tag):
+		return ""
+	}
+	return fmt.Sprintf("tag %q is not a whole release number (MAJOR.MINOR.PATCH)", tag)
+}
+
+func TestFloatingImage(t *testing.T) {
+	for ref, floating := range map[string]bool{
+		"redis:7.4.11-alpine":                               false,
+		"versity/versitygw:v1.8.0":                          false,
+		"hibiken/asynqmon:0.7.2":                            false,
+		"golang:1.26.8-bookworm":                            false,
+		"debian:12.13-slim":                                 false,
+		"docker/dockerfile:1.17.0":                          false,
+		"registry.example.com:5000/team/genfleet:1.2.3":     false,
+		"redis@sha256:" + strings.Repeat("ab", 32):          false,
+		"redis:7-alpine@sha256:" + strings.Repeat("0f", 32): false,
+		"hibiken/asynqmon:latest":                           true,
+		"hibiken/asynqmon":                                  true,
+		"redis:7-alpine":                                    true,
+		"golang:1.26-bookworm":                              true,
+		"debian:bookworm-slim":                              true,
+		"debian:12":                                         true,
+		"docker/dockerfile:1":                               true,
+		"registry.example.com:5000/team/genfleet":           true,
+		"redis:7.4":                                         true,
+		"grafana/grafana:main":                              true,
+		"redis@sha256:abc":                                  true,
+	} {
+		if got := floatingImage(ref) != ""; got != floating {
+			t.Errorf("floatingImage(%q) = %q; want floating %v", ref, floatingImage(ref), floating)
+		}
+	}
+}
+
+// dockerfileImages returns the images the Dockerfile pulls: its syntax
+// frontend and every FROM that is not an earlier stage, with the ARG
+// defaults declared before the first FROM substituted.
+func dockerfileImages(t *testing.T, dockerfile string) []string {
+	t.Helper()
+	args := map[string]string{}
+	stages := map[string]bool{"scratch": true}
+	var images []string
+	seenFrom := false
+	for _, l := range strings.Split(dockerfile, "\n") {
+		if m := reSyntaxLine.FindStringSubmatch(l); m != nil && !seenFrom {
+			images = append(images, m[1])
+			continue
+		}
+		fields := strings.Fields(l)
+		if len(fields) < 2 {
+			continue
+		}
+		switch strings.ToUpper(fields[0]) {
+		case "ARG":
+			if k, v, ok := strings.Cut(fields[1], "="); ok && !seenFrom {
+				args[k] = strings.Trim(v, `"`)
+			}
+		case "FROM":
+			seenFrom = true
+			rest := fields[1:]
+			for len(rest) > 0 && strings.HasPrefix(rest[0], "--") {
+				rest = rest[1:]
+			}
+			if len(rest) == 0 {
+				t.Fatalf("Dockerfile: %q names no image", l)
+			}
+			img := os.Expand(rest[0], func(k string) string { return args[k] })
+			if !stages[img] {
+				images = append(images, img)
+			}
+			if len(rest) >= 3 && strings.EqualFold(rest[1], "AS") {
+				stages[rest[2]] = true
+			}
+		}
+	}
+	return images
+}
+
+// Every image a deployment pulls names one exact release, so that the same
+// files deploy the same software tomorrow: the Dockerfile's bases and
+// syntax frontend, every compose service (all profiles) that is not built
+// here, every container of the Kubernetes overlays (production's own
+// images included: a release, not :dev).
+func TestDeployImagesPinned(t *testing.T) {
+	b, err := os.ReadFile(repoPath("infra", "docker", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var checked []string
+	check := func(where, ref string) {
+		checked = append(checked, ref)
+		if why := floatingImage(ref); why != "" {
+			t.Errorf("%s uses image %s: %s; pin an exact release (docs/deploy.md, Pinned images)", where, ref, why)
+		}
+	}
+	dfImages := dockerfileImages(t, string(b))
+	if len(dfImages) < 3 {
+		t.Fatalf("Dockerfile images %v: want the syntax frontend, the build and the runtime bases", dfImages)
+	}
+	for _, img := range dfImages {
+		check("infra/docker/Dockerfile", img)
+	}
+
+	for name, s := range loadCompose(t, "gpu", "sdcpp", "observability").Services {
+		if s.Build != nil {
+			continue // built from this repository's Dockerfile, checked above
+		}
+		check("docker-compose.yml service "+name, s.Image)
+	}
+
+	tmp := k8sTree(t)
+	for _, overlay := range []string{"dev", "production"} {
+		bo := kustomizeBuild(t, filepath.Join(tmp, "overlays", overlay))
+		for _, o := range bo.objects {
+			var w k8sWorkload
+			if o.Kind != "Deployment" && o.Kind != "Job" && o.Kind != "StatefulSet" && o.Kind != "DaemonSet" {
+				continue
+			}
+			if err := json.Unmarshal(o.Spec, &w); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range append(slices.Clone(w.Template.Spec.InitContainers), w.Template.Spec.Containers...) {
+				name := c.Image
+				if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
+					name = name[:i]
+				}
+				if overlay == "dev" && ownImages[name[strings.LastIndex(name, "/")+1:]] {
+					continue // the image built on this machine and loaded into the cluster
+				}
+				check(fmt.Sprintf("overlay %s %s %s container %s", overlay, o.Kind, o.Metadata.Name, c.Name), c.Image)
+			}
+		}
+	}
+	t.Logf("checked %d image references: %v", len(checked), checked)
 }
 
 // deployFlagDefault is the default of flag name of command path, as the
