@@ -284,6 +284,15 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 			return err
 		}
 	}
+	if eng == sdcpp.Engine {
+		byRole := map[string]string{}
+		for _, pf := range files {
+			byRole[pf.Role] = pf.Path
+		}
+		if err := sdcpp.CheckFamily(byRole); err != nil {
+			return err
+		}
+	}
 	reg, cl, err := c.openRegistry(ctx)
 	if err != nil {
 		return err
