@@ -27,7 +27,7 @@ func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
 	size := f.String("size", "64MiB", "file size, e.g. 64MiB or 4GiB (--arch "+archRefgen+")")
 	seed := f.Uint64("seed", 1, "weights seed; the same arguments and seed give the same bytes")
 	out := f.String("out", "", "output file; with --split, a directory (required)")
-	split := f.Bool("split", false, "write the checkpoint's components as separate files for `models push --file ROLE=FILE` (--arch "+archSD1+")")
+	split := f.Bool("split", false, "write the checkpoint's components as separate files for models push --file ROLE=FILE (--arch "+archSD1+")")
 	dtype := f.String("dtype", string(sd1.F16), "type of the weight matrices: f16 (safetensors), q8_0 or q4_0 (GGUF) (--arch "+archSD1+")")
 	if err := f.parse(args, 0); err != nil {
 		return err
