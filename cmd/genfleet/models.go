@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,9 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
-	"time"
 
-	"github.com/genfleet/genfleet/backends/refgen"
 	"github.com/genfleet/genfleet/backends/sdcpp"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/modelcache"
@@ -24,6 +21,8 @@ const modelsUsage = `Usage: genfleet models COMMAND
 
 Commands:
   make --size 64MiB [--seed N] --out FILE   write a reference model (safetensors)
+  make --arch sd1 [--split] [--dtype f16|q8_0|q4_0] [--seed N] --out FILE|DIR
+                                            write a random-weight SD 1.x checkpoint for sdcpp
   push FILE s3://bucket/key [--name NAME] [--engine ENGINE]
                                             upload a model and register NAME
   push --name NAME --engine ENGINE --file ROLE=PATH... s3://bucket/prefix/
@@ -59,57 +58,6 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stderr, "unknown models command %q\n\n%s", args[0], modelsUsage)
 	return errUsage
-}
-
-func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
-	f := newFlags("models make", stderr)
-	size := f.String("size", "64MiB", "file size, e.g. 64MiB or 4GiB")
-	seed := f.Uint64("seed", 1, "weights seed; same size and seed give the same file")
-	out := f.String("out", "", "output file (required)")
-	if err := f.parse(args, 0); err != nil {
-		return err
-	}
-	if *out == "" {
-		fmt.Fprintln(stderr, "--out is required")
-		return errUsage
-	}
-	n, err := parseSize(*size)
-	if err != nil {
-		return fmt.Errorf("--size: %w", err)
-	}
-	start := time.Now()
-	if err := writeModel(*out, n, *seed); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "wrote %s (%d bytes, seed %d) in %v\n", *out, n, *seed, time.Since(start).Round(time.Millisecond))
-	return nil
-}
-
-// writeModel writes a reference model to path through a temp file and a
-// rename, so an interrupted make never leaves a truncated model behind.
-func writeModel(path string, size int64, seed uint64) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	bw := bufio.NewWriterSize(tmp, 4<<20)
-	if err := refgen.Make(bw, size, seed); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := bw.Flush(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // checkRoles checks the roles of a model's files for engine (empty: the
@@ -311,6 +259,15 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	for i := range files {
 		files[i].Dest = u
 		if err := checkModelFile(files[i].Path, eng); err != nil {
+			return err
+		}
+	}
+	if eng == sdcpp.Engine {
+		byRole := map[string]string{}
+		for _, pf := range files {
+			byRole[pf.Role] = pf.Path
+		}
+		if err := sdcpp.CheckFamily(byRole); err != nil {
 			return err
 		}
 	}
