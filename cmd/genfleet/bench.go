@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"runtime"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -17,9 +19,10 @@ import (
 	"github.com/genfleet/genfleet/internal/testenv"
 )
 
-// benchFunc runs one benchmark. It prints progress to stderr and returns
-// the result object, which cmdBench prints as the last line of stdout.
-type benchFunc func(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error)
+// benchFunc parses one benchmark's flags from args and runs it with
+// progress to stderr. It returns the benchmark's result struct, which
+// cmdBench prints: with --json as one JSON object, the last line of stdout.
+type benchFunc func(ctx context.Context, args []string, stderr io.Writer) (any, error)
 
 type benchEntry struct {
 	summary string
@@ -75,10 +78,11 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		rest = append(rest, a)
 	}
 	start := time.Now()
-	res, err := b.fn(ctx, rest, stderr)
+	out, err := b.fn(ctx, rest, stderr)
 	if err != nil {
 		return err
 	}
+	res := resultFields(out)
 	res["bench"] = args[0]
 	res["wall_s"] = time.Since(start).Seconds()
 	res["cpus"] = runtime.NumCPU()
@@ -100,6 +104,53 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "%s: %v\n", k, res[k])
 	}
 	return nil
+}
+
+// resultFields returns the fields of a benchmark's result struct by the
+// names, and with the values, that encoding/json gives them: a field
+// tagged "-" is left out, an omitempty one when it is empty, a pointer
+// stands for its value. The Go values are kept, so the text output prints
+// each as %v always has.
+func resultFields(res any) map[string]any {
+	if m, ok := res.(map[string]any); ok {
+		return m
+	}
+	v := reflect.Indirect(reflect.ValueOf(res))
+	t := v.Type()
+	out := make(map[string]any, t.NumField())
+	for i := range t.NumField() {
+		name, opts, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if name == "-" || !t.Field(i).IsExported() {
+			continue
+		}
+		if name == "" {
+			name = t.Field(i).Name
+		}
+		fv := v.Field(i)
+		if slices.Contains(strings.Split(opts, ","), "omitempty") && emptyValue(fv) {
+			continue
+		}
+		if fv.Kind() == reflect.Pointer {
+			if fv.IsNil() {
+				out[name] = nil
+				continue
+			}
+			fv = fv.Elem()
+		}
+		out[name] = fv.Interface()
+	}
+	return out
+}
+
+// emptyValue is encoding/json's test for omitempty.
+func emptyValue(v reflect.Value) bool {
+	switch v.Kind() {
+	case reflect.Array, reflect.Map, reflect.Slice, reflect.String:
+		return v.Len() == 0
+	case reflect.Interface, reflect.Pointer:
+		return v.IsNil()
+	}
+	return v.IsZero()
 }
 
 // benchS3 returns an S3 client for a benchmark: see benchS3Config.

@@ -32,6 +32,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/internal/lineprefix"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
@@ -42,7 +43,7 @@ func init() {
 	registerBench("chaos", "jobs through the API to worker processes of one host, one SIGKILLed and restarted every few seconds: every job ends once, with the right image", benchChaos)
 }
 
-func benchChaos(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
+func benchChaos(ctx context.Context, args []string, stderr io.Writer) (any, error) {
 	f := newFlags("bench chaos", stderr)
 	c := addCommon(f)
 	cfg := chaosConfig{Stderr: stderr}
@@ -552,7 +553,7 @@ func (f *chaosFleet) start(i int) error {
 	log := &lockedBuffer{}
 	var w io.Writer = log
 	if f.verbose {
-		w = io.MultiWriter(log, &prefixWriter{w: f.stderr, prefix: fmt.Sprintf("w%d | ", i)})
+		w = io.MultiWriter(log, lineprefix.New(f.stderr, fmt.Sprintf("w%d | ", i)))
 	}
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -33,7 +33,7 @@ const benchFetchBucket = "genfleet-bench"
 // from run to run; the median of --runs counts for each (this machine's
 // disk swings by up to 4× between runs, and a best-of would let one
 // outlier decide a ratio). Every run's figure is in the output too.
-func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
+func benchFetch(ctx context.Context, args []string, stderr io.Writer) (any, error) {
 	f := newFlags("bench fetch", stderr)
 	c := addCommon(f)
 	sizeStr := f.String("size", "2GiB", "model size")

@@ -60,7 +60,7 @@ func benchCache(ctx context.Context, dir string, size int64, stderr io.Writer) (
 
 // benchLoad times Acquire+Close of a warm model (every page in the page
 // cache) in mmap mode against read mode, best of --runs.
-func benchLoad(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
+func benchLoad(ctx context.Context, args []string, stderr io.Writer) (any, error) {
 	f := newFlags("bench load", stderr)
 	sizeStr := f.String("size", "2GiB", "model size")
 	runs := f.Int("runs", 5, "timed acquisitions per mode (the best counts)")
@@ -167,7 +167,7 @@ func shareChild(spec string) int {
 
 // benchShare starts --procs processes per mode that each acquire the same
 // model and touch every page, then sums their proportional set sizes.
-func benchShare(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
+func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, error) {
 	f := newFlags("bench share", stderr)
 	sizeStr := f.String("size", "1GiB", "model size")
 	procs := f.Int("procs", 4, "processes per mode")

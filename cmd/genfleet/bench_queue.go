@@ -68,7 +68,7 @@ func flagGiven(f flags, name string) bool {
 	return given
 }
 
-func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
+func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, error) {
 	f := newFlags("bench queue", stderr)
 	c := addCommon(f)
 	jobs := f.Int("jobs", 10000, "no-op jobs per side and round")

@@ -20,6 +20,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/genfleet/genfleet/internal/lineprefix"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
@@ -30,7 +31,7 @@ func init() {
 	registerBench("routing", "2 hosts, 2 models, cache budget for one: model loads with routing vs plain asynq", benchRouting)
 }
 
-func benchRouting(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
+func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, error) {
 	f := newFlags("bench routing", stderr)
 	c := addCommon(f)
 	size := f.String("size", "64MiB", "size of each of the two models")
@@ -146,7 +147,7 @@ func routingRun(ctx context.Context, redisOpt asynq.RedisConnOpt, env []string, 
 		cmd := exec.Command(self, "worker", "--cache-dir", filepath.Join(dir, h), "--host-id", h,
 			"--metrics-listen", "", "--cache-budget", budget, "--heartbeat-interval", "250ms", "--shutdown-timeout", "5s")
 		cmd.Env = append(os.Environ(), env...)
-		cmd.Stderr = &prefixWriter{w: stderr, prefix: h + " | "}
+		cmd.Stderr = lineprefix.New(stderr, h+" | ")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 		if err := cmd.Start(); err != nil {
 			return 0, 0, err

@@ -23,7 +23,7 @@ func init() {
 // from the mapping (naive), genfleet's upload, and cuMemcpyHtoD from
 // pinned memory (the anchor). Without a CUDA driver it fails at once
 // with the reason.
-func benchUpload(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
+func benchUpload(ctx context.Context, args []string, stderr io.Writer) (any, error) {
 	f := newFlags("bench upload", stderr)
 	sizeStr := f.String("size", "4GiB", "model size")
 	dir := f.String("dir", "", "directory for the model file (default: the system temp directory)")

@@ -1,0 +1,234 @@
+// Package bench holds genfleet's benchmarks. Each one is a function over an
+// options struct that returns a result struct, and measures genfleet against
+// its anchor in the same run (docs/benchmarks.md):
+//
+//	Fetch    S3 → verified blob, against the SDK's transfer manager and disk writes
+//	Load     a warm model's acquire in mmap mode, against read() into private memory
+//	Share    N processes on one model: summed PSS with mmap, against read mode
+//	Queue    no-op jobs through the API and a worker, against raw asynq
+//	Routing  model loads with model-aware routing, against plain queueing
+//	Upload   weights from a file mapping to the GPU, against pinned memory
+//	Chaos    jobs while worker processes are SIGKILLed: none lost, none corrupt
+//
+// A result's JSON encoding is the object `genfleet bench NAME --json` prints
+// (with the run's bench name, wall time and machine added), so its field
+// names are what docs and scripts read. The cmd/genfleet package only turns
+// flags into options and prints results; each option is the flag of the same
+// name, and an error about an option names that flag ("--runs must be at
+// least 1").
+//
+// Progress goes, line by line, to the io.Writer each benchmark takes (nil
+// discards it). A benchmark that needs Redis or S3 uses the one its options
+// name, or starts its own for the run: redis-server and versitygw from PATH
+// on free loopback ports, stopped and removed when it returns. Queue,
+// Routing and Chaos measure worker processes: they run an executable
+// (genfleet itself by default) as `genfleet worker`.
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/hibiken/asynq"
+
+	"github.com/genfleet/genfleet/backends/refgen"
+	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/internal/testenv"
+	"github.com/genfleet/genfleet/job"
+)
+
+// startRedis returns the Redis to benchmark on: opt when not nil, else a
+// redis-server started for the run. stop stops what it started.
+func startRedis(opt asynq.RedisConnOpt) (_ asynq.RedisConnOpt, stop func(), _ error) {
+	if opt != nil {
+		return opt, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "genfleet-bench-redis-")
+	if err != nil {
+		return nil, nil, err
+	}
+	srv, err := testenv.StartRedis(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, fmt.Errorf("start redis-server for the benchmark (or pass --redis): %w", err)
+	}
+	return asynq.RedisClientOpt{Addr: srv.Addr}, func() { srv.Stop(); os.RemoveAll(dir) }, nil
+}
+
+// startS3 returns an S3 client for a benchmark, with the given buckets,
+// and the settings to reach the same server from another process: the
+// server cfg names when its Endpoint is set, else a versitygw started from
+// PATH on a free loopback port with its data in a temporary directory (dir,
+// when not empty, chooses the parent so a benchmark can put it on the disk
+// it measures). stop stops what it started and removes its files.
+func startS3(ctx context.Context, cfg s3x.Config, dir string, buckets ...string) (_ *s3.Client, _ s3x.Config, stop func(), _ error) {
+	if cfg.Endpoint != "" {
+		cl, err := s3x.NewClient(ctx, cfg)
+		if err != nil {
+			return nil, cfg, nil, err
+		}
+		for _, b := range buckets {
+			if err := s3x.EnsureBucket(ctx, cl, b); err != nil {
+				return nil, cfg, nil, err
+			}
+		}
+		return cl, cfg, func() {}, nil
+	}
+	tmp, err := os.MkdirTemp(dir, "genfleet-bench-s3-")
+	if err != nil {
+		return nil, cfg, nil, err
+	}
+	srv, err := testenv.StartS3(ctx, tmp, buckets...)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, cfg, nil, fmt.Errorf("start versitygw for the benchmark (or pass --s3-endpoint): %w", err)
+	}
+	return srv.Client, srv.Config, func() { srv.Stop(); os.RemoveAll(tmp) }, nil
+}
+
+// writeModel writes a reference model (refgen) of size bytes to path and
+// syncs it. The benchmarks write into temporary directories of their own,
+// so there is no reader to protect from a partial file.
+func writeModel(path string, size int64, seed uint64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(f, 4<<20)
+	err = refgen.Make(bw, size, seed)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write reference model %s: %w", path, err)
+	}
+	return nil
+}
+
+// executable returns path, or this process's executable when path is "".
+func executable(path string) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	return os.Executable()
+}
+
+// orDiscard returns w, or io.Discard for nil.
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
+
+// median returns the median of xs (the mean of the middle two for an even
+// count; 0 for none).
+func median[T ~int64 | ~float64](xs []T) T {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// percentile returns the p-th (0..1) percentile of sorted, the nearest
+// rank; 0 for none.
+func percentile(sorted []float64, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p*float64(len(sorted)-1) + 0.5)
+	return sorted[i]
+}
+
+func round1(x float64) float64 { return float64(int64(x*10+0.5)) / 10 }
+func round3(x float64) float64 { return float64(int64(x*1000+0.5)) / 1000 }
+
+// roundAll returns xs, each passed through round.
+func roundAll(xs []float64, round func(float64) float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i] = round(x)
+	}
+	return out
+}
+
+// mbps is size bytes in d, in 10^6 bytes/s.
+func mbps(size int64, d time.Duration) float64 {
+	return float64(size) / 1e6 / d.Seconds()
+}
+
+// postJob submits body to the API at api (http://host:port) and returns
+// the accepted job's id, or the API's error.
+func postJob(ctx context.Context, client *http.Client, api string, body []byte) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+"/v1/jobs", bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	return acceptedID(resp)
+}
+
+// acceptedID reads and closes the body of a response to POST /v1/jobs and
+// returns the accepted job's id, or the API's error.
+func acceptedID(resp *http.Response) (string, error) {
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return "", err
+	}
+	var out struct {
+		ID    string `json:"id"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return "", fmt.Errorf("POST /v1/jobs: %s: %w", resp.Status, err)
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		return "", fmt.Errorf("POST /v1/jobs: %s: %s", resp.Status, out.Error)
+	}
+	return out.ID, nil
+}
+
+// getJob reads job id's record through the API at api.
+func getJob(ctx context.Context, client *http.Client, api, id string) (*job.Record, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, api+"/v1/jobs/"+id, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /v1/jobs/%s: %s", id, resp.Status)
+	}
+	var rec job.Record
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rec); err != nil {
+		return nil, fmt.Errorf("GET /v1/jobs/%s: %w", id, err)
+	}
+	return &rec, nil
+}

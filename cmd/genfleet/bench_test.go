@@ -1,0 +1,54 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+)
+
+// sameJSON fails unless the object resultFields makes of v encodes as v
+// itself does (keys in any order).
+func sameJSON(t *testing.T, v any) {
+	t.Helper()
+	direct, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(direct, &m); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(m) // keys sorted, as a map's are
+	got, err := json.Marshal(resultFields(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("%T: resultFields encodes as\n%s\nwant\n%s", v, got, want)
+	}
+}
+
+func TestResultFieldsEncodeLikeTheStruct(t *testing.T) {
+	type result struct {
+		Size     int64              `json:"size_bytes"`
+		Runs     []float64          `json:"runs_mbps"`
+		Hidden   int                `json:"-"`
+		Ratio    *float64           `json:"ratio,omitempty"`
+		Per      map[string]float64 `json:"per,omitempty"`
+		Problems []string           `json:"problems,omitempty"`
+		Met      bool               `json:"targets_met"`
+		Untagged string
+	}
+	ratio := 0.0
+	for _, r := range []*result{
+		{},
+		{Size: 1 << 30, Runs: []float64{1.5, 2}, Hidden: 3, Ratio: &ratio, Per: map[string]float64{"a": 1}, Problems: []string{"x"}, Met: true, Untagged: "u"},
+		{Problems: []string{}, Per: map[string]float64{}},
+	} {
+		sameJSON(t, r)
+	}
+	got := resultFields(&result{Size: 5, Hidden: 3})
+	if _, ok := got["Hidden"]; ok || got["size_bytes"] != int64(5) || fmt.Sprint(got["runs_mbps"]) != "[]" {
+		t.Errorf("resultFields = %v: want the Go values by JSON name, Hidden left out", got)
+	}
+}
