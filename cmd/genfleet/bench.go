@@ -15,6 +15,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/genfleet/genfleet/bench"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/internal/testenv"
 )
@@ -29,8 +30,12 @@ type benchEntry struct {
 	fn      benchFunc
 }
 
-// benches is filled by each bench_*.go file's init.
-var benches = map[string]benchEntry{}
+// benches are the benchmarks of package bench, each with the function
+// that parses its flags and runs it; the rest are added by their
+// bench_*.go file's init.
+var benches = map[string]benchEntry{
+	"fetch": {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
+}
 
 func registerBench(name, summary string, fn benchFunc) {
 	if _, dup := benches[name]; dup {
@@ -202,4 +207,29 @@ func median[T ~int64 | ~float64](xs []T) T {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func benchFetch(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench fetch", stderr)
+	c := addCommon(f)
+	var o bench.FetchOptions
+	size := f.String("size", "2GiB", "model size")
+	f.IntVar(&o.Runs, "runs", 5, "timed runs of each contender (the median counts)")
+	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary files, on the disk to measure (default: the system temp dir)")
+	partSize := f.String("part-size", "", "genfleet part size (default: modelcache's default)")
+	f.IntVar(&o.Concurrency, "concurrency", 0, "genfleet GETs in flight (default: modelcache's default)")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil || o.Size <= 0 {
+		return nil, fmt.Errorf("--size: bad size %q", *size)
+	}
+	if *partSize != "" {
+		if o.PartSize, err = parseSize(*partSize); err != nil {
+			return nil, fmt.Errorf("--part-size: %w", err)
+		}
+	}
+	o.S3 = c.s3Config()
+	return bench.Fetch(ctx, o, stderr)
 }

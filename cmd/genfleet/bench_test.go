@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"testing"
+
+	"github.com/genfleet/genfleet/bench"
 )
 
 // sameJSON fails unless the object resultFields makes of v encodes as v
@@ -50,5 +52,14 @@ func TestResultFieldsEncodeLikeTheStruct(t *testing.T) {
 	got := resultFields(&result{Size: 5, Hidden: 3})
 	if _, ok := got["Hidden"]; ok || got["size_bytes"] != int64(5) || fmt.Sprint(got["runs_mbps"]) != "[]" {
 		t.Errorf("resultFields = %v: want the Go values by JSON name, Hidden left out", got)
+	}
+}
+
+// Every benchmark's result prints, through resultFields, as it encodes.
+func TestBenchResultsPrintAsTheyEncode(t *testing.T) {
+	for _, res := range []any{
+		&bench.FetchResult{}, &bench.FetchResult{SizeBytes: 1, GenfleetRunsMBps: []float64{1.5}, TargetsMet: true},
+	} {
+		sameJSON(t, res)
 	}
 }
