@@ -34,6 +34,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -43,7 +44,9 @@ import (
 	"github.com/genfleet/genfleet/backends/refgen"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/internal/testenv"
+	"github.com/genfleet/genfleet/internal/units"
 	"github.com/genfleet/genfleet/job"
+	"github.com/genfleet/genfleet/modelcache"
 )
 
 // startRedis returns the Redis to benchmark on: opt when not nil, else a
@@ -118,6 +121,43 @@ func writeModel(path string, size int64, seed uint64) error {
 		return fmt.Errorf("write reference model %s: %w", path, err)
 	}
 	return nil
+}
+
+// scratchCache writes a reference model of size bytes and imports it into
+// a fresh cache under dir (the system temp dir when empty). It returns the
+// cache root, a manifest for the blob and a function that removes both.
+func scratchCache(ctx context.Context, dir string, size int64, progress io.Writer) (root string, man *modelcache.Manifest, cleanup func(), err error) {
+	tmp, err := os.MkdirTemp(dir, "genfleet-bench-cache-")
+	if err != nil {
+		return "", nil, nil, err
+	}
+	cleanup = func() { os.RemoveAll(tmp) }
+	root = filepath.Join(tmp, "cache")
+	file := filepath.Join(tmp, "model.safetensors")
+	fmt.Fprintf(progress, "writing a %s reference model...\n", units.FormatSize(size))
+	if err := writeModel(file, size, 1); err != nil {
+		cleanup()
+		return "", nil, nil, err
+	}
+	c, err := modelcache.Open(root, nil)
+	if err != nil {
+		cleanup()
+		return "", nil, nil, err
+	}
+	digest, err := c.Import(ctx, file)
+	os.Remove(file)
+	if err != nil {
+		cleanup()
+		return "", nil, nil, err
+	}
+	return root, scratchManifest(digest, size), cleanup, nil
+}
+
+// scratchManifest is the manifest of scratchCache's model.
+func scratchManifest(digest string, size int64) *modelcache.Manifest {
+	return &modelcache.Manifest{Schema: modelcache.ManifestSchema, Name: "bench", Files: []modelcache.File{{
+		Name: "model.safetensors", URL: "s3://bench/model.safetensors", Size: size, Digest: digest,
+	}}}
 }
 
 // executable returns path, or this process's executable when path is "".

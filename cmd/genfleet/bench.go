@@ -35,6 +35,7 @@ type benchEntry struct {
 // bench_*.go file's init.
 var benches = map[string]benchEntry{
 	"fetch": {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
+	"load":  {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
 }
 
 func registerBench(name, summary string, fn benchFunc) {
@@ -232,4 +233,20 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	}
 	o.S3 = c.s3Config()
 	return bench.Fetch(ctx, o, stderr)
+}
+
+func benchLoad(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench load", stderr)
+	var o bench.LoadOptions
+	size := f.String("size", "2GiB", "model size")
+	f.IntVar(&o.Runs, "runs", 5, "timed acquisitions per mode (the best counts)")
+	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	return bench.Load(ctx, o, stderr)
 }

@@ -11,13 +11,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/genfleet/genfleet/modelcache"
 )
 
 func init() {
-	registerBench("load", "warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad)
 	registerBench("share", "N processes on one model: summed PSS with mmap vs read mode", benchShare)
 	// A child of "bench share" is this binary started with shareChildEnv set.
 	if spec := os.Getenv(shareChildEnv); spec != "" {
@@ -56,74 +54,6 @@ func benchCache(ctx context.Context, dir string, size int64, stderr io.Writer) (
 		Name: "model.safetensors", URL: "s3://bench/model.safetensors", Size: size, Digest: digest,
 	}}}
 	return root, man, cleanup, nil
-}
-
-// benchLoad times Acquire+Close of a warm model (every page in the page
-// cache) in mmap mode against read mode, best of --runs.
-func benchLoad(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench load", stderr)
-	sizeStr := f.String("size", "2GiB", "model size")
-	runs := f.Int("runs", 5, "timed acquisitions per mode (the best counts)")
-	dir := f.String("dir", "", "parent directory of the temporary cache (default: the system temp dir)")
-	if err := f.parse(args, 0); err != nil {
-		return nil, err
-	}
-	size, err := parseSize(*sizeStr)
-	if err != nil {
-		return nil, fmt.Errorf("--size: %w", err)
-	}
-	root, man, cleanup, err := benchCache(ctx, *dir, size, stderr)
-	if err != nil {
-		return nil, err
-	}
-	defer cleanup()
-
-	best := func(o modelcache.Options) (time.Duration, error) {
-		c, err := modelcache.OpenWith(root, nil, o)
-		if err != nil {
-			return 0, err
-		}
-		b := time.Duration(1<<63 - 1)
-		for range max(*runs, 1) {
-			t := time.Now()
-			m, err := c.Acquire(ctx, man)
-			if err != nil {
-				return 0, err
-			}
-			if err := m.Close(); err != nil {
-				return 0, err
-			}
-			b = min(b, time.Since(t))
-		}
-		return b, nil
-	}
-	// Warm up: every page into the page cache.
-	if _, err := best(modelcache.Options{Advice: modelcache.AdvicePopulate}); err != nil {
-		return nil, err
-	}
-	c, _ := modelcache.Open(root, nil)
-	if n, err := c.Residency(man.Files[0].Digest); err == nil && n < size {
-		fmt.Fprintf(stderr, "warning: only %d of %d bytes resident after warm-up\n", n, size)
-	}
-	res := map[string]any{"size_bytes": size, "runs": *runs}
-	for _, tc := range []struct {
-		key  string
-		opts modelcache.Options
-	}{
-		{"mmap_ms", modelcache.Options{}},
-		{"mmap_populate_ms", modelcache.Options{Advice: modelcache.AdvicePopulate}},
-		{"read_ms", modelcache.Options{LoadMode: modelcache.LoadRead}},
-	} {
-		d, err := best(tc.opts)
-		if err != nil {
-			return nil, err
-		}
-		res[tc.key] = float64(d.Microseconds()) / 1000
-		fmt.Fprintf(stderr, "%s: %v\n", tc.key, d)
-	}
-	res["ratio"] = res["read_ms"].(float64) / max(res["mmap_ms"].(float64), 0.001)
-	res["read_gb_per_s"] = float64(size) / 1e9 / (res["read_ms"].(float64) / 1000)
-	return res, nil
 }
 
 // shareChildEnv carries "<root> <digest> <size> <mode>" to a child of

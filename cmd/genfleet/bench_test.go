@@ -59,6 +59,7 @@ func TestResultFieldsEncodeLikeTheStruct(t *testing.T) {
 func TestBenchResultsPrintAsTheyEncode(t *testing.T) {
 	for _, res := range []any{
 		&bench.FetchResult{}, &bench.FetchResult{SizeBytes: 1, GenfleetRunsMBps: []float64{1.5}, TargetsMet: true},
+		&bench.LoadResult{}, &bench.LoadResult{SizeBytes: 1, Ratio: 88.5},
 	} {
 		sameJSON(t, res)
 	}

@@ -1,0 +1,15 @@
+package bench
+
+import (
+	"strings"
+	"testing"
+)
+
+// testLog writes a benchmark's progress lines to t.Log.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Helper()
+	l.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
