@@ -1,9 +1,15 @@
 package bench
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
+
+func TestMain(m *testing.M) {
+	ShareChild() // Share's holder processes are this binary, started again
+	os.Exit(m.Run())
+}
 
 // testLog writes a benchmark's progress lines to t.Log.
 type testLog struct{ t *testing.T }

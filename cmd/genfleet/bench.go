@@ -36,7 +36,11 @@ type benchEntry struct {
 var benches = map[string]benchEntry{
 	"fetch": {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
 	"load":  {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
+	"share": {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
 }
+
+// A holder process of genfleet bench share is this binary started again.
+func init() { bench.ShareChild() }
 
 func registerBench(name, summary string, fn benchFunc) {
 	if _, dup := benches[name]; dup {
@@ -249,4 +253,20 @@ func benchLoad(ctx context.Context, args []string, stderr io.Writer) (any, error
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	return bench.Load(ctx, o, stderr)
+}
+
+func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench share", stderr)
+	var o bench.ShareOptions
+	size := f.String("size", "1GiB", "model size")
+	f.IntVar(&o.Procs, "procs", 4, "processes per mode")
+	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	return bench.Share(ctx, o, stderr)
 }

@@ -60,6 +60,7 @@ func TestBenchResultsPrintAsTheyEncode(t *testing.T) {
 	for _, res := range []any{
 		&bench.FetchResult{}, &bench.FetchResult{SizeBytes: 1, GenfleetRunsMBps: []float64{1.5}, TargetsMet: true},
 		&bench.LoadResult{}, &bench.LoadResult{SizeBytes: 1, Ratio: 88.5},
+		&bench.ShareResult{}, &bench.ShareResult{Procs: 4, MmapPSSBytes: 1 << 30, ReadPSSRatio: 4.01},
 	} {
 		sameJSON(t, res)
 	}
