@@ -10,11 +10,13 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/genfleet/genfleet/backends/cuda"
 	"github.com/genfleet/genfleet/bench"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/internal/testenv"
@@ -34,9 +36,10 @@ type benchEntry struct {
 // that parses its flags and runs it; the rest are added by their
 // bench_*.go file's init.
 var benches = map[string]benchEntry{
-	"fetch": {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
-	"load":  {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
-	"share": {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
+	"fetch":  {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
+	"load":   {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
+	"share":  {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
+	"upload": {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
 }
 
 // A holder process of genfleet bench share is this binary started again.
@@ -269,4 +272,46 @@ func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, erro
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	return bench.Share(ctx, o, stderr)
+}
+
+func benchUpload(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench upload", stderr)
+	var o bench.UploadOptions
+	size := f.String("size", "4GiB", "model size")
+	f.StringVar(&o.Dir, "dir", "", "directory for the model file (default: the system temp directory)")
+	strategy := f.String("strategy", "auto", "genfleet's upload strategy: auto, staged, registered or naive")
+	f.IntVar(&o.Reps, "reps", 3, "timed repetitions of each copy; the best is reported")
+	f.IntVar(&o.Threads, "threads", 0, "staging workers of genfleet's upload (default: GENFLEET_CUDA_UPLOAD_THREADS, else min(CPUs, 8))")
+	sweep := f.String("sweep-threads", "", "also time the staged upload with each of these worker counts, e.g. 1,2,4,8,16")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	if o.Strategy, err = cuda.ParseStrategy(*strategy); err != nil {
+		return nil, fmt.Errorf("--strategy: %w", err)
+	}
+	if o.SweepThreads, err = parseCounts(*sweep); err != nil {
+		return nil, fmt.Errorf("--sweep-threads: %w", err)
+	}
+	return bench.Upload(ctx, o, stderr)
+}
+
+// parseCounts parses a comma-separated list of counts in 1..256; "" is
+// none.
+func parseCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > 256 {
+			return nil, fmt.Errorf("%q: want counts in 1..256, comma-separated", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
