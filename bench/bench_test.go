@@ -1,14 +1,55 @@
 package bench
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
+// binDir holds the genfleet binary built for the tests that run worker
+// processes.
+var binDir string
+
 func TestMain(m *testing.M) {
 	ShareChild() // Share's holder processes are this binary, started again
-	os.Exit(m.Run())
+	dir, err := os.MkdirTemp("", "genfleet-bench-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var buildOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// genfleetBinary builds cmd/genfleet once per test binary: Routing and
+// Chaos run it as `genfleet worker`.
+func genfleetBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		path := filepath.Join(binDir, "genfleet")
+		out, err := exec.Command("go", "build", "-o", path, "../cmd/genfleet").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("go build ./cmd/genfleet: %v\n%s", err, out)
+			return
+		}
+		buildOnce.path = path
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.path
 }
 
 // testLog writes a benchmark's progress lines to t.Log.

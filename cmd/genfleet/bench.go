@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/hibiken/asynq"
 
 	"github.com/genfleet/genfleet/backends/cuda"
 	"github.com/genfleet/genfleet/bench"
@@ -36,10 +38,11 @@ type benchEntry struct {
 // that parses its flags and runs it; the rest are added by their
 // bench_*.go file's init.
 var benches = map[string]benchEntry{
-	"fetch":  {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
-	"load":   {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
-	"share":  {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
-	"upload": {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
+	"fetch":   {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
+	"load":    {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
+	"share":   {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
+	"routing": {"2 hosts, 2 models, cache budget for one: model loads with routing vs plain asynq", benchRouting},
+	"upload":  {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
 }
 
 // A holder process of genfleet bench share is this binary started again.
@@ -314,4 +317,51 @@ func parseCounts(s string) ([]int, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench routing", stderr)
+	c := addCommon(f)
+	var o bench.RoutingOptions
+	size := f.String("size", "64MiB", "size of each of the two models")
+	f.IntVar(&o.Jobs, "jobs", 40, "jobs, alternating between the two models")
+	f.IntVar(&o.InFlight, "inflight", 2, "jobs in flight at once")
+	f.IntVar(&o.Steps, "steps", 2, "steps per job")
+	f.BoolVar(&o.Verbose, "v", false, "print each job: model, cache hit, host that ran it, route reason")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.ModelSize, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
+	}
+	if o.Redis != nil {
+		o.WorkerRedis = *c.redis
+	}
+	o.S3 = c.s3Config()
+	return bench.Routing(ctx, o, stderr)
+}
+
+// benchRedisOpt is the Redis a benchmark runs on: --redis when given on
+// the command line, else nil, and the benchmark starts a redis-server of
+// its own. Only the command line counts, not GENFLEET_REDIS.
+func benchRedisOpt(f flags, c *common) (asynq.RedisConnOpt, error) {
+	if !flagGiven(f, "redis") {
+		return nil, nil
+	}
+	return c.redisOpt()
+}
+
+// flagGiven reports whether the command line set flag name.
+func flagGiven(f flags, name string) bool {
+	given := false
+	f.Visit(func(fl *flag.Flag) {
+		if fl.Name == name {
+			given = true
+		}
+	})
+	return given
 }

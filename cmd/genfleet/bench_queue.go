@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -56,16 +55,6 @@ func benchRedis(c *common, explicit bool) (asynq.RedisConnOpt, func(), error) {
 		return nil, nil, fmt.Errorf("start redis-server for the benchmark (or pass --redis): %w", err)
 	}
 	return asynq.RedisClientOpt{Addr: srv.Addr}, func() { srv.Stop(); os.RemoveAll(dir) }, nil
-}
-
-func flagGiven(f flags, name string) bool {
-	given := false
-	f.Visit(func(fl *flag.Flag) {
-		if fl.Name == name {
-			given = true
-		}
-	})
-	return given
 }
 
 func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, error) {

@@ -61,6 +61,7 @@ func TestBenchResultsPrintAsTheyEncode(t *testing.T) {
 		&bench.FetchResult{}, &bench.FetchResult{SizeBytes: 1, GenfleetRunsMBps: []float64{1.5}, TargetsMet: true},
 		&bench.LoadResult{}, &bench.LoadResult{SizeBytes: 1, Ratio: 88.5},
 		&bench.ShareResult{}, &bench.ShareResult{Procs: 4, MmapPSSBytes: 1 << 30, ReadPSSRatio: 4.01},
+		&bench.RoutingResult{}, &bench.RoutingResult{Jobs: 40, UnroutedLoads: 20, RoutedLoads: 2, TargetsMet: true},
 		&bench.UploadResult{}, &bench.UploadResult{Device: "H100", StrategiesGBps: map[string]float64{"staged": 42.1},
 			StagedGBpsByWorkers: map[string]float64{"1": 9, "16": 40}, RatioVsPinned: 0.9},
 	} {
