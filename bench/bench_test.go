@@ -27,19 +27,27 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// raceBuild is set when the tests run with the race detector (race_test.go).
+var raceBuild bool
+
 var buildOnce struct {
 	sync.Once
 	path string
 	err  error
 }
 
-// genfleetBinary builds cmd/genfleet once per test binary: Routing and
-// Chaos run it as `genfleet worker`.
+// genfleetBinary builds cmd/genfleet once per test binary, with the race
+// detector when the tests have it: Routing and Chaos run it as
+// `genfleet worker`.
 func genfleetBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		path := filepath.Join(binDir, "genfleet")
-		out, err := exec.Command("go", "build", "-o", path, "../cmd/genfleet").CombinedOutput()
+		args := []string{"build", "-o", path}
+		if raceBuild {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, "../cmd/genfleet")...).CombinedOutput()
 		if err != nil {
 			buildOnce.err = fmt.Errorf("go build ./cmd/genfleet: %v\n%s", err, out)
 			return

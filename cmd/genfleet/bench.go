@@ -38,6 +38,7 @@ type benchEntry struct {
 // that parses its flags and runs it; the rest are added by their
 // bench_*.go file's init.
 var benches = map[string]benchEntry{
+	"chaos":   {"jobs through the API to worker processes of one host, one SIGKILLed and restarted every few seconds: every job ends once, with the right image", benchChaos},
 	"fetch":   {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
 	"load":    {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
 	"share":   {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
@@ -364,4 +365,30 @@ func flagGiven(f flags, name string) bool {
 		}
 	})
 	return given
+}
+
+func benchChaos(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench chaos", stderr)
+	c := addCommon(f)
+	var o bench.ChaosOptions
+	f.IntVar(&o.Jobs, "jobs", 300, "jobs to submit through the API (64×64, distinct seeds)")
+	f.IntVar(&o.Workers, "workers", 3, "worker processes sharing one cache directory (one host)")
+	f.IntVar(&o.Steps, "steps", 200, "steps per job (each sweeps the whole model: enough that kills land mid-job)")
+	size := f.String("size", "4MiB", "model size")
+	f.DurationVar(&o.KillEvery, "kill-every", 2*time.Second, "SIGKILL one worker (a busy one when any is busy) and restart it this often")
+	f.IntVar(&o.MaxKills, "max-kills", 0, "stop killing after this many kills (0: kill until every job has left its queue once)")
+	f.DurationVar(&o.Deadline, "deadline", 5*time.Minute, "a job not terminal this long after the last submit is lost (a killed job comes back only after asynq's lease recovery: 60–120s)")
+	f.BoolVar(&o.Verbose, "v", false, "copy worker logs to stderr")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.ModelSize, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
+	}
+	o.S3 = c.s3Config()
+	return bench.Chaos(ctx, o, stderr)
 }

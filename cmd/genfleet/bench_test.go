@@ -58,6 +58,8 @@ func TestResultFieldsEncodeLikeTheStruct(t *testing.T) {
 // Every benchmark's result prints, through resultFields, as it encodes.
 func TestBenchResultsPrintAsTheyEncode(t *testing.T) {
 	for _, res := range []any{
+		&bench.ChaosResult{}, &bench.ChaosResult{Jobs: 3, Succeeded: 3, Restarts: 2, Attempts: map[int]int{1: 2, 2: 1},
+			Problems: []string{"job x: lost"}, SubmitS: 1.5, TargetsMet: true},
 		&bench.FetchResult{}, &bench.FetchResult{SizeBytes: 1, GenfleetRunsMBps: []float64{1.5}, TargetsMet: true},
 		&bench.LoadResult{}, &bench.LoadResult{SizeBytes: 1, Ratio: 88.5},
 		&bench.ShareResult{}, &bench.ShareResult{Procs: 4, MmapPSSBytes: 1 << 30, ReadPSSRatio: 4.01},
