@@ -15,18 +15,16 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/hibiken/asynq"
 
 	"github.com/genfleet/genfleet/backends/cuda"
 	"github.com/genfleet/genfleet/bench"
-	"github.com/genfleet/genfleet/internal/s3x"
-	"github.com/genfleet/genfleet/internal/testenv"
 )
 
-// benchFunc parses one benchmark's flags from args and runs it with
-// progress to stderr. It returns the benchmark's result struct, which
-// cmdBench prints: with --json as one JSON object, the last line of stdout.
+// benchFunc parses one benchmark's flags from args into its options (the
+// benchX functions below, one per benchmark) and runs it with progress to
+// stderr. It returns the benchmark's result struct, which cmdBench prints:
+// with --json as one JSON object, the last line of stdout.
 type benchFunc func(ctx context.Context, args []string, stderr io.Writer) (any, error)
 
 type benchEntry struct {
@@ -35,26 +33,19 @@ type benchEntry struct {
 }
 
 // benches are the benchmarks of package bench, each with the function
-// that parses its flags and runs it; the rest are added by their
-// bench_*.go file's init.
+// that parses its flags and runs it.
 var benches = map[string]benchEntry{
 	"chaos":   {"jobs through the API to worker processes of one host, one SIGKILLed and restarted every few seconds: every job ends once, with the right image", benchChaos},
 	"fetch":   {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
 	"load":    {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
-	"share":   {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
+	"queue":   {"no-op jobs through the API and genfleet workers vs raw asynq on the same Redis; idle start latency", benchQueue},
 	"routing": {"2 hosts, 2 models, cache budget for one: model loads with routing vs plain asynq", benchRouting},
+	"share":   {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
 	"upload":  {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
 }
 
 // A holder process of genfleet bench share is this binary started again.
 func init() { bench.ShareChild() }
-
-func registerBench(name, summary string, fn benchFunc) {
-	if _, dup := benches[name]; dup {
-		panic("bench registered twice: " + name)
-	}
-	benches[name] = benchEntry{summary, fn}
-}
 
 func benchUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: genfleet bench NAME [flags] [--json]")
@@ -129,9 +120,6 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // stands for its value. The Go values are kept, so the text output prints
 // each as %v always has.
 func resultFields(res any) map[string]any {
-	if m, ok := res.(map[string]any); ok {
-		return m
-	}
 	v := reflect.Indirect(reflect.ValueOf(res))
 	t := v.Type()
 	out := make(map[string]any, t.NumField())
@@ -170,55 +158,30 @@ func emptyValue(v reflect.Value) bool {
 	return v.IsZero()
 }
 
-// benchS3 returns an S3 client for a benchmark: see benchS3Config.
-func benchS3(ctx context.Context, c *common, dir string, buckets ...string) (cl *s3.Client, stop func(), err error) {
-	cl, _, stop, err = benchS3Config(ctx, c, dir, buckets...)
-	return cl, stop, err
-}
-
-// benchS3Config returns an S3 client for a benchmark and the settings to
-// reach the same server from another process: the server at c.s3Endpoint
-// when one was given, else a versitygw started from PATH on a free loopback
-// port with its data in a temporary directory (dir, when not empty, chooses
-// the parent so the bench can put it on the disk it measures). stop stops
-// what it started and removes its files.
-func benchS3Config(ctx context.Context, c *common, dir string, buckets ...string) (cl *s3.Client, cfg s3x.Config, stop func(), err error) {
-	if *c.s3Endpoint != "" {
-		cl, err := c.s3Client(ctx)
-		if err != nil {
-			return nil, cfg, nil, err
-		}
-		for _, b := range buckets {
-			if err := s3x.EnsureBucket(ctx, cl, b); err != nil {
-				return nil, cfg, nil, err
-			}
-		}
-		return cl, c.s3Config(), func() {}, nil
+func benchChaos(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench chaos", stderr)
+	c := addCommon(f)
+	var o bench.ChaosOptions
+	f.IntVar(&o.Jobs, "jobs", 300, "jobs to submit through the API (64×64, distinct seeds)")
+	f.IntVar(&o.Workers, "workers", 3, "worker processes sharing one cache directory (one host)")
+	f.IntVar(&o.Steps, "steps", 200, "steps per job (each sweeps the whole model: enough that kills land mid-job)")
+	size := f.String("size", "4MiB", "model size")
+	f.DurationVar(&o.KillEvery, "kill-every", 2*time.Second, "SIGKILL one worker (a busy one when any is busy) and restart it this often")
+	f.IntVar(&o.MaxKills, "max-kills", 0, "stop killing after this many kills (0: kill until every job has left its queue once)")
+	f.DurationVar(&o.Deadline, "deadline", 5*time.Minute, "a job not terminal this long after the last submit is lost (a killed job comes back only after asynq's lease recovery: 60–120s)")
+	f.BoolVar(&o.Verbose, "v", false, "copy worker logs to stderr")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
 	}
-	tmp, err := os.MkdirTemp(dir, "genfleet-bench-s3-")
-	if err != nil {
-		return nil, cfg, nil, err
+	var err error
+	if o.ModelSize, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
 	}
-	srv, err := testenv.StartS3(ctx, tmp, buckets...)
-	if err != nil {
-		os.RemoveAll(tmp)
-		return nil, cfg, nil, fmt.Errorf("start versitygw for the benchmark (or pass --s3-endpoint): %w", err)
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
 	}
-	return srv.Client, srv.Config, func() { srv.Stop(); os.RemoveAll(tmp) }, nil
-}
-
-// median returns the median of xs (the mean of the middle two for an even
-// count; 0 for none).
-func median[T ~int64 | ~float64](xs []T) T {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	o.S3 = c.s3Config()
+	return bench.Chaos(ctx, o, stderr)
 }
 
 func benchFetch(ctx context.Context, args []string, stderr io.Writer) (any, error) {
@@ -260,6 +223,62 @@ func benchLoad(ctx context.Context, args []string, stderr io.Writer) (any, error
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	return bench.Load(ctx, o, stderr)
+}
+
+func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench queue", stderr)
+	c := addCommon(f)
+	var o bench.QueueOptions
+	f.IntVar(&o.Jobs, "jobs", 10000, "no-op jobs per side and round")
+	f.IntVar(&o.Rounds, "rounds", 5, "rounds, each raw asynq then genfleet; the figures are medians over rounds")
+	f.IntVar(&o.Concurrency, "concurrency", 4, "worker concurrency (both sides)")
+	f.IntVar(&o.Clients, "clients", 8, "concurrent submitters (both sides)")
+	f.IntVar(&o.IdleJobs, "idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures")
+	f.StringVar(&o.Client, "client", bench.QueueClientLean, "how the submitters talk to the API: lean (one keep-alive HTTP/1.1 connection each, like wrk) or net/http (Go's http.Client)")
+	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the first round's genfleet phase (API, worker and submitters) to this file")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
+	}
+	o.S3 = c.s3Config()
+	if *cpuProfile != "" {
+		profile, err := os.Create(*cpuProfile)
+		if err != nil {
+			return nil, err
+		}
+		defer profile.Close()
+		o.CPUProfile = profile
+	}
+	return bench.Queue(ctx, o, stderr)
+}
+
+func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench routing", stderr)
+	c := addCommon(f)
+	var o bench.RoutingOptions
+	size := f.String("size", "64MiB", "size of each of the two models")
+	f.IntVar(&o.Jobs, "jobs", 40, "jobs, alternating between the two models")
+	f.IntVar(&o.InFlight, "inflight", 2, "jobs in flight at once")
+	f.IntVar(&o.Steps, "steps", 2, "steps per job")
+	f.BoolVar(&o.Verbose, "v", false, "print each job: model, cache hit, host that ran it, route reason")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.ModelSize, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
+	}
+	if o.Redis != nil {
+		o.WorkerRedis = *c.redis
+	}
+	o.S3 = c.s3Config()
+	return bench.Routing(ctx, o, stderr)
 }
 
 func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, error) {
@@ -320,32 +339,6 @@ func parseCounts(s string) ([]int, error) {
 	return out, nil
 }
 
-func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench routing", stderr)
-	c := addCommon(f)
-	var o bench.RoutingOptions
-	size := f.String("size", "64MiB", "size of each of the two models")
-	f.IntVar(&o.Jobs, "jobs", 40, "jobs, alternating between the two models")
-	f.IntVar(&o.InFlight, "inflight", 2, "jobs in flight at once")
-	f.IntVar(&o.Steps, "steps", 2, "steps per job")
-	f.BoolVar(&o.Verbose, "v", false, "print each job: model, cache hit, host that ran it, route reason")
-	if err := f.parse(args, 0); err != nil {
-		return nil, err
-	}
-	var err error
-	if o.ModelSize, err = parseSize(*size); err != nil {
-		return nil, fmt.Errorf("--size: %w", err)
-	}
-	if o.Redis, err = benchRedisOpt(f, c); err != nil {
-		return nil, err
-	}
-	if o.Redis != nil {
-		o.WorkerRedis = *c.redis
-	}
-	o.S3 = c.s3Config()
-	return bench.Routing(ctx, o, stderr)
-}
-
 // benchRedisOpt is the Redis a benchmark runs on: --redis when given on
 // the command line, else nil, and the benchmark starts a redis-server of
 // its own. Only the command line counts, not GENFLEET_REDIS.
@@ -365,30 +358,4 @@ func flagGiven(f flags, name string) bool {
 		}
 	})
 	return given
-}
-
-func benchChaos(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench chaos", stderr)
-	c := addCommon(f)
-	var o bench.ChaosOptions
-	f.IntVar(&o.Jobs, "jobs", 300, "jobs to submit through the API (64×64, distinct seeds)")
-	f.IntVar(&o.Workers, "workers", 3, "worker processes sharing one cache directory (one host)")
-	f.IntVar(&o.Steps, "steps", 200, "steps per job (each sweeps the whole model: enough that kills land mid-job)")
-	size := f.String("size", "4MiB", "model size")
-	f.DurationVar(&o.KillEvery, "kill-every", 2*time.Second, "SIGKILL one worker (a busy one when any is busy) and restart it this often")
-	f.IntVar(&o.MaxKills, "max-kills", 0, "stop killing after this many kills (0: kill until every job has left its queue once)")
-	f.DurationVar(&o.Deadline, "deadline", 5*time.Minute, "a job not terminal this long after the last submit is lost (a killed job comes back only after asynq's lease recovery: 60–120s)")
-	f.BoolVar(&o.Verbose, "v", false, "copy worker logs to stderr")
-	if err := f.parse(args, 0); err != nil {
-		return nil, err
-	}
-	var err error
-	if o.ModelSize, err = parseSize(*size); err != nil {
-		return nil, fmt.Errorf("--size: %w", err)
-	}
-	if o.Redis, err = benchRedisOpt(f, c); err != nil {
-		return nil, err
-	}
-	o.S3 = c.s3Config()
-	return bench.Chaos(ctx, o, stderr)
 }
