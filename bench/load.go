@@ -27,7 +27,7 @@ type LoadResult struct {
 	SizeBytes      int64   `json:"size_bytes"`
 	Runs           int     `json:"runs"`
 	MmapMS         float64 `json:"mmap_ms"`
-	MmapPopulateMS float64 `json:"mmap_populate_ms"` // mmap with MAP_POPULATE advice
+	MmapPopulateMS float64 `json:"mmap_populate_ms"` // mmap with the populate advice
 	ReadMS         float64 `json:"read_ms"`
 	// Ratio is ReadMS over MmapMS: how many times faster a warm mapped
 	// acquire is than reading the model into private memory.
