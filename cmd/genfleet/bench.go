@@ -3,38 +3,49 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/hibiken/asynq"
 
-	"github.com/genfleet/genfleet/internal/s3x"
-	"github.com/genfleet/genfleet/internal/testenv"
+	"github.com/genfleet/genfleet/backends/cuda"
+	"github.com/genfleet/genfleet/bench"
 )
 
-// benchFunc runs one benchmark. It prints progress to stderr and returns
-// the result object, which cmdBench prints as the last line of stdout.
-type benchFunc func(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error)
+// benchFunc parses one benchmark's flags from args into its options (the
+// benchX functions below, one per benchmark) and runs it with progress to
+// stderr. It returns the benchmark's result struct, which cmdBench prints:
+// with --json as one JSON object, the last line of stdout.
+type benchFunc func(ctx context.Context, args []string, stderr io.Writer) (any, error)
 
 type benchEntry struct {
 	summary string
 	fn      benchFunc
 }
 
-// benches is filled by each bench_*.go file's init.
-var benches = map[string]benchEntry{}
-
-func registerBench(name, summary string, fn benchFunc) {
-	if _, dup := benches[name]; dup {
-		panic("bench registered twice: " + name)
-	}
-	benches[name] = benchEntry{summary, fn}
+// benches are the benchmarks of package bench, each with the function
+// that parses its flags and runs it.
+var benches = map[string]benchEntry{
+	"chaos":   {"jobs through the API to worker processes of one host, one SIGKILLed and restarted every few seconds: every job ends once, with the right image", benchChaos},
+	"fetch":   {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
+	"load":    {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
+	"queue":   {"no-op jobs through the API and genfleet workers vs raw asynq on the same Redis; idle start latency", benchQueue},
+	"routing": {"2 hosts, 2 models, cache budget for one: model loads with routing vs plain asynq", benchRouting},
+	"share":   {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
+	"upload":  {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
 }
+
+// A holder process of genfleet bench share is this binary started again.
+func init() { bench.ShareChild() }
 
 func benchUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: genfleet bench NAME [flags] [--json]")
@@ -75,10 +86,11 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		rest = append(rest, a)
 	}
 	start := time.Now()
-	res, err := b.fn(ctx, rest, stderr)
+	out, err := b.fn(ctx, rest, stderr)
 	if err != nil {
 		return err
 	}
+	res := resultFields(out)
 	res["bench"] = args[0]
 	res["wall_s"] = time.Since(start).Seconds()
 	res["cpus"] = runtime.NumCPU()
@@ -102,53 +114,248 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
-// benchS3 returns an S3 client for a benchmark: see benchS3Config.
-func benchS3(ctx context.Context, c *common, dir string, buckets ...string) (cl *s3.Client, stop func(), err error) {
-	cl, _, stop, err = benchS3Config(ctx, c, dir, buckets...)
-	return cl, stop, err
-}
-
-// benchS3Config returns an S3 client for a benchmark and the settings to
-// reach the same server from another process: the server at c.s3Endpoint
-// when one was given, else a versitygw started from PATH on a free loopback
-// port with its data in a temporary directory (dir, when not empty, chooses
-// the parent so the bench can put it on the disk it measures). stop stops
-// what it started and removes its files.
-func benchS3Config(ctx context.Context, c *common, dir string, buckets ...string) (cl *s3.Client, cfg s3x.Config, stop func(), err error) {
-	if *c.s3Endpoint != "" {
-		cl, err := c.s3Client(ctx)
-		if err != nil {
-			return nil, cfg, nil, err
+// resultFields returns the fields of a benchmark's result struct by the
+// names, and with the values, that encoding/json gives them: a field
+// tagged "-" is left out, an omitempty one when it is empty, a pointer
+// stands for its value. The Go values are kept, so the text output prints
+// each as %v always has.
+func resultFields(res any) map[string]any {
+	v := reflect.Indirect(reflect.ValueOf(res))
+	t := v.Type()
+	out := make(map[string]any, t.NumField())
+	for i := range t.NumField() {
+		name, opts, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if name == "-" || !t.Field(i).IsExported() {
+			continue
 		}
-		for _, b := range buckets {
-			if err := s3x.EnsureBucket(ctx, cl, b); err != nil {
-				return nil, cfg, nil, err
+		if name == "" {
+			name = t.Field(i).Name
+		}
+		fv := v.Field(i)
+		if slices.Contains(strings.Split(opts, ","), "omitempty") && emptyValue(fv) {
+			continue
+		}
+		if fv.Kind() == reflect.Pointer {
+			if fv.IsNil() {
+				out[name] = nil
+				continue
 			}
+			fv = fv.Elem()
 		}
-		return cl, c.s3Config(), func() {}, nil
+		out[name] = fv.Interface()
 	}
-	tmp, err := os.MkdirTemp(dir, "genfleet-bench-s3-")
-	if err != nil {
-		return nil, cfg, nil, err
-	}
-	srv, err := testenv.StartS3(ctx, tmp, buckets...)
-	if err != nil {
-		os.RemoveAll(tmp)
-		return nil, cfg, nil, fmt.Errorf("start versitygw for the benchmark (or pass --s3-endpoint): %w", err)
-	}
-	return srv.Client, srv.Config, func() { srv.Stop(); os.RemoveAll(tmp) }, nil
+	return out
 }
 
-// median returns the median of xs (the mean of the middle two for an even
-// count; 0 for none).
-func median[T ~int64 | ~float64](xs []T) T {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
+// emptyValue is encoding/json's test for omitempty.
+func emptyValue(v reflect.Value) bool {
+	switch v.Kind() {
+	case reflect.Array, reflect.Map, reflect.Slice, reflect.String:
+		return v.Len() == 0
+	case reflect.Interface, reflect.Pointer:
+		return v.IsNil()
 	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
+	return v.IsZero()
+}
+
+func benchChaos(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench chaos", stderr)
+	c := addCommon(f)
+	var o bench.ChaosOptions
+	f.IntVar(&o.Jobs, "jobs", 300, "jobs to submit through the API (64×64, distinct seeds)")
+	f.IntVar(&o.Workers, "workers", 3, "worker processes sharing one cache directory (one host)")
+	f.IntVar(&o.Steps, "steps", 200, "steps per job (each sweeps the whole model: enough that kills land mid-job)")
+	size := f.String("size", "4MiB", "model size")
+	f.DurationVar(&o.KillEvery, "kill-every", 2*time.Second, "SIGKILL one worker (a busy one when any is busy) and restart it this often")
+	f.IntVar(&o.MaxKills, "max-kills", 0, "stop killing after this many kills (0: kill until every job has left its queue once)")
+	f.DurationVar(&o.Deadline, "deadline", 5*time.Minute, "a job not terminal this long after the last submit is lost (a killed job comes back only after asynq's lease recovery: 60–120s)")
+	f.BoolVar(&o.Verbose, "v", false, "copy worker logs to stderr")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
 	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	var err error
+	if o.ModelSize, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
+	}
+	o.S3 = c.s3Config()
+	return bench.Chaos(ctx, o, stderr)
+}
+
+func benchFetch(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench fetch", stderr)
+	c := addCommon(f)
+	var o bench.FetchOptions
+	size := f.String("size", "2GiB", "model size")
+	f.IntVar(&o.Runs, "runs", 5, "timed runs of each contender (the median counts)")
+	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary files, on the disk to measure (default: the system temp dir)")
+	partSize := f.String("part-size", "", "genfleet part size (default: modelcache's default)")
+	f.IntVar(&o.Concurrency, "concurrency", 0, "genfleet GETs in flight (default: modelcache's default)")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil || o.Size <= 0 {
+		return nil, fmt.Errorf("--size: bad size %q", *size)
+	}
+	if *partSize != "" {
+		if o.PartSize, err = parseSize(*partSize); err != nil {
+			return nil, fmt.Errorf("--part-size: %w", err)
+		}
+	}
+	o.S3 = c.s3Config()
+	return bench.Fetch(ctx, o, stderr)
+}
+
+func benchLoad(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench load", stderr)
+	var o bench.LoadOptions
+	size := f.String("size", "2GiB", "model size")
+	f.IntVar(&o.Runs, "runs", 5, "timed acquisitions per mode (the best counts)")
+	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	return bench.Load(ctx, o, stderr)
+}
+
+func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench queue", stderr)
+	c := addCommon(f)
+	var o bench.QueueOptions
+	f.IntVar(&o.Jobs, "jobs", 10000, "no-op jobs per side and round")
+	f.IntVar(&o.Rounds, "rounds", 5, "rounds, each raw asynq then genfleet; the figures are medians over rounds")
+	f.IntVar(&o.Concurrency, "concurrency", 4, "worker concurrency (both sides)")
+	f.IntVar(&o.Clients, "clients", 8, "concurrent submitters (both sides)")
+	f.IntVar(&o.IdleJobs, "idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures")
+	f.StringVar(&o.Client, "client", bench.QueueClientLean, "how the submitters talk to the API: lean (one keep-alive HTTP/1.1 connection each, like wrk) or net/http (Go's http.Client)")
+	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the first round's genfleet phase (API, worker and submitters) to this file")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
+	}
+	o.S3 = c.s3Config()
+	if *cpuProfile != "" {
+		profile, err := os.Create(*cpuProfile)
+		if err != nil {
+			return nil, err
+		}
+		defer profile.Close()
+		o.CPUProfile = profile
+	}
+	return bench.Queue(ctx, o, stderr)
+}
+
+func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench routing", stderr)
+	c := addCommon(f)
+	var o bench.RoutingOptions
+	size := f.String("size", "64MiB", "size of each of the two models")
+	f.IntVar(&o.Jobs, "jobs", 40, "jobs, alternating between the two models")
+	f.IntVar(&o.InFlight, "inflight", 2, "jobs in flight at once")
+	f.IntVar(&o.Steps, "steps", 2, "steps per job")
+	f.BoolVar(&o.Verbose, "v", false, "print each job: model, cache hit, host that ran it, route reason")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.ModelSize, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
+	}
+	if o.Redis != nil {
+		o.WorkerRedis = *c.redis
+	}
+	o.S3 = c.s3Config()
+	return bench.Routing(ctx, o, stderr)
+}
+
+func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench share", stderr)
+	var o bench.ShareOptions
+	size := f.String("size", "1GiB", "model size")
+	f.IntVar(&o.Procs, "procs", 4, "processes per mode")
+	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	return bench.Share(ctx, o, stderr)
+}
+
+func benchUpload(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench upload", stderr)
+	var o bench.UploadOptions
+	size := f.String("size", "4GiB", "model size")
+	f.StringVar(&o.Dir, "dir", "", "directory for the model file (default: the system temp directory)")
+	strategy := f.String("strategy", "auto", "genfleet's upload strategy: auto, staged, registered or naive")
+	f.IntVar(&o.Reps, "reps", 3, "timed repetitions of each copy; the best is reported")
+	f.IntVar(&o.Threads, "threads", 0, "staging workers of genfleet's upload (default: GENFLEET_CUDA_UPLOAD_THREADS, else min(CPUs, 8))")
+	sweep := f.String("sweep-threads", "", "also time the staged upload with each of these worker counts, e.g. 1,2,4,8,16")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	if o.Strategy, err = cuda.ParseStrategy(*strategy); err != nil {
+		return nil, fmt.Errorf("--strategy: %w", err)
+	}
+	if o.SweepThreads, err = parseCounts(*sweep); err != nil {
+		return nil, fmt.Errorf("--sweep-threads: %w", err)
+	}
+	return bench.Upload(ctx, o, stderr)
+}
+
+// parseCounts parses a comma-separated list of counts in 1..256; "" is
+// none.
+func parseCounts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 || n > 256 {
+			return nil, fmt.Errorf("%q: want counts in 1..256, comma-separated", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// benchRedisOpt is the Redis a benchmark runs on: --redis when given on
+// the command line, else nil, and the benchmark starts a redis-server of
+// its own. Only the command line counts, not GENFLEET_REDIS.
+func benchRedisOpt(f flags, c *common) (asynq.RedisConnOpt, error) {
+	if !flagGiven(f, "redis") {
+		return nil, nil
+	}
+	return c.redisOpt()
+}
+
+// flagGiven reports whether the command line set flag name.
+func flagGiven(f flags, name string) bool {
+	given := false
+	f.Visit(func(fl *flag.Flag) {
+		if fl.Name == name {
+			given = true
+		}
+	})
+	return given
 }

@@ -141,18 +141,7 @@ func cmdCacheList(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanBytes(n int64) string { return units.FormatSize(n) }
 
 func cmdCachePull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("cache pull", stderr)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/genfleet/genfleet/backends"
 	"github.com/genfleet/genfleet/backends/refgen"
+	"github.com/genfleet/genfleet/internal/lineprefix"
 	"github.com/genfleet/genfleet/internal/s3x"
 )
 
@@ -168,7 +169,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			cmd.Env = append(cmd.Env, kv.name+"="+kv.value)
 		}
 		cmd.Stdout = stderr
-		cmd.Stderr = &prefixWriter{w: stderr, prefix: fmt.Sprintf("worker-%d | ", i)}
+		cmd.Stderr = lineprefix.New(stderr, fmt.Sprintf("worker-%d | ", i))
 		// Own process group: Ctrl-C reaches the workers only through us, so
 		// they stop after the API, in order. Pdeathsig stops them if we die.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -276,29 +277,4 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-// prefixWriter prefixes each line written through it.
-type prefixWriter struct {
-	mu     sync.Mutex
-	w      io.Writer
-	prefix string
-	buf    []byte
-}
-
-func (p *prefixWriter) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.buf = append(p.buf, b...)
-	for {
-		i := strings.IndexByte(string(p.buf), '\n')
-		if i < 0 {
-			break
-		}
-		if _, err := fmt.Fprintf(p.w, "%s%s\n", p.prefix, p.buf[:i]); err != nil {
-			return 0, err
-		}
-		p.buf = p.buf[i+1:]
-	}
-	return len(b), nil
 }

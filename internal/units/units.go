@@ -1,5 +1,6 @@
 // Package units parses the sizes and budgets genfleet's flags and
-// environment variables take: "65536", "64MiB", "4GiB", "1.5GB", "80%".
+// environment variables take: "65536", "64MiB", "4GiB", "1.5GB", "80%",
+// and writes sizes for people to read.
 package units
 
 import (
@@ -54,4 +55,19 @@ func ParseBudget(s string) (bytes int64, percent float64, err error) {
 		return 0, 0, fmt.Errorf("invalid budget %q (examples: 50GiB, 80%%)", s)
 	}
 	return n, 0, nil
+}
+
+// FormatSize writes a byte count for people: "512 B", "4.0 MiB", "1.5 GiB"
+// (binary units, one decimal). ParseSize reads it back, to the decimal.
+func FormatSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

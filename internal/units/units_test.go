@@ -37,3 +37,21 @@ func TestParseBudget(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatSize(t *testing.T) {
+	tests := []struct {
+		in   int64
+		want string
+	}{
+		{0, "0 B"}, {1023, "1023 B"}, {1024, "1.0 KiB"}, {4 << 20, "4.0 MiB"},
+		{3 << 29, "1.5 GiB"}, {5 << 40, "5.0 TiB"},
+	}
+	for _, tt := range tests {
+		if got := FormatSize(tt.in); got != tt.want {
+			t.Errorf("FormatSize(%d) = %q, want %q", tt.in, got, tt.want)
+		}
+		if back, err := ParseSize(FormatSize(tt.in)); err != nil || back != tt.in {
+			t.Errorf("ParseSize(FormatSize(%d)) = %d, %v", tt.in, back, err)
+		}
+	}
+}

@@ -1,12 +1,10 @@
-package main
+package bench
 
 import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -26,68 +24,102 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sys/unix"
 
-	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/backends/cpu"
 	"github.com/genfleet/genfleet/internal/s3x"
-	"github.com/genfleet/genfleet/internal/testenv"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
 	"github.com/genfleet/genfleet/scheduler"
 	"github.com/genfleet/genfleet/worker"
 )
 
-func init() {
-	registerBench("queue", "no-op jobs through the API and genfleet workers vs raw asynq on the same Redis; idle start latency", benchQueue)
+// QueueOptions is one run of Queue.
+type QueueOptions struct {
+	// Redis is the Redis both sides run on; nil starts a redis-server for
+	// the run.
+	Redis asynq.RedisConnOpt
+	// S3 holds the registry the API checks models against (the no-op
+	// jobs never fetch); an empty Endpoint starts versitygw for the run.
+	S3 s3x.Config
+	// Jobs no-op jobs per side and round, Rounds rounds (each raw asynq,
+	// then genfleet); at least 1 of each. The figures are medians over
+	// rounds.
+	Jobs, Rounds int
+	// Concurrency is the worker concurrency, Clients the concurrent
+	// submitters, of both sides.
+	Concurrency, Clients int
+	// IdleJobs jobs are submitted one at a time to an idle fleet for the
+	// start-latency figures.
+	IdleJobs int
+	// Client is how the submitters talk to the API: QueueClientLean (one
+	// keep-alive HTTP/1.1 connection each, like wrk; the default for "")
+	// or QueueClientNetHTTP (Go's http.Client).
+	Client string
+	// CPUProfile, when not nil, receives a CPU profile of the first
+	// round's genfleet phase (API, worker and submitters).
+	CPUProfile io.Writer
 }
 
-// benchRedis returns the Redis to benchmark on: --redis when given
-// explicitly, else a redis-server started for the run.
-func benchRedis(c *common, explicit bool) (asynq.RedisConnOpt, func(), error) {
-	if explicit {
-		opt, err := c.redisOpt()
-		return opt, func() {}, err
-	}
-	dir, err := os.MkdirTemp("", "genfleet-bench-redis-")
-	if err != nil {
-		return nil, nil, err
-	}
-	srv, err := testenv.StartRedis(dir)
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, nil, fmt.Errorf("start redis-server for the benchmark (or pass --redis): %w", err)
-	}
-	return asynq.RedisClientOpt{Addr: srv.Addr}, func() { srv.Stop(); os.RemoveAll(dir) }, nil
+// The submitters' clients of QueueOptions.Client.
+const (
+	QueueClientLean    = "lean"
+	QueueClientNetHTTP = "net/http"
+)
+
+// QueueResult is what Queue measured. Rates are in jobs per second, first
+// submit to last completion; CPU per job is in µs, medians over rounds:
+// this process's (the side's submitters, API or client and worker, plus
+// the other side's idle polling) and Redis's (INFO cpu, user + sys).
+type QueueResult struct {
+	Jobs        int `json:"jobs"`
+	Rounds      int `json:"rounds"`
+	Concurrency int `json:"concurrency"`
+	Clients     int `json:"clients"`
+
+	GenfleetJobsPerS float64 `json:"genfleet_jobs_per_s"`
+	AsynqJobsPerS    float64 `json:"asynq_jobs_per_s"`
+	// Ratio is the median of the rounds' genfleet/asynq rates.
+	Ratio                 float64   `json:"ratio"`
+	RoundRatios           []float64 `json:"round_ratios"`
+	RoundGenfleetJobsPerS []float64 `json:"round_genfleet_jobs_per_s"`
+	RoundAsynqJobsPerS    []float64 `json:"round_asynq_jobs_per_s"`
+
+	// Idle start latency: submit → the handler's start (the record's
+	// started_at), one job at a time on an idle fleet.
+	IdleStartP50MS float64 `json:"idle_start_p50_ms"`
+	IdleStartP99MS float64 `json:"idle_start_p99_ms"`
+	// PollIntervalMS is how often an idle worker polls its queues.
+	PollIntervalMS int    `json:"poll_interval_ms"`
+	Client         string `json:"client"`
+
+	AsynqCPUUsPerJob    float64 `json:"asynq_cpu_us_per_job"`
+	GenfleetCPUUsPerJob float64 `json:"genfleet_cpu_us_per_job"`
+	// The Redis figures are absent where Redis does not report its CPU (a
+	// managed Redis may not).
+	AsynqRedisCPUUsPerJob    float64 `json:"asynq_redis_cpu_us_per_job,omitempty"`
+	GenfleetRedisCPUUsPerJob float64 `json:"genfleet_redis_cpu_us_per_job,omitempty"`
+
+	// TargetsMet: at least half raw asynq's rate, and an idle start within
+	// 50 ms at the median.
+	TargetsMet bool `json:"targets_met"`
 }
 
-func flagGiven(f flags, name string) bool {
-	given := false
-	f.Visit(func(fl *flag.Flag) {
-		if fl.Name == name {
-			given = true
-		}
-	})
-	return given
-}
-
-func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
-	f := newFlags("bench queue", stderr)
-	c := addCommon(f)
-	jobs := f.Int("jobs", 10000, "no-op jobs per side and round")
-	rounds := f.Int("rounds", 5, "rounds, each raw asynq then genfleet; the figures are medians over rounds")
-	conc := f.Int("concurrency", 4, "worker concurrency (both sides)")
-	clients := f.Int("clients", 8, "concurrent submitters (both sides)")
-	idle := f.Int("idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures")
-	client := f.String("client", "lean", "how the submitters talk to the API: lean (one keep-alive HTTP/1.1 connection each, like wrk) or net/http (Go's http.Client)")
-	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the first round's genfleet phase (API, worker and submitters) to this file")
-	if err := f.parse(args, 0); err != nil {
-		return nil, err
+// Queue measures no-op jobs through the scheduler's HTTP API and a genfleet
+// worker in no-op mode (the whole genfleet path except the model, backend
+// and upload) against raw asynq with a no-op handler on the same Redis at
+// the same concurrency (the anchor), round by round; then the start
+// latency of jobs submitted one at a time to the idle fleet.
+func Queue(ctx context.Context, o QueueOptions, progress io.Writer) (*QueueResult, error) {
+	progress = orDiscard(progress)
+	if o.Jobs < 1 || o.Rounds < 1 {
+		return nil, fmt.Errorf("--jobs %d, --rounds %d: want at least 1 of each", o.Jobs, o.Rounds)
 	}
-	if *jobs < 1 || *rounds < 1 {
-		return nil, fmt.Errorf("--jobs %d, --rounds %d: want at least 1 of each", *jobs, *rounds)
+	if o.Client == "" {
+		o.Client = QueueClientLean
 	}
-	if *client != "lean" && *client != "net/http" {
-		return nil, fmt.Errorf("--client %q: want lean or net/http", *client)
+	if o.Client != QueueClientLean && o.Client != QueueClientNetHTTP {
+		return nil, fmt.Errorf("--client %q: want lean or net/http", o.Client)
 	}
-	redisOpt, stop, err := benchRedis(c, flagGiven(f, "redis"))
+	redisOpt, stop, err := startRedis(o.Redis)
 	if err != nil {
 		return nil, err
 	}
@@ -97,66 +129,59 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 
 	// Both sides run for the whole bench, on the same Redis, so each side's
 	// rounds pay for the other's idle polling alike.
-	raw, err := startRawAsynq(redisOpt, *conc)
+	raw, err := startRawAsynq(redisOpt, o.Concurrency)
 	if err != nil {
 		return nil, err
 	}
 	defer raw.stop()
-	fleet, err := startNoopFleet(ctx, c, redisOpt, *conc)
+	fleet, err := startNoopFleet(ctx, o.S3, redisOpt, o.Concurrency)
 	if err != nil {
 		return nil, err
 	}
 	defer fleet.stop()
-	if *client == "net/http" {
+	if o.Client == QueueClientNetHTTP {
 		fleet.stdClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	}
 	body := []byte(`{"model":"demo","prompt":"noop","width":64,"height":64,"steps":1}`)
 
-	var profile *os.File
-	if *cpuProfile != "" {
-		if profile, err = os.Create(*cpuProfile); err != nil {
-			return nil, err
-		}
-		defer profile.Close()
-	}
 	var asynqRates, fleetRates, ratios []float64
 	var asynqCPU, fleetCPU cpuPerJob
-	for r := range *rounds {
+	for r := range o.Rounds {
 		// Anchor: raw asynq, no-op handler, same Redis, same concurrency.
-		fmt.Fprintf(stderr, "round %d/%d: raw asynq, %d no-op tasks, concurrency %d…\n", r+1, *rounds, *jobs, *conc)
+		fmt.Fprintf(progress, "round %d/%d: raw asynq, %d no-op tasks, concurrency %d…\n", r+1, o.Rounds, o.Jobs, o.Concurrency)
 		m := startCPU(ctx, rdb)
-		ar, err := raw.rate(ctx, *jobs, *clients)
+		ar, err := raw.rate(ctx, o.Jobs, o.Clients)
 		if err != nil {
 			return nil, err
 		}
-		asynqCPU.add(ctx, rdb, m, *jobs)
+		asynqCPU.add(ctx, rdb, m, o.Jobs)
 		// genfleet: the scheduler's HTTP API and a genfleet worker in no-op mode.
-		fmt.Fprintf(stderr, "round %d/%d: genfleet, %d no-op jobs through the API, concurrency %d…\n", r+1, *rounds, *jobs, *conc)
-		if r == 0 && profile != nil {
-			if err := pprof.StartCPUProfile(profile); err != nil {
+		fmt.Fprintf(progress, "round %d/%d: genfleet, %d no-op jobs through the API, concurrency %d…\n", r+1, o.Rounds, o.Jobs, o.Concurrency)
+		if r == 0 && o.CPUProfile != nil {
+			if err := pprof.StartCPUProfile(o.CPUProfile); err != nil {
 				return nil, err
 			}
 		}
 		m = startCPU(ctx, rdb)
-		gr, err := fleet.rate(ctx, body, *jobs, *clients)
-		if r == 0 && profile != nil {
+		gr, err := fleet.rate(ctx, body, o.Jobs, o.Clients)
+		if r == 0 && o.CPUProfile != nil {
 			pprof.StopCPUProfile()
 		}
 		if err != nil {
 			return nil, err
 		}
-		fleetCPU.add(ctx, rdb, m, *jobs)
-		fmt.Fprintf(stderr, "round %d/%d: %.0f vs %.0f jobs/s, ratio %.3f\n", r+1, *rounds, gr, ar, gr/ar)
+		fleetCPU.add(ctx, rdb, m, o.Jobs)
+		fmt.Fprintf(progress, "round %d/%d: %.0f vs %.0f jobs/s, ratio %.3f\n", r+1, o.Rounds, gr, ar, gr/ar)
 		asynqRates, fleetRates, ratios = append(asynqRates, ar), append(fleetRates, gr), append(ratios, gr/ar)
 	}
 
 	raw.stop() // the anchor is done; the fleet alone is measured from here
 	// Idle start latency: one job at a time on an idle fleet, submit →
-	// handler start (the record's started_at), with a random pause between
-	// jobs so submits land anywhere in the workers' poll cycle.
-	fmt.Fprintf(stderr, "idle start latency: %d jobs one at a time…\n", *idle)
+	// handler start (the record's started_at), with a pause between jobs
+	// that varies so submits land anywhere in the workers' poll cycle.
+	fmt.Fprintf(progress, "idle start latency: %d jobs one at a time…\n", o.IdleJobs)
 	var lat []float64
-	for i := range *idle {
+	for i := range o.IdleJobs {
 		time.Sleep(time.Duration(50+(i*37)%100) * time.Millisecond)
 		base := int(fleet.done())
 		t0 := time.Now()
@@ -175,22 +200,22 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	}
 	sort.Float64s(lat)
 	ratio := median(ratios)
-	res := map[string]any{
-		"jobs": *jobs, "rounds": *rounds, "concurrency": *conc, "clients": *clients,
-		"genfleet_jobs_per_s":       round1(median(fleetRates)),
-		"asynq_jobs_per_s":          round1(median(asynqRates)),
-		"ratio":                     round3(ratio),
-		"round_ratios":              mapFloats(ratios, round3),
-		"round_genfleet_jobs_per_s": mapFloats(fleetRates, round1),
-		"round_asynq_jobs_per_s":    mapFloats(asynqRates, round1),
-		"idle_start_p50_ms":         round1(percentile(lat, 0.50)),
-		"idle_start_p99_ms":         round1(percentile(lat, 0.99)),
-		"poll_interval_ms":          20,
-		"client":                    *client,
+	res := &QueueResult{
+		Jobs: o.Jobs, Rounds: o.Rounds, Concurrency: o.Concurrency, Clients: o.Clients,
+		GenfleetJobsPerS:      round1(median(fleetRates)),
+		AsynqJobsPerS:         round1(median(asynqRates)),
+		Ratio:                 round3(ratio),
+		RoundRatios:           roundAll(ratios, round3),
+		RoundGenfleetJobsPerS: roundAll(fleetRates, round1),
+		RoundAsynqJobsPerS:    roundAll(asynqRates, round1),
+		IdleStartP50MS:        round1(percentile(lat, 0.50)),
+		IdleStartP99MS:        round1(percentile(lat, 0.99)),
+		PollIntervalMS:        20,
+		Client:                o.Client,
+		TargetsMet:            ratio >= 0.5 && percentile(lat, 0.5) <= 50,
 	}
-	asynqCPU.report(res, "asynq")
-	fleetCPU.report(res, "genfleet")
-	res["targets_met"] = ratio >= 0.5 && percentile(lat, 0.5) <= 50
+	res.AsynqCPUUsPerJob, res.AsynqRedisCPUUsPerJob = asynqCPU.medians()
+	res.GenfleetCPUUsPerJob, res.GenfleetRedisCPUUsPerJob = fleetCPU.medians()
 	return res, nil
 }
 
@@ -220,13 +245,14 @@ func (c *cpuPerJob) add(ctx context.Context, rdb redis.UniversalClient, m cpuMar
 	}
 }
 
-// report adds side_cpu_us_per_job and side_redis_cpu_us_per_job (medians
-// over rounds) to res; the Redis figure only where INFO could be read.
-func (c *cpuPerJob) report(res map[string]any, side string) {
-	res[side+"_cpu_us_per_job"] = round1(median(c.proc))
+// medians returns the side's CPU per job in µs, this process's and
+// Redis's, medians over rounds; Redis's is 0 unless INFO could be read in
+// every round.
+func (c *cpuPerJob) medians() (proc, redis float64) {
 	if len(c.redis) == len(c.proc) {
-		res[side+"_redis_cpu_us_per_job"] = round1(median(c.redis))
+		redis = round1(median(c.redis))
 	}
+	return round1(median(c.proc)), redis
 }
 
 // processCPU is the user + system CPU this process has used.
@@ -260,14 +286,6 @@ func redisCPU(ctx context.Context, rdb redis.UniversalClient) (time.Duration, bo
 		found++
 	}
 	return time.Duration(total * float64(time.Second)), found == 2
-}
-
-func mapFloats(xs []float64, f func(float64) float64) []float64 {
-	out := make([]float64, len(xs))
-	for i, x := range xs {
-		out[i] = f(x)
-	}
-	return out
 }
 
 // rawAsynq is the anchor: a plain asynq server with a no-op handler and a
@@ -365,7 +383,7 @@ type noopFleet struct {
 	stopAll   func()
 }
 
-func startNoopFleet(ctx context.Context, c *common, opt asynq.RedisConnOpt, conc int) (fl *noopFleet, err error) {
+func startNoopFleet(ctx context.Context, s3cfg s3x.Config, opt asynq.RedisConnOpt, conc int) (fl *noopFleet, err error) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	// Whatever is started is stopped again if a later step fails.
 	var undo []func()
@@ -384,7 +402,7 @@ func startNoopFleet(ctx context.Context, c *common, opt asynq.RedisConnOpt, conc
 	// The no-op path never touches S3 or the cache, but the API checks
 	// models against a registry: give it a real one (--s3-endpoint, or a
 	// versitygw started for the run).
-	s3cl, stopS3, err := benchS3(ctx, c, "", "genfleet-models", "genfleet-outputs")
+	s3cl, _, stopS3, err := startS3(ctx, s3cfg, "", "genfleet-models", "genfleet-outputs")
 	if err != nil {
 		return nil, err
 	}
@@ -416,7 +434,7 @@ func startNoopFleet(ctx context.Context, c *common, opt asynq.RedisConnOpt, conc
 	hs := &http.Server{Handler: sched.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
 	undo = append(undo, func() { hs.Close() })
-	be, err := backends.New("cpu")
+	be, err := cpu.New()
 	if err != nil {
 		return nil, err
 	}
@@ -522,27 +540,6 @@ func (f *noopFleet) submitStd(ctx context.Context, body []byte) (string, error) 
 		return "", err
 	}
 	return acceptedID(resp)
-}
-
-// acceptedID reads and closes the body of a response to POST /v1/jobs and
-// returns the accepted job's id, or the API's error.
-func acceptedID(resp *http.Response) (string, error) {
-	b, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return "", err
-	}
-	var out struct {
-		ID    string `json:"id"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(b, &out); err != nil {
-		return "", fmt.Errorf("POST /v1/jobs: %s: %w", resp.Status, err)
-	}
-	if resp.StatusCode != http.StatusAccepted {
-		return "", fmt.Errorf("POST /v1/jobs: %s: %s", resp.Status, out.Error)
-	}
-	return out.ID, nil
 }
 
 // conn returns an idle keep-alive connection to the API, or a new one.
@@ -657,14 +654,3 @@ func counterValue(reg *prometheus.Registry, name, label string) float64 {
 	}
 	return 0
 }
-
-func percentile(sorted []float64, p float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(p*float64(len(sorted)-1) + 0.5)
-	return sorted[i]
-}
-
-func round1(x float64) float64 { return float64(int64(x*10+0.5)) / 10 }
-func round3(x float64) float64 { return float64(int64(x*1000+0.5)) / 1000 }

@@ -1,9 +1,8 @@
-package main
+package bench
 
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -18,18 +17,14 @@ import (
 // claims a job at dequeue writes no record until it ends (or has run for a
 // while), and the final record lands with the completion that deletes
 // asynq's task: a status read that misses the record and then the task
-// must look at the record again.
+// must look at the record again. The fleet is Queue's: the API and a no-op
+// worker in this process, fast enough to poll each job as it finishes.
 func TestStatusNeverMissesAFinishingJob(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an S3 server")
 	}
 	ctx := context.Background()
-	f := newFlags("test", io.Discard)
-	c := addCommon(f)
-	if err := f.parse(nil, 0); err != nil {
-		t.Fatal(err)
-	}
-	fleet, err := startNoopFleet(ctx, c, asynq.RedisClientOpt{Addr: testenv.Redis(t).Addr}, 2)
+	fleet, err := startNoopFleet(ctx, testenv.S3Server(t).Config, asynq.RedisClientOpt{Addr: testenv.Redis(t).Addr}, 2)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,58 +33,89 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/backends/cpu"
+	"github.com/genfleet/genfleet/internal/lineprefix"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
 	"github.com/genfleet/genfleet/scheduler"
 )
 
-func init() {
-	registerBench("chaos", "jobs through the API to worker processes of one host, one SIGKILLed and restarted every few seconds: every job ends once, with the right image", benchChaos)
+// ChaosOptions is one run of Chaos.
+type ChaosOptions struct {
+	// Redis is the Redis to run on, a single server (the worker processes
+	// are given its address); nil starts a redis-server for the run.
+	// Chaos flushes its database.
+	Redis asynq.RedisConnOpt
+	// S3 is the server for the model and the outputs; an empty Endpoint
+	// starts versitygw for the run.
+	S3 s3x.Config
+	// Jobs are submitted through the API (64×64, distinct seeds), each of
+	// Steps steps (each sweeps the whole model: enough that kills land
+	// mid-job); Jobs at least 1.
+	Jobs, Steps int
+	// Workers is the number of worker processes sharing one cache
+	// directory (one host); at least 1.
+	Workers int
+	// ModelSize is the model's size in bytes.
+	ModelSize int64
+	// KillEvery is how often one worker is SIGKILLed (a busy one when any
+	// is busy) and restarted; above 0.
+	KillEvery time.Duration
+	// MaxKills stops the killing after this many kills; 0 kills until
+	// every job has left its queue once.
+	MaxKills int
+	// Deadline is how long after the last submit a job may take to end
+	// before it counts as lost (a killed job comes back only after the
+	// queue's lease recovery).
+	Deadline time.Duration
+	// Verbose copies the workers' logs to the progress writer.
+	Verbose bool
+	// Executable is the genfleet binary run as the worker processes; ""
+	// is this process's own executable.
+	Executable string
 }
 
-func benchChaos(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
-	f := newFlags("bench chaos", stderr)
-	c := addCommon(f)
-	cfg := chaosConfig{Stderr: stderr}
-	f.IntVar(&cfg.Jobs, "jobs", 300, "jobs to submit through the API (64×64, distinct seeds)")
-	f.IntVar(&cfg.Workers, "workers", 3, "worker processes sharing one cache directory (one host)")
-	f.IntVar(&cfg.Steps, "steps", 200, "steps per job (each sweeps the whole model: enough that kills land mid-job)")
-	size := f.String("size", "4MiB", "model size")
-	f.DurationVar(&cfg.KillEvery, "kill-every", 2*time.Second, "SIGKILL one worker (a busy one when any is busy) and restart it this often")
-	f.IntVar(&cfg.MaxKills, "max-kills", 0, "stop killing after this many kills (0: kill until every job has left its queue once)")
-	f.DurationVar(&cfg.Deadline, "deadline", 5*time.Minute, "a job not terminal this long after the last submit is lost (a killed job comes back only after asynq's lease recovery: 60–120s)")
-	verbose := f.Bool("v", false, "copy worker logs to stderr")
-	if err := f.parse(args, 0); err != nil {
-		return nil, err
-	}
-	n, err := parseSize(*size)
-	if err != nil {
-		return nil, fmt.Errorf("--size: %w", err)
-	}
-	cfg.ModelSize = n
-	cfg.Verbose = *verbose
-	redisOpt, stopRedis, err := benchRedis(c, flagGiven(f, "redis"))
-	if err != nil {
-		return nil, err
-	}
-	defer stopRedis()
-	dir, err := os.MkdirTemp("", "genfleet-bench-chaos-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	cl, s3cfg, stopS3, err := benchS3Config(ctx, c, dir, chaosModels, chaosOutputs)
-	if err != nil {
-		return nil, err
-	}
-	defer stopS3()
-	cfg.Dir = dir
-	res, err := runChaos(ctx, redisOpt, cl, s3cfg, cfg)
-	if err != nil {
-		return nil, err
-	}
-	return res.asMap(), nil
+// ChaosResult is what a chaos run found. TargetsMet: no job lost, failed,
+// corrupt, recorded as succeeded twice or stored twice.
+type ChaosResult struct {
+	Jobs      int `json:"jobs"`
+	Succeeded int `json:"succeeded"`
+	Failed    int `json:"failed"`
+	Lost      int `json:"lost"`
+	Cancelled int `json:"cancelled"`
+	// DuplicatedOutputs counts jobs with more than one object in the
+	// outputs bucket. Output keys are <prefix><job id>.png, so a re-run
+	// overwrites its own key: this stays 0 by construction, and the two
+	// counters below are the ones that see repeated work.
+	DuplicatedOutputs int `json:"duplicated_outputs"`
+	// DuplicateUploads counts jobs whose output the S3 server accepted more
+	// than once: a run that uploaded and was killed before it recorded the
+	// result, then ran again. Same bytes, same key: harmless, but it is the
+	// at-least-once cost.
+	DuplicateUploads int `json:"duplicate_uploads"`
+	// SucceededTwice counts jobs for which more than one worker process
+	// logged "job succeeded" (recorded the success): the run claim and the
+	// final mark must keep this at 0.
+	SucceededTwice int `json:"succeeded_twice"`
+	// Corrupt counts succeeded jobs whose object is missing, does not
+	// decode as a PNG, or differs from the bytes computed in-process.
+	Corrupt     int `json:"corrupt_outputs"`
+	Kills       int `json:"kills"`
+	KillsMidJob int `json:"kills_mid_job"`
+	// Restarts counts the killed workers started again; not in the JSON.
+	Restarts int `json:"-"`
+	// Attempts maps a final attempt number to the jobs that ended with it.
+	Attempts map[int]int `json:"attempts"`
+	// FailureReasons (the first 10) and Problems (the first 20) are
+	// absent when there are none.
+	FailureReasons []string `json:"failure_reasons,omitempty"`
+	Problems       []string `json:"problems,omitempty"`
+	// SubmitS is the time to submit every job, DrainS until every job
+	// ended (or the deadline), in seconds from the first submit.
+	SubmitS    float64 `json:"submit_s"`
+	DrainS     float64 `json:"drain_s"`
+	TargetsMet bool    `json:"targets_met"`
 }
 
 const (
@@ -93,79 +125,61 @@ const (
 	chaosHost    = "chaos-host"
 )
 
-// chaosConfig is one chaos run.
-type chaosConfig struct {
-	Jobs, Workers, Steps int
-	ModelSize            int64
-	KillEvery            time.Duration
-	MaxKills             int // 0: until every job left its queue once
-	Deadline             time.Duration
-	Dir                  string   // scratch directory (cache, model file)
-	ChildEnv             []string // extra environment for worker processes (tests mark re-executed binaries)
-	Verbose              bool
-	Stderr               io.Writer
+// Chaos registers a model, starts the scheduler's API in this process
+// and o.Workers worker processes of one host (o.Executable run as
+// `genfleet worker`, one cache directory), submits the jobs through the
+// API while a killer SIGKILLs a worker every o.KillEvery and restarts it
+// with the same host id, waits for every job to end, then checks every
+// output against the image computed in this process.
+func Chaos(ctx context.Context, o ChaosOptions, progress io.Writer) (*ChaosResult, error) {
+	progress = orDiscard(progress)
+	if o.Jobs < 1 || o.Workers < 1 {
+		return nil, fmt.Errorf("--jobs %d, --workers %d: want at least 1 of each", o.Jobs, o.Workers)
+	}
+	if o.KillEvery <= 0 {
+		return nil, fmt.Errorf("--kill-every %v: want a time above 0", o.KillEvery)
+	}
+	var sv chaosServices
+	var err error
+	if sv.self, err = executable(o.Executable); err != nil {
+		return nil, err
+	}
+	redisOpt, stopRedis, err := startRedis(o.Redis)
+	if err != nil {
+		return nil, err
+	}
+	defer stopRedis()
+	ro, ok := redisOpt.(asynq.RedisClientOpt)
+	if !ok {
+		return nil, fmt.Errorf("bench chaos needs a single Redis (host:port), got %T", redisOpt)
+	}
+	sv.redis, sv.redisAddr = redisOpt, ro.Addr
+	if sv.dir, err = os.MkdirTemp("", "genfleet-bench-chaos-"); err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(sv.dir)
+	cl, s3cfg, stopS3, err := startS3(ctx, o.S3, sv.dir, chaosModels, chaosOutputs)
+	if err != nil {
+		return nil, err
+	}
+	defer stopS3()
+	sv.s3, sv.s3cfg = cl, s3cfg
+	return runChaos(ctx, o, sv, progress)
 }
 
-// chaosResult is what a chaos run found.
-type chaosResult struct {
-	Jobs, Succeeded, Failed, Lost, Cancelled int
-	// DuplicatedOutputs counts jobs with more than one object in the
-	// outputs bucket. Output keys are <prefix><job id>.png, so a re-run
-	// overwrites its own key: this stays 0 by construction, and the two
-	// counters below are the ones that see repeated work.
-	DuplicatedOutputs int
-	// DuplicateUploads counts jobs whose output the S3 server accepted more
-	// than once: a run that uploaded and was killed before it recorded the
-	// result, then ran again. Same bytes, same key: harmless, but it is the
-	// at-least-once cost.
-	DuplicateUploads int
-	// SucceededTwice counts jobs for which more than one worker process
-	// logged "job succeeded" (recorded the success): the run claim and the
-	// final mark must keep this at 0.
-	SucceededTwice int
-	// Corrupt counts succeeded jobs whose object is missing, does not
-	// decode as a PNG, or differs from the bytes computed in-process.
-	Corrupt                  int
-	Kills, KillsMidJob       int
-	Restarts                 int
-	Attempts                 map[int]int // final attempt number → jobs
-	FailureReasons, Problems []string
-	SubmitS, DrainS          float64
+// chaosServices is what a chaos run runs on.
+type chaosServices struct {
+	redis     asynq.RedisConnOpt
+	redisAddr string // the worker processes' --redis
+	s3        *s3.Client
+	s3cfg     s3x.Config
+	dir       string // scratch: the model file and the host's cache
+	self      string // the genfleet executable
 }
 
-func (r *chaosResult) asMap() map[string]any {
-	attempts := map[string]int{}
-	for a, n := range r.Attempts {
-		attempts[fmt.Sprint(a)] = n
-	}
-	m := map[string]any{
-		"jobs": r.Jobs, "succeeded": r.Succeeded, "failed": r.Failed, "lost": r.Lost, "cancelled": r.Cancelled,
-		"duplicated_outputs": r.DuplicatedOutputs, "duplicate_uploads": r.DuplicateUploads,
-		"succeeded_twice": r.SucceededTwice, "corrupt_outputs": r.Corrupt,
-		"kills": r.Kills, "kills_mid_job": r.KillsMidJob, "attempts": attempts,
-		"submit_s": round1(r.SubmitS), "drain_s": round1(r.DrainS),
-		"targets_met": r.Lost == 0 && r.Corrupt == 0 && r.Failed == 0 && r.SucceededTwice == 0 && r.DuplicatedOutputs == 0,
-	}
-	if len(r.FailureReasons) > 0 {
-		m["failure_reasons"] = r.FailureReasons
-	}
-	if len(r.Problems) > 0 {
-		m["problems"] = r.Problems
-	}
-	return m
-}
-
-// runChaos registers a model, starts the scheduler's API in this process
-// and cfg.Workers worker processes of one host (this executable re-run as
-// `genfleet worker`, one cache directory), submits the jobs through the API
-// while a killer SIGKILLs a worker every cfg.KillEvery and restarts it with
-// the same host id, waits for every job to end, then checks every output
-// against the image computed in this process.
-func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s3cfg s3x.Config, cfg chaosConfig) (*chaosResult, error) {
-	logw := cfg.Stderr
-	if logw == nil {
-		logw = io.Discard
-	}
+// runChaos is Chaos once its services run: sv says where.
+func runChaos(ctx context.Context, cfg ChaosOptions, sv chaosServices, logw io.Writer) (*ChaosResult, error) {
+	redisOpt, cl, s3cfg := sv.redis, sv.s3, sv.s3cfg
 	rdb := redisOpt.MakeRedisClient().(redis.UniversalClient)
 	defer rdb.Close()
 	if err := rdb.FlushDB(ctx).Err(); err != nil {
@@ -174,7 +188,7 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 
 	// The model, kept in memory for the expected images.
 	reg := &modelcache.Registry{Src: modelcache.NewS3Source(cl), Root: s3x.URL{Bucket: chaosModels}}
-	modelPath := filepath.Join(cfg.Dir, "chaos.safetensors")
+	modelPath := filepath.Join(sv.dir, "chaos.safetensors")
 	if err := writeModel(modelPath, cfg.ModelSize, 42); err != nil {
 		return nil, err
 	}
@@ -185,7 +199,7 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 	if err != nil {
 		return nil, err
 	}
-	be, err := backends.New("cpu")
+	be, err := cpu.New() // the backend the workers run
 	if err != nil {
 		return nil, err
 	}
@@ -217,27 +231,15 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 	defer hs.Close()
 	api := "http://" + ln.Addr().String()
 
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	redisAddr := ""
-	switch o := redisOpt.(type) {
-	case asynq.RedisClientOpt:
-		redisAddr = o.Addr
-	default:
-		return nil, fmt.Errorf("bench chaos needs a single Redis (host:port), got %T", redisOpt)
-	}
-	env := append(os.Environ(), cfg.ChildEnv...)
-	env = append(env,
-		"GENFLEET_REDIS="+redisAddr,
+	env := append(os.Environ(),
+		"GENFLEET_REDIS="+sv.redisAddr,
 		"GENFLEET_S3_ENDPOINT="+proxy.URL, "GENFLEET_S3_REGION=us-east-1",
 		"GENFLEET_S3_ACCESS_KEY="+s3cfg.AccessKey, "GENFLEET_S3_SECRET_KEY="+s3cfg.SecretKey,
 		"GENFLEET_S3_PATH_STYLE=true",
 		"GENFLEET_REGISTRY=s3://"+chaosModels+"/", "GENFLEET_OUTPUTS=s3://"+chaosOutputs+"/"+chaosPrefix,
 		"GENFLEET_LOG_LEVEL=info",
 	)
-	fl := &chaosFleet{self: self, env: env, cacheDir: filepath.Join(cfg.Dir, "cache"), verbose: cfg.Verbose, stderr: logw}
+	fl := &chaosFleet{self: sv.self, env: env, cacheDir: filepath.Join(sv.dir, "cache"), verbose: cfg.Verbose, stderr: logw}
 	defer fl.stopAll()
 	for i := range cfg.Workers {
 		if err := fl.start(i); err != nil {
@@ -256,13 +258,16 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	res := &chaosResult{Jobs: cfg.Jobs, Attempts: map[int]int{}}
+	res := &ChaosResult{Jobs: cfg.Jobs, Attempts: map[int]int{}}
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 
 	// The killer: every KillEvery, SIGKILL a worker (a busy one if any)
 	// and start it again with the same host id. It stops after MaxKills, or
 	// once every job was submitted and none waits in a queue: from then on
 	// a restart would only reset asynq's one-minute lease recovery timer.
+	// res's counters are the killer's until it is done; the progress
+	// report reads kills.
+	var kills atomic.Int32
 	submitted := make(chan struct{})
 	killCtx, stopKiller := context.WithCancel(ctx)
 	killerDone := make(chan struct{})
@@ -297,6 +302,7 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 				continue
 			}
 			res.Kills++
+			kills.Store(int32(res.Kills))
 			if mid {
 				res.KillsMidJob++
 			}
@@ -329,7 +335,7 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 			defer wg.Done()
 			defer func() { <-sem }()
 			body := fmt.Sprintf(`{"model":"chaos","prompt":%q,"seed":%d,"width":64,"height":64,"steps":%d}`, bodies[i].Prompt, i, cfg.Steps)
-			id, err := chaosSubmit(ctx, client, api, body)
+			id, err := postJob(ctx, client, api, []byte(body))
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil && submitErr == nil {
@@ -370,7 +376,7 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 			if recs[i] != nil {
 				continue
 			}
-			rec, err := chaosGet(ctx, client, api, id)
+			rec, err := getJob(ctx, client, api, id)
 			if err == nil && rec.Status.Terminal() {
 				recs[i] = rec
 				continue
@@ -383,7 +389,7 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 		}
 		if time.Since(lastReport) > 10*time.Second {
 			lastReport = time.Now()
-			fmt.Fprintf(logw, "chaos: %d of %d jobs not finished yet (%d kills so far)\n", pending, cfg.Jobs, res.Kills)
+			fmt.Fprintf(logw, "chaos: %d of %d jobs not finished yet (%d kills so far)\n", pending, cfg.Jobs, kills.Load())
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -445,6 +451,8 @@ func runChaos(ctx context.Context, redisOpt asynq.RedisConnOpt, cl *s3.Client, s
 	if len(res.Problems) > 20 {
 		res.Problems = append(res.Problems[:20], fmt.Sprintf("… and %d more", len(res.Problems)-20))
 	}
+	res.SubmitS, res.DrainS = round1(res.SubmitS), round1(res.DrainS)
+	res.TargetsMet = res.Lost == 0 && res.Corrupt == 0 && res.Failed == 0 && res.SucceededTwice == 0 && res.DuplicatedOutputs == 0
 	return res, nil
 }
 
@@ -512,26 +520,6 @@ func queuesDrained(insp *asynq.Inspector) bool {
 	return true
 }
 
-func chaosSubmit(ctx context.Context, client *http.Client, api, body string) (string, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, api+"/v1/jobs", strings.NewReader(body))
-	var created struct {
-		ID string `json:"id"`
-	}
-	if err := doJSONWith(client, req, http.StatusAccepted, &created); err != nil {
-		return "", err
-	}
-	return created.ID, nil
-}
-
-func chaosGet(ctx context.Context, client *http.Client, api, id string) (*job.Record, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, api+"/v1/jobs/"+id, nil)
-	var rec job.Record
-	if err := doJSONWith(client, req, http.StatusOK, &rec); err != nil {
-		return nil, err
-	}
-	return &rec, nil
-}
-
 // chaosFleet is the worker processes of one host: slot i runs one process
 // at a time; kill and start replace it.
 type chaosFleet struct {
@@ -552,7 +540,7 @@ func (f *chaosFleet) start(i int) error {
 	log := &lockedBuffer{}
 	var w io.Writer = log
 	if f.verbose {
-		w = io.MultiWriter(log, &prefixWriter{w: f.stderr, prefix: fmt.Sprintf("w%d | ", i)})
+		w = io.MultiWriter(log, lineprefix.New(f.stderr, fmt.Sprintf("w%d | ", i)))
 	}
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -1,9 +1,10 @@
-package main
+package bench
 
 import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -14,50 +15,81 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"golang.org/x/sys/unix"
 
+	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/internal/units"
 	"github.com/genfleet/genfleet/modelcache"
 )
 
-func init() {
-	registerBench("fetch", "cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch)
+// FetchOptions is one run of Fetch.
+type FetchOptions struct {
+	// S3 is the server to fetch from; an empty Endpoint starts versitygw
+	// for the run, its data under Dir.
+	S3 s3x.Config
+	// Size is the model's size in bytes; above 0.
+	Size int64
+	// Runs is the number of timed runs of each contender (the median
+	// counts); at least 1.
+	Runs int
+	// Dir is the parent of the temporary files, on the disk to measure;
+	// "" is the system temp directory.
+	Dir string
+	// PartSize and Concurrency are genfleet's ranged-GET size and GETs in
+	// flight; 0 is modelcache's default.
+	PartSize    int64
+	Concurrency int
 }
 
-const benchFetchBucket = "genfleet-bench"
+// FetchResult is what Fetch measured. Rates are in 10^6 bytes/s, each the
+// median of the runs; the *_runs_mbps lists have every run's figure.
+type FetchResult struct {
+	SizeBytes   int64 `json:"size_bytes"`
+	PartSize    int64 `json:"part_size"`   // the one used, defaults filled in
+	Concurrency int   `json:"concurrency"` // likewise
+	Runs        int   `json:"runs"`
 
-// benchFetch measures a cold fetch of one model into a fresh cache (ranged
+	GenfleetMBps        float64 `json:"genfleet_mbps"`
+	TransferManagerMBps float64 `json:"transfermanager_mbps"`
+	DiskWriteMBps       float64 `json:"disk_write_mbps"`
+	RatioVsTM           float64 `json:"ratio_vs_transfermanager"`
+	RatioVsDisk         float64 `json:"ratio_vs_disk"`
+	// TargetsMet: genfleet at least 1.2× the transfer manager and 0.9×
+	// the disk's durable write rate.
+	TargetsMet bool `json:"targets_met"`
+
+	// What each contender's time covers, in words.
+	GenfleetMeasures  string `json:"genfleet_measures"`
+	TMMeasures        string `json:"transfermanager_measures"`
+	TMIncludesSync    bool   `json:"transfermanager_includes_sync"`
+	DiskWriteMeasures string `json:"disk_write_measures"`
+	MBpsUnit          string `json:"mbps_unit"`
+	Statistic         string `json:"statistic"`
+
+	GenfleetRunsMBps  []float64 `json:"genfleet_runs_mbps"`
+	TMRunsMBps        []float64 `json:"transfermanager_runs_mbps"`
+	DiskWriteRunsMBps []float64 `json:"disk_write_runs_mbps"`
+}
+
+const fetchBucket = "genfleet-bench"
+
+// Fetch measures a cold fetch of one model into a fresh cache (ranged
 // GETs, hashing, fsync, rename: until the blob is installed and mapped)
 // against two anchors on the same disk in the same run: the AWS SDK's
 // transfer manager downloading the object to a file with default options
 // (then fsync, so both end with durable bytes), and a sequential write +
 // fsync of the same number of bytes. Every timed step starts from a synced
 // disk and removes its file afterwards; the order of the three rotates
-// from run to run; the median of --runs counts for each (this machine's
+// from run to run; the median of o.Runs counts for each (a small machine's
 // disk swings by up to 4× between runs, and a best-of would let one
-// outlier decide a ratio). Every run's figure is in the output too.
-func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
-	f := newFlags("bench fetch", stderr)
-	c := addCommon(f)
-	sizeStr := f.String("size", "2GiB", "model size")
-	runs := f.Int("runs", 5, "timed runs of each contender (the median counts)")
-	dir := f.String("dir", "", "parent directory of the temporary files, on the disk to measure (default: the system temp dir)")
-	partStr := f.String("part-size", "", "genfleet part size (default: modelcache's default)")
-	conc := f.Int("concurrency", 0, "genfleet GETs in flight (default: modelcache's default)")
-	if err := f.parse(args, 0); err != nil {
-		return nil, err
+// outlier decide a ratio).
+func Fetch(ctx context.Context, o FetchOptions, progress io.Writer) (*FetchResult, error) {
+	progress = orDiscard(progress)
+	if o.Size <= 0 {
+		return nil, fmt.Errorf("--size %d: want a size above 0", o.Size)
 	}
-	size, err := parseSize(*sizeStr)
-	if err != nil || size <= 0 {
-		return nil, fmt.Errorf("--size: bad size %q", *sizeStr)
+	if o.Runs < 1 {
+		return nil, errors.New("--runs must be at least 1")
 	}
-	var partSize int64
-	if *partStr != "" {
-		if partSize, err = parseSize(*partStr); err != nil {
-			return nil, fmt.Errorf("--part-size: %w", err)
-		}
-	}
-	if *runs < 1 {
-		return nil, fmt.Errorf("--runs must be at least 1")
-	}
-	parent := *dir
+	parent := o.Dir
 	if parent == "" {
 		parent = os.TempDir()
 	}
@@ -67,7 +99,7 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	}
 	defer os.RemoveAll(work)
 
-	cl, stopS3, err := benchS3(ctx, c, work, benchFetchBucket)
+	cl, _, stopS3, err := startS3(ctx, o.S3, work, fetchBucket)
 	if err != nil {
 		return nil, err
 	}
@@ -75,9 +107,10 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	src := modelcache.NewS3Source(cl)
 
 	// The reference model, uploaded once.
+	size := o.Size
 	key := fmt.Sprintf("bench/fetch-%d.safetensors", time.Now().UnixNano())
 	model := filepath.Join(work, "model.safetensors")
-	fmt.Fprintf(stderr, "writing a %s reference model and uploading it...\n", humanBytes(size))
+	fmt.Fprintf(progress, "writing a %s reference model and uploading it...\n", units.FormatSize(size))
 	if err := writeModel(model, size, 7); err != nil {
 		return nil, err
 	}
@@ -89,15 +122,15 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 	if err != nil {
 		return nil, err
 	}
-	err = src.Put(ctx, benchFetchBucket, key, mf, size)
+	err = src.Put(ctx, fetchBucket, key, mf, size)
 	mf.Close()
 	os.Remove(model)
 	if err != nil {
 		return nil, err
 	}
 	man := &modelcache.Manifest{Schema: modelcache.ManifestSchema, Name: "bench-fetch", Format: "safetensors",
-		Files: []modelcache.File{{Name: "model.safetensors", URL: "s3://" + benchFetchBucket + "/" + key, Size: size, Digest: digest}}}
-	opts := modelcache.Options{PartSize: partSize, FetchConcurrency: *conc}
+		Files: []modelcache.File{{Name: "model.safetensors", URL: "s3://" + fetchBucket + "/" + key, Size: size, Digest: digest}}}
+	opts := modelcache.Options{PartSize: o.PartSize, FetchConcurrency: o.Concurrency}
 
 	genfleet := func(run int) (time.Duration, error) {
 		root := filepath.Join(work, fmt.Sprintf("cache-%d", run))
@@ -126,7 +159,7 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		defer out.Close()
 		syncDisk()
 		t := time.Now()
-		bucket := benchFetchBucket
+		bucket := fetchBucket
 		if _, err := tm.DownloadObject(ctx, &transfermanager.DownloadObjectInput{Bucket: &bucket, Key: &key, WriterAt: out}); err != nil {
 			return 0, fmt.Errorf("transfer manager: %w", err)
 		}
@@ -169,7 +202,7 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		all  []time.Duration
 	}
 	cs := []*contender{{name: "genfleet", fn: genfleet}, {name: "transfermanager", fn: anchorTM}, {name: "disk_write", fn: anchorDisk}}
-	for run := range *runs {
+	for run := range o.Runs {
 		// Rotate the order so that no contender always goes first (or
 		// always follows the same one).
 		for i := range cs {
@@ -178,7 +211,7 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 			if err != nil {
 				return nil, fmt.Errorf("%s, run %d: %w", ct.name, run+1, err)
 			}
-			fmt.Fprintf(stderr, "run %d %-16s %6.0f MB/s (%v)\n", run+1, ct.name, mbps(size, d), d.Round(time.Millisecond))
+			fmt.Fprintf(progress, "run %d %-16s %6.0f MB/s (%v)\n", run+1, ct.name, mbps(size, d), d.Round(time.Millisecond))
 			ct.all = append(ct.all, d)
 		}
 	}
@@ -190,39 +223,28 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (map[strin
 		return out
 	}
 	g, t, w := mbps(size, median(cs[0].all)), mbps(size, median(cs[1].all)), mbps(size, median(cs[2].all))
-	effPart, effConc := partSize, *conc
-	if effPart <= 0 {
-		effPart = modelcache.DefaultPartSize
+	res := &FetchResult{
+		SizeBytes: size, PartSize: o.PartSize, Concurrency: o.Concurrency, Runs: o.Runs,
+		GenfleetMBps: g, TransferManagerMBps: t, DiskWriteMBps: w,
+		RatioVsTM: g / t, RatioVsDisk: g / w,
+		TargetsMet:        g/t >= 1.2 && g/w >= 0.9,
+		GenfleetMeasures:  "Acquire of a missing model: ranged GETs, sha256 verify, fsync, chmod, rename, fsync dir, mmap",
+		TMMeasures:        "feature/s3/transfermanager DownloadObject, default options, to a file, then fsync",
+		TMIncludesSync:    true,
+		DiskWriteMeasures: "sequential 4 MiB writes of the same size, then fsync",
+		MBpsUnit:          "1e6 bytes/s",
+		Statistic:         "median of runs",
+		GenfleetRunsMBps:  perRun(cs[0].all),
+		TMRunsMBps:        perRun(cs[1].all),
+		DiskWriteRunsMBps: perRun(cs[2].all),
 	}
-	if effConc <= 0 {
-		effConc = modelcache.DefaultFetchConcurrency
+	if res.PartSize <= 0 {
+		res.PartSize = modelcache.DefaultPartSize
 	}
-	res := map[string]any{
-		"size_bytes":                    size,
-		"part_size":                     effPart,
-		"concurrency":                   effConc,
-		"runs":                          *runs,
-		"genfleet_mbps":                 g,
-		"transfermanager_mbps":          t,
-		"disk_write_mbps":               w,
-		"ratio_vs_transfermanager":      g / t,
-		"ratio_vs_disk":                 g / w,
-		"targets_met":                   g/t >= 1.2 && g/w >= 0.9,
-		"genfleet_measures":             "Acquire of a missing model: ranged GETs, sha256 verify, fsync, chmod, rename, fsync dir, mmap",
-		"transfermanager_measures":      "feature/s3/transfermanager DownloadObject, default options, to a file, then fsync",
-		"transfermanager_includes_sync": true,
-		"disk_write_measures":           "sequential 4 MiB writes of the same size, then fsync",
-		"mbps_unit":                     "1e6 bytes/s",
-		"statistic":                     "median of runs",
-		"genfleet_runs_mbps":            perRun(cs[0].all),
-		"transfermanager_runs_mbps":     perRun(cs[1].all),
-		"disk_write_runs_mbps":          perRun(cs[2].all),
+	if res.Concurrency <= 0 {
+		res.Concurrency = modelcache.DefaultFetchConcurrency
 	}
 	return res, nil
-}
-
-func mbps(size int64, d time.Duration) float64 {
-	return float64(size) / 1e6 / d.Seconds()
 }
 
 // syncDisk flushes every dirty page, so that a timed step does not pay for

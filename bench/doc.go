@@ -1,0 +1,28 @@
+// Package bench holds genfleet's benchmarks, the code behind `genfleet
+// bench NAME`. Each one is a function over an options struct that returns a
+// result struct; each measures genfleet against an anchor in the same run
+// (docs/benchmarks.md), except Chaos, which checks that no job is lost:
+//
+//	Fetch    S3 → verified blob, against the SDK's transfer manager and disk writes
+//	Load     a warm model's acquire in mmap mode, against read() into private memory
+//	Share    N processes on one model: summed PSS with mmap, against read mode
+//	Queue    no-op jobs through the API and a worker, against raw asynq
+//	Routing  model loads with model-aware routing, against plain queueing
+//	Upload   weights from a file mapping to the GPU, against pinned memory
+//	Chaos    jobs while worker processes are SIGKILLed: none lost, none corrupt
+//
+// A result's JSON encoding is the object `genfleet bench NAME --json` prints
+// (with the run's bench name, wall time and machine added), so its field
+// names are what docs and scripts read. The cmd/genfleet package only turns
+// flags into options and prints results; an option set by a flag is named
+// after it, and an error about the option names the flag ("--runs must be
+// at least 1").
+//
+// Progress goes, line by line, to the io.Writer each benchmark takes (nil
+// discards it). A benchmark that needs Redis or S3 uses the one its options
+// name, or starts its own for the run: redis-server and versitygw from PATH
+// on free loopback ports, stopped and removed when it returns. Routing and
+// Chaos run worker processes, an executable (genfleet itself by default)
+// started as `genfleet worker`; Share runs holder processes the same way
+// (see ShareChild). Queue runs its scheduler and worker in this process.
+package bench

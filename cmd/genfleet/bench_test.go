@@ -1,0 +1,136 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/genfleet/genfleet/bench"
+)
+
+// sameJSON fails unless the object resultFields makes of v encodes as v
+// itself does (keys in any order).
+func sameJSON(t *testing.T, v any) {
+	t.Helper()
+	direct, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(direct, &m); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(m) // keys sorted, as a map's are
+	got, err := json.Marshal(resultFields(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("%T: resultFields encodes as\n%s\nwant\n%s", v, got, want)
+	}
+}
+
+func TestResultFieldsEncodeLikeTheStruct(t *testing.T) {
+	type result struct {
+		Size     int64              `json:"size_bytes"`
+		Runs     []float64          `json:"runs_mbps"`
+		Hidden   int                `json:"-"`
+		Ratio    *float64           `json:"ratio,omitempty"`
+		Per      map[string]float64 `json:"per,omitempty"`
+		Problems []string           `json:"problems,omitempty"`
+		Met      bool               `json:"targets_met"`
+		Untagged string
+	}
+	ratio := 0.0
+	for _, r := range []*result{
+		{},
+		{Size: 1 << 30, Runs: []float64{1.5, 2}, Hidden: 3, Ratio: &ratio, Per: map[string]float64{"a": 1}, Problems: []string{"x"}, Met: true, Untagged: "u"},
+		{Problems: []string{}, Per: map[string]float64{}},
+	} {
+		sameJSON(t, r)
+	}
+	got := resultFields(&result{Size: 5, Hidden: 3})
+	if _, ok := got["Hidden"]; ok || got["size_bytes"] != int64(5) || fmt.Sprint(got["runs_mbps"]) != "[]" {
+		t.Errorf("resultFields = %v: want the Go values by JSON name, Hidden left out", got)
+	}
+}
+
+// Every benchmark's result prints, through resultFields, as it encodes.
+func TestBenchResultsPrintAsTheyEncode(t *testing.T) {
+	for _, res := range []any{
+		&bench.ChaosResult{}, &bench.ChaosResult{Jobs: 3, Succeeded: 3, Restarts: 2, Attempts: map[int]int{1: 2, 2: 1},
+			Problems: []string{"job x: lost"}, SubmitS: 1.5, TargetsMet: true},
+		&bench.FetchResult{}, &bench.FetchResult{SizeBytes: 1, GenfleetRunsMBps: []float64{1.5}, TargetsMet: true},
+		&bench.LoadResult{}, &bench.LoadResult{SizeBytes: 1, Ratio: 88.5},
+		&bench.ShareResult{}, &bench.ShareResult{Procs: 4, MmapPSSBytes: 1 << 30, ReadPSSRatio: 4.01},
+		&bench.QueueResult{}, &bench.QueueResult{Jobs: 10, RoundRatios: []float64{0.5}, AsynqRedisCPUUsPerJob: 77},
+		&bench.RoutingResult{}, &bench.RoutingResult{Jobs: 40, UnroutedLoads: 20, RoutedLoads: 2, TargetsMet: true},
+		&bench.UploadResult{}, &bench.UploadResult{Device: "H100", StrategiesGBps: map[string]float64{"staged": 42.1},
+			StagedGBpsByWorkers: map[string]float64{"1": 9, "16": 40}, RatioVsPinned: 0.9},
+	} {
+		sameJSON(t, res)
+	}
+}
+
+// genfleet bench prints the result with the run's name, wall time and
+// machine: with --json as one JSON object on the last line of stdout,
+// without it as sorted "key: value" lines.
+func TestBenchPrintsTheResult(t *testing.T) {
+	dir := t.TempDir()
+	code, stdout, stderr := runCLI("bench", "load", "--size", "1MiB", "--runs", "1", "--dir", dir, "--json")
+	if code != 0 {
+		t.Fatalf("bench load --json: exit %d\n%s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	var res map[string]any
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
+		t.Fatalf("last line is not one JSON object: %v\n%s", err, stdout)
+	}
+	want := []string{"bench", "cpus", "goarch", "goos", "mmap_ms", "mmap_populate_ms", "ratio", "read_gb_per_s", "read_ms", "runs", "size_bytes", "wall_s"}
+	if len(res) != len(want) {
+		t.Errorf("keys %v, want %v", res, want)
+	}
+	for _, k := range want {
+		if _, ok := res[k]; !ok {
+			t.Errorf("no %q in %v", k, res)
+		}
+	}
+	if res["bench"] != "load" || res["size_bytes"] != float64(1<<20) || res["cpus"] != float64(runtime.NumCPU()) || !strings.Contains(stderr, "mmap_ms:") {
+		t.Errorf("bench %v, size_bytes %v, cpus %v; progress on stderr:\n%s", res["bench"], res["size_bytes"], res["cpus"], stderr)
+	}
+
+	code, stdout, stderr = runCLI("bench", "load", "--size", "1MiB", "--runs", "1", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("bench load: exit %d\n%s", code, stderr)
+	}
+	text := strings.Split(strings.TrimSpace(stdout), "\n")
+	if len(text) != len(want) {
+		t.Fatalf("text output:\n%s\nwant one line per key of %v", stdout, want)
+	}
+	for i, k := range want {
+		if !strings.HasPrefix(text[i], k+": ") {
+			t.Errorf("line %d: %q, want %q first (keys sorted)", i+1, text[i], k)
+		}
+	}
+	if text[len(want)-2] != "size_bytes: 1048576" {
+		t.Errorf("%q: want the integer as Go prints it", text[len(want)-2])
+	}
+}
+
+func TestBenchRejectsBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bench", "queue", "--client", "curl"}, "--client"},
+		{[]string{"bench", "fetch", "--size", "0"}, `--size: bad size "0"`},
+		{[]string{"bench", "upload", "--sweep-threads", "1,x"}, "--sweep-threads"},
+		{[]string{"bench", "nope"}, `unknown benchmark "nope"`},
+	} {
+		if code, _, stderr := runCLI(tc.args...); code == 0 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, %q; want a failure naming %s", tc.args, code, stderr, tc.want)
+		}
+	}
+}
