@@ -63,6 +63,9 @@ func encodePayload(p Payload) ([]byte, error) {
 func DecodePayload(b []byte) (*Payload, error) {
 	p, ok := decodeCanonicalPayload(b)
 	if !ok {
+		if err := checkRawJSON("payload", b); err != nil {
+			return nil, err
+		}
 		var err error
 		if p, err = decodePayloadJSON(b); err != nil {
 			return nil, err
