@@ -30,6 +30,8 @@ var requestSeeds = []string{
 	`{"model":"demo","prompt":"\ud800 caf\u00e9 \u202e\u0000"}`,
 	`{"model":"demo","prompt":"   "}`,
 	`{"model":"demo","prompt":"x","output_format":"jpeg"}`,
+	"{\"model\":\"demo\",\"prompt\":\"caf\xc3\",\"negative_prompt\":\"\\\"\xff\"}",
+	"{\"model\":\"demo\",\"pr\xffompt\":\"x\"}",
 	`{"model":`,
 	`[1,2]`,
 	`null`,

@@ -85,8 +85,14 @@ func fieldErr(field, format string, args ...any) error {
 // UnmarshalJSON decodes a request strictly (unknown fields are an error)
 // and gives absent optional fields their defaults. A field present with an
 // explicit value keeps it, so {"width": 0} fails validation rather than
-// silently becoming the default.
+// silently becoming the default. A request that is not a JSON object, or
+// has invalid UTF-8 in a string (which encoding/json would replace with
+// U+FFFD), is refused with an error naming what is wrong and, for invalid
+// UTF-8, the field.
 func (r *Request) UnmarshalJSON(b []byte) error {
+	if err := checkRawJSON("request", b); err != nil {
+		return err
+	}
 	*r = requestDefaults
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()

@@ -22,9 +22,12 @@ func NewProducer(opt asynq.RedisConnOpt) *Producer {
 	return &Producer{client: asynq.NewClient(opt), Pool: DefaultPool}
 }
 
-// Enqueue validates req and enqueues it; it returns the job id. When id is
-// empty a random one is made; enqueueing the same id twice fails with
-// asynq.ErrTaskIDConflict, which makes the id an idempotency key.
+// Enqueue validates id (ValidID) and req and enqueues the job; it returns
+// the job id. When id is empty a random one is made. Enqueueing an id again
+// fails with asynq.ErrTaskIDConflict while asynq holds the first task (it is
+// queued, running, waiting to retry or archived as failed); once the first
+// job has ended, a worker skips the second task without running it (see
+// docs/jobs.md, "Job ids and duplicates").
 func (p *Producer) Enqueue(ctx context.Context, id string, req Request, opts ...asynq.Option) (string, error) {
 	if id == "" {
 		id = uuid.NewString()

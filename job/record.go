@@ -342,6 +342,14 @@ func finishArgs(run *Record, owner string) ([]string, []any, error) {
 	return []string{recordKey(run.ID), claimKey(run.ID)}, []any{b, final, owner, RecordTTL.Milliseconds()}, nil
 }
 
+var releaseClaimScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+
+// ReleaseClaim drops owner's run claim on id, if owner still holds it,
+// without writing a record.
+func (s *Store) ReleaseClaim(ctx context.Context, id, owner string) error {
+	return releaseClaimScript.Run(ctx, s.rdb, []string{claimKey(id)}, owner).Err()
+}
+
 // SetProgress records step i of n of a running job.
 func (s *Store) SetProgress(ctx context.Context, id string, step, steps int) error {
 	return s.rdb.HSet(ctx, recordKey(id), fieldStep, step, fieldSteps, steps).Err()
@@ -369,27 +377,50 @@ func (s *Store) CancelRequested(ctx context.Context, id string) (bool, error) {
 	return v == "1", nil
 }
 
-// ClaimIdempotencyKey binds key to id unless the key is already bound; it
-// returns the id the key is bound to (id itself when the claim won).
-func (s *Store) ClaimIdempotencyKey(ctx context.Context, key, id string, ttl time.Duration) (string, error) {
-	ok, err := s.rdb.SetNX(ctx, idemKey(key), id, ttl).Result()
-	if err != nil {
-		return "", err
-	}
-	if ok {
-		return id, nil
-	}
-	existing, err := s.rdb.Get(ctx, idemKey(key)).Result()
-	if errors.Is(err, redis.Nil) {
-		// Expired between SETNX and GET: try once more.
-		return s.ClaimIdempotencyKey(ctx, key, id, ttl)
-	}
-	return existing, err
+// Idempotency is what an Idempotency-Key is bound to: the job it names
+// and the RequestDigest of the request that made the job. Digest is empty
+// for a binding written before digests were kept.
+type Idempotency struct {
+	ID, Digest string
 }
 
-// ReleaseIdempotencyKey unbinds key if it is still bound to id (used when
+// Matches reports whether a request with digest may reuse the binding: it
+// asks for the same job, or the binding predates digests.
+func (b Idempotency) Matches(digest string) bool {
+	return b.Digest == "" || b.Digest == digest
+}
+
+func (b Idempotency) value() string { return b.ID + " " + b.Digest }
+
+func parseIdempotency(v string) Idempotency {
+	id, digest, _ := strings.Cut(v, " ")
+	return Idempotency{ID: id, Digest: digest}
+}
+
+// claimIdemScript binds KEYS[1] to ARGV[1] for ARGV[2] ms unless it is
+// bound; it returns the existing binding, or nil when the claim won.
+var claimIdemScript = redis.NewScript(`
+if redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then return false end
+return redis.call("GET", KEYS[1])`)
+
+// ClaimIdempotencyKey binds key to want (the new job's id and request
+// digest) unless the key is already bound, in one round trip; it returns
+// the binding the key has: want itself when the claim won. The caller
+// compares the digests (Idempotency.Matches).
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, want Idempotency, ttl time.Duration) (Idempotency, error) {
+	v, err := claimIdemScript.Run(ctx, s.rdb, []string{idemKey(key)}, want.value(), ttl.Milliseconds()).Text()
+	if errors.Is(err, redis.Nil) {
+		return want, nil
+	}
+	if err != nil {
+		return Idempotency{}, err
+	}
+	return parseIdempotency(v), nil
+}
+
+// ReleaseIdempotencyKey unbinds key if it is still bound to b (used when
 // the enqueue that claimed it failed).
-func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, id string) error {
+func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key string, b Idempotency) error {
 	const script = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`
-	return s.rdb.Eval(ctx, script, []string{idemKey(key)}, id).Err()
+	return s.rdb.Eval(ctx, script, []string{idemKey(key)}, b.value()).Err()
 }

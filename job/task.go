@@ -63,6 +63,9 @@ func encodePayload(p Payload) ([]byte, error) {
 func DecodePayload(b []byte) (*Payload, error) {
 	p, ok := decodeCanonicalPayload(b)
 	if !ok {
+		if err := checkRawJSON("payload", b); err != nil {
+			return nil, err
+		}
 		var err error
 		if p, err = decodePayloadJSON(b); err != nil {
 			return nil, err
@@ -100,11 +103,12 @@ func decodePayloadJSON(b []byte) (Payload, error) {
 	return Payload{Version: w.Version, Request: Request(w.Request), SubmittedAt: w.SubmittedAt, Route: w.Route}, nil
 }
 
-// NewTask returns the asynq task for req with job id id (the asynq task id,
-// which dedupes: a second enqueue with the same id fails with
-// asynq.ErrTaskIDConflict). The returned options put it on the pool queue of
-// class with genfleet's retry and timeout defaults; options
-// passed in opts come later and win.
+// NewTask returns the asynq task for req with job id id (the asynq task id;
+// ValidID says which ids are allowed). A second enqueue with the same id
+// fails with asynq.ErrTaskIDConflict only while asynq still holds the first
+// task in that queue (docs/jobs.md says what happens after). The returned
+// options put it on the pool queue of class with genfleet's retry and
+// timeout defaults; options passed in opts come later and win.
 //
 // A Go producer enqueues directly with:
 //
@@ -123,8 +127,8 @@ func NewTask(id string, req Request, class string, opts ...asynq.Option) (*asynq
 // (decoded from JSON, say) and, optionally, a route: the route is carried in
 // the payload (the worker records it) and its queue is used.
 func NewRoutedTask(id string, req Request, class string, route *Route, opts ...asynq.Option) (*asynq.Task, []asynq.Option, error) {
-	if id == "" {
-		return nil, nil, fmt.Errorf("%w: empty job id", ErrInvalid)
+	if err := ValidID(id); err != nil {
+		return nil, nil, err
 	}
 	b, err := encodePayload(Payload{Request: req, SubmittedAt: time.Now(), Route: route})
 	if err != nil {

@@ -86,10 +86,29 @@ func (m *Manifest) Ref() string {
 	return "(unnamed)"
 }
 
+// ErrBadManifest means a model's manifest cannot be used: it is not valid
+// JSON, breaks a rule Validate checks (a file URL that is not s3://, a
+// malformed digest, no files, …), is too large, or names another model.
+// Fetching it again does not help; the model must be pushed again.
+var ErrBadManifest = errors.New("invalid model manifest")
+
+// badManifest wraps err as an ErrBadManifest with err's own message.
+func badManifest(err error) error {
+	return &kindError{kind: ErrBadManifest, cause: err, msg: err.Error()}
+}
+
 // Validate checks what the cache relies on: schema, name, at least one file,
 // and for each file a name, an s3:// URL naming an object, a non-negative
-// size and a well-formed digest if there is one.
+// size and a well-formed digest if there is one. The error wraps
+// ErrBadManifest.
 func (m *Manifest) Validate() error {
+	if err := m.validate(); err != nil {
+		return badManifest(err)
+	}
+	return nil
+}
+
+func (m *Manifest) validate() error {
 	if m.Schema != ManifestSchema {
 		return fmt.Errorf("manifest schema %d not supported (want %d)", m.Schema, ManifestSchema)
 	}
@@ -135,11 +154,11 @@ func (m *Manifest) Validate() error {
 
 // ParseManifest decodes and validates a manifest's JSON. Unknown fields are
 // ignored so that older readers accept manifests with additions that do not
-// change the schema number.
+// change the schema number. Errors wrap ErrBadManifest.
 func ParseManifest(data []byte) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, fmt.Errorf("decode manifest: %w", err)
+		return nil, badManifest(fmt.Errorf("decode manifest: %w", err))
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
@@ -245,7 +264,8 @@ func (r *Registry) check() error {
 //
 // A name or URL that is malformed yields an error wrapping ErrInvalidRef; a
 // missing manifest or object one wrapping ErrModelNotFound whose message
-// says where it looked.
+// says where it looked; a manifest that cannot be used one wrapping
+// ErrBadManifest.
 func (r *Registry) Resolve(ctx context.Context, ref string) (*Manifest, error) {
 	if err := r.check(); err != nil {
 		return nil, err
@@ -266,7 +286,7 @@ func (r *Registry) Resolve(ctx context.Context, ref string) (*Manifest, error) {
 		return nil, fmt.Errorf("model %q: %w", ref, err)
 	}
 	if m.Name != ref {
-		return nil, fmt.Errorf("model %q: manifest %s names model %q", ref, u, m.Name)
+		return nil, badManifest(fmt.Errorf("model %q: manifest %s names model %q", ref, u, m.Name))
 	}
 	return m, nil
 }
@@ -306,7 +326,7 @@ func (r *Registry) readManifest(ctx context.Context, u s3x.URL) (*Manifest, erro
 		return nil, fmt.Errorf("read manifest %s: %w", u, err)
 	}
 	if len(data) > maxManifestBytes {
-		return nil, fmt.Errorf("manifest %s is larger than %d bytes", u, maxManifestBytes)
+		return nil, badManifest(fmt.Errorf("manifest %s is larger than %d bytes", u, maxManifestBytes))
 	}
 	m, err := ParseManifest(data)
 	if err != nil {
@@ -498,10 +518,36 @@ func (r *Registry) upload(ctx context.Context, localPath string, dest s3x.URL, p
 	return size, digest, nil
 }
 
+// ManifestError is a registered model whose manifest List could not use.
+type ManifestError struct {
+	// Name is the model's name (from the manifest object's key).
+	Name string
+	// Err says what is wrong; it wraps ErrBadManifest when the manifest
+	// was read and is unusable, and the Source's error when it could not
+	// be read.
+	Err error
+}
+
+func (e ManifestError) Error() string { return fmt.Sprintf("model %q: %v", e.Name, e.Err) }
+func (e ManifestError) Unwrap() error { return e.Err }
+
+// ManifestErrors is List's error when some manifests could not be used
+// and the rest were listed. Find it with errors.As.
+type ManifestErrors []ManifestError
+
+func (es ManifestErrors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return fmt.Sprintf("%d model manifest(s) unusable: %s", len(es), strings.Join(msgs, "; "))
+}
+
 // List returns every registered model's manifest, sorted by name. Keys under
 // the manifests prefix that are not <valid name>.json are ignored. A manifest
-// that cannot be read or parsed is left out and reported in err, which joins
-// one error per such manifest; the others are still returned.
+// that cannot be read or used is left out and reported, by model name, in a
+// ManifestErrors error; the others are still returned. Any other error
+// (the registry cannot be listed at all) comes with no manifests.
 func (r *Registry) List(ctx context.Context) ([]Manifest, error) {
 	if err := r.check(); err != nil {
 		return nil, err
@@ -511,8 +557,8 @@ func (r *Registry) List(ctx context.Context) ([]Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list models: %w", err)
 	}
-	var out []Manifest
-	var errs []error
+	out := []Manifest{}
+	var bad ManifestErrors
 	for _, key := range keys {
 		name, ok := strings.CutSuffix(strings.TrimPrefix(key, prefix), ".json")
 		if !ok || ValidName(name) != nil {
@@ -520,16 +566,20 @@ func (r *Registry) List(ctx context.Context) ([]Manifest, error) {
 		}
 		m, err := r.readManifest(ctx, s3x.URL{Bucket: r.Root.Bucket, Key: key})
 		if err == nil && m.Name != name {
-			err = fmt.Errorf("manifest s3://%s/%s names model %q", r.Root.Bucket, key, m.Name)
+			err = badManifest(fmt.Errorf("manifest s3://%s/%s names model %q", r.Root.Bucket, key, m.Name))
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("model %q: %w", name, err))
+			bad = append(bad, ManifestError{Name: name, Err: err})
 			continue
 		}
 		out = append(out, *m)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, errors.Join(errs...)
+	sort.Slice(bad, func(i, j int) bool { return bad[i].Name < bad[j].Name })
+	if len(bad) > 0 {
+		return out, bad
+	}
+	return out, nil
 }
 
 // progressReader reports the read position of an upload body.

@@ -226,9 +226,15 @@ func TestRegistryList(t *testing.T) {
 	}
 
 	e.putObject(t, "manifests/broken.json", []byte("{not json"))
+	e.putObject(t, "manifests/passwd.json", []byte(`{"schema":1,"name":"passwd","files":[{"name":"p","url":"file:///etc/passwd","size":1}]}`))
 	got, err = e.reg.List(t.Context())
-	if len(got) != 2 || err == nil || !strings.Contains(err.Error(), `"broken"`) {
-		t.Errorf("List with a broken manifest = %d manifests, err %v; want 2 and an error naming it", len(got), err)
+	var bad ManifestErrors
+	if len(got) != 2 || !errors.As(err, &bad) || !strings.Contains(err.Error(), `"broken"`) {
+		t.Fatalf("List with broken manifests = %d manifests, err %v; want 2 and ManifestErrors naming them", len(got), err)
+	}
+	if len(bad) != 2 || bad[0].Name != "broken" || bad[1].Name != "passwd" ||
+		!errors.Is(bad[0].Err, ErrBadManifest) || !strings.Contains(bad[1].Err.Error(), "file:///etc/passwd") {
+		t.Errorf("ManifestErrors = %v; want broken and passwd, each with its cause", bad)
 	}
 }
 
@@ -312,8 +318,31 @@ func TestParseManifestRejects(t *testing.T) {
 			m.Files = append([]File(nil), good.Files...)
 			tt.mutate(&m)
 			data, _ := json.Marshal(m)
-			if _, err := ParseManifest(data); err == nil {
-				t.Errorf("ParseManifest accepted %s", data)
+			if _, err := ParseManifest(data); !errors.Is(err, ErrBadManifest) {
+				t.Errorf("ParseManifest(%s) = %v, want an error wrapping ErrBadManifest", data, err)
+			}
+		})
+	}
+	if _, err := ParseManifest([]byte(`{"schema":`)); !errors.Is(err, ErrBadManifest) {
+		t.Errorf("ParseManifest of broken JSON = %v, want ErrBadManifest", err)
+	}
+}
+
+// Resolve tells an unusable manifest (ErrBadManifest: a retry or another
+// worker cannot help) from an unknown model, a malformed name and a
+// failing store.
+func TestResolveBadManifest(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct{ name, body, want string }{
+		{"passwd", `{"schema":1,"name":"passwd","files":[{"name":"p","url":"file:///etc/passwd","size":1}]}`, `"file:///etc/passwd" is not an s3:// URL`},
+		{"garbled", `{"schema":1,`, "decode manifest"},
+		{"other", `{"schema":1,"name":"someone-else","files":[{"name":"p","url":"s3://models/p","size":1}]}`, `names model "someone-else"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.putObject(t, "manifests/"+tc.name+".json", []byte(tc.body))
+			_, err := e.reg.Resolve(t.Context(), tc.name)
+			if !errors.Is(err, ErrBadManifest) || errors.Is(err, ErrModelNotFound) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Resolve = %v; want ErrBadManifest saying %q", err, tc.want)
 			}
 		})
 	}

@@ -242,7 +242,8 @@ func TestDetect(t *testing.T) {
 		{"gguf magic only", []byte("GGUF"), FormatGGUF, ""},
 		{"tiny", []byte("GG"), "", "too short"},
 		{"zip", []byte("PK\x03\x04 some zip file"), "", "neither a GGUF magic nor a safetensors header"},
-		{"safetensors length past end", withLen(1000, []byte("{}")), "", "neither"},
+		{"safetensors cut in its header", withLen(1000, []byte("{}")), FormatSafetensors, ""},
+		{"safetensors length over the limit", withLen(MaxSafetensorsHeader+1, []byte("{}")), "", "neither"},
 		{"safetensors not brace", withLen(2, []byte("[]")), "", "neither"},
 	}
 	for _, tc := range tests {

@@ -31,7 +31,21 @@ var (
 	ErrMalformed = errors.New("malformed model file")
 	// ErrUnknownFormat means Detect recognised neither format.
 	ErrUnknownFormat = errors.New("unknown model file format")
+	// ErrTruncated means the file is shorter than its own header says: it
+	// was cut off (an interrupted copy or download). It wraps ErrMalformed.
+	ErrTruncated error = truncatedError{}
 )
+
+type truncatedError struct{}
+
+func (truncatedError) Error() string { return "truncated model file" }
+func (truncatedError) Unwrap() error { return ErrMalformed }
+
+// truncated returns an error wrapping ErrTruncated (and so ErrMalformed)
+// that reads "<format>: file is truncated: <reason>".
+func truncated(format, reason string, args ...any) error {
+	return fmt.Errorf("%s: file is truncated: %s: %w", format, fmt.Sprintf(reason, args...), ErrTruncated)
+}
 
 // malformed returns an error wrapping ErrMalformed that reads
 // "<format>: <reason>: malformed model file".
@@ -41,7 +55,9 @@ func malformed(format, reason string, args ...any) error {
 
 // Detect reports the format of the file of the given size read through r:
 // FormatGGUF when it starts with the GGUF magic, FormatSafetensors when it
-// starts with a plausible safetensors header length followed by '{'.
+// starts with a plausible safetensors header length followed by '{' (also
+// when that length runs past the end of the file: a truncated safetensors
+// file, which ParseSafetensors then reports as such).
 // Detect only looks at the first bytes; parse the file to validate it.
 // Otherwise it returns an error wrapping ErrUnknownFormat, or the reader's
 // error.
@@ -62,7 +78,7 @@ func Detect(r io.ReaderAt, size int64) (string, error) {
 	}
 	if n == 9 {
 		hlen := binary.LittleEndian.Uint64(buf)
-		if hlen > 0 && hlen <= MaxSafetensorsHeader && hlen <= uint64(size-8) && buf[8] == '{' {
+		if hlen > 0 && hlen <= MaxSafetensorsHeader && buf[8] == '{' {
 			return FormatSafetensors, nil
 		}
 	}

@@ -161,7 +161,10 @@ func ParseSafetensorsFile(path string) (*Safetensors, error) {
 // of the given size read through r. It reads only the 8+N header bytes and
 // allocates in proportion to N (at most MaxSafetensorsHeader), never to
 // the tensor data. A file breaking the format yields an error wrapping
-// ErrMalformed that names the problem; a failing reader yields its error.
+// ErrMalformed that names the problem; one shorter than its header says
+// (cut off in the header or in the tensor data) an error wrapping
+// ErrTruncated, which says how many bytes are missing; a failing reader
+// yields its error.
 func ParseSafetensors(r io.ReaderAt, size int64) (*Safetensors, error) {
 	const f = FormatSafetensors
 	if size < 8 {
@@ -178,7 +181,8 @@ func ParseSafetensors(r io.ReaderAt, size int64) (*Safetensors, error) {
 	case n > MaxSafetensorsHeader:
 		return nil, malformed(f, "header length %d exceeds the %d-byte limit", n, MaxSafetensorsHeader)
 	case n > uint64(size-8):
-		return nil, malformed(f, "header length %d runs past the end of the %d-byte file", n, size)
+		return nil, truncated(f, "header length %d runs past the end of the %d-byte file: it says %d bytes of header, the file has %d after the length (%d bytes missing, and all tensor data)",
+			n, size, n, size-8, int64(n)-(size-8))
 	}
 	header := make([]byte, n)
 	if err := readFull(r, header, 8); err != nil {
@@ -234,7 +238,7 @@ func parseHeader(header []byte, size int64) (*Safetensors, error) {
 			return nil, malformed(f, "tensor %q appears twice", name)
 		}
 		seen[name] = true
-		t, err := parseTensor(name, raw, st.DataOffset, size)
+		t, err := parseTensor(name, raw, st.DataOffset)
 		if err != nil {
 			return nil, err
 		}
@@ -245,6 +249,15 @@ func parseHeader(header []byte, size int64) (*Safetensors, error) {
 	}
 	if rest := header[dec.InputOffset():]; len(bytes.Trim(rest, " \t\r\n")) != 0 {
 		return nil, malformed(f, "header has %d bytes of trailing data after the JSON object (padding must be spaces)", len(rest))
+	}
+	// Tensors that run past the end mean a file cut short: say so, and by
+	// how much, rather than blaming the first tensor that does.
+	var need int64
+	for _, t := range st.Tensors {
+		need = max(need, t.End-st.DataOffset)
+	}
+	if have := size - st.DataOffset; need > have {
+		return nil, truncated(f, "header says %d bytes of tensor data, file has %d (%d bytes missing)", need, have, need-have)
 	}
 	slices.SortFunc(st.Tensors, func(a, b Tensor) int {
 		switch {
@@ -299,7 +312,7 @@ func parseMetadata(raw json.RawMessage, into map[string]string) error {
 // "data_offsets": [begin, end]}, with offsets relative to the data section.
 // Keys are matched exactly; unknown keys are ignored, as the reference
 // implementation does.
-func parseTensor(name string, raw json.RawMessage, dataOffset, size int64) (Tensor, error) {
+func parseTensor(name string, raw json.RawMessage, dataOffset int64) (Tensor, error) {
 	const f = FormatSafetensors
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
@@ -339,14 +352,13 @@ func parseTensor(name string, raw json.RawMessage, dataOffset, size int64) (Tens
 		return Tensor{}, malformed(f, "tensor %q: %v", name, err)
 	}
 	begin, end := offsets[0], offsets[1]
-	dataSize := size - dataOffset
 	switch {
 	case begin < 0 || end < 0:
 		return Tensor{}, malformed(f, "tensor %q: negative data_offsets [%d, %d]", name, begin, end)
 	case end < begin:
 		return Tensor{}, malformed(f, "tensor %q: data_offsets [%d, %d] are reversed", name, begin, end)
-	case end > dataSize:
-		return Tensor{}, malformed(f, "tensor %q: data_offsets [%d, %d] run past the end of the %d-byte data section", name, begin, end, dataSize)
+	case end > math.MaxInt64-dataOffset:
+		return Tensor{}, malformed(f, "tensor %q: data_offsets [%d, %d] lie beyond any file's end", name, begin, end)
 	case end-begin != nbytes:
 		return Tensor{}, malformed(f, "tensor %q: data_offsets [%d, %d] span %d bytes, but %s%v needs %d", name, begin, end, end-begin, dtype, shape, nbytes)
 	}

@@ -70,7 +70,8 @@ var malformedSafetensors = []struct {
 	{"byte overflow", rawSafetensors(`{"t":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,4]}}`, 4), `overflows int64 bytes`},
 	{"sub-byte partial", rawSafetensors(`{"t":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}`, 2), `is 12 bits, not a whole number of bytes`},
 	{"size mismatch", rawSafetensors(`{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}`, 8), `data_offsets [0, 4] span 4 bytes, but F32[2] needs 8`},
-	{"offsets past end", rawSafetensors(`{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}`, 4), `data_offsets [0, 8] run past the end of the 4-byte data section`},
+	{"offsets past end", rawSafetensors(`{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}`, 4), `file is truncated: header says 8 bytes of tensor data, file has 4 (4 bytes missing)`},
+	{"offsets near max int64", rawSafetensors(`{"t":{"dtype":"U8","shape":[1],"data_offsets":[9223372036854775806,9223372036854775807]}}`, 4), `lie beyond any file's end`},
 	{"offsets reversed", rawSafetensors(`{"t":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}}`, 4), `data_offsets [4, 0] are reversed`},
 	{"offsets negative", rawSafetensors(`{"t":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}`, 4), `negative data_offsets [-4, 0]`},
 	{"overlap", rawSafetensors(`{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}`, 12), `tensors "a" [0,8) and "b" [4,12) overlap`},
@@ -371,5 +372,49 @@ func BenchmarkParseSafetensors(b *testing.B) {
 		if _, err := ParseSafetensors(bytes.NewReader(file), int64(len(file))); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A safetensors file cut short, in its tensor data or in its header, is
+// reported as truncated, by how much, not as an unknown format or as a bad
+// tensor: what `genfleet models inspect` says of an interrupted download.
+func TestParseSafetensorsTruncated(t *testing.T) {
+	var full bytes.Buffer
+	if err := WriteSafetensors(&full, map[string]string{"k": "v"}, []TensorSpec{
+		bytesSpec("a", "F32", []int64{64}, make([]byte, 256)),
+		bytesSpec("b", "F32", []int64{64}, make([]byte, 256)),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	whole, err := ParseSafetensors(bytes.NewReader(full.Bytes()), int64(full.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := int64(full.Len()) - whole.DataOffset // 512
+	tests := []struct {
+		name string
+		keep int64
+		want string
+	}{
+		{"in the second tensor", whole.DataOffset + 300, fmt.Sprintf("file is truncated: header says %d bytes of tensor data, file has 300 (%d bytes missing)", data, data-300)},
+		{"right after the header", whole.DataOffset, fmt.Sprintf("header says %d bytes of tensor data, file has 0 (%d bytes missing)", data, data)},
+		{"one byte short", int64(full.Len()) - 1, "(1 bytes missing)"},
+		{"in the header", 20, fmt.Sprintf("file is truncated: header length %d runs past the end of the 20-byte file", whole.HeaderLen)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cut := full.Bytes()[:tc.keep]
+			format, err := Detect(bytes.NewReader(cut), tc.keep)
+			if err != nil || format != FormatSafetensors {
+				t.Fatalf("Detect = %q, %v; want safetensors", format, err)
+			}
+			_, err = ParseSafetensors(bytes.NewReader(cut), tc.keep)
+			if !errors.Is(err, ErrTruncated) || !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrTruncated and ErrMalformed", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not contain %q", err, tc.want)
+			}
+		})
 	}
 }

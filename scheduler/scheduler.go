@@ -142,7 +142,7 @@ func New(cfg Config) (*Server, error) {
 		reg:       prometheus.NewRegistry(),
 		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "genfleet_scheduler_jobs_submitted_total",
-			Help: "POST /v1/jobs outcomes: enqueued, duplicate (same Idempotency-Key), invalid, unknown_model, unavailable.",
+			Help: "POST /v1/jobs outcomes: enqueued, duplicate (same Idempotency-Key and body), idempotency_conflict (same key, another body), invalid, unknown_model, bad_model (unusable manifest), unavailable.",
 		}, []string{"result"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "genfleet_scheduler_http_requests_total",
@@ -172,7 +172,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.route(mux, "GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	s.handler = s.authenticate(mux)
+	s.handler = s.authenticate(s.jsonErrors(mux))
 	return s, nil
 }
 
@@ -202,29 +202,6 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
-// apiError is the body of every error response.
-type apiError struct {
-	Error string `json:"error"`
-	Field string `json:"field,omitempty"`
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
-
-func writeError(w http.ResponseWriter, code int, err error) {
-	body := apiError{Error: err.Error()}
-	var fe *job.FieldError
-	if errors.As(err, &fe) {
-		body.Field = fe.Field
-	}
-	writeJSON(w, code, body)
-}
-
 // maxIdempotencyKey bounds the Idempotency-Key header.
 const maxIdempotencyKey = 256
 
@@ -244,11 +221,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	var req job.Request
 	if err := json.Unmarshal(body, &req); err != nil {
 		s.submitted.WithLabelValues("invalid").Inc()
-		var fe *job.FieldError
-		if !errors.As(err, &fe) {
-			err = fmt.Errorf("request body is not valid JSON: %w", err)
-		}
-		writeError(w, http.StatusBadRequest, err)
+		writeError(w, http.StatusBadRequest, requestError(err))
 		return
 	}
 	if err := req.Validate(); err != nil {
@@ -288,6 +261,12 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 				s.submitted.WithLabelValues("unknown_model").Inc()
 				writeJSON(w, http.StatusNotFound, apiError{Error: err.Error(), Field: "model"})
 				return
+			case errors.Is(err, modelcache.ErrBadManifest):
+				// The request is fine; the model's registry entry is not,
+				// and no worker could run it (docs/jobs.md).
+				s.submitted.WithLabelValues("bad_model").Inc()
+				writeJSON(w, http.StatusUnprocessableEntity, apiError{Error: err.Error(), Field: "model"})
+				return
 			case errors.Is(err, modelcache.ErrInvalidRef):
 				s.submitted.WithLabelValues("invalid").Inc()
 				writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error(), Field: "model"})
@@ -301,19 +280,10 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	}
 
 	id := uuid.NewString()
+	idem := job.Idempotency{ID: id}
 	if idemKey != "" {
-		bound, err := s.store.ClaimIdempotencyKey(ctx, idemKey, id, s.cfg.IdempotencyTTL)
-		if err != nil {
-			s.unavailable(w, err)
-			return
-		}
-		if bound != id {
-			s.submitted.WithLabelValues("duplicate").Inc()
-			st := job.StatusQueued
-			if rec, err := s.lookup(ctx, bound); err == nil {
-				st = rec.Status
-			}
-			writeJSON(w, http.StatusAccepted, map[string]any{"id": bound, "status": st, "duplicate": true})
+		var answered bool
+		if idem, answered = s.claimIdempotency(w, r, idemKey, id, &req); answered {
 			return
 		}
 	}
@@ -324,12 +294,12 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	// from asynq. One write per submit fewer; nothing to undo on failure.
 	task, opts, err := job.NewRoutedTask(id, req, class, &route)
 	if err != nil {
-		s.releaseIdem(idemKey, id)
+		s.releaseIdem(idemKey, idem)
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
 	if _, err := s.client.EnqueueContext(ctx, task, opts...); err != nil {
-		s.releaseIdem(idemKey, id)
+		s.releaseIdem(idemKey, idem)
 		s.unavailable(w, err)
 		return
 	}
@@ -345,12 +315,6 @@ type accepted struct {
 	ID     string     `json:"id"`
 	Queue  string     `json:"queue"`
 	Status job.Status `json:"status"`
-}
-
-func (s *Server) releaseIdem(key, id string) {
-	if key != "" {
-		_ = s.store.ReleaseIdempotencyKey(context.Background(), key, id)
-	}
 }
 
 // retryAfter is the Retry-After (seconds) of a 503: about the time a
@@ -466,8 +430,12 @@ func (s *Server) taskIn(q, id string) (*asynq.TaskInfo, error) {
 }
 
 // lookupFor looks job id up for a handler; when it cannot, it has answered
-// (404 for an unknown job, 503 when Redis fails) and returns nil.
+// (400 for an id no job can have, 404 for an unknown job, 503 when Redis
+// fails) and returns nil.
 func (s *Server) lookupFor(w http.ResponseWriter, r *http.Request, id string) *job.Record {
+	if !checkJobID(w, id) {
+		return nil
+	}
 	rec, err := s.lookup(r.Context(), id)
 	switch {
 	case errors.Is(err, errJobNotFound):
@@ -549,6 +517,18 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]any{"id": id, "status": rec.Status, "cancel_requested": true})
 }
 
+// modelList is the body of GET /v1/models.
+type modelList struct {
+	Models []modelEntry `json:"models"`
+	Errors []modelError `json:"errors"`
+}
+
+// modelError names a registered model whose manifest cannot be used.
+type modelError struct {
+	Name  string `json:"name"`
+	Error string `json:"error"`
+}
+
 // modelEntry is a registered model and the hosts that hold it.
 type modelEntry struct {
 	modelcache.Manifest
@@ -579,11 +559,15 @@ func (s *Server) listModels(w http.ResponseWriter, r *http.Request) {
 		}
 		entries = append(entries, e)
 	}
-	body := map[string]any{"models": entries}
-	if err != nil {
-		// Some manifests could not be read: list the rest and say which.
-		body["errors"] = err.Error()
-		s.log.Warn("unreadable model manifests", "err", err)
+	// Manifests that could not be used are named, each with its error;
+	// the rest are listed.
+	body := modelList{Models: entries, Errors: []modelError{}}
+	var bad modelcache.ManifestErrors
+	if errors.As(err, &bad) {
+		for _, e := range bad {
+			body.Errors = append(body.Errors, modelError{Name: e.Name, Error: e.Err.Error()})
+		}
+		s.log.Warn("unusable model manifests", "err", err)
 	}
 	writeJSON(w, http.StatusOK, body)
 }

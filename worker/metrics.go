@@ -8,6 +8,8 @@ type metrics struct {
 	phase    *prometheus.HistogramVec
 	cache    *prometheus.CounterVec
 	inFlight prometheus.Gauge
+	// duplicates counts tasks skipped because their job had already ended.
+	duplicates *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -29,9 +31,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "genfleet_worker_jobs_in_flight",
 			Help: "Jobs this worker process is running now.",
 		}),
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "genfleet_worker_duplicate_tasks_total",
+			Help: "Tasks skipped without running because their job had already ended, by whether their request matched the ended job's (same, different, unknown).",
+		}, []string{"request"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.jobs, m.phase, m.cache, m.inFlight)
+		reg.MustRegister(m.jobs, m.phase, m.cache, m.inFlight, m.duplicates)
 	}
 	return m
 }

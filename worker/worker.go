@@ -330,25 +330,29 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			return err // not from this worker's hook: retry
 		}
 	}
-
-	p, err := job.DecodePayload(t.Payload())
-	if err != nil {
-		log.Warn("invalid job", "err", err)
-		w.finish(wctx, rec, job.StatusFailed, err.Error(), started, owner)
-		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	if err := job.ValidID(id); err != nil {
+		return w.rejectID(wctx, id, owner, err)
 	}
-	rec.Model = p.Request.Model
-	rec.Request = &p.Request
-	rec.Route = p.Route
-	if !p.SubmittedAt.IsZero() {
-		rec.CreatedAt = p.SubmittedAt
+
+	// A payload that does not decode fails the job, but only once the
+	// start decision says the job is this worker's: a duplicate of an
+	// ended job must not overwrite its record.
+	p, decodeErr := job.DecodePayload(t.Payload())
+	if decodeErr == nil {
+		rec.Model = p.Request.Model
+		rec.Request = &p.Request
+		rec.Route = p.Route
+		if !p.SubmittedAt.IsZero() {
+			rec.CreatedAt = p.SubmittedAt
+		}
 	}
 	rec.Status = job.StatusRunning
 	rec.StartedAt = started.UTC()
 	rec.Timings = map[string]float64{}
-	if !p.SubmittedAt.IsZero() {
+	if decodeErr == nil && !p.SubmittedAt.IsZero() {
 		rec.Timings["queue_wait"] = ms(started.Sub(p.SubmittedAt))
 	}
+	var err error
 	if !claimedAtDequeue {
 		// owner is unique per attempt: it names this claim, no other.
 		owner = w.newOwner()
@@ -361,12 +365,13 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		w.finish(wctx, rec, job.StatusCancelled, "", started, "")
 		return nil
 	case job.StartDone:
-		// Another copy of this job already ran to the end (a copy moved
-		// from a dead host's queue, or a redelivery): never run it twice.
-		log.Info("job already ended; skipping duplicate delivery")
+		w.skipDuplicate(wctx, id, t.Payload(), p, log)
 		return nil
 	case job.StartClaimed:
 		return errClaimed
+	}
+	if decodeErr != nil {
+		return w.failPermanently(wctx, rec, decodeErr, permanentReason(decodeErr), started, owner, log)
 	}
 	// A claim taken at dequeue wrote no record: the running record follows
 	// unless the job ends first (until then the API shows it running from
@@ -400,10 +405,8 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		rec.Status, rec.Error = job.StatusQueued, "worker shut down; job handed back to the queue"
 		w.finish(wctx, rec, job.StatusQueued, rec.Error, started, owner)
 		return fmt.Errorf("%w: %w", errShutdown, err)
-	case permanent(err):
-		w.finish(wctx, rec, job.StatusFailed, err.Error(), started, owner)
-		log.Warn("job failed", "err", err)
-		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	case permanentReason(err) != "":
+		return w.failPermanently(wctx, rec, err, permanentReason(err), started, owner, log)
 	case retried >= maxRetry:
 		w.finish(wctx, rec, job.StatusFailed, fmt.Sprintf("failed after %d attempts: %v", retried+1, err), started, owner)
 		log.Warn("job failed, no retries left", "err", err)
@@ -449,16 +452,6 @@ func (w *Worker) markRunningLater(ctx context.Context, rec *job.Record) (stop fu
 		stopped = true
 		mu.Unlock()
 	}
-}
-
-// permanent reports whether retrying err cannot help.
-func permanent(err error) bool {
-	return errors.Is(err, job.ErrInvalid) ||
-		errors.Is(err, modelcache.ErrModelNotFound) ||
-		errors.Is(err, modelcache.ErrInvalidRef) ||
-		errors.Is(err, backends.ErrBadModel) ||
-		errors.Is(err, backends.ErrBadParams) ||
-		errors.Is(err, errWrongEngine)
 }
 
 // run is the pipeline: resolve → acquire (fetch, verify, map) → generate →
@@ -548,7 +541,10 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 
 	t = time.Now()
 	sum := sha256.Sum256(buf.Bytes())
-	key := w.cfg.Outputs.Key + rec.ID + ".png"
+	key, err := job.OutputKey(w.cfg.Outputs.Key, rec.ID)
+	if err != nil {
+		return nil, err // ProcessTask checked the id: not reached
+	}
 	_, err = w.cfg.S3.PutObject(ctx, &s3.PutObjectInput{
 		Bucket:        aws.String(w.cfg.Outputs.Bucket),
 		Key:           aws.String(key),

@@ -33,7 +33,12 @@ Commands:
                                             register an object already in S3
                                             as NAME, without uploading it
   inspect FILE                              summarise a safetensors or GGUF header
-  ls                                        list registered models
+  ls [--json]                               list registered models; a model whose
+                                            manifest cannot be used is named on
+                                            stderr with its error and the others
+                                            are listed (exit 0); exit 1 when the
+                                            registry cannot be listed, or when
+                                            every manifest in it is unusable
 `
 
 func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -366,8 +371,15 @@ func cmdModelsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	models, err := reg.List(ctx)
-	if err != nil {
+	var bad modelcache.ManifestErrors
+	if err != nil && !errors.As(err, &bad) {
 		return err
+	}
+	for _, e := range bad {
+		fmt.Fprintf(stderr, "genfleet models ls: skipped %v\n", e)
+	}
+	if len(bad) > 0 && len(models) == 0 {
+		return fmt.Errorf("no usable model manifest: all %d are unusable", len(bad))
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)

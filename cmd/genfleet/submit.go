@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -30,8 +32,8 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	sampler := f.String("sampling-method", "", "engine sampler, e.g. euler_a (sdcpp models only; default: the engine's)")
 	sched := f.String("scheduler", "", "engine sigma schedule, e.g. karras (sdcpp models only; default: the engine's)")
 	wait := f.Bool("wait", false, "wait until the job ends, showing progress")
-	out := f.String("o", "", "write the PNG to this file (implies --wait)")
-	idem := f.String("idempotency-key", "", "Idempotency-Key header: the same key returns the same job")
+	out := f.String("o", "", "write the PNG to this file (implies --wait; its directory is checked before the job is submitted)")
+	idem := f.String("idempotency-key", "", "Idempotency-Key header: the same key with the same request returns the same job; with another request it is refused (422)")
 	timeout := f.Duration("timeout", 30*time.Minute, "give up waiting after this long")
 	if err := f.parse(args, 0); err != nil {
 		return err
@@ -41,6 +43,12 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		SamplingMethod: *sampler, Scheduler: *sched}
 	if err := req.Validate(); err != nil {
 		return fmt.Errorf("--%s", strings.ReplaceAll(err.Error(), "_", "-"))
+	}
+	if *out != "" {
+		// Before the job is submitted: finding out after it ran wastes it.
+		if err := checkOutputPath(*out); err != nil {
+			return err
+		}
 	}
 	body, _ := json.Marshal(req)
 	base := strings.TrimSuffix(*api, "/")
@@ -130,6 +138,31 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stderr, "wrote %s\n", *out)
 	return nil
+}
+
+// checkOutputPath checks that the image can be written to path: it is not
+// a directory, and its directory exists and takes a new file (the check
+// creates and removes the kind of temp file the download is written to).
+func checkOutputPath(path string) error {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return fmt.Errorf("-o %s is a directory; give a file name, e.g. %s", path, filepath.Join(path, "out.png"))
+	}
+	dir := filepath.Dir(path)
+	st, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("-o %s: directory %s does not exist; nothing was submitted", path, dir)
+	case err != nil:
+		return fmt.Errorf("-o %s: %w; nothing was submitted", path, err)
+	case !st.IsDir():
+		return fmt.Errorf("-o %s: %s is not a directory; nothing was submitted", path, dir)
+	}
+	tmp, err := os.CreateTemp(dir, ".genfleet-*.png")
+	if err != nil {
+		return fmt.Errorf("-o %s: cannot write in %s: %w; nothing was submitted", path, dir, err)
+	}
+	tmp.Close()
+	return os.Remove(tmp.Name())
 }
 
 // setToken adds "Authorization: Bearer token" to req unless token is empty.
