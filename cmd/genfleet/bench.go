@@ -13,6 +13,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/genfleet/genfleet/bench"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/internal/testenv"
 )
@@ -100,6 +101,35 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "%s: %v\n", k, res[k])
 	}
 	return nil
+}
+
+func init() {
+	registerBench("verify", "first use of a cached model after boot (--verify per-boot re-hash) vs read() into private memory (anchor)", benchVerify)
+}
+
+// benchVerify runs bench.Verify: genfleet bench verify [--size 2GiB] [--runs 3] [--dir DIR].
+func benchVerify(ctx context.Context, args []string, stderr io.Writer) (map[string]any, error) {
+	f := newFlags("bench verify", stderr)
+	sizeStr := f.String("size", "2GiB", "model size")
+	runs := f.Int("runs", 3, "measurements of each kind (the median counts)")
+	dir := f.String("dir", "", "parent directory of the temporary cache (default: the system temp dir)")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	size, err := parseSize(*sizeStr)
+	if err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	res, err := bench.Verify(ctx, bench.VerifyOptions{Size: size, Runs: *runs, Dir: *dir}, stderr)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]any{}
+	return out, json.Unmarshal(b, &out)
 }
 
 // benchS3 returns an S3 client for a benchmark: see benchS3Config.
