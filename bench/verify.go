@@ -34,8 +34,9 @@ type VerifyOptions struct {
 // in this boot, which re-hashes it; "verified" is the same Acquire once
 // its record says it was: a map and an fstat. The cost of the default is
 // the difference; the anchor is read() of the same file into private
-// memory (what a process that loads weights without mmap pays), and the
-// ratio is cost / anchor.
+// memory (what a process that loads weights without mmap pays), taken in
+// the same run, seconds apart, and the ratio is the median over the runs
+// of each run's cost / anchor.
 type VerifyResult struct {
 	SizeBytes int64 `json:"size_bytes"`
 	Runs      int   `json:"runs"`
@@ -64,6 +65,10 @@ type VerifyResult struct {
 	ReportVerifyMsPerGiB float64 `json:"report_verify_ms_per_gib"`
 	// FSVerity is what the cache's file system says about fs-verity.
 	FSVerity string `json:"fs_verity"`
+	// LoadAvgStart and LoadAvgEnd are the host's 1-minute load average
+	// when the benchmark started and ended: the two cores are shared.
+	LoadAvgStart float64 `json:"load_avg_start"`
+	LoadAvgEnd   float64 `json:"load_avg_end"`
 }
 
 // Verify measures the first-use cost of the cache's default verification
@@ -104,7 +109,8 @@ func Verify(ctx context.Context, o VerifyOptions, progress io.Writer) (*VerifyRe
 	man := &modelcache.Manifest{Schema: modelcache.ManifestSchema, Name: "bench-verify", Files: []modelcache.File{{
 		Name: "model.bin", URL: "s3://bench/model.bin", Size: o.Size, Digest: digest,
 	}}}
-	res := &VerifyResult{SizeBytes: o.Size, Runs: o.Runs, FSVerity: c.FSVerity().String()}
+	res := &VerifyResult{SizeBytes: o.Size, Runs: o.Runs, FSVerity: c.FSVerity().String(), LoadAvgStart: loadAvg()}
+	defer func() { res.LoadAvgEnd = loadAvg() }()
 	gib := float64(o.Size) / (1 << 30)
 	perGiB := func(ds []time.Duration) float64 {
 		return float64(median(ds).Microseconds()) / 1000 / gib
@@ -180,12 +186,17 @@ func Verify(ctx context.Context, o VerifyOptions, progress io.Writer) (*VerifyRe
 				reads[run].Round(time.Millisecond), firsts[run].Round(time.Millisecond), verifieds[run].Round(time.Microsecond))
 		}
 		read, first, verified := perGiB(reads), perGiB(firsts), perGiB(verifieds)
+		ratios := make([]time.Duration, o.Runs) // cost/anchor per run, in units of 1e-6
+		for i := range ratios {
+			ratios[i] = time.Duration(1e6 * float64(firsts[i]-verifieds[i]) / float64(reads[i]))
+		}
+		ratio := float64(median(ratios)) / 1e6
 		if cold {
 			res.ColdReadMsPerGiB, res.ColdFirstUseMsPerGiB, res.ColdVerifiedMsPerGiB = read, first, verified
-			res.ColdCostMsPerGiB, res.ColdCostVsRead = first-verified, (first-verified)/read
+			res.ColdCostMsPerGiB, res.ColdCostVsRead = first-verified, ratio
 		} else {
 			res.WarmReadMsPerGiB, res.WarmFirstUseMsPerGiB, res.WarmVerifiedMsPerGiB = read, first, verified
-			res.WarmCostMsPerGiB, res.WarmCostVsRead = first-verified, (first-verified)/read
+			res.WarmCostMsPerGiB, res.WarmCostVsRead = first-verified, ratio
 			res.ReportVerifyMsPerGiB = perGiB(reportVerify)
 		}
 	}
@@ -258,6 +269,17 @@ func dropCache(root, blob string) (float64, error) {
 		return 0, fmt.Errorf("list the benchmark's cache: %d blobs, %v", len(infos), err)
 	}
 	return float64(infos[0].ResidentBytes) / float64(infos[0].Size), nil
+}
+
+// loadAvg is the 1-minute load average, or 0 when unknown.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var l float64
+	fmt.Sscan(string(b), &l)
+	return l
 }
 
 func median(ds []time.Duration) time.Duration {

@@ -344,3 +344,25 @@ func TestCacheQuarantineAccounting(t *testing.T) {
 		t.Fatalf("cache ls after gc:\n%s", out)
 	}
 }
+
+// bench verify runs end to end on a small model and reports a first-use
+// cost that is a re-hash (well above the cost of a verified acquire).
+func TestBenchVerifySmall(t *testing.T) {
+	code, out, stderr := runCLI("bench", "verify", "--size", "8MiB", "--runs", "1", "--dir", t.TempDir(), "--json")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var res struct {
+		Size        int64   `json:"size_bytes"`
+		WarmRead    float64 `json:"warm_read_ms_per_gib"`
+		WarmFirst   float64 `json:"warm_first_use_ms_per_gib"`
+		WarmChecked float64 `json:"warm_verified_ms_per_gib"`
+		WarmRatio   float64 `json:"warm_cost_vs_read"`
+		ColdRatio   float64 `json:"cold_cost_vs_read"`
+		Report      float64 `json:"report_verify_ms_per_gib"`
+	}
+	if code != 0 || json.Unmarshal([]byte(lines[len(lines)-1]), &res) != nil {
+		t.Fatalf("bench verify: %d\n%s\n%s", code, out, stderr)
+	}
+	if res.Size != 8<<20 || res.WarmRead <= 0 || res.WarmFirst <= res.WarmChecked || res.Report <= 0 || res.WarmRatio <= 0 || res.ColdRatio <= 0 {
+		t.Fatalf("bench verify result %+v", res)
+	}
+}
