@@ -27,7 +27,7 @@ const maxRefRecordBytes = 64 << 10
 // part damaged in transit, or a resumed partial damaged on disk, is then
 // replaced. A second mismatch means S3 itself holds other bytes than the
 // manifest says, which no further download can fix: the ErrDigestMismatch
-// error is returned (the worker fails the job without retrying it).
+// error is returned.
 func (c *Cache) acquireDigest(ctx context.Context, f File) (*Blob, Report, error) {
 	var rep Report
 	want, _ := parseDigest(f.Digest) // Validate checked it
