@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -63,6 +64,9 @@ type VerifyResult struct {
 	// ReportVerifyMsPerGiB is the Verify phase the first-use Acquire
 	// reported itself (warm), a cross-check of WarmCostMsPerGiB.
 	ReportVerifyMsPerGiB float64 `json:"report_verify_ms_per_gib"`
+	// SHA256MsPerGiB is sha256 alone over bytes already in memory (64 MiB
+	// per run, next to the warm runs): the part of the cost that is CPU.
+	SHA256MsPerGiB float64 `json:"sha256_ms_per_gib"`
 	// FSVerity is what the cache's file system says about fs-verity.
 	FSVerity string `json:"fs_verity"`
 	// LoadAvgStart and LoadAvgEnd are the host's 1-minute load average
@@ -151,7 +155,7 @@ func Verify(ctx context.Context, o VerifyOptions, progress io.Writer) (*VerifyRe
 		if cold {
 			name = "cold"
 		}
-		var reads, firsts, verifieds []time.Duration
+		var reads, firsts, verifieds, hashes []time.Duration
 		if !cold {
 			if _, err := readPrivate(blob, o.Size); err != nil { // warm the page cache
 				return nil, err
@@ -182,6 +186,10 @@ func Verify(ctx context.Context, o VerifyOptions, progress io.Writer) (*VerifyRe
 				}
 				*step.into = append(*step.into, d)
 			}
+			if !cold {
+				// Scaled to the model's size, as the other figures are.
+				hashes = append(hashes, time.Duration(float64(hashMemory(64<<20))*float64(o.Size)/(64<<20)))
+			}
 			fmt.Fprintf(progress, "%s run %d/%d: read %v, first use %v, verified %v\n", name, run+1, o.Runs,
 				reads[run].Round(time.Millisecond), firsts[run].Round(time.Millisecond), verifieds[run].Round(time.Microsecond))
 		}
@@ -198,6 +206,7 @@ func Verify(ctx context.Context, o VerifyOptions, progress io.Writer) (*VerifyRe
 			res.WarmReadMsPerGiB, res.WarmFirstUseMsPerGiB, res.WarmVerifiedMsPerGiB = read, first, verified
 			res.WarmCostMsPerGiB, res.WarmCostVsRead = first-verified, ratio
 			res.ReportVerifyMsPerGiB = perGiB(reportVerify)
+			res.SHA256MsPerGiB = perGiB(hashes)
 		}
 	}
 	return res, nil
@@ -269,6 +278,17 @@ func dropCache(root, blob string) (float64, error) {
 		return 0, fmt.Errorf("list the benchmark's cache: %d blobs, %v", len(infos), err)
 	}
 	return float64(infos[0].ResidentBytes) / float64(infos[0].Size), nil
+}
+
+// hashMemory times sha256 over n bytes already in memory.
+func hashMemory(n int) time.Duration {
+	buf := make([]byte, n)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	t := time.Now()
+	sha256.Sum256(buf)
+	return time.Since(t)
 }
 
 // loadAvg is the 1-minute load average, or 0 when unknown.
