@@ -4,7 +4,8 @@
 // on the mapping, uploads the PNG to the outputs bucket and records the
 // result in Redis for the scheduler's API.
 //
-// Shutdown order (Run, when its context ends): stop pulling new tasks;
+// Shutdown order (Run, when its context ends): stop the cache scrubber
+// (background work that holds no job); stop pulling new tasks;
 // give in-flight jobs ShutdownTimeout to finish; asynq then pushes any
 // still running back to their queue (hand back), after which the worker
 // cancels their contexts and waits for their handlers to record the hand
