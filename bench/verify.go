@@ -117,7 +117,7 @@ func Verify(ctx context.Context, o VerifyOptions, progress io.Writer) (*VerifyRe
 	defer func() { res.LoadAvgEnd = loadAvg() }()
 	gib := float64(o.Size) / (1 << 30)
 	perGiB := func(ds []time.Duration) float64 {
-		return float64(median(ds).Microseconds()) / 1000 / gib
+		return float64(medianDuration(ds).Microseconds()) / 1000 / gib
 	}
 
 	// acquire times one Acquire with default options in a fresh Cache (a
@@ -198,7 +198,7 @@ func Verify(ctx context.Context, o VerifyOptions, progress io.Writer) (*VerifyRe
 		for i := range ratios {
 			ratios[i] = time.Duration(1e6 * float64(firsts[i]-verifieds[i]) / float64(reads[i]))
 		}
-		ratio := float64(median(ratios)) / 1e6
+		ratio := float64(medianDuration(ratios)) / 1e6
 		if cold {
 			res.ColdReadMsPerGiB, res.ColdFirstUseMsPerGiB, res.ColdVerifiedMsPerGiB = read, first, verified
 			res.ColdCostMsPerGiB, res.ColdCostVsRead = first-verified, ratio
@@ -302,7 +302,7 @@ func loadAvg() float64 {
 	return l
 }
 
-func median(ds []time.Duration) time.Duration {
+func medianDuration(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	if len(s) == 0 {
