@@ -87,6 +87,12 @@ func encodeRecord(r *Record) ([]byte, error) {
 		b = strconv.AppendInt(b, int64(o.Height), 10)
 		b = append(b, `,"cache_hit":`...)
 		b = strconv.AppendBool(b, o.CacheHit)
+		b = append(b, `,"model_source":`...)
+		b = appendString(b, o.ModelSource)
+		b = append(b, `,"model_wait_ms":`...)
+		b = appendFloat(b, o.ModelWaitMS)
+		b = append(b, `,"model_fetched_bytes":`...)
+		b = strconv.AppendInt(b, o.ModelFetchedBytes, 10)
 		b = append(b, '}')
 	}
 	if w := r.Worker; w != nil {
@@ -126,6 +132,9 @@ func plainRecord(r *Record) bool {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			return false
 		}
+	}
+	if r.Result != nil && (math.IsNaN(r.Result.ModelWaitMS) || math.IsInf(r.Result.ModelWaitMS, 0)) {
+		return false
 	}
 	return r.Request == nil || !(math.IsNaN(r.Request.Guidance) || math.IsInf(r.Request.Guidance, 0))
 }

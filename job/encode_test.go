@@ -43,7 +43,8 @@ func FuzzEncodeRecord(f *testing.F) {
 		}
 		if parts&16 != 0 {
 			r.Result = &Output{Bucket: s1, Key: s2, URL: s3, ContentType: s1, Bytes: nanos, SHA256: s2,
-				ModelDigest: s3, Width: int(offset), Height: -1, CacheHit: parts&32 != 0}
+				ModelDigest: s3, Width: int(offset), Height: -1, CacheHit: parts&32 != 0,
+				ModelSource: s2, ModelWaitMS: f2, ModelFetchedBytes: offset}
 			r.Worker = &WorkerInfo{Host: s3, PID: int(offset), Backend: s1}
 		}
 		if parts&64 != 0 {

@@ -31,8 +31,8 @@ type Heartbeat struct {
 	Blobs []BlobState `json:"blobs"`
 	// Models are the models this process has acquired, most recent first.
 	Models []ModelState `json:"models,omitempty"`
-	// CacheUsed and CacheBudget are the cache's bytes in blobs/ and its cap
-	// (0: none).
+	// CacheUsed and CacheBudget are the bytes the cache's budget counts
+	// (blobs/ and quarantine/) and its cap (0: none).
 	CacheUsed   int64 `json:"cache_used"`
 	CacheBudget int64 `json:"cache_budget"`
 }

@@ -45,9 +45,18 @@ type Output struct {
 	ModelDigest string `json:"model_digest"`
 	Width       int    `json:"width"`
 	Height      int    `json:"height"`
-	// CacheHit says the model's blob was already on this host's disk
-	// (possibly fetched by another process while this one waited).
+	// CacheHit says the model's files were all on this host's disk, intact,
+	// when the job asked for them.
 	CacheHit bool `json:"cache_hit"`
+	// ModelSource tells where the job got its model: "disk" (a cache
+	// hit), "waited" (another process on the host fetched it while this
+	// job waited; this job downloaded nothing) or "fetched" (this job
+	// downloaded it, or a corrupt copy's replacement, from S3).
+	ModelSource string `json:"model_source"`
+	// ModelWaitMS is how long the job waited for another process's fetch
+	// of its model; ModelFetchedBytes what the job itself downloaded.
+	ModelWaitMS       float64 `json:"model_wait_ms"`
+	ModelFetchedBytes int64   `json:"model_fetched_bytes"`
 }
 
 // Route says where the scheduler sent a job and why.

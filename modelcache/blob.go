@@ -36,6 +36,9 @@ type Blob struct {
 	f *os.File
 	// private is true when Data is a private copy (LoadRead).
 	private bool
+	// fresh is true when the Acquire that returned the Blob installed it,
+	// hashing it as it arrived: it needs no further verification.
+	fresh bool
 }
 
 // Private reports whether Data is a private copy (LoadRead) rather than a
@@ -78,7 +81,7 @@ func (c *Cache) openBlob(ctx context.Context, hex string, size int64) (*Blob, er
 	// is wrong. The hash decides: a corrupt blob is quarantined and counts
 	// as absent, so the caller fetches it again.
 	if st, err := f.Stat(); err == nil && st.Size() != size {
-		cerr := c.checkBlob(ctx, f, hex, st.Size())
+		cerr := c.checkBlob(ctx, f, hex, st.Size(), "acquire")
 		f.Close()
 		if errors.Is(cerr, ErrCorrupt) {
 			c.opts.Logger.Warn("model cache blob has the wrong size; quarantined, fetching again", "digest", "sha256:"+hex, "size", st.Size(), "want", size, "err", cerr)

@@ -26,19 +26,29 @@ const (
 
 // Cache is a content-addressed model cache rooted in one directory. A Cache
 // holds no shared state of its own beyond its root and source: everything
-// that processes share (blobs, locks, leases, last use) lives in the file
-// system, so any number of Caches, in any number of processes, may use one
-// root at once. A Cache is safe for concurrent use.
+// that processes share (blobs, locks, leases, last use, verification
+// records) lives in the file system, so any number of Caches, in any number
+// of processes, may use one root at once. A Cache is safe for concurrent use.
 type Cache struct {
 	root    string
 	src     Source
 	opts    Options
 	metrics *metrics // nil without Options.Metrics
 
-	// verified holds the hex digests this Cache has re-hashed (or fetched)
-	// under VerifyOnOpen, so each blob is re-hashed once per Cache.
+	// existing is set by OpenExisting: the Cache never creates its layout.
+	existing bool
+	// bootID is this boot's id (see readBootID); "" when unknown, and then
+	// VerifyPerBoot verifies once per Cache, as VerifyOnOpen does.
+	bootID string
+	// verity is what the file system says about fs-verity (see FSVerity).
+	verity VerityStatus
+
+	// verified remembers the blobs this Cache verified (or fetched), by hex
+	// digest: with VerifyPerBoot the stamp they were verified under, so a
+	// blob used again needs one fstat and no read of its record; with
+	// VerifyOnOpen a zero stamp (each blob is re-hashed once per Cache).
 	verifiedMu sync.Mutex
-	verified   map[string]bool
+	verified   map[string]blobStamp
 }
 
 // Open opens the cache at root, creating its directories if needed, and
@@ -49,8 +59,55 @@ func Open(root string, src Source) (*Cache, error) {
 	return OpenWith(root, src, Options{})
 }
 
-// OpenWith is Open with options; zero fields take their defaults.
+// OpenWith is Open with options; zero fields take their defaults. With
+// Options.ReadOnly it is OpenExisting.
 func OpenWith(root string, src Source, opts Options) (*Cache, error) {
+	if opts.ReadOnly {
+		return OpenExisting(root, src, opts)
+	}
+	c, err := newCache(root, src, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := makeDirs(c.root); err != nil {
+		return nil, fmt.Errorf("open model cache: %w", err)
+	}
+	if err := c.cleanTmp(); err != nil {
+		return nil, fmt.Errorf("open model cache %s: %w", c.root, err)
+	}
+	return c, c.start()
+}
+
+// OpenExisting opens the cache at root without creating or cleaning
+// anything: root and its blobs/ must exist, else the error wraps
+// ErrNoCache and names the path. It is for commands that inspect or trim a
+// cache (list, verify, gc, rm): pointed at a wrong path they say so rather
+// than lay out a new, empty cache there. A Cache opened this way never
+// creates directories later either. With Options.ReadOnly it also refuses
+// every change but moving a corrupt blob into quarantine/.
+func OpenExisting(root string, src Source, opts Options) (*Cache, error) {
+	c, err := newCache(root, src, opts)
+	if err != nil {
+		return nil, err
+	}
+	c.existing = true
+	st, err := os.Stat(c.root)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, &kindError{kind: ErrNoCache, cause: fs.ErrNotExist, msg: fmt.Sprintf("model cache %s does not exist", c.root)}
+	case err != nil:
+		return nil, fmt.Errorf("open model cache: %w", err)
+	case !st.IsDir():
+		return nil, &kindError{kind: ErrNoCache, msg: fmt.Sprintf("model cache %s is not a directory", c.root)}
+	}
+	if st, err := os.Stat(filepath.Join(c.root, blobsDir)); err != nil || !st.IsDir() {
+		return nil, &kindError{kind: ErrNoCache, cause: err, msg: fmt.Sprintf("%s is not a model cache: it has no %s/ directory", c.root, blobsDir)}
+	}
+	return c, c.start()
+}
+
+// newCache checks the options and makes a Cache, touching nothing on disk.
+func newCache(root string, src Source, opts Options) (*Cache, error) {
 	if root == "" {
 		return nil, errors.New("open model cache: no root directory given")
 	}
@@ -67,21 +124,27 @@ func OpenWith(root string, src Source, opts Options) (*Cache, error) {
 	if opts.Budget < 0 || opts.BudgetPercent < 0 || opts.BudgetPercent > 100 {
 		return nil, fmt.Errorf("open model cache: budget %d bytes / %g%%: want a size ≥ 0 or a percentage in [0, 100]", opts.Budget, opts.BudgetPercent)
 	}
-	if err := makeDirs(abs); err != nil {
-		return nil, fmt.Errorf("open model cache: %w", err)
+	return &Cache{root: abs, src: src, opts: opts, verified: map[string]blobStamp{}}, nil
+}
+
+// start finishes opening: boot id, fs-verity probe, metrics.
+func (c *Cache) start() error {
+	c.bootID = readBootID()
+	if c.bootID == "" && c.opts.Verify == VerifyPerBoot {
+		c.opts.Logger.Warn("model cache: boot id unknown; --verify per-boot re-hashes each blob once per process",
+			"file", bootIDFile)
 	}
-	c := &Cache{root: abs, src: src, opts: opts, verified: map[string]bool{}}
-	if err := c.cleanTmp(); err != nil {
-		return nil, fmt.Errorf("open model cache %s: %w", abs, err)
-	}
+	c.verity = probeVerity(c.root)
+	c.opts.Logger.Debug("model cache opened", "root", c.root, "verify", c.opts.Verify, "read_only", c.opts.ReadOnly,
+		"fs_verity", c.verity.String())
 	if c.opts.Metrics != nil {
 		m, err := newMetrics(c.opts.Metrics, c)
 		if err != nil {
-			return nil, fmt.Errorf("open model cache %s: metrics: %w", abs, err)
+			return fmt.Errorf("open model cache %s: metrics: %w", c.root, err)
 		}
 		c.metrics = m
 	}
-	return c, nil
+	return nil
 }
 
 // Options returns the options the Cache runs with, defaults filled in.
@@ -89,7 +152,7 @@ func (c *Cache) Options() Options { return c.opts }
 
 // makeDirs creates the cache's subdirectories under root if missing.
 func makeDirs(root string) error {
-	for _, d := range []string{blobsDir, tmpDir, locksDir, refsDir, useDir} {
+	for _, d := range []string{blobsDir, tmpDir, locksDir, refsDir, useDir, verifiedDir, quarantineDir} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
 		}
@@ -168,16 +231,46 @@ func (c *Cache) cleanTmp() error {
 	return nil
 }
 
+// Origin says where an Acquire got a model's files from.
+type Origin string
+
+const (
+	// OriginDisk: every file was in blobs/ when the Acquire looked (and
+	// passed its verification).
+	OriginDisk Origin = "disk"
+	// OriginWaited: some file was missing, and another fetcher (another
+	// process on the host, or another Cache) installed it while this
+	// Acquire waited for its lock; this Acquire downloaded nothing.
+	OriginWaited Origin = "waited"
+	// OriginFetched: this Acquire downloaded at least one file (or part of
+	// one) from S3, including a re-fetch of a blob found corrupt.
+	OriginFetched Origin = "fetched"
+)
+
+// rank orders origins by how much the Acquire had to do; a model's origin
+// is the highest of its files'.
+func (o Origin) rank() int {
+	switch o {
+	case OriginWaited:
+		return 1
+	case OriginFetched:
+		return 2
+	}
+	return 0
+}
+
 // Report measures one Acquire. Durations are summed over the model's files.
 // Resolving a name to a manifest happens before Acquire (Registry.Resolve),
 // so callers time that phase themselves.
 type Report struct {
-	// Hit is true when every file was already on disk and nothing was
-	// downloaded by this call; a call that waited for another process's
-	// download and then found the blob counts as a hit (with Wait > 0).
+	// Hit is true when every file was already on disk, intact, when the
+	// Acquire looked: nothing was fetched and nothing was waited for.
 	Hit bool
+	// Origin tells the three cases apart: on disk, installed by another
+	// fetcher while this call waited, or fetched by this call.
+	Origin Origin
 	// FetchedBytes is what this call downloaded from S3, including bytes of
-	// a download that failed.
+	// a download that failed or did not match its digest.
 	FetchedBytes int64
 	// Wait is the time blocked on another fetcher's lock.
 	Wait time.Duration
@@ -186,8 +279,9 @@ type Report struct {
 	// even on a hit (to check its ETag), and that Head counts here.
 	Fetch time.Duration
 	// Verify is the digest check and the durable install: fsync the file,
-	// chmod, rename into blobs/, fsync the directory; with VerifyOnOpen,
-	// also the re-hash of a blob already on disk.
+	// chmod, rename into blobs/, fsync the directory; and the re-hash of a
+	// blob already on disk that the policy (Options.Verify) asked for,
+	// including waiting for another process that was hashing it.
 	Verify time.Duration
 	// Map is opening, leasing and mapping the blobs.
 	Map time.Duration
@@ -196,13 +290,16 @@ type Report struct {
 	// Prefault is madvise (AdvicePopulate faults every page in here) and
 	// mlock.
 	Prefault time.Duration
-	// Corrupt counts blobs found corrupt by VerifyOnOpen, quarantined and
-	// fetched again by this call.
+	// Corrupt counts blobs found corrupt on re-verification, quarantined
+	// and fetched again by this call.
 	Corrupt int
 }
 
 func (r *Report) add(o Report) {
 	r.Hit = r.Hit && o.Hit
+	if o.Origin.rank() > r.Origin.rank() {
+		r.Origin = o.Origin
+	}
 	r.FetchedBytes += o.FetchedBytes
 	r.Wait += o.Wait
 	r.Fetch += o.Fetch
@@ -219,13 +316,15 @@ func (r *Report) add(o Report) {
 // once per host however many processes ask at once: the others wait for the
 // download (until ctx is done) and then map the blob.
 //
-// Files with a digest are verified against it (a mismatch yields an error
-// wrapping ErrDigestMismatch and adds nothing to the cache). A file without
-// one (a raw s3:// ref) is hashed on fetch, and what it hashed to is recorded
+// Files with a digest are verified against it. A download that does not
+// match is thrown away, with its saved progress, and fetched once more
+// from scratch; a second mismatch yields an error wrapping
+// ErrDigestMismatch and adds nothing to the cache. A file without a digest
+// (a raw s3:// ref) is hashed on fetch, and what it hashed to is recorded
 // so that a later Acquire of the same unchanged object (same ETag and size,
-// checked with a Head) downloads nothing. With VerifyOnOpen a blob already
-// on disk is re-hashed the first time this Cache opens it, and a corrupt one
-// is quarantined and fetched again.
+// checked with a Head) downloads nothing. A blob already on disk is
+// re-hashed as Options.Verify says; a corrupt one is quarantined and
+// fetched again, once.
 //
 // Every blob returned has its last use recorded. When this call downloaded
 // anything and the cache is over its budget, Acquire evicts least recently
@@ -239,13 +338,18 @@ func (c *Cache) Acquire(ctx context.Context, m *Manifest) (*Model, error) {
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("acquire model %q: %w", m.Ref(), err)
 	}
+	if err := c.writable("acquire model " + m.Ref()); err != nil {
+		return nil, err
+	}
 	// The directories may have been removed under a running worker (an
 	// operator wiping the cache): recreate them rather than fail every job
 	// until a restart. Blobs still mapped stay valid; they are fetched again.
-	if err := makeDirs(c.root); err != nil {
-		return nil, fmt.Errorf("acquire model %q: model cache %s: %w", m.Ref(), c.root, err)
+	if !c.existing {
+		if err := makeDirs(c.root); err != nil {
+			return nil, fmt.Errorf("acquire model %q: model cache %s: %w", m.Ref(), c.root, err)
+		}
 	}
-	model := &Model{Manifest: m, Report: Report{Hit: true}}
+	model := &Model{Manifest: m, Report: Report{Hit: true, Origin: OriginDisk}}
 	for _, f := range m.Files {
 		b, r, err := c.acquireFile(ctx, f)
 		model.Report.add(r)
@@ -264,15 +368,23 @@ func (c *Cache) Acquire(ctx context.Context, m *Manifest) (*Model, error) {
 		}
 	}
 	c.metrics.observe(&model.Report, c.opts.LoadMode)
-	if !model.Report.Hit {
+	if model.Report.Origin == OriginFetched {
 		c.gcAfterInstall(ctx, keep)
 	}
 	return model, nil
 }
 
-// acquireFile makes one file available and loads it (see load). Under
-// VerifyOnOpen a blob found on disk is re-hashed first; a corrupt one is
-// quarantined and fetched again, once.
+// writable returns an error wrapping ErrReadOnly for a read-only Cache.
+func (c *Cache) writable(op string) error {
+	if c.opts.ReadOnly {
+		return &kindError{kind: ErrReadOnly, msg: fmt.Sprintf("%s: model cache %s was opened read-only", op, c.root)}
+	}
+	return nil
+}
+
+// acquireFile makes one file available and loads it (see load). A blob
+// found on disk is verified as Options.Verify says (see verifyExisting); a
+// corrupt one is quarantined and fetched again, once.
 func (c *Cache) acquireFile(ctx context.Context, f File) (*Blob, Report, error) {
 	var rep Report
 	for attempt := 0; ; attempt++ {
@@ -295,15 +407,14 @@ func (c *Cache) acquireFile(ctx context.Context, f File) (*Blob, Report, error) 
 		if err != nil {
 			return nil, rep, err
 		}
-		if c.opts.Verify == VerifyOnOpen {
-			if !r.Hit {
-				c.markVerified(b.Digest[len("sha256:"):]) // hashed as it arrived
-			} else if ok, err := c.verifyOnOpen(ctx, b, &rep); err != nil || !ok {
+		if !b.fresh { // a blob this call installed was hashed as it arrived
+			if ok, err := c.verifyExisting(ctx, b, &rep); err != nil || !ok {
 				b.close()
 				if err != nil {
 					return nil, rep, err
 				}
 				rep.Corrupt++
+				rep.Hit = false
 				if attempt == 0 {
 					continue
 				}
@@ -326,7 +437,7 @@ func (c *Cache) gcAfterInstall(ctx context.Context, keep map[string]bool) {
 	if err != nil || budget <= 0 {
 		return
 	}
-	res, err := c.gc(ctx, keep)
+	res, err := c.gc(ctx, keep, false)
 	if err != nil {
 		c.opts.Logger.Warn("model cache gc after fetch", "err", err)
 	}
@@ -342,6 +453,9 @@ func (c *Cache) gcAfterInstall(ctx context.Context, keep map[string]bool) {
 // nil when the blob is not in the cache. Eviction only unlinks, so a mapping
 // that somehow still exists stays valid.
 func (c *Cache) TryEvict(digest string) (bool, error) {
+	if err := c.writable("evict " + digest); err != nil {
+		return false, err
+	}
 	hex, err := parseDigest(digest)
 	if err != nil {
 		return false, fmt.Errorf("evict: %w", err)
@@ -373,8 +487,9 @@ func (c *Cache) TryEvict(digest string) (bool, error) {
 	if err := os.Remove(path); err != nil {
 		return false, fmt.Errorf("evict %s: %w", digest, err)
 	}
-	// Still under the fetch lock, so no fresh copy's use record is lost.
+	// Still under the fetch lock, so no fresh copy's records are lost.
 	os.Remove(c.usePath(hex))
+	c.forgetVerified(hex)
 	return true, nil
 }
 
@@ -401,6 +516,9 @@ func syncDir(dir string) error {
 // cached copies nothing. It is for seeding a cache without S3 (air-gapped
 // hosts, benchmarks); the blob's last use is recorded as now.
 func (c *Cache) Import(ctx context.Context, path string) (string, error) {
+	if err := c.writable("import " + path); err != nil {
+		return "", err
+	}
 	src, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("import: %w", err)
@@ -437,6 +555,10 @@ func (c *Cache) Import(ctx context.Context, path string) (string, error) {
 	}
 	if err := syncDir(filepath.Join(c.root, blobsDir)); err != nil {
 		return "", fmt.Errorf("import %s: %w", path, err)
+	}
+	// Hashed as it was copied: verified, under the lock we hold.
+	if st, err := c.stampPath(c.blobPath(hex)); err == nil {
+		c.recordVerified(hex, st, time.Now())
 	}
 	if err := c.touch(hex); err != nil {
 		c.opts.Logger.Warn("model cache", "err", err)

@@ -7,9 +7,13 @@
 //	<root>/blobs/sha256-<hex>   immutable, mode 0444, named by the sha256 of their content
 //	<root>/tmp/<key>.part       a download in progress (owned by whoever holds <key>'s lock)
 //	<root>/locks/<key>.lock     flock(2) targets that serialise fetchers; never deleted
+//	<root>/locks/scrub-sha256-<hex>.lock  held by the one process scrubbing that blob
 //	<root>/refs/<hash>.json     what a raw s3:// ref resolved to ({url, etag, size, digest})
 //	<root>/use/sha256-<hex>     empty; its mtime is the blob's last use (LRU survives restarts)
-//	<root>/quarantine/…         blobs that failed re-verification, moved aside by rename
+//	<root>/verified/sha256-<hex> when the blob was last hashed, and the stamp (boot id, inode,
+//	                            size, mtime, ctime) it had then: see VerifyPerBoot
+//	<root>/quarantine/sha256-<hex>.<ns>  blobs that failed re-verification, moved aside by
+//	                            rename; they count against the budget, and GC deletes them
 //
 // <key> is "sha256-<hex>" when the digest is known (a registered model) and
 // "ref-<sha256 of the URL>" when it is not (a raw s3:// ref, hashed on fetch).
@@ -50,6 +54,11 @@ var (
 	// ErrDigestMismatch means downloaded bytes do not hash to the digest the
 	// manifest promised. Nothing was added to the cache.
 	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrNoCache means a cache opened with OpenExisting (or read-only)
+	// does not exist: no root directory, or no blobs/ in it.
+	ErrNoCache = errors.New("no model cache")
+	// ErrReadOnly means a change was asked of a Cache opened read-only.
+	ErrReadOnly = errors.New("model cache is read-only")
 	// ErrChanged means an S3 object changed under a reference: its ETag no
 	// longer matches the one it was pinned to (If-Match failed), or its size
 	// differs from the manifest's. Resolving the reference again may help.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,7 +25,8 @@ const (
 	useDir = "use"
 	// quarantineDir receives blobs that failed re-verification, renamed out
 	// of blobs/ (never written) so that the next Acquire fetches them again
-	// and an operator can inspect what went wrong.
+	// and an operator can inspect what went wrong. They count against the
+	// budget until GC deletes them.
 	quarantineDir = "quarantine"
 )
 
@@ -55,16 +57,32 @@ type BlobInfo struct {
 	ResidentBytes int64 `json:"resident_bytes"`
 }
 
+// QuarantinedFile is one file in quarantine/: a blob that failed
+// re-verification, kept for an operator to inspect until GC deletes it.
+type QuarantinedFile struct {
+	// Digest is what the file should have hashed to ("sha256:<hex>").
+	Digest string `json:"digest"`
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	// QuarantinedAt is when it was moved out of blobs/.
+	QuarantinedAt time.Time `json:"quarantined_at"`
+}
+
 // GCResult is what one GC did.
 type GCResult struct {
 	// Evicted lists the blobs removed, least recently used first.
 	Evicted []BlobInfo `json:"evicted"`
-	// Freed is the sum of the evicted blobs' sizes.
-	Freed int64 `json:"freed_bytes"`
+	// QuarantineRemoved lists the quarantined files deleted.
+	QuarantineRemoved []QuarantinedFile `json:"quarantine_removed"`
+	// Freed is the sum of the sizes of the evicted blobs and the deleted
+	// quarantined files; QuarantineFreed is the latter's part.
+	Freed           int64 `json:"freed_bytes"`
+	QuarantineFreed int64 `json:"quarantine_freed_bytes"`
 	// SkippedInUse counts blobs GC would have evicted but could not: they
 	// were leased, being installed, or kept by the caller.
 	SkippedInUse int `json:"skipped_in_use"`
-	// Used and Budget are blobs/'s size after GC and the cap (0: none).
+	// Used is what the budget counts after GC: the bytes of blobs/ and
+	// quarantine/. Budget is the cap (0: none).
 	Used   int64 `json:"used_bytes"`
 	Budget int64 `json:"budget_bytes"`
 }
@@ -110,7 +128,8 @@ func (c *Cache) Budget() (int64, error) {
 	return int64(total * min(c.opts.BudgetPercent, 100) / 100), nil
 }
 
-// Usage returns the bytes blobs/ holds and the budget (0: no cap).
+// Usage returns the bytes the budget counts, those of blobs/ and of
+// quarantine/, and the budget (0: no cap).
 func (c *Cache) Usage() (used, budget int64, err error) {
 	infos, err := c.list(false)
 	if err != nil {
@@ -119,8 +138,48 @@ func (c *Cache) Usage() (used, budget int64, err error) {
 	for _, bi := range infos {
 		used += bi.Size
 	}
+	q, err := c.Quarantined()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, qf := range q {
+		used += qf.Size
+	}
 	budget, err = c.Budget()
 	return used, budget, err
+}
+
+// Quarantined lists the files in quarantine/, oldest first. A missing
+// quarantine/ holds nothing; names that are not genfleet's are left out.
+func (c *Cache) Quarantined() ([]QuarantinedFile, error) {
+	dir := filepath.Join(c.root, quarantineDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list quarantine: %w", err)
+	}
+	var out []QuarantinedFile
+	for _, e := range entries {
+		key, ns, ok := strings.Cut(e.Name(), ".")
+		hex, isBlob := cutBlobKey(key)
+		at, err := strconv.ParseInt(ns, 10, 64)
+		if !ok || !isBlob || len(hex) != 64 || !isLowerHex(hex) || err != nil || !e.Type().IsRegular() {
+			continue
+		}
+		info, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed while we looked
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list quarantine: %w", err)
+		}
+		out = append(out, QuarantinedFile{Digest: "sha256:" + hex, Path: filepath.Join(dir, e.Name()),
+			Size: info.Size(), QuarantinedAt: time.Unix(0, at)})
+	}
+	slices.SortFunc(out, func(a, b QuarantinedFile) int { return a.QuarantinedAt.Compare(b.QuarantinedAt) })
+	return out, nil
 }
 
 // List describes every blob in the cache, least recently used first (the
@@ -207,17 +266,27 @@ func (c *Cache) lastUse(hex string, blob fs.FileInfo) time.Time {
 	return blob.ModTime()
 }
 
-// GC evicts blobs, least recently used first, until blobs/ fits the
-// budget. Blobs that are leased by any process on the host (or being
-// installed) are skipped, never waited for. Eviction only unlinks (see
-// TryEvict). With no budget GC does nothing. Evicting stops early when ctx
-// is done.
+// GC deletes every quarantined file, then evicts blobs, least recently used
+// first, until blobs/ and quarantine/ together fit the budget. Blobs that
+// are leased by any process on the host (or being installed) are skipped,
+// never waited for. Eviction only unlinks (see TryEvict). Evicting stops
+// early when ctx is done. With no budget GC evicts no blob.
+//
+// Quarantined files are never in use: quarantine renames a blob out of
+// blobs/, after which nothing opens it by name (an Acquire looks in blobs/
+// only), and a process that still maps it keeps its pages when the name is
+// deleted, as with eviction.
 func (c *Cache) GC(ctx context.Context) (GCResult, error) {
-	return c.gc(ctx, nil)
+	if err := c.writable("gc"); err != nil {
+		return GCResult{}, err
+	}
+	return c.gc(ctx, nil, true)
 }
 
-// gc is GC, never evicting the hex digests in keep.
-func (c *Cache) gc(ctx context.Context, keep map[string]bool) (GCResult, error) {
+// gc is GC, never evicting the hex digests in keep. It deletes the
+// quarantined files when purge is set or the cache is over its budget
+// (before evicting any blob: they are of no use to anyone).
+func (c *Cache) gc(ctx context.Context, keep map[string]bool, purge bool) (GCResult, error) {
 	var res GCResult
 	budget, err := c.Budget()
 	if err != nil {
@@ -231,10 +300,30 @@ func (c *Cache) gc(ctx context.Context, keep map[string]bool) (GCResult, error) 
 	for _, bi := range infos {
 		res.Used += bi.Size
 	}
-	if budget <= 0 {
-		return res, nil
+	quarantined, err := c.Quarantined()
+	if err != nil {
+		return res, err
+	}
+	for _, qf := range quarantined {
+		res.Used += qf.Size
 	}
 	var errs []error
+	if purge || (budget > 0 && res.Used > budget) {
+		for _, qf := range quarantined {
+			if err := os.Remove(qf.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("gc: %w", err))
+				continue
+			}
+			res.Used -= qf.Size
+			res.Freed += qf.Size
+			res.QuarantineFreed += qf.Size
+			res.QuarantineRemoved = append(res.QuarantineRemoved, qf)
+			c.opts.Logger.Info("model cache deleted quarantined file", "path", qf.Path, "bytes", qf.Size)
+		}
+	}
+	if budget <= 0 {
+		return res, errors.Join(errs...)
+	}
 	for _, bi := range infos {
 		if res.Used <= budget {
 			break
@@ -271,6 +360,9 @@ func (c *Cache) gc(ctx context.Context, keep map[string]bool) (GCResult, error) 
 // error wrapping ErrInUse when some process holds its lease (or it is being
 // installed), ErrNotCached when it is not in the cache.
 func (c *Cache) Remove(digest string) error {
+	if err := c.writable("remove " + digest); err != nil {
+		return err
+	}
 	hex, err := parseHexOrDigest(digest)
 	if err != nil {
 		return fmt.Errorf("remove: %w", err)

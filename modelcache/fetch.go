@@ -21,11 +21,18 @@ import (
 const maxRefRecordBytes = 64 << 10
 
 // acquireDigest makes a file with a known digest available.
+//
+// A download whose bytes do not hash to the digest is thrown away, with
+// any progress saved for resuming, and fetched once more from scratch: a
+// part damaged in transit, or a resumed partial damaged on disk, is then
+// replaced. A second mismatch means S3 itself holds other bytes than the
+// manifest says, which no further download can fix: the ErrDigestMismatch
+// error is returned.
 func (c *Cache) acquireDigest(ctx context.Context, f File) (*Blob, Report, error) {
 	var rep Report
 	want, _ := parseDigest(f.Digest) // Validate checked it
 	if b, err := c.openBlobTimed(ctx, want, f.Size, &rep); !errors.Is(err, errNoBlob) {
-		rep.Hit = err == nil
+		rep.Hit, rep.Origin = err == nil, OriginDisk
 		return b, rep, err
 	}
 
@@ -42,22 +49,30 @@ func (c *Cache) acquireDigest(ctx context.Context, f File) (*Blob, Report, error
 	// is exactly the fetcher we were waiting for. Only a look taken while
 	// holding the lock is conclusive, since every install happens under it.
 	if b, err := c.openBlobTimed(ctx, want, f.Size, &rep); !errors.Is(err, errNoBlob) {
-		rep.Hit = err == nil
+		rep.Origin = OriginWaited
 		return b, rep, err
 	}
 
+	rep.Origin = OriginFetched
 	u, _ := parseObjectURL(f.URL) // Validate checked it
-	info, err := c.head(ctx, u, f.Size, &rep)
-	if err != nil {
-		return nil, rep, err
+	for attempt := 1; ; attempt++ {
+		info, err := c.head(ctx, u, f.Size, &rep)
+		if err != nil {
+			return nil, rep, err
+		}
+		p, err := c.download(ctx, u, info, blobKey(want), "sha256:"+want, &rep)
+		if err != nil {
+			return nil, rep, err
+		}
+		b, err := c.install(p, want, u, &rep)
+		p.discard() // a no-op once installed; else the partial and its progress go
+		if attempt == 1 && errors.Is(err, ErrDigestMismatch) {
+			c.opts.Logger.Warn("model cache download does not match its digest; fetching it once more from scratch",
+				"url", u.String(), "err", err)
+			continue
+		}
+		return b, rep, err
 	}
-	p, err := c.download(ctx, u, info, blobKey(want), "sha256:"+want, &rep)
-	if err != nil {
-		return nil, rep, err
-	}
-	defer p.discard()
-	b, err := c.install(p, want, u, &rep)
-	return b, rep, err
 }
 
 // acquireRef makes a file without a digest (a raw s3:// ref) available. The
@@ -76,7 +91,7 @@ func (c *Cache) acquireRef(ctx context.Context, f File) (*Blob, Report, error) {
 		return nil, rep, err
 	}
 	if b, err := c.refHit(ctx, urlHash, u, info, &rep); b != nil || err != nil {
-		rep.Hit = err == nil
+		rep.Hit, rep.Origin = err == nil, OriginDisk
 		return b, rep, err
 	}
 
@@ -90,10 +105,11 @@ func (c *Cache) acquireRef(ctx context.Context, f File) (*Blob, Report, error) {
 	// Double check, for the same race as in acquireDigest: the fetcher we
 	// waited for may have just recorded this very version of the object.
 	if b, err := c.refHit(ctx, urlHash, u, info, &rep); b != nil || err != nil {
-		rep.Hit = err == nil
+		rep.Origin = OriginWaited
 		return b, rep, err
 	}
 
+	rep.Origin = OriginFetched
 	p, err := c.download(ctx, u, info, refKey(urlHash), "", &rep)
 	if err != nil {
 		return nil, rep, err
@@ -286,9 +302,17 @@ func (c *Cache) install(p *partial, want string, u s3x.URL, rep *Report) (*Blob,
 	if err != nil {
 		return nil, fmt.Errorf("install %s as sha256:%s: %w", u, p.hex, err)
 	}
+	// Hashed as it arrived: record it verified, for every process on the
+	// host (we hold the digest's lock, the record's writer lock).
+	if st, err := c.stamp(rf); err == nil {
+		c.recordVerified(p.hex, st, time.Now())
+	}
 	t = time.Now()
 	b, err := mapBlob(rf, p.hex, c.blobPath(p.hex), p.size)
 	rep.Map += time.Since(t)
+	if b != nil {
+		b.fresh = true
+	}
 	return b, err
 }
 

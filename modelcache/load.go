@@ -31,10 +31,10 @@ func (a Advice) Validate() error {
 // Validate reports whether p is a VerifyPolicy this package knows.
 func (p VerifyPolicy) Validate() error {
 	switch p {
-	case VerifyNever, VerifyOnOpen:
+	case VerifyPerBoot, VerifyNever, VerifyOnOpen:
 		return nil
 	}
-	return fmt.Errorf("verify policy %q: want %q or %q", string(p), VerifyNever, VerifyOnOpen)
+	return fmt.Errorf("verify policy %q: want %q, %q or %q", string(p), VerifyPerBoot, VerifyOnOpen, VerifyNever)
 }
 
 // load turns a freshly leased and mapped blob into what the Cache's options

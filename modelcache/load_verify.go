@@ -24,6 +24,11 @@ const verifyChunk = 4 << 20
 // an error wrapping ErrCorrupt. A blob that is not cached yields an error
 // wrapping ErrNotCached. Verify holds a lease while it reads, so the blob
 // cannot be evicted under it.
+//
+// Moving a corrupt blob is the one change Verify makes, also in a
+// read-only Cache: it takes the digest's fetch lock (creating its lock file
+// if none exists) and renames the blob (creating quarantine/ only in a
+// cache laid out before that directory existed). It records nothing.
 func (c *Cache) Verify(ctx context.Context, digest string) error {
 	want, err := parseHexOrDigest(digest)
 	if err != nil {
@@ -44,21 +49,30 @@ func (c *Cache) Verify(ctx context.Context, digest string) error {
 	if err != nil {
 		return fmt.Errorf("verify sha256:%s: %w", want, err)
 	}
-	return c.checkBlob(ctx, f, want, st.Size())
+	return c.checkBlob(ctx, f, want, st.Size(), "verify")
 }
 
 // checkBlob hashes f (a leased descriptor of blob want) and quarantines it
-// on a mismatch, returning an ErrCorrupt error naming where it went.
-func (c *Cache) checkBlob(ctx context.Context, f *os.File, want string, size int64) error {
+// on a mismatch, returning an ErrCorrupt error naming where it went. by
+// labels the hashed bytes in the metrics: acquire or verify.
+func (c *Cache) checkBlob(ctx context.Context, f *os.File, want string, size int64, by string) error {
 	got, err := hashFile(ctx, f, size)
 	if err != nil {
 		return fmt.Errorf("verify sha256:%s: %w", want, err)
 	}
+	c.metrics.verified(by, size)
 	if got == want {
 		return nil
 	}
+	return c.corruptBlob(ctx, f, want, got, false)
+}
+
+// corruptBlob quarantines blob want, whose leased descriptor f hashed to
+// got, and returns the ErrCorrupt error that says so. lockHeld says whether
+// the caller holds want's fetch lock already.
+func (c *Cache) corruptBlob(ctx context.Context, f *os.File, want, got string, lockHeld bool) error {
 	c.metrics.quarantine()
-	dst, qerr := c.quarantine(ctx, want, f)
+	dst, qerr := c.quarantine(ctx, want, f, lockHeld)
 	if qerr != nil {
 		return &kindError{kind: ErrCorrupt, cause: qerr, msg: fmt.Sprintf(
 			"blob sha256:%s is corrupt (content hashes to sha256:%s) and could not be quarantined: %v", want, got, qerr)}
@@ -93,15 +107,19 @@ func hashFile(ctx context.Context, f *os.File, size int64) (string, error) {
 
 // quarantine renames blob hex out of blobs/ into quarantine/, provided the
 // path still names the file f that was found corrupt (a fresh copy may have
-// replaced it). It holds the digest's fetch lock, so no fetcher installs
-// a copy meanwhile. Renaming, like unlinking, leaves every existing mapping
-// valid. It returns where the blob went.
-func (c *Cache) quarantine(ctx context.Context, hex string, f *os.File) (string, error) {
-	lk, _, err := c.lock(ctx, blobKey(hex))
-	if err != nil {
-		return "", err
+// replaced it). It holds the digest's fetch lock (taking it unless
+// lockHeld), so no fetcher installs a copy meanwhile. Renaming, like
+// unlinking, leaves every existing mapping valid; nothing ever opens a
+// quarantined file by name again, so GC may delete it at any time. It
+// returns where the blob went, or "" when the path names another file.
+func (c *Cache) quarantine(ctx context.Context, hex string, f *os.File, lockHeld bool) (string, error) {
+	if !lockHeld {
+		lk, _, err := c.lock(ctx, blobKey(hex))
+		if err != nil {
+			return "", err
+		}
+		defer lk.Close()
 	}
-	defer lk.Close()
 	path := c.blobPath(hex)
 	if same, err := sameFile(f, path); err != nil || !same {
 		return "", err
@@ -115,26 +133,27 @@ func (c *Cache) quarantine(ctx context.Context, hex string, f *os.File) (string,
 		return "", err
 	}
 	os.Remove(c.usePath(hex))
+	c.forgetVerified(hex)
 	if err := syncDir(filepath.Join(c.root, blobsDir)); err != nil {
 		return dst, err
 	}
 	return dst, syncDir(qdir)
 }
 
-// verifyOnOpen applies Options.Verify to a blob an Acquire found already
-// cached (fetched blobs were verified as they arrived). It reports whether
-// the blob is good; a corrupt one has been quarantined (and is still
-// mapped: the caller closes it and fetches again).
+// verifyOnOpen applies VerifyOnOpen to a blob an Acquire found already
+// cached: it is re-hashed the first time this Cache opens it. It reports
+// whether the blob is good; a corrupt one has been quarantined (and is
+// still mapped: the caller closes it and fetches again).
 func (c *Cache) verifyOnOpen(ctx context.Context, b *Blob, rep *Report) (bool, error) {
 	hex := b.Digest[len("sha256:"):]
 	c.verifiedMu.Lock()
-	done := c.verified[hex]
+	_, done := c.verified[hex]
 	c.verifiedMu.Unlock()
 	if done {
 		return true, nil
 	}
 	t := time.Now()
-	err := c.checkBlob(ctx, b.f, hex, b.Size)
+	err := c.checkBlob(ctx, b.f, hex, b.Size, "acquire")
 	rep.Verify += time.Since(t)
 	if errors.Is(err, ErrCorrupt) {
 		c.opts.Logger.Warn("model cache re-fetching corrupt blob", "digest", b.Digest, "err", err)
@@ -143,12 +162,6 @@ func (c *Cache) verifyOnOpen(ctx context.Context, b *Blob, rep *Report) (bool, e
 	if err != nil {
 		return false, err
 	}
-	c.markVerified(hex)
+	c.remember(hex, blobStamp{})
 	return true, nil
-}
-
-func (c *Cache) markVerified(hex string) {
-	c.verifiedMu.Lock()
-	c.verified[hex] = true
-	c.verifiedMu.Unlock()
 }

@@ -78,7 +78,7 @@ func TestVerifyOnOpenRefetchesCorruptBlob(t *testing.T) {
 	corrupt(t, path, 12345)
 
 	// Without verification the damage goes unnoticed: the reason for the option.
-	m := acquire(t, openCache(t, root, e.src), man)
+	m := acquire(t, openOpts(t, root, e.src, Options{Verify: VerifyNever}), man)
 	if bytes.Equal(m.Blobs[0].Data, data) {
 		t.Fatal("test did not corrupt the blob")
 	}

@@ -23,13 +23,14 @@ type metrics struct {
 	evictedBytes prometheus.Counter
 	quarantined  prometheus.Counter
 	phase        *prometheus.HistogramVec
+	verifiedB    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 	m := &metrics{
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "genfleet_cache_acquires_total",
-			Help: "Model acquisitions by result: hit (every file already on disk) or miss (something was fetched).",
+			Help: "Model acquisitions by result: hit (every file already on disk), waited (another fetcher on the host installed a missing file while this one waited) or miss (this process fetched something).",
 		}, []string{"result"}),
 		fetchedBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "genfleet_cache_fetched_bytes_total",
@@ -59,6 +60,10 @@ func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 			Name: "genfleet_cache_quarantined_total",
 			Help: "Blobs found corrupt on re-verification and moved to quarantine/.",
 		}),
+		verifiedB: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "genfleet_cache_verified_bytes_total",
+			Help: "Bytes of cached blobs re-hashed by this process, by what asked: acquire (--verify per-boot or on-open), scrub (the background scrubber) or verify (Cache.Verify, genfleet cache verify).",
+		}, []string{"by"}),
 		phase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "genfleet_cache_load_phase_seconds",
 			Help:    "Time per phase of an acquisition: wait, fetch, verify, map, read, prefault.",
@@ -66,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 		}, []string{"phase"}),
 	}
 	cs := []prometheus.Collector{m.lookups, m.fetchedBytes, m.fetchSeconds, m.waits, m.waitSeconds,
-		m.evictions, m.evictedBytes, m.quarantined, m.phase}
+		m.evictions, m.evictedBytes, m.quarantined, m.phase, m.verifiedB}
 	for i, col := range cs {
 		if err := reg.Register(col); err != nil {
 			are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err)
@@ -83,6 +88,7 @@ func newMetrics(reg prometheus.Registerer, c *Cache) (*metrics, error) {
 	m.waits, m.waitSeconds = cs[3].(prometheus.Counter), cs[4].(prometheus.Counter)
 	m.evictions, m.evictedBytes = cs[5].(prometheus.Counter), cs[6].(prometheus.Counter)
 	m.quarantined, m.phase = cs[7].(prometheus.Counter), cs[8].(*prometheus.HistogramVec)
+	m.verifiedB = cs[9].(*prometheus.CounterVec)
 
 	// The state collector describes the cache root it was made for; a
 	// second Cache on the same registry leaves the first one's in place.
@@ -99,9 +105,12 @@ func (m *metrics) observe(r *Report, mode LoadMode) {
 	if m == nil {
 		return
 	}
-	if r.Hit {
+	switch {
+	case r.Hit:
 		m.lookups.WithLabelValues("hit").Inc()
-	} else {
+	case r.Origin == OriginWaited:
+		m.lookups.WithLabelValues("waited").Inc()
+	default:
 		m.lookups.WithLabelValues("miss").Inc()
 	}
 	m.fetchedBytes.Add(float64(r.FetchedBytes))
@@ -131,6 +140,14 @@ func (m *metrics) evicted(bytes int64) {
 	m.evictedBytes.Add(float64(bytes))
 }
 
+// verified counts bytes re-hashed; by is acquire, scrub or verify.
+func (m *metrics) verified(by string, bytes int64) {
+	if m == nil {
+		return
+	}
+	m.verifiedB.WithLabelValues(by).Add(float64(bytes))
+}
+
 func (m *metrics) quarantine() {
 	if m == nil {
 		return
@@ -140,10 +157,10 @@ func (m *metrics) quarantine() {
 
 var (
 	descBytes = prometheus.NewDesc("genfleet_cache_bytes",
-		"Bytes of blobs in the cache by state: in_use (leased by some process on the host) or idle.",
+		"Bytes of blobs in the cache by state: in_use (leased by some process on the host), idle, or quarantined (failed re-verification; counted against the budget until GC deletes them).",
 		[]string{"state"}, nil)
 	descBlobs = prometheus.NewDesc("genfleet_cache_blobs",
-		"Blobs in the cache by state: in_use or idle.", []string{"state"}, nil)
+		"Blobs in the cache by state: in_use, idle or quarantined.", []string{"state"}, nil)
 	descBudget = prometheus.NewDesc("genfleet_cache_budget_bytes",
 		"The cache's byte budget; 0 means no cap.", nil, nil)
 	descResident = prometheus.NewDesc("genfleet_cache_resident_bytes",
@@ -193,6 +210,16 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, idle, "idle")
 	ch <- prometheus.MustNewConstMetric(descBlobs, prometheus.GaugeValue, nInUse, "in_use")
 	ch <- prometheus.MustNewConstMetric(descBlobs, prometheus.GaugeValue, nIdle, "idle")
+	quarantined, err := s.c.Quarantined()
+	if err != nil {
+		failed = 1
+	}
+	var qBytes float64
+	for _, qf := range quarantined {
+		qBytes += float64(qf.Size)
+	}
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.GaugeValue, qBytes, "quarantined")
+	ch <- prometheus.MustNewConstMetric(descBlobs, prometheus.GaugeValue, float64(len(quarantined)), "quarantined")
 	budget, err := s.c.Budget()
 	if err != nil {
 		failed = 1

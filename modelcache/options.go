@@ -44,9 +44,17 @@ type Options struct {
 	// Mlock locks mappings into RAM; failure (RLIMIT_MEMLOCK) is an error
 	// that names the limit.
 	Mlock bool
-	// Verify is the policy for re-hashing an existing blob on acquire.
-	// Default VerifyNever (blobs are verified once, when fetched).
+	// Verify is the policy for re-hashing a blob that is already on disk
+	// when an Acquire asks for it. Default VerifyPerBoot: the first use
+	// after each boot, shared by every process on the host, and again
+	// whenever the file changed. A blob that an Acquire fetches is hashed
+	// as it arrives, whatever the policy.
 	Verify VerifyPolicy
+	// ReadOnly opens a cache for inspection: the root and its blobs/ must
+	// exist, nothing is created or cleaned at open, Acquire, Import, GC and
+	// Remove fail with ErrReadOnly, and Verify records nothing; it only
+	// moves a corrupt blob into quarantine/ (see Verify). Default false.
+	ReadOnly bool
 
 	// --- eviction ---
 
@@ -106,13 +114,24 @@ const (
 	AdvicePopulate   Advice = "populate"
 )
 
-// VerifyPolicy says when an existing blob is re-hashed.
+// VerifyPolicy says when a blob already on disk is re-hashed.
 type VerifyPolicy string
 
 const (
+	// VerifyPerBoot re-hashes a blob the first time any process on the host
+	// uses it after a boot, and again whenever the file changed since it
+	// was last hashed (someone wrote to it, or it is another file). The
+	// verdict is kept in <root>/verified/, keyed by the boot id, the
+	// blob's device and inode, its size and its mtime and ctime in
+	// nanoseconds, so that N worker processes, and restarts within one
+	// boot, hash a blob once between them; a blob fetched (and so hashed
+	// as it arrived) counts as verified. A corrupt blob is quarantined and
+	// fetched again. The default: see verify_boot.go for why.
+	VerifyPerBoot VerifyPolicy = "per-boot"
 	// VerifyNever trusts a blob once it was verified at fetch time.
 	VerifyNever VerifyPolicy = "never"
-	// VerifyOnOpen re-hashes a blob the first time this Cache opens it.
+	// VerifyOnOpen re-hashes a blob the first time this Cache opens it:
+	// every process (and every restart) hashes every blob it uses once.
 	VerifyOnOpen VerifyPolicy = "on-open"
 )
 
@@ -139,7 +158,7 @@ func (o Options) withDefaults() Options {
 		o.Advice = AdviceNone
 	}
 	if o.Verify == "" {
-		o.Verify = VerifyNever
+		o.Verify = VerifyPerBoot
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -25,7 +25,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"phase"}),
 		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "genfleet_worker_model_acquires_total",
-			Help: "Model acquisitions by result: hit (blob already on disk) or miss (fetched from S3).",
+			Help: "Model acquisitions by result: hit (blob already on disk), waited (another process on the host fetched it while this job waited) or miss (this process fetched it from S3).",
 		}, []string{"result"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "genfleet_worker_jobs_in_flight",

@@ -4,7 +4,8 @@
 // on the mapping, uploads the PNG to the outputs bucket and records the
 // result in Redis for the scheduler's API.
 //
-// Shutdown order (Run, when its context ends): stop pulling new tasks;
+// Shutdown order (Run, when its context ends): stop the cache scrubber
+// (background work that holds no job); stop pulling new tasks;
 // give in-flight jobs ShutdownTimeout to finish; asynq then pushes any
 // still running back to their queue (hand back), after which the worker
 // cancels their contexts and waits for their handlers to record the hand
@@ -89,6 +90,10 @@ type Config struct {
 	// + up to RecoverInterval later; recovering one too early is harmless,
 	// the run claim keeps it from running twice at once.
 	LeaseGrace time.Duration
+	// Scrub configures the background scrubber of Cache that Run starts
+	// (see modelcache.Scrubber); a zero Rate or Interval, the zero value,
+	// runs none.
+	Scrub modelcache.ScrubConfig
 	// Noop runs each job's bookkeeping (claim, records, cancel watch,
 	// metrics) but skips the model, the backend and the upload: for
 	// benchmarking genfleet's queueing overhead against plain asynq.
@@ -248,9 +253,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	hbDone := make(chan struct{})
 	hb := &heartbeat{w: w, fleet: w.fleet, interval: w.cfg.HeartbeatInterval, started: time.Now()}
 	go func() { defer close(hbDone); hb.run(hbCtx) }()
+	scrub := w.cfg.Cache.NewScrubber(w.cfg.Scrub)
+	scrub.Start()
 	w.log.Info("worker started", "queues", w.Queues(), "concurrency", w.cfg.Concurrency)
 	<-ctx.Done()
 	w.log.Info("worker shutting down", "timeout", w.cfg.ShutdownTimeout)
+	scrub.Shutdown() // background work first: it holds no job
 	srv.Shutdown()
 	// Heartbeats stop after the last job was finished or handed back, so the
 	// scheduler never sees a silent host that still holds work.
@@ -493,16 +501,19 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 		"wait": rec.Timings["wait"], "fetch": rec.Timings["fetch"], "verify": rec.Timings["verify"], "map": rec.Timings["map"],
 	}, true)
 	defer w.models.used(req.Model, digestsOf(m), nil, false)
-	if r.Hit {
+	switch {
+	case r.Hit:
 		w.metrics.cache.WithLabelValues("hit").Inc()
-	} else {
+	case r.Origin == modelcache.OriginWaited:
+		w.metrics.cache.WithLabelValues("waited").Inc()
+	default:
 		w.metrics.cache.WithLabelValues("miss").Inc()
 		select {
 		case w.beatNow <- struct{}{}:
 		default:
 		}
 	}
-	log.Debug("model acquired", "model", req.Model, "hit", r.Hit, "fetched_bytes", r.FetchedBytes)
+	log.Debug("model acquired", "model", req.Model, "from", r.Origin, "fetched_bytes", r.FetchedBytes)
 	if len(m.Blobs) == 0 {
 		return nil, fmt.Errorf("model %q has no files: %w", req.Model, backends.ErrBadModel)
 	}
@@ -563,6 +574,7 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 		Bucket: w.cfg.Outputs.Bucket, Key: key, URL: "s3://" + w.cfg.Outputs.Bucket + "/" + key,
 		ContentType: "image/png", Bytes: int64(buf.Len()), SHA256: hex.EncodeToString(sum[:]),
 		ModelDigest: files[0].Digest, Width: b.Dx(), Height: b.Dy(), CacheHit: r.Hit,
+		ModelSource: string(r.Origin), ModelWaitMS: ms(r.Wait), ModelFetchedBytes: r.FetchedBytes,
 	}, nil
 }
 

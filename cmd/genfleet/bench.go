@@ -42,6 +42,7 @@ var benches = map[string]benchEntry{
 	"routing": {"2 hosts, 2 models, cache budget for one: model loads with routing vs plain asynq", benchRouting},
 	"share":   {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
 	"upload":  {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
+	"verify":  {"first use of a cached model after boot (--verify per-boot re-hash) vs read() into private memory (anchor)", benchVerify},
 }
 
 // A holder process of genfleet bench share is this binary started again.
@@ -320,6 +321,22 @@ func benchUpload(ctx context.Context, args []string, stderr io.Writer) (any, err
 		return nil, fmt.Errorf("--sweep-threads: %w", err)
 	}
 	return bench.Upload(ctx, o, stderr)
+}
+
+func benchVerify(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench verify", stderr)
+	var o bench.VerifyOptions
+	size := f.String("size", "2GiB", "model size")
+	f.IntVar(&o.Runs, "runs", 3, "measurements of each kind (the median counts)")
+	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	return bench.Verify(ctx, o, stderr)
 }
 
 // parseCounts parses a comma-separated list of counts in 1..256; "" is

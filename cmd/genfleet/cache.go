@@ -21,11 +21,16 @@ import (
 const cacheUsage = `Usage: genfleet cache COMMAND [flags]
 
 Commands (all take --cache-dir and --cache-budget):
-  ls [--json]            list cached blobs: digest, size, last use, in use, resident %
+  ls [--json]            list cached blobs (digest, size, last use, in use, resident %)
+                         and quarantined files; writes nothing
   pull MODEL             fetch a model (name or s3:// ref) into the cache, with progress
-  verify [DIGEST...]     re-hash all or some blobs; corrupt ones go to quarantine/ (exit 1)
-  gc                     evict least recently used idle blobs until under --cache-budget
+  verify [DIGEST...]     re-hash all or some blobs; a corrupt one is moved into
+                         quarantine/ (exit 1), the only change verify ever makes
+  gc                     delete quarantined files, then evict least recently used idle
+                         blobs until under --cache-budget
   rm DIGEST...           evict blobs now; refuses one that a process has mapped
+
+Only pull creates a cache: the others fail on a --cache-dir that holds none.
 `
 
 func cmdCache(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -61,7 +66,7 @@ type cacheFlags struct {
 func addCacheFlags(f flags) *cacheFlags {
 	return &cacheFlags{
 		dir:    f.str("cache-dir", "GENFLEET_CACHE_DIR", "/var/cache/genfleet", "model cache directory, shared by every worker process on the host"),
-		budget: f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
+		budget: f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs and quarantined files: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
 	}
 }
 
@@ -89,14 +94,30 @@ func openCacheFromFlags(cf *cacheFlags, o modelcache.Options, src modelcache.Sou
 	return modelcache.OpenWith(*cf.dir, src, o)
 }
 
+// openExistingCache opens the cache at --cache-dir for a command that must
+// not create one (see modelcache.OpenExisting); verb says what the command
+// would have done, for the error.
+func openExistingCache(cf *cacheFlags, readOnly bool, verb string) (*modelcache.Cache, error) {
+	o, err := cf.options()
+	if err != nil {
+		return nil, err
+	}
+	o.ReadOnly = readOnly
+	c, err := modelcache.OpenExisting(*cf.dir, nil, o)
+	if errors.Is(err, modelcache.ErrNoCache) {
+		return nil, fmt.Errorf("%w (--cache-dir); nothing to %s", err, verb)
+	}
+	return c, err
+}
+
 func cmdCacheList(args []string, stdout, stderr io.Writer) error {
 	f := newFlags("cache ls", stderr)
 	cf := addCacheFlags(f)
-	asJSON := f.Bool("json", false, "print JSON: {used_bytes, budget_bytes, blobs: [...]}")
+	asJSON := f.Bool("json", false, "print JSON: {used_bytes, blob_bytes, quarantine_bytes, budget_bytes, blobs: [...], quarantine: [...]}")
 	if err := f.parse(args, 0); err != nil {
 		return err
 	}
-	c, err := openCacheFromFlags(cf, modelcache.Options{}, nil)
+	c, err := openExistingCache(cf, true, "list")
 	if err != nil {
 		return err
 	}
@@ -104,9 +125,16 @@ func cmdCacheList(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var used int64
+	quarantined, err := c.Quarantined()
+	if err != nil {
+		return err
+	}
+	var blobBytes, qBytes int64
 	for _, bi := range infos {
-		used += bi.Size
+		blobBytes += bi.Size
+	}
+	for _, qf := range quarantined {
+		qBytes += qf.Size
 	}
 	budget, err := c.Budget()
 	if err != nil {
@@ -116,9 +144,13 @@ func cmdCacheList(args []string, stdout, stderr io.Writer) error {
 		if infos == nil {
 			infos = []modelcache.BlobInfo{}
 		}
+		if quarantined == nil {
+			quarantined = []modelcache.QuarantinedFile{}
+		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"root": c.Root(), "used_bytes": used, "budget_bytes": budget, "blobs": infos})
+		return enc.Encode(map[string]any{"root": c.Root(), "used_bytes": blobBytes + qBytes, "blob_bytes": blobBytes,
+			"quarantine_bytes": qBytes, "budget_bytes": budget, "blobs": infos, "quarantine": quarantined})
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DIGEST\tSIZE\tLAST USE\tIN USE\tRESIDENT")
@@ -133,11 +165,23 @@ func cmdCacheList(args []string, stdout, stderr io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if len(quarantined) > 0 {
+		fmt.Fprintln(stdout, "\nQuarantined (failed re-verification; `genfleet cache gc` deletes them):")
+		tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DIGEST\tSIZE\tQUARANTINED\tPATH")
+		for _, qf := range quarantined {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", qf.Digest, humanBytes(qf.Size), qf.QuarantinedAt.Local().Format(time.DateTime), qf.Path)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
 	b := "no budget"
 	if budget > 0 {
 		b = "budget " + humanBytes(budget)
 	}
-	fmt.Fprintf(stdout, "%d blobs, %s (%s)\n", len(infos), humanBytes(used), b)
+	fmt.Fprintf(stdout, "%d blobs, %s; %d quarantined, %s; %s used (%s)\n", len(infos), humanBytes(blobBytes),
+		len(quarantined), humanBytes(qBytes), humanBytes(blobBytes+qBytes), b)
 	return nil
 }
 
@@ -196,8 +240,11 @@ func cmdCachePull(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintf(stdout, "%s\t%s\t%s\n", b.Digest, humanBytes(b.Size), b.Path)
 	}
 	state := "fetched"
-	if r.Hit {
+	switch r.Origin {
+	case modelcache.OriginDisk:
 		state = "already cached"
+	case modelcache.OriginWaited:
+		state = "fetched by another process while this one waited"
 	}
 	fmt.Fprintf(stdout, "%s %q: %s, %s downloaded; resolve %v, wait %v, fetch %v, verify %v, map %v\n",
 		state, man.Ref(), humanBytes(sumSizes(m)), humanBytes(r.FetchedBytes),
@@ -221,7 +268,7 @@ func cmdCacheVerify(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := f.parse(rest, 0); err != nil {
 		return err
 	}
-	c, err := openCacheFromFlags(cf, modelcache.Options{}, nil)
+	c, err := openExistingCache(cf, true, "verify")
 	if err != nil {
 		return err
 	}
@@ -264,7 +311,7 @@ func cmdCacheGC(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := f.parse(args, 0); err != nil {
 		return err
 	}
-	c, err := openCacheFromFlags(cf, modelcache.Options{}, nil)
+	c, err := openExistingCache(cf, false, "collect")
 	if err != nil {
 		return err
 	}
@@ -275,14 +322,19 @@ func cmdCacheGC(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		return err
 	}
+	for _, qf := range res.QuarantineRemoved {
+		fmt.Fprintf(stdout, "deleted quarantined\t%s\t%s\t%s\n", qf.Digest, humanBytes(qf.Size), qf.Path)
+	}
 	if res.Budget <= 0 {
-		fmt.Fprintf(stdout, "no budget set (--cache-budget): nothing to do; %s cached\n", humanBytes(res.Used))
+		fmt.Fprintf(stdout, "no budget set (--cache-budget): no blob evicted; %s in %d quarantined files deleted; %s cached\n",
+			humanBytes(res.QuarantineFreed), len(res.QuarantineRemoved), humanBytes(res.Used))
 		return err
 	}
 	for _, bi := range res.Evicted {
 		fmt.Fprintf(stdout, "evicted\t%s\t%s\tlast use %s\n", bi.Digest, humanBytes(bi.Size), bi.LastUsed.Local().Format(time.DateTime))
 	}
-	fmt.Fprintf(stdout, "freed %s in %d blobs; %s used of %s", humanBytes(res.Freed), len(res.Evicted), humanBytes(res.Used), humanBytes(res.Budget))
+	fmt.Fprintf(stdout, "freed %s in %d blobs and %d quarantined files; %s used of %s", humanBytes(res.Freed),
+		len(res.Evicted), len(res.QuarantineRemoved), humanBytes(res.Used), humanBytes(res.Budget))
 	if res.SkippedInUse > 0 {
 		fmt.Fprintf(stdout, "; %d blobs in use were kept", res.SkippedInUse)
 	}
@@ -301,7 +353,7 @@ func cmdCacheRemove(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "usage: genfleet cache rm DIGEST...")
 		return errUsage
 	}
-	c, err := openCacheFromFlags(cf, modelcache.Options{}, nil)
+	c, err := openExistingCache(cf, false, "remove")
 	if err != nil {
 		return err
 	}
@@ -333,6 +385,8 @@ type loadFlags struct {
 	partSize     *string
 	fetchRetries *int
 	stall        *time.Duration
+	scrubRate    *string
+	scrubEvery   *time.Duration
 }
 
 func addLoadFlags(f flags) *loadFlags {
@@ -340,13 +394,30 @@ func addLoadFlags(f flags) *loadFlags {
 		mode:         f.str("load-mode", "GENFLEET_LOAD_MODE", "mmap", "how models are loaded: mmap (shared read-only mapping, one copy per host) or read (private copy per process)"),
 		advice:       f.str("advice", "GENFLEET_ADVICE", "none", "madvise for mapped models: none, willneed, sequential, random or populate (prefault every page before the job starts)"),
 		mlock:        f.boolean("mlock", "GENFLEET_MLOCK", false, "lock loaded models into RAM (needs RLIMIT_MEMLOCK ≥ model size, or CAP_IPC_LOCK)"),
-		budget:       f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
-		verify:       f.str("verify", "GENFLEET_VERIFY", "never", "re-hash cached models: never (only when fetched) or on-open (first use by this process; corrupt ones are fetched again)"),
+		budget:       f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs and quarantined files: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
+		verify:       f.str("verify", "GENFLEET_VERIFY", string(modelcache.VerifyPerBoot), "re-hash a cached model before use: per-boot (its first use after each boot by any process on the host, and after any write to it), on-open (first use by each process) or never (only when fetched); a corrupt one is quarantined and fetched again"),
 		fetchConc:    f.integer("fetch-concurrency", "GENFLEET_FETCH_CONCURRENCY", modelcache.DefaultFetchConcurrency, "ranged GETs in flight per model file fetched from S3"),
 		partSize:     f.str("fetch-part-size", "GENFLEET_FETCH_PART_SIZE", "16MiB", "size of each ranged GET"),
 		fetchRetries: f.integer("fetch-retries", "GENFLEET_FETCH_RETRIES", 5, "retries of one part (with backoff) before a fetch fails and the job's attempt with it; -1: none"),
 		stall:        f.duration("fetch-stall-timeout", "GENFLEET_FETCH_STALL_TIMEOUT", 30*time.Second, "a part that receives no bytes for this long is cancelled and retried"),
+		scrubRate:    f.str("scrub-rate", "GENFLEET_SCRUB_RATE", "32MiB", "bytes per second the background scrubber may re-hash (one process per blob on a host at a time); 0 disables it"),
+		scrubEvery:   f.duration("scrub-interval", "GENFLEET_SCRUB_INTERVAL", modelcache.DefaultScrubInterval, "how long a blob's last hash stays good before the scrubber re-hashes it; 0 disables the scrubber"),
 	}
+}
+
+// scrubConfig turns the scrub flags into the scrubber's config.
+func (lf *loadFlags) scrubConfig() (modelcache.ScrubConfig, error) {
+	cfg := modelcache.ScrubConfig{Interval: *lf.scrubEvery}
+	if *lf.scrubRate != "0" {
+		var err error
+		if cfg.Rate, err = parseSize(*lf.scrubRate); err != nil {
+			return cfg, fmt.Errorf("--scrub-rate %q: want bytes per second, e.g. 32MiB, or 0", *lf.scrubRate)
+		}
+	}
+	if cfg.Interval < 0 {
+		return cfg, fmt.Errorf("--scrub-interval %v: want a duration ≥ 0", cfg.Interval)
+	}
+	return cfg, nil
 }
 
 // options turns the flags into cache options; metrics and log go with them.

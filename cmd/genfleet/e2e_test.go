@@ -53,8 +53,16 @@ func TestTwoWorkerProcessesShareOneDownload(t *testing.T) {
 	if ra.Result.ModelDigest != rb.Result.ModelDigest {
 		t.Fatalf("digests differ: %s vs %s", ra.Result.ModelDigest, rb.Result.ModelDigest)
 	}
-	if ra.Result.CacheHit == rb.Result.CacheHit {
-		t.Fatalf("cache_hit a=%v b=%v: want exactly one fetch and one hit", ra.Result.CacheHit, rb.Result.CacheHit)
+	// One fetched; the other waited for that fetch: neither found the
+	// model on disk, and the record says which did what.
+	fetched, waited := ra.Result, rb.Result
+	if fetched.ModelSource != "fetched" {
+		fetched, waited = waited, fetched
+	}
+	if fetched.ModelSource != "fetched" || fetched.ModelFetchedBytes != modelSize || fetched.CacheHit ||
+		waited.ModelSource != "waited" || waited.ModelFetchedBytes != 0 || waited.ModelWaitMS <= 0 || waited.CacheHit {
+		t.Fatalf("results %+v and %+v: want one fetched (%d bytes) and one waited (>0 ms, nothing fetched), neither a cache hit",
+			*ra.Result, *rb.Result, modelSize)
 	}
 	blobs, _ := filepath.Glob(filepath.Join(fl.cacheDir, "blobs", "sha256-*"))
 	want := filepath.Join(fl.cacheDir, "blobs", "sha256-"+strings.TrimPrefix(ra.Result.ModelDigest, "sha256:"))

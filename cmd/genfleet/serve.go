@@ -247,6 +247,10 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	scrub, err := lf.scrubConfig()
+	if err != nil {
+		return err
+	}
 	cache, err := modelcache.OpenWith(*cacheDir, modelcache.NewS3Source(cl), cacheOpts)
 	if err != nil {
 		return fmt.Errorf("open model cache: %w", err)
@@ -262,6 +266,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		RetryBase: *retryBase, RetryMax: *retryMax,
 		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,
 		HeartbeatInterval: *heartbeat, PollInterval: *poll,
+		Scrub:   scrub,
 		Metrics: promReg, Logger: log,
 	})
 	if err != nil {
@@ -281,7 +286,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		go func() { _ = serveHTTP(ctx, hs, ln) }()
 		log.Info("worker metrics listening", "addr", ln.Addr().String())
 	}
-	log.Info("worker ready", "cache", *cacheDir, "pid", os.Getpid())
+	log.Info("worker ready", "cache", *cacheDir, "pid", os.Getpid(), "verify", cacheOpts.Verify, "fs_verity", cache.FSVerity().String())
 	return w.Run(ctx)
 }
 
