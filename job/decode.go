@@ -48,6 +48,9 @@ func decodeCanonicalPayload(b []byte) (Payload, bool) {
 	if d.opt(`,"output_format":`) {
 		q.OutputFormat = d.str()
 	}
+	if d.opt(`,"priority":`) {
+		q.Priority = Priority(d.str())
+	}
 	d.lit(`}`)
 	if d.opt(`,"submitted_at":`) {
 		p.SubmittedAt = d.time()

@@ -216,6 +216,10 @@ func appendRequest(b []byte, q *Request) []byte {
 		b = append(b, `,"output_format":`...)
 		b = appendString(b, q.OutputFormat)
 	}
+	if q.Priority != "" {
+		b = append(b, `,"priority":`...)
+		b = appendString(b, string(q.Priority))
+	}
 	return append(b, '}')
 }
 

@@ -33,7 +33,7 @@ func FuzzEncodeRecord(f *testing.F) {
 		}
 		if parts&2 != 0 {
 			r.Request = &Request{Model: s1, Prompt: s2, NegativePrompt: s3, Width: int(nanos % 4096), Height: int(offset),
-				Steps: int(f2), Seed: nanos, Guidance: f1, SamplingMethod: s3, Scheduler: s2, OutputFormat: s1}
+				Steps: int(f2), Seed: nanos, Guidance: f1, SamplingMethod: s3, Scheduler: s2, OutputFormat: s1, Priority: Priority(s3)}
 		}
 		if parts&4 != 0 {
 			r.Progress = &Progress{Step: int(offset), Steps: int(nanos % 100)}
@@ -71,7 +71,7 @@ func FuzzEncodePayload(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s1, s2 string, g float64, nanos, offset int64, routed bool) {
 		at := time.Unix(nanos/1000, (nanos%1e9+1e9)%1e9).In(time.FixedZone("z", int(offset%(48*3600))))
 		p := &Payload{Version: int(offset), SubmittedAt: at,
-			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 100), Seed: nanos, Guidance: g, OutputFormat: s1}}
+			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 100), Seed: nanos, Guidance: g, OutputFormat: s1, Priority: Priority(s2)}}
 		if routed {
 			p.Route = &Route{Queue: s1, Host: s2, Pool: s1, Reason: s2}
 		}
@@ -93,6 +93,7 @@ func FuzzEncodePayload(f *testing.F) {
 func FuzzDecodeCanonicalPayload(f *testing.F) {
 	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"noop","width":64,"height":64,"steps":1,"seed":0,"guidance":7.5,"output_format":"png"},"submitted_at":"2026-11-27T12:00:00.123456789Z","route":{"queue":"pool:cpu","pool":"pool:cpu","reason":"cold"}}`), "demo", "a lighthouse", 7.5, int64(1e18), true)
 	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","width":01,"seed":0,"guidance":1}}`), "", "", 0.0, int64(0), false)
+	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","seed":0,"guidance":1,"output_format":"png","priority":"high"}}`), "low", "high", 1.0, int64(2), true)
 	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","seed":-0,"guidance":-0.5e-3}}`), "é", "\u2028", 1e300, int64(-1), true)
 	f.Add([]byte(`{"v":1,"request":{"model":"d","prompt":"x","seed":1,"guidance":1e400}}`), "x", "<&>", -0.0, int64(5), false)
 	f.Fuzz(func(t *testing.T, b []byte, s1, s2 string, g float64, nanos int64, routed bool) {
@@ -103,7 +104,7 @@ func FuzzDecodeCanonicalPayload(f *testing.F) {
 			}
 		}
 		p := &Payload{Version: PayloadVersion, SubmittedAt: time.Unix(0, nanos).UTC(),
-			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 3), Seed: nanos, Guidance: g, OutputFormat: s1}}
+			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 3), Seed: nanos, Guidance: g, OutputFormat: s1, Priority: Priority(s1)}}
 		if routed {
 			p.Route = &Route{Queue: s2, Host: s1, Pool: s2, Reason: s1}
 		}

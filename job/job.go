@@ -61,6 +61,10 @@ type Request struct {
 	SamplingMethod string `json:"sampling_method,omitempty"`
 	Scheduler      string `json:"scheduler,omitempty"`
 	OutputFormat   string `json:"output_format,omitempty"`
+
+	// The job's lifecycle (docs/jobs.md), apart from what is generated.
+	// Priority picks the job's queues (PriorityQueue); empty is normal.
+	Priority Priority `json:"priority,omitempty"`
 }
 
 // FieldError is a validation error that names the offending field by its
@@ -99,7 +103,17 @@ func (r *Request) UnmarshalJSON(b []byte) error {
 	if err := dec.Decode((*plainRequest)(r)); err != nil {
 		return requestJSONError(err)
 	}
+	r.normalize()
 	return nil
+}
+
+// normalize writes the lifecycle fields in one form: "priority": "normal"
+// as absent, so that a default written out or left away is the same
+// request (and has the same RequestDigest).
+func (r *Request) normalize() {
+	if r.Priority == PriorityNormal {
+		r.Priority = ""
+	}
 }
 
 // plainRequest is Request without its UnmarshalJSON method.
@@ -207,6 +221,9 @@ func (r *Request) Validate() error {
 	}
 	if r.OutputFormat != FormatPNG {
 		return fieldErr("output_format", "must be %q, got %q", FormatPNG, r.OutputFormat)
+	}
+	if !r.Priority.Valid() {
+		return fieldErr("priority", "must be %q, %q or %q, got %q", PriorityHigh, PriorityNormal, PriorityLow, r.Priority)
 	}
 	return nil
 }

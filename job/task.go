@@ -24,8 +24,9 @@ type Payload struct {
 }
 
 // Queue names. Jobs routed to a host that holds the model warm go to
-// HostQueue(id); anything else to PoolQueue(deviceClass). Workers listen to
-// their host queue first and their pool queue second.
+// HostQueue(id); anything else to PoolQueue(deviceClass); a job of high or
+// low priority to that queue's PriorityQueue. Workers listen to their host
+// queues first and their pool queues second.
 func HostQueue(hostID string) string { return "host:" + hostID }
 
 // PoolQueue is the queue every worker of a device class listens to.
@@ -108,7 +109,8 @@ func decodePayloadJSON(b []byte) (Payload, error) {
 // fails with asynq.ErrTaskIDConflict only while asynq still holds the first
 // task in that queue (docs/jobs.md says what happens after). The returned
 // options put it on the pool queue of class with genfleet's retry and
-// timeout defaults; options passed in opts come later and win.
+// timeout defaults (the pool queue of req's priority, PriorityQueue);
+// options passed in opts come later and win.
 //
 // A Go producer enqueues directly with:
 //
@@ -125,7 +127,8 @@ func NewTask(id string, req Request, class string, opts ...asynq.Option) (*asynq
 
 // NewRoutedTask is NewTask for a request that already has its defaults
 // (decoded from JSON, say) and, optionally, a route: the route is carried in
-// the payload (the worker records it) and its queue is used.
+// the payload (the worker records it) and its queue is used as it is (the
+// scheduler's routes name the queue of the job's priority already).
 func NewRoutedTask(id string, req Request, class string, route *Route, opts ...asynq.Option) (*asynq.Task, []asynq.Option, error) {
 	if err := ValidID(id); err != nil {
 		return nil, nil, err
@@ -142,7 +145,7 @@ func NewRoutedTask(id string, req Request, class string, route *Route, opts ...a
 	}
 	all := append([]asynq.Option{
 		asynq.TaskID(id),
-		asynq.Queue(PoolQueue(class)),
+		asynq.Queue(PriorityQueue(PoolQueue(class), req.Priority)),
 		asynq.MaxRetry(DefaultMaxRetry),
 		asynq.Timeout(DefaultTimeout),
 	}, opts...)

@@ -47,17 +47,19 @@ func (s *Server) fleetView(ctx context.Context) ([]HostView, []job.Heartbeat, er
 		exists[q] = true
 	}
 	for i := range hosts {
-		q := job.HostQueue(hosts[i].Host)
-		if !exists[q] {
-			continue // asynq creates a queue on its first enqueue
+		// The backlog counts every priority's queue of the host.
+		for _, q := range job.PriorityQueues(job.HostQueue(hosts[i].Host)) {
+			if !exists[q] {
+				continue // asynq creates a queue on its first enqueue
+			}
+			// GetQueueInfo does not map a missing queue to ErrQueueNotFound,
+			// hence the check above.
+			info, err := s.inspector.GetQueueInfo(q)
+			if err != nil {
+				return nil, nil, err
+			}
+			hosts[i].Backlog += info.Pending + info.Scheduled + info.Retry
 		}
-		// GetQueueInfo does not map a missing queue to ErrQueueNotFound,
-		// hence the check above.
-		info, err := s.inspector.GetQueueInfo(q)
-		if err != nil {
-			return nil, nil, err
-		}
-		hosts[i].Backlog = info.Pending + info.Scheduled + info.Retry
 	}
 	s.view.at, s.view.hosts, s.view.hbs = time.Now(), hosts, hbs
 	return hosts, hbs, nil
@@ -71,9 +73,10 @@ func (s *Server) invalidateView() {
 	s.view.mu.Unlock()
 }
 
-// routeJob applies the routing policy; a fleet view that cannot be read
-// sends the job to the pool (never lose or delay a job over routing).
-func (s *Server) routeJob(ctx context.Context, class string, digests []string) job.Route {
+// routeJob applies the routing policy, and puts the job in the queues of
+// its priority; a fleet view that cannot be read sends the job to the pool
+// (never lose or delay a job over routing).
+func (s *Server) routeJob(ctx context.Context, class string, digests []string, prio job.Priority) job.Route {
 	var hosts []HostView
 	if s.cfg.Routing.Enabled && len(digests) > 0 {
 		var err error
@@ -81,7 +84,7 @@ func (s *Server) routeJob(ctx context.Context, class string, digests []string) j
 			s.log.Warn("fleet view unavailable; routing to the pool", "err", err)
 		}
 	}
-	r := Route(s.cfg.Routing, class, digests, hosts)
+	r := withPriority(Route(s.cfg.Routing, class, digests, hosts), prio)
 	decision, reason := "pool", "no_warm_host"
 	switch {
 	case r.Host != "":
@@ -158,16 +161,20 @@ func (s *Server) Reap(ctx context.Context) error {
 	}
 	var errs []error
 	for _, host := range hosts {
-		q := job.HostQueue(host)
-		moved, left, err := s.moveQueue(ctx, host, q)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("host %s: %w", host, err))
-			continue
+		// Every priority's host queue, each to the pool queue of its priority.
+		moved, left, failed := 0, 0, false
+		for _, q := range job.PriorityQueues(job.HostQueue(host)) {
+			m, l, err := s.moveQueue(ctx, host, q)
+			moved, left = moved+m, left+l
+			if err != nil {
+				errs = append(errs, fmt.Errorf("host %s: %w", host, err))
+				failed = true
+			}
 		}
 		if moved > 0 {
 			s.log.Warn("host stopped heartbeating; moved its jobs to the pool", "host", host, "moved", moved)
 		}
-		if left == 0 {
+		if left == 0 && !failed {
 			_ = s.fleet.ForgetHost(ctx, host, cutoff)
 		}
 	}
@@ -206,7 +213,8 @@ func (s *Server) moveQueue(ctx context.Context, host, q string) (moved, left int
 }
 
 func (s *Server) moveTask(ctx context.Context, host, q string, ti *asynq.TaskInfo) error {
-	pool := job.PoolQueue(s.cfg.Pool)
+	_, prio := job.SplitQueue(q)
+	pool := job.PriorityQueue(job.PoolQueue(s.cfg.Pool), prio)
 	payload := ti.Payload
 	if p, err := job.DecodePayload(ti.Payload); err == nil {
 		// Say in the job's route where it went and why; the worker that
@@ -246,7 +254,7 @@ var (
 	queueDepthDesc = prometheus.NewDesc("genfleet_queue_jobs",
 		"Jobs in each asynq queue by state (pending, active, scheduled, retry, archived).", []string{"queue", "state"}, nil)
 	desiredDesc = prometheus.NewDesc("genfleet_pool_desired_workers",
-		"Autoscaling signal: worker processes a pool wants, ceil((pending + active) / jobs per worker), summed over the pool queue and its hosts' queues.", []string{"pool"}, nil)
+		"Autoscaling signal: worker processes a pool wants, ceil((pending + active) / jobs per worker), summed over the pool's queues and its hosts' queues of every priority.", []string{"pool"}, nil)
 )
 
 // JobsPerWorker is the target jobs (queued + running) per worker process
@@ -278,9 +286,10 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 		for state, n := range map[string]int{"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled, "retry": info.Retry, "archived": info.Archived} {
 			ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, float64(n), q, state)
 		}
-		pool := q
-		if strings.HasPrefix(q, "host:") {
-			pool = hostPool[q]
+		// Every priority's queues count toward their pool's demand.
+		pool, _ := job.SplitQueue(q)
+		if strings.HasPrefix(pool, "host:") {
+			pool = hostPool[pool]
 			if pool == "" {
 				pool = job.PoolQueue(c.s.cfg.Pool)
 			}

@@ -165,3 +165,11 @@ func MergeHeartbeats(hbs []job.Heartbeat) []HostView {
 	}
 	return out
 }
+
+// withPriority moves route r to the queues of priority p: the host or pool
+// queue it chose, and the pool it falls back to, of that priority.
+func withPriority(r job.Route, p job.Priority) job.Route {
+	r.Queue = job.PriorityQueue(r.Queue, p)
+	r.Pool = job.PriorityQueue(r.Pool, p)
+	return r
+}

@@ -287,7 +287,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	route := s.routeJob(ctx, class, digests)
+	route := s.routeJob(ctx, class, digests, req.Priority)
 	queue := route.Queue
 	// No record is written here: the route travels in the task's payload and
 	// the worker records it. Until a worker starts the job, lookup reads it

@@ -58,8 +58,13 @@ type Config struct {
 	Cache    *modelcache.Cache
 	// Backend runs the model.
 	Backend backends.Backend
-	// HostID names this host's queue (host:<HostID>). Default: the hostname.
+	// HostID names this host's queues (host:<HostID>, and with a
+	// priority, host:<HostID>:high and :low). Default: the hostname.
 	HostID string
+	// PriorityWeights weigh the priorities against each other when the
+	// worker picks its next job (see queueOrder). Default
+	// DefaultPriorityWeights (high 6, normal 3, low 1).
+	PriorityWeights map[job.Priority]int
 	// Concurrency is how many jobs run at once in this process. Default 1.
 	Concurrency int
 	// ShutdownTimeout is how long in-flight jobs may run after shutdown
@@ -127,6 +132,7 @@ type Worker struct {
 	beatNow chan struct{}
 	models  models
 	fleet   *job.Fleet
+	order   *queueOrder
 }
 
 var (
@@ -151,6 +157,15 @@ func New(cfg Config) (*Worker, error) {
 			return nil, fmt.Errorf("worker: no host id given and hostname unknown: %w", err)
 		}
 		cfg.HostID = h
+	}
+	if base, p := job.SplitQueue(cfg.HostID); p != job.PriorityNormal {
+		return nil, fmt.Errorf("worker: host id %q ends in %q, which would make its queue look like the %s-priority queue of host %q; choose another --host-id", cfg.HostID, ":"+string(p), p, base)
+	}
+	if cfg.PriorityWeights == nil {
+		cfg.PriorityWeights = DefaultPriorityWeights
+	}
+	if err := checkWeights(cfg.PriorityWeights); err != nil {
+		return nil, err
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 1
@@ -197,18 +212,15 @@ func New(cfg Config) (*Worker, error) {
 		pid:     os.Getpid(),
 	}
 	w.ownerPrefix = fmt.Sprintf("%s:%d:", cfg.HostID, w.pid)
+	w.order = newQueueOrder(job.HostQueue(cfg.HostID), job.PoolQueue(cfg.Backend.DeviceClass()), cfg.PriorityWeights)
 	w.baseCtx, w.baseCancel = context.WithCancelCause(context.Background())
 	return w, nil
 }
 
-// Queues returns the queues this worker listens to, with asynq priorities:
-// its host queue strictly before its pool queue.
-func (w *Worker) Queues() map[string]int {
-	return map[string]int{
-		job.HostQueue(w.cfg.HostID):                2,
-		job.PoolQueue(w.cfg.Backend.DeviceClass()): 1,
-	}
-}
+// Queues returns the queues this worker listens to: its host's and its
+// pool's, of every priority. It takes the host's strictly before the
+// pool's, and weighs the priorities within each (see queueOrder).
+func (w *Worker) Queues() map[string]int { return w.order.queues() }
 
 // Run serves jobs until ctx ends, then shuts down in the order the package
 // comment gives. It returns nil after a clean shutdown.
@@ -220,7 +232,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		DelayedTaskCheckInterval: time.Second,
 		RecovererInterval:        w.cfg.RecoverInterval,
 		LeaseExpiryGrace:         w.cfg.LeaseGrace,
-		StrictPriority:           true,
+		QueueOrder:               w.order.next,
 		ShutdownTimeout:          w.cfg.ShutdownTimeout,
 		BaseContext:              func() context.Context { return w.baseCtx },
 		// Invalid jobs return SkipRetry and are archived at once; other

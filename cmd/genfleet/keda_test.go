@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +17,9 @@ import (
 )
 
 // The KEDA ScaledObjects scale on asynq's Redis keys by name. Read the key
-// names off a live queue, with one job pending and one running, and check
-// that every trigger names a list that holds them.
+// names off live queues of every priority, with one job pending in each and
+// one running, and check that every pool's ScaledObject reads the pending
+// and running lists of all its priorities' queues and sums them all.
 func TestKEDAKeysMatchAsynq(t *testing.T) {
 	srv := testenv.Redis(t)
 	opt := asynq.RedisClientOpt{Addr: srv.Addr}
@@ -52,20 +54,18 @@ func TestKEDAKeysMatchAsynq(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the job never started")
 	}
-	if _, err := p.Enqueue(ctx, "", req); err != nil {
-		t.Fatal(err)
-	}
-	gpu := job.NewProducer(opt)
-	gpu.Pool = "cuda"
-	defer gpu.Close()
-	if _, err := gpu.Enqueue(ctx, "", req); err != nil {
-		t.Fatal(err)
-	}
-	sd := job.NewProducer(opt)
-	sd.Pool = "sdcpp"
-	defer sd.Close()
-	if _, err := sd.Enqueue(ctx, "", req); err != nil {
-		t.Fatal(err)
+	pools := []string{"cpu", "cuda", "sdcpp"}
+	for _, class := range pools {
+		pr := job.NewProducer(opt)
+		pr.Pool = class
+		defer pr.Close()
+		for _, prio := range job.Priorities {
+			r := req
+			r.Priority = prio
+			if _, err := pr.Enqueue(ctx, "", r); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 
 	// Every Redis list that now holds exactly the jobs we know of.
@@ -79,11 +79,11 @@ func TestKEDAKeysMatchAsynq(t *testing.T) {
 			lists[k], _ = rdb.LLen(ctx, k).Result()
 		}
 	}
-	want := map[string]int64{ // what the triggers' key names must hold
-		"asynq:{pool:cpu}:pending":   1,
-		"asynq:{pool:cpu}:active":    1,
-		"asynq:{pool:cuda}:pending":  1,
-		"asynq:{pool:sdcpp}:pending": 1,
+	want := map[string]int64{"asynq:{pool:cpu}:active": 1} // what the triggers' key names must hold
+	for _, class := range pools {
+		for _, q := range job.PriorityQueues(job.PoolQueue(class)) {
+			want["asynq:{"+q+"}:pending"] = 1
+		}
 	}
 	for k, n := range want {
 		if lists[k] != n {
@@ -95,14 +95,20 @@ func TestKEDAKeysMatchAsynq(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := map[string]map[string]bool{} // deployment → suffixes (pending/active)
+	seen := map[string]map[string]bool{} // deployment → lists it reads
 	for _, doc := range strings.Split(string(raw), "\n---\n") {
 		var so struct {
 			Kind string
 			Spec struct {
 				ScaleTargetRef struct{ Name string } `json:"scaleTargetRef"`
-				Triggers       []struct {
+				Advanced       struct {
+					ScalingModifiers struct {
+						Formula, Target, MetricType string
+					} `json:"scalingModifiers"`
+				}
+				Triggers []struct {
 					Type     string
+					Name     string
 					Metadata map[string]string
 				}
 			}
@@ -113,34 +119,46 @@ func TestKEDAKeysMatchAsynq(t *testing.T) {
 		if so.Kind != "ScaledObject" {
 			continue
 		}
+		dep := so.Spec.ScaleTargetRef.Name
+		var names []string
 		for _, tr := range so.Spec.Triggers {
 			name := tr.Metadata["listName"]
-			if tr.Type != "redis" || name == "" {
-				t.Fatalf("%s: trigger %+v is not a redis list trigger", so.Spec.ScaleTargetRef.Name, tr)
+			if tr.Type != "redis" || name == "" || tr.Name == "" {
+				t.Fatalf("%s: trigger %+v is not a named redis list trigger", dep, tr)
 			}
 			if tr.Metadata["addressFromEnv"] != "GENFLEET_REDIS" || !knownEnvVar(t, tr.Metadata["passwordFromEnv"]) {
-				t.Fatalf("%s: trigger reads Redis from %q/%q, not the workers' own variables", so.Spec.ScaleTargetRef.Name, tr.Metadata["addressFromEnv"], tr.Metadata["passwordFromEnv"])
+				t.Fatalf("%s: trigger reads Redis from %q/%q, not the workers' own variables", dep, tr.Metadata["addressFromEnv"], tr.Metadata["passwordFromEnv"])
 			}
 			suffix := name[strings.LastIndexByte(name, ':')+1:]
-			pool := strings.TrimSuffix(strings.TrimPrefix(name, "asynq:{"), "}:"+suffix)
-			live := "asynq:{" + pool + "}:" + suffix
-			if name != live || (suffix != "pending" && suffix != "active") {
+			queue := strings.TrimSuffix(strings.TrimPrefix(name, "asynq:{"), "}:"+suffix)
+			if name != "asynq:{"+queue+"}:"+suffix || (suffix != "pending" && suffix != "active") {
 				t.Fatalf("trigger list %q is not an asynq pending/active list", name)
 			}
-			if pool == "pool:cpu" || suffix == "pending" {
-				if _, ok := lists[name]; !ok {
-					t.Fatalf("trigger list %q does not exist on a live queue (lists: %v)", name, lists)
-				}
+			if _, ok := lists[name]; !ok && suffix == "pending" {
+				t.Fatalf("trigger list %q does not exist on a live queue (lists: %v)", name, lists)
 			}
-			if seen[so.Spec.ScaleTargetRef.Name] == nil {
-				seen[so.Spec.ScaleTargetRef.Name] = map[string]bool{}
+			if seen[dep] == nil {
+				seen[dep] = map[string]bool{}
 			}
-			seen[so.Spec.ScaleTargetRef.Name][suffix] = true
+			seen[dep][name] = true
+			names = append(names, tr.Name)
+		}
+		// The triggers are summed: the formula adds each exactly once.
+		sm := so.Spec.Advanced.ScalingModifiers
+		terms := strings.Split(strings.ReplaceAll(sm.Formula, " ", ""), "+")
+		slices.Sort(terms)
+		slices.Sort(names)
+		if !slices.Equal(terms, names) || sm.Target != "2" || sm.MetricType != "AverageValue" {
+			t.Fatalf("%s: scalingModifiers %+v; want the sum of its triggers %v, target 2 per worker", dep, sm, names)
 		}
 	}
-	for _, d := range []string{"genfleet-worker-cpu", "genfleet-worker-gpu", "genfleet-worker-sdcpp"} {
-		if !seen[d]["pending"] || !seen[d]["active"] {
-			t.Fatalf("%s scales on %v; want both pending and active", d, seen[d])
+	for dep, class := range map[string]string{"genfleet-worker-cpu": "cpu", "genfleet-worker-gpu": "cuda", "genfleet-worker-sdcpp": "sdcpp"} {
+		for _, q := range job.PriorityQueues(job.PoolQueue(class)) {
+			for _, state := range []string{"pending", "active"} {
+				if l := "asynq:{" + q + "}:" + state; !seen[dep][l] {
+					t.Fatalf("%s does not scale on %s (it reads %v)", dep, l, seen[dep])
+				}
+			}
 		}
 	}
 }

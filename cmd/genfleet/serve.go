@@ -210,7 +210,12 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	retryMax := f.duration("retry-max", "GENFLEET_RETRY_MAX", 5*time.Minute, "longest backoff between retries")
 	recoverEvery := f.duration("recover-interval", "GENFLEET_RECOVER_INTERVAL", 5*time.Second, "how often this process requeues jobs whose worker died (their lease expired)")
 	leaseGrace := f.duration("lease-grace", "GENFLEET_LEASE_GRACE", 5*time.Second, "how long after its lease expired a dead worker's job is requeued (clock-skew margin between hosts)")
+	weightsFlag := f.str("priority-weights", "GENFLEET_PRIORITY_WEIGHTS", "high=6,normal=3,low=1", "how often each priority is tried first when all have jobs, PRIORITY=WEIGHT for high, normal and low (weighted, so low jobs never starve; host queues always go before pool queues)")
 	if err := f.parse(args, 0); err != nil {
+		return err
+	}
+	weights, err := parsePriorityWeights(*weightsFlag)
+	if err != nil {
 		return err
 	}
 	log := c.logger(stderr)
@@ -262,7 +267,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := worker.New(worker.Config{
 		Redis: redisOpt, S3: cl, Outputs: outputs, Registry: reg, Cache: cache, Backend: be,
-		HostID: *hostID, Concurrency: *concurrency, ShutdownTimeout: *shutdown,
+		HostID: *hostID, Concurrency: *concurrency, ShutdownTimeout: *shutdown, PriorityWeights: weights,
 		RetryBase: *retryBase, RetryMax: *retryMax,
 		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,
 		HeartbeatInterval: *heartbeat, PollInterval: *poll,

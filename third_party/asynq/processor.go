@@ -37,6 +37,10 @@ type processor struct {
 	// orderedQueues is set only in strict-priority mode.
 	orderedQueues []string
 
+	// queueOrder, when set, gives the queues to try at each dequeue
+	// (Config.QueueOrder, a genfleet patch).
+	queueOrder func() []string
+
 	taskCheckInterval time.Duration
 	retryDelayFunc    RetryDelayFunc
 	isFailureFunc     func(error) bool
@@ -84,6 +88,7 @@ type processorParams struct {
 	concurrency       int
 	queues            map[string]int
 	strictPriority    bool
+	queueOrder        func() []string
 	errHandler        ErrorHandler
 	shutdownTimeout   time.Duration
 	starting          chan<- *workerInfo
@@ -104,6 +109,7 @@ func newProcessor(params processorParams) *processor {
 		clock:             timeutil.NewRealClock(),
 		queueConfig:       queues,
 		orderedQueues:     orderedQueues,
+		queueOrder:        params.queueOrder,
 		taskCheckInterval: params.taskCheckInterval,
 		retryDelayFunc:    params.retryDelayFunc,
 		isFailureFunc:     params.isFailureFunc,
@@ -428,6 +434,9 @@ func (p *processor) archive(l *base.Lease, msg *base.TaskMessage, e error) {
 // If strict-priority is false, then the order of queue names are roughly based on
 // the priority level but randomized in order to avoid starving low priority queues.
 func (p *processor) queues() []string {
+	if p.queueOrder != nil {
+		return p.queueOrder()
+	}
 	// skip the overhead of generating a list of queue names
 	// if we are processing one queue.
 	if len(p.queueConfig) == 1 {

@@ -231,6 +231,17 @@ type Config struct {
 	// Redis Cluster client.
 	DequeueHook *DequeueHook
 
+	// QueueOrder, if set, is called before every dequeue and returns the
+	// queues to try, in the order to try them; the first that holds a task
+	// gives it (genfleet patch). Every name it returns must be one of
+	// Queues, which still lists the queues the server serves (for
+	// recovery, scheduled tasks and the like). It replaces the order
+	// Queues' priorities and StrictPriority would give, so a server can
+	// combine them in its own way (genfleet: host queues strictly before
+	// pool queues, priorities weighted within each). It is called from one
+	// goroutine at a time and must not block.
+	QueueOrder func() []string
+
 	// GroupGracePeriod specifies the amount of time the server will wait for an incoming task before aggregating
 	// the tasks in a group. If an incoming task is received within this period, the server will wait for another
 	// period of the same length, up to GroupMaxDelay if specified.
@@ -571,6 +582,7 @@ func NewServerFromRedisClient(c redis.UniversalClient, cfg Config) *Server {
 		concurrency:       n,
 		queues:            queues,
 		strictPriority:    cfg.StrictPriority,
+		queueOrder:        cfg.QueueOrder,
 		errHandler:        cfg.ErrorHandler,
 		shutdownTimeout:   shutdownTimeout,
 		starting:          starting,

@@ -1,0 +1,27 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/genfleet/genfleet/job"
+)
+
+func TestParsePriorityWeights(t *testing.T) {
+	got, err := parsePriorityWeights(" high=8, normal=2 ,low=1")
+	if err != nil || got[job.PriorityHigh] != 8 || got[job.PriorityNormal] != 2 || got[job.PriorityLow] != 1 {
+		t.Fatalf("got %v, %v", got, err)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"high=6,normal=3", "no weight for low"},
+		{"high=6,normal=3,low=0", "≥ 1"},
+		{"high=6,normal=3,low=x", "≥ 1"},
+		{"urgent=6,normal=3,low=1", "not PRIORITY=WEIGHT"},
+		{"high=6,high=3,normal=3,low=1", "twice"},
+		{"high", "not PRIORITY=WEIGHT"},
+	} {
+		if _, err := parsePriorityWeights(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want one saying %q", tc.in, err, tc.want)
+		}
+	}
+}
