@@ -48,8 +48,13 @@ type QueueOptions struct {
 	// submitters, of both sides.
 	Concurrency, Clients int
 	// IdleJobs jobs are submitted one at a time to an idle fleet for the
-	// start-latency figures.
+	// start-latency figures, cycling through the priorities (the worker
+	// listens to its host's and its pool's queues of all three).
 	IdleJobs int
+	// BatchJobs jobs per round go through POST /v1/jobs:batch, in batches
+	// of BatchSize (default 1000), against as many tasks through raw
+	// asynq's Client.Enqueue; 0 skips the batch phase.
+	BatchJobs, BatchSize int
 	// Client is how the submitters talk to the API: QueueClientLean (one
 	// keep-alive HTTP/1.1 connection each, like wrk; the default for "")
 	// or QueueClientNetHTTP (Go's http.Client).
@@ -83,8 +88,23 @@ type QueueResult struct {
 	RoundGenfleetJobsPerS []float64 `json:"round_genfleet_jobs_per_s"`
 	RoundAsynqJobsPerS    []float64 `json:"round_asynq_jobs_per_s"`
 
+	// The batch phase: jobs per second into the queues through
+	// POST /v1/jobs:batch against raw asynq's Client.Enqueue loop, the
+	// same number of jobs from as many goroutines, enqueue only (the
+	// queues are paused meanwhile; every job is run after). BatchRatio is
+	// the median of the rounds' ratios; absent without a batch phase.
+	BatchJobs               int       `json:"batch_jobs,omitempty"`
+	BatchSize               int       `json:"batch_size,omitempty"`
+	BatchJobsPerS           float64   `json:"batch_jobs_per_s,omitempty"`
+	AsynqEnqueueJobsPerS    float64   `json:"asynq_enqueue_jobs_per_s,omitempty"`
+	BatchRatio              float64   `json:"batch_ratio,omitempty"`
+	RoundBatchRatios        []float64 `json:"round_batch_ratios,omitempty"`
+	RoundBatchJobsPerS      []float64 `json:"round_batch_jobs_per_s,omitempty"`
+	RoundAsynqEnqueueJobsPS []float64 `json:"round_asynq_enqueue_jobs_per_s,omitempty"`
+
 	// Idle start latency: submit → the handler's start (the record's
-	// started_at), one job at a time on an idle fleet.
+	// started_at), one job at a time on an idle fleet, the jobs cycling
+	// through the priorities high, normal, low.
 	IdleStartP50MS float64 `json:"idle_start_p50_ms"`
 	IdleStartP99MS float64 `json:"idle_start_p99_ms"`
 	// PollIntervalMS is how often an idle worker polls its queues.
@@ -98,8 +118,9 @@ type QueueResult struct {
 	AsynqRedisCPUUsPerJob    float64 `json:"asynq_redis_cpu_us_per_job,omitempty"`
 	GenfleetRedisCPUUsPerJob float64 `json:"genfleet_redis_cpu_us_per_job,omitempty"`
 
-	// TargetsMet: at least half raw asynq's rate, and an idle start within
-	// 50 ms at the median.
+	// TargetsMet: at least half raw asynq's rate, an idle start within
+	// 50 ms at the median, and, with a batch phase, the batch endpoint at
+	// least as fast as raw asynq's enqueue loop.
 	TargetsMet bool `json:"targets_met"`
 }
 
@@ -115,6 +136,12 @@ func Queue(ctx context.Context, o QueueOptions, progress io.Writer) (*QueueResul
 	}
 	if o.Client == "" {
 		o.Client = QueueClientLean
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 1000
+	}
+	if o.BatchSize > scheduler.MaxBatchJobs {
+		return nil, fmt.Errorf("--batch-size %d: the API takes at most %d jobs per batch", o.BatchSize, scheduler.MaxBatchJobs)
 	}
 	if o.Client != QueueClientLean && o.Client != QueueClientNetHTTP {
 		return nil, fmt.Errorf("--client %q: want lean or net/http", o.Client)
@@ -145,7 +172,9 @@ func Queue(ctx context.Context, o QueueOptions, progress io.Writer) (*QueueResul
 	body := []byte(`{"model":"demo","prompt":"noop","width":64,"height":64,"steps":1}`)
 
 	var asynqRates, fleetRates, ratios []float64
+	var enqRates, batchRates, batchRatios []float64
 	var asynqCPU, fleetCPU cpuPerJob
+	insp := asynq.NewInspectorFromRedisClient(rdb)
 	for r := range o.Rounds {
 		// Anchor: raw asynq, no-op handler, same Redis, same concurrency.
 		fmt.Fprintf(progress, "round %d/%d: raw asynq, %d no-op tasks, concurrency %d…\n", r+1, o.Rounds, o.Jobs, o.Concurrency)
@@ -173,6 +202,15 @@ func Queue(ctx context.Context, o QueueOptions, progress io.Writer) (*QueueResul
 		fleetCPU.add(ctx, rdb, m, o.Jobs)
 		fmt.Fprintf(progress, "round %d/%d: %.0f vs %.0f jobs/s, ratio %.3f\n", r+1, o.Rounds, gr, ar, gr/ar)
 		asynqRates, fleetRates, ratios = append(asynqRates, ar), append(fleetRates, gr), append(ratios, gr/ar)
+		if o.BatchJobs > 0 {
+			fmt.Fprintf(progress, "round %d/%d: %d jobs into the queue, raw asynq's Enqueue loop vs POST /v1/jobs:batch of %d…\n", r+1, o.Rounds, o.BatchJobs, o.BatchSize)
+			er, br, err := batchRound(ctx, raw, fleet, insp, o.BatchJobs, o.BatchSize, o.Clients)
+			if err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(progress, "round %d/%d: batch %.0f vs enqueue loop %.0f jobs/s, ratio %.3f\n", r+1, o.Rounds, br, er, br/er)
+			enqRates, batchRates, batchRatios = append(enqRates, er), append(batchRates, br), append(batchRatios, br/er)
+		}
 	}
 
 	raw.stop() // the anchor is done; the fleet alone is measured from here
@@ -185,7 +223,8 @@ func Queue(ctx context.Context, o QueueOptions, progress io.Writer) (*QueueResul
 		time.Sleep(time.Duration(50+(i*37)%100) * time.Millisecond)
 		base := int(fleet.done())
 		t0 := time.Now()
-		id, err := fleet.submit(ctx, body)
+		prio := job.Priorities[i%len(job.Priorities)]
+		id, err := fleet.submit(ctx, priorityBody(body, prio))
 		if err != nil {
 			return nil, err
 		}
@@ -213,6 +252,14 @@ func Queue(ctx context.Context, o QueueOptions, progress io.Writer) (*QueueResul
 		PollIntervalMS:        20,
 		Client:                o.Client,
 		TargetsMet:            ratio >= 0.5 && percentile(lat, 0.5) <= 50,
+	}
+	if o.BatchJobs > 0 {
+		res.BatchJobs, res.BatchSize = o.BatchJobs, o.BatchSize
+		res.BatchJobsPerS, res.AsynqEnqueueJobsPerS = round1(median(batchRates)), round1(median(enqRates))
+		res.BatchRatio = round3(median(batchRatios))
+		res.RoundBatchRatios = roundAll(batchRatios, round3)
+		res.RoundBatchJobsPerS, res.RoundAsynqEnqueueJobsPS = roundAll(batchRates, round1), roundAll(enqRates, round1)
+		res.TargetsMet = res.TargetsMet && median(batchRatios) >= 1.0
 	}
 	res.AsynqCPUUsPerJob, res.AsynqRedisCPUUsPerJob = asynqCPU.medians()
 	res.GenfleetCPUUsPerJob, res.GenfleetRedisCPUUsPerJob = fleetCPU.medians()
@@ -570,18 +617,26 @@ type apiConn struct {
 
 func (c *apiConn) close() { c.nc.Close() }
 
-// post sends body as POST /v1/jobs and returns the accepted job's id.
-func (c *apiConn) post(body []byte) (string, error) {
-	c.buf = append(c.buf[:0], "POST /v1/jobs HTTP/1.1\r\nHost: "...)
+// do sends body as a POST to path and reads the response's head; the
+// caller reads and closes its body.
+func (c *apiConn) do(path string, body []byte) (*http.Response, error) {
+	c.buf = append(c.buf[:0], "POST "...)
+	c.buf = append(c.buf, path...)
+	c.buf = append(c.buf, " HTTP/1.1\r\nHost: "...)
 	c.buf = append(c.buf, c.host...)
 	c.buf = append(c.buf, "\r\nContent-Type: application/json\r\nContent-Length: "...)
 	c.buf = strconv.AppendInt(c.buf, int64(len(body)), 10)
 	c.buf = append(c.buf, "\r\n\r\n"...)
 	c.buf = append(c.buf, body...)
 	if _, err := c.nc.Write(c.buf); err != nil {
-		return "", err
+		return nil, err
 	}
-	resp, err := http.ReadResponse(c.br, nil)
+	return http.ReadResponse(c.br, nil)
+}
+
+// post sends body as POST /v1/jobs and returns the accepted job's id.
+func (c *apiConn) post(body []byte) (string, error) {
+	resp, err := c.do("/v1/jobs", body)
 	if err != nil {
 		return "", err
 	}
@@ -653,4 +708,13 @@ func counterValue(reg *prometheus.Registry, name, label string) float64 {
 		}
 	}
 	return 0
+}
+
+// priorityBody is a POST /v1/jobs body with "priority" p added (none for
+// normal).
+func priorityBody(body []byte, p job.Priority) []byte {
+	if p == job.PriorityNormal {
+		return body
+	}
+	return append(bytes.TrimSuffix(bytes.Clone(body), []byte("}")), `,"priority":"`+string(p)+`"}`...)
 }

@@ -31,7 +31,7 @@ func TestQueueSmall(t *testing.T) {
 	if res := queue(QueueOptions{Jobs: 20, Rounds: 1, Client: QueueClientNetHTTP}); res.Client != "net/http" || !(res.GenfleetJobsPerS > 0) {
 		t.Errorf("client net/http: client %v, %v jobs/s", res.Client, res.GenfleetJobsPerS)
 	}
-	res := queue(QueueOptions{Jobs: 60, Rounds: 2})
+	res := queue(QueueOptions{Jobs: 60, Rounds: 2, BatchJobs: 250, BatchSize: 100})
 	if res.Client != "lean" {
 		t.Errorf("client %v, want lean by default", res.Client)
 	}
@@ -40,6 +40,7 @@ func TestQueueSmall(t *testing.T) {
 		"idle_start_p50_ms": res.IdleStartP50MS, "idle_start_p99_ms": res.IdleStartP99MS,
 		"genfleet_cpu_us_per_job": res.GenfleetCPUUsPerJob, "asynq_cpu_us_per_job": res.AsynqCPUUsPerJob,
 		"genfleet_redis_cpu_us_per_job": res.GenfleetRedisCPUUsPerJob, "asynq_redis_cpu_us_per_job": res.AsynqRedisCPUUsPerJob,
+		"batch_jobs_per_s": res.BatchJobsPerS, "asynq_enqueue_jobs_per_s": res.AsynqEnqueueJobsPerS, "batch_ratio": res.BatchRatio,
 	} {
 		if !(v > 0) {
 			t.Errorf("%s = %v, want a figure above 0", k, v)
@@ -48,6 +49,9 @@ func TestQueueSmall(t *testing.T) {
 	rr := res.RoundRatios
 	if res.Jobs != 60 || res.Rounds != 2 || len(rr) != 2 || len(res.RoundGenfleetJobsPerS) != 2 || len(res.RoundAsynqJobsPerS) != 2 {
 		t.Fatalf("jobs %v rounds %v round_ratios %v, want 60, 2 and two figures per round", res.Jobs, res.Rounds, rr)
+	}
+	if res.BatchJobs != 250 || res.BatchSize != 100 || len(res.RoundBatchRatios) != 2 {
+		t.Errorf("batch phase: %d jobs in batches of %d, round ratios %v; want 250, 100 and two figures", res.BatchJobs, res.BatchSize, res.RoundBatchRatios)
 	}
 	// Two rounds: the median is their mean (each rounded to 3 places).
 	if want := (rr[0] + rr[1]) / 2; res.Ratio < want-0.002 || res.Ratio > want+0.002 {

@@ -430,6 +430,5 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, want Idempo
 // ReleaseIdempotencyKey unbinds key if it is still bound to b (used when
 // the enqueue that claimed it failed).
 func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key string, b Idempotency) error {
-	const script = `if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`
-	return s.rdb.Eval(ctx, script, []string{idemKey(key)}, b.value()).Err()
+	return releaseIdemScript.Run(ctx, s.rdb, []string{idemKey(key)}, b.value()).Err()
 }

@@ -84,12 +84,20 @@ func (s *Server) routeJob(ctx context.Context, class string, digests []string, p
 			s.log.Warn("fleet view unavailable; routing to the pool", "err", err)
 		}
 	}
-	r := withPriority(Route(s.cfg.Routing, class, digests, hosts), prio)
+	r := Route(s.cfg.Routing, class, digests, hosts)
+	s.countRoute(r)
+	if r.Host != "" {
+		s.invalidateView()
+	}
+	return withPriority(r, prio)
+}
+
+// countRoute counts a routing decision by its class.
+func (s *Server) countRoute(r job.Route) {
 	decision, reason := "pool", "no_warm_host"
 	switch {
 	case r.Host != "":
 		decision, reason = "host", "warm"
-		s.invalidateView()
 	case strings.HasPrefix(r.Reason, "routing off"):
 		reason = "off"
 	case strings.Contains(r.Reason, "backlog cap"):
@@ -98,7 +106,6 @@ func (s *Server) routeJob(ctx context.Context, class string, digests []string, p
 		reason = "digest_unknown"
 	}
 	s.routed.WithLabelValues(decision, reason).Inc()
-	return r
 }
 
 func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) {

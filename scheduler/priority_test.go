@@ -25,6 +25,7 @@ import (
 // routedEnv is the API with routing on, on a real Redis and S3 whose
 // registry holds "demo", and the Server itself (for Reap).
 type routedEnv struct {
+	redis  *testenv.Server
 	s      *Server
 	url    string
 	rdb    *redis.Client
@@ -34,7 +35,8 @@ type routedEnv struct {
 
 func newRoutedEnv(t *testing.T, edit func(*Config)) *routedEnv {
 	t.Helper()
-	addr := testenv.Redis(t).Addr
+	rs := testenv.Redis(t)
+	addr := rs.Addr
 	srv := testenv.S3Server(t, "models")
 	reg := &modelcache.Registry{Src: modelcache.NewS3Source(srv.Client), Root: s3x.URL{Bucket: "models"}}
 	p := filepath.Join(t.TempDir(), "demo.safetensors")
@@ -56,7 +58,7 @@ func newRoutedEnv(t *testing.T, edit func(*Config)) *routedEnv {
 		t.Fatal(err)
 	}
 	api := httptest.NewServer(s.Handler())
-	e := &routedEnv{s: s, url: api.URL, rdb: redis.NewClient(&redis.Options{Addr: addr}),
+	e := &routedEnv{redis: rs, s: s, url: api.URL, rdb: redis.NewClient(&redis.Options{Addr: addr}),
 		insp: asynq.NewInspector(asynq.RedisClientOpt{Addr: addr}), digest: man.Files[0].Digest}
 	t.Cleanup(func() { e.insp.Close(); e.rdb.Close(); api.Close(); s.Close() })
 	return e

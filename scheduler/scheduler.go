@@ -19,7 +19,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
-	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -46,6 +45,8 @@ type Config struct {
 	EnginePools map[string]string
 	// MaxBodyBytes limits a request body. Default 64 KiB.
 	MaxBodyBytes int64
+	// MaxBatchBytes limits the body of POST /v1/jobs:batch. Default 16 MiB.
+	MaxBatchBytes int64
 	// IdempotencyTTL is how long an Idempotency-Key keeps naming its job.
 	// Default 24h.
 	IdempotencyTTL time.Duration
@@ -89,6 +90,7 @@ type Server struct {
 	requests  *prometheus.CounterVec
 	routed    *prometheus.CounterVec
 	moved     prometheus.Counter
+	batchSize prometheus.Histogram
 	handler   http.Handler
 	fleet     *job.Fleet
 	view      fleetCache
@@ -108,6 +110,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
+	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = 16 << 20
 	}
 	if cfg.IdempotencyTTL <= 0 {
 		cfg.IdempotencyTTL = 24 * time.Hour
@@ -142,7 +147,7 @@ func New(cfg Config) (*Server, error) {
 		reg:       prometheus.NewRegistry(),
 		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "genfleet_scheduler_jobs_submitted_total",
-			Help: "POST /v1/jobs outcomes: enqueued, duplicate (same Idempotency-Key and body), idempotency_conflict (same key, another body), invalid, unknown_model, bad_model (unusable manifest), unavailable.",
+			Help: "POST /v1/jobs outcomes, and those of each job of a POST /v1/jobs:batch: enqueued, duplicate (same Idempotency-Key and body), idempotency_conflict (same key, another body), invalid, unknown_model, bad_model (unusable manifest), unavailable.",
 		}, []string{"result"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "genfleet_scheduler_http_requests_total",
@@ -157,11 +162,17 @@ func New(cfg Config) (*Server, error) {
 		Name: "genfleet_scheduler_jobs_moved_total",
 		Help: "Jobs moved from the queue of a host that stopped heartbeating back to its pool.",
 	})
-	s.reg.MustRegister(s.submitted, s.requests, s.routed, s.moved, &queueCollector{s: s},
+	s.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "genfleet_scheduler_batch_jobs",
+		Help:    "Jobs per POST /v1/jobs:batch.",
+		Buckets: []float64{1, 10, 50, 100, 250, 500, 1000},
+	})
+	s.reg.MustRegister(s.submitted, s.requests, s.routed, s.moved, s.batchSize, &queueCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	mux := http.NewServeMux()
 	s.route(mux, "POST /v1/jobs", s.createJob)
+	s.route(mux, "POST /v1/jobs:batch", s.createBatch)
 	s.route(mux, "GET /v1/jobs/{id}", s.getJob)
 	s.route(mux, "GET /v1/jobs/{id}/image", s.getImage)
 	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
@@ -235,78 +246,21 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-
-	var digests []string
-	class := s.cfg.Pool
-	if s.cfg.CheckModels {
-		man, err := s.resolve(ctx, req.Model)
-		if err == nil {
-			var field string
-			if class, field, err = s.poolFor(man, &req); err != nil {
-				s.submitted.WithLabelValues("invalid").Inc()
-				writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error(), Field: field})
-				return
-			}
-			for _, f := range man.Files {
-				if f.Digest == "" {
-					digests = nil // a raw ref: its digest is known only once fetched
-					break
-				}
-				digests = append(digests, f.Digest)
-			}
+	sub := &submission{req: req, idemKey: idemKey}
+	s.submit(ctx, []*submission{sub})
+	switch {
+	case sub.fail != nil:
+		s.writeSubmitError(w, sub.fail)
+	case sub.dup:
+		st := job.StatusQueued
+		if rec, err := s.lookup(ctx, sub.id); err == nil {
+			st = rec.Status
 		}
-		if err != nil {
-			switch {
-			case errors.Is(err, modelcache.ErrModelNotFound):
-				s.submitted.WithLabelValues("unknown_model").Inc()
-				writeJSON(w, http.StatusNotFound, apiError{Error: err.Error(), Field: "model"})
-				return
-			case errors.Is(err, modelcache.ErrBadManifest):
-				// The request is fine; the model's registry entry is not,
-				// and no worker could run it (docs/jobs.md).
-				s.submitted.WithLabelValues("bad_model").Inc()
-				writeJSON(w, http.StatusUnprocessableEntity, apiError{Error: err.Error(), Field: "model"})
-				return
-			case errors.Is(err, modelcache.ErrInvalidRef):
-				s.submitted.WithLabelValues("invalid").Inc()
-				writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error(), Field: "model"})
-				return
-			default:
-				// The worker checks again; an unreachable registry must not
-				// stop the queue from taking work.
-				s.log.Warn("model check failed; accepting job", "model", req.Model, "err", err)
-			}
-		}
+		writeJSON(w, http.StatusAccepted, map[string]any{"id": sub.id, "status": st, "duplicate": true})
+	default:
+		w.Header().Set("Location", "/v1/jobs/"+sub.id)
+		writeJSON(w, http.StatusAccepted, accepted{ID: sub.id, Queue: sub.route.Queue, Status: job.StatusQueued})
 	}
-
-	id := uuid.NewString()
-	idem := job.Idempotency{ID: id}
-	if idemKey != "" {
-		var answered bool
-		if idem, answered = s.claimIdempotency(w, r, idemKey, id, &req); answered {
-			return
-		}
-	}
-	route := s.routeJob(ctx, class, digests, req.Priority)
-	queue := route.Queue
-	// No record is written here: the route travels in the task's payload and
-	// the worker records it. Until a worker starts the job, lookup reads it
-	// from asynq. One write per submit fewer; nothing to undo on failure.
-	task, opts, err := job.NewRoutedTask(id, req, class, &route)
-	if err != nil {
-		s.releaseIdem(idemKey, idem)
-		writeError(w, http.StatusBadRequest, err)
-		return
-	}
-	if _, err := s.client.EnqueueContext(ctx, task, opts...); err != nil {
-		s.releaseIdem(idemKey, idem)
-		s.unavailable(w, err)
-		return
-	}
-	s.submitted.WithLabelValues("enqueued").Inc()
-	s.log.Debug("job enqueued", "job", id, "model", req.Model, "queue", queue, "route", route.Reason)
-	w.Header().Set("Location", "/v1/jobs/"+id)
-	writeJSON(w, http.StatusAccepted, accepted{ID: id, Queue: queue, Status: job.StatusQueued})
 }
 
 // accepted is the body of a 202 to POST /v1/jobs (a struct: a map costs a

@@ -38,7 +38,7 @@ var benches = map[string]benchEntry{
 	"chaos":   {"jobs through the API to worker processes of one host, one SIGKILLed and restarted every few seconds: every job ends once, with the right image", benchChaos},
 	"fetch":   {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
 	"load":    {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
-	"queue":   {"no-op jobs through the API and genfleet workers vs raw asynq on the same Redis; idle start latency", benchQueue},
+	"queue":   {"no-op jobs through the API and genfleet workers vs raw asynq on the same Redis; the batch endpoint vs asynq's Enqueue loop; idle start latency", benchQueue},
 	"routing": {"2 hosts, 2 models, cache budget for one: model loads with routing vs plain asynq", benchRouting},
 	"share":   {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
 	"upload":  {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
@@ -234,7 +234,9 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	f.IntVar(&o.Rounds, "rounds", 5, "rounds, each raw asynq then genfleet; the figures are medians over rounds")
 	f.IntVar(&o.Concurrency, "concurrency", 4, "worker concurrency (both sides)")
 	f.IntVar(&o.Clients, "clients", 8, "concurrent submitters (both sides)")
-	f.IntVar(&o.IdleJobs, "idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures")
+	f.IntVar(&o.IdleJobs, "idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures (cycling through the priorities)")
+	f.IntVar(&o.BatchJobs, "batch-jobs", 10000, "jobs per round through POST /v1/jobs:batch against raw asynq's Client.Enqueue loop (enqueue only); 0 skips that phase")
+	f.IntVar(&o.BatchSize, "batch-size", 1000, "jobs per POST /v1/jobs:batch (at most 1000)")
 	f.StringVar(&o.Client, "client", bench.QueueClientLean, "how the submitters talk to the API: lean (one keep-alive HTTP/1.1 connection each, like wrk) or net/http (Go's http.Client)")
 	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the first round's genfleet phase (API, worker and submitters) to this file")
 	if err := f.parse(args, 0); err != nil {

@@ -1,0 +1,167 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// batchRound is one round of Queue's batch phase: it measures how fast n
+// jobs get into the queue, never how fast they run. First the anchor: raw
+// asynq's Client.Enqueue in a loop, clients goroutines sharing the n tasks;
+// then genfleet: the same n jobs through POST /v1/jobs:batch in batches of
+// size, clients connections sharing the batches (validation, model check,
+// routing, job ids, one pipelined Redis round trip per batch). Each side's
+// queue is paused while it is filled, so no worker competes for the two
+// cores during the timing, and resumed after: every task is then run by its
+// worker (raw asynq's no-op handler; the genfleet worker, which decodes,
+// claims and records each job) before batchRound returns, which is what
+// shows the batch's tasks are tasks as asynq stores them.
+func batchRound(ctx context.Context, raw *rawAsynq, fl *noopFleet, insp *asynq.Inspector, n, size, clients int) (asynqRate, batchRate float64, err error) {
+	const rawQueue, pool = "bench:raw", "pool:cpu"
+	// Raw asynq: Client.Enqueue, task by task.
+	if err := insp.PauseQueue(rawQueue); err != nil {
+		return 0, 0, err
+	}
+	base := raw.done.Load()
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+				if _, err := raw.cl.EnqueueContext(ctx, asynq.NewTask("bench:noop", []byte(strconv.FormatInt(i, 10))), asynq.Queue(rawQueue)); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	asynqRate = float64(n) / time.Since(start).Seconds()
+	if err := insp.UnpauseQueue(rawQueue); err != nil {
+		return 0, 0, err
+	}
+	if err, _ := firstErr.Load().(error); err != nil {
+		return 0, 0, err
+	}
+	if err := waitCount(ctx, func() float64 { return float64(raw.done.Load()) }, float64(base)+float64(n), 10*time.Minute); err != nil {
+		return 0, 0, fmt.Errorf("raw asynq: %w", err)
+	}
+
+	// genfleet: POST /v1/jobs:batch. The bodies are made before the clock
+	// starts, as the anchor's tasks are cheap to make.
+	var bodies [][]byte
+	for left := n; left > 0; left -= size {
+		bodies = append(bodies, batchBody(min(size, left)))
+	}
+	if err := insp.PauseQueue(pool); err != nil {
+		return 0, 0, err
+	}
+	doneBase := fl.done()
+	start = time.Now()
+	var nextBody atomic.Int64
+	errc := make(chan error, clients)
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := nextBody.Add(1) - 1; i < int64(len(bodies)); i = nextBody.Add(1) - 1 {
+				if err := fl.submitBatch(ctx, bodies[i], strings.Count(string(bodies[i]), `"request"`)); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	batchRate = float64(n) / time.Since(start).Seconds()
+	close(errc)
+	if err := insp.UnpauseQueue(pool); err != nil {
+		return 0, 0, err
+	}
+	if err := <-errc; err != nil {
+		return 0, 0, err
+	}
+	if err := waitCount(ctx, fl.done, doneBase+float64(n), 10*time.Minute); err != nil {
+		return 0, 0, fmt.Errorf("genfleet batch jobs: %w", err)
+	}
+	return asynqRate, batchRate, nil
+}
+
+// batchBody is a POST /v1/jobs:batch body of k no-op jobs.
+func batchBody(k int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"jobs":[`)
+	for i := range k {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"request":{"model":"demo","prompt":"noop","seed":%d,"width":64,"height":64,"steps":1}}`, i)
+	}
+	b.WriteString(`]}`)
+	return []byte(b.String())
+}
+
+// submitBatch posts one batch body and checks that all want jobs of it
+// were queued.
+func (f *noopFleet) submitBatch(ctx context.Context, body []byte, want int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c, err := f.conn()
+	if err != nil {
+		return err
+	}
+	resp, err := c.do("/v1/jobs:batch", body)
+	if err != nil {
+		c.close()
+		return err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		c.close()
+		return err
+	}
+	if resp.Close {
+		c.close()
+	} else {
+		f.conns <- c
+	}
+	var r struct {
+		Queued int `json:"queued"`
+	}
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &r) != nil || r.Queued != want {
+		return fmt.Errorf("POST /v1/jobs:batch: %s, queued %d of %d: %.300s", resp.Status, r.Queued, want, b)
+	}
+	return nil
+}
+
+// waitCount waits until count() reaches n.
+func waitCount(ctx context.Context, count func() float64, n float64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for count() < n {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %.0f of %.0f done after %v", count(), n, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
