@@ -204,45 +204,55 @@ return "ok"`
 const claimFunc = "local function claim(rk, ck, owner, ttl)" + claimLua + "\nend\n"
 
 // startScript: one round trip to decide whether a worker may run a job and,
-// if so, take the job's run claim and write its record.
-var startScript = redis.NewScript(claimFunc + `
+// if so, take the job's run claim, write its record and publish its started
+// event (ARGV[5], when not empty).
+var startScript = redis.NewScript(claimFunc + publishFunc + `
 local r = claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 if r ~= "ok" then return r end
 redis.call("HSET", KEYS[1], "run", ARGV[3])
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
+if ARGV[5] ~= "" then publish(KEYS[3], "started", ARGV[5]) end
 return "ok"`)
 
 // Start decides in one round trip whether the caller (owner, unique per
 // attempt) may run job run.ID: it checks the cancel flag and whether the
-// job already ended, takes the run claim for claimTTL, and writes run as
-// the record.
+// job already ended, takes the run claim for claimTTL, writes run as the
+// record and publishes the job's started event (from run.Worker).
 func (s *Store) Start(ctx context.Context, run *Record, owner string, claimTTL time.Duration) (StartResult, error) {
 	b, err := encodeRecord(run)
 	if err != nil {
 		return "", err
 	}
-	res, err := startScript.Run(ctx, s.rdb, []string{recordKey(run.ID), claimKey(run.ID)},
-		owner, claimTTL.Milliseconds(), b, RecordTTL.Milliseconds()).Text()
+	var started []byte
+	if w := run.Worker; w != nil {
+		started = StartedEvent(w.Host, w.PID, w.Backend)
+	}
+	res, err := startScript.Run(ctx, s.rdb, []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID)},
+		owner, claimTTL.Milliseconds(), b, RecordTTL.Milliseconds(), started).Text()
 	if err != nil {
 		return "", fmt.Errorf("start job %s: %w", run.ID, err)
 	}
 	return StartResult(res), nil
 }
 
-// ClaimHook is Start's decision and claim (not its record write) as the
-// body of an asynq dequeue hook (asynq.DequeueHook), so that a worker
-// claims a job in the round trip that dequeues it. Its arguments are
-// ClaimHookArgs; its result, ParseClaimHook's input, is the StartResult
-// followed, when ok, by a space and the owner that holds the claim.
-const ClaimHook = claimFunc + `
+// ClaimHook is Start's decision, claim and started event (not its record
+// write) as the body of an asynq dequeue hook (asynq.DequeueHook), so that
+// a worker claims a job in the round trip that dequeues it. Its arguments
+// are ClaimHookArgs; its result, ParseClaimHook's input, is the
+// StartResult followed, when ok, by a space and the owner that holds the
+// claim.
+var ClaimHook = claimFunc + publishFunc + `
 local r = claim("` + recordPrefix + `" .. id, "` + claimPrefix + `" .. id, args[1], args[2])
-if r == "ok" then return "ok " .. args[1] end
-return r`
+if r ~= "ok" then return r end
+if args[3] and args[3] ~= "" then publish("` + eventsPrefix + `" .. id, "started", args[3]) end
+return "ok " .. args[1]`
 
 // ClaimHookArgs are ClaimHook's arguments for one dequeue: the owner the
-// claim would be taken for (unique per attempt) and the claim's TTL.
-func ClaimHookArgs(owner string, ttl time.Duration) []string {
-	return []string{owner, strconv.FormatInt(ttl.Milliseconds(), 10)}
+// claim would be taken for (unique per attempt), the claim's TTL and the
+// data of the started event to publish when the claim is taken
+// (StartedEvent; empty: none).
+func ClaimHookArgs(owner string, ttl time.Duration, started []byte) []string {
+	return []string{owner, strconv.FormatInt(ttl.Milliseconds(), 10), string(started)}
 }
 
 // ParseClaimHook splits ClaimHook's result into the decision and, when it
@@ -289,9 +299,12 @@ func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Dur
 	return refreshScript.Run(ctx, s.rdb, []string{claimKey(id)}, owner, ttl.Milliseconds()).Err()
 }
 
-// finishScript writes the record, marks a terminal status final, and drops
-// the caller's claim, in one round trip.
-var finishScript = redis.NewScript(`
+// finishScript writes the record, marks a terminal status final, drops
+// the caller's claim and publishes the job's event (ARGV[5], ARGV[6]), in
+// one round trip. A terminal status that is already final publishes no
+// second completed event: a retried completion repeats this script.
+var finishScript = redis.NewScript(publishFunc + `
+local prev = redis.call("HGET", KEYS[1], "final")
 if ARGV[2] ~= "" then
 	redis.call("HSET", KEYS[1], "run", ARGV[1], "final", ARGV[2])
 else
@@ -299,11 +312,13 @@ else
 end
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
 if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then redis.call("DEL", KEYS[2]) end
+if ARGV[5] ~= "" and not (ARGV[2] ~= "" and prev == ARGV[2]) then publish(KEYS[3], ARGV[5], ARGV[6]) end
 return 1`)
 
 // Finish writes run as the record; a terminal status is recorded as final,
-// so no later copy of the job runs. owner's claim is released
-// (owner "" releases nothing).
+// so no later copy of the job runs, and published as the job's completed
+// event (a job going back to its queue, as requeued). owner's claim is
+// released (owner "" releases nothing).
 func (s *Store) Finish(ctx context.Context, run *Record, owner string) error {
 	keys, args, err := finishArgs(run, owner)
 	if err != nil {
@@ -348,7 +363,8 @@ func finishArgs(run *Record, owner string) ([]string, []any, error) {
 	if run.Status.Terminal() {
 		final = string(run.Status)
 	}
-	return []string{recordKey(run.ID), claimKey(run.ID)}, []any{b, final, owner, RecordTTL.Milliseconds()}, nil
+	typ, data := finishEvent(run)
+	return []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID)}, []any{b, final, owner, RecordTTL.Milliseconds(), typ, data}, nil
 }
 
 var releaseClaimScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
@@ -359,9 +375,16 @@ func (s *Store) ReleaseClaim(ctx context.Context, id, owner string) error {
 	return releaseClaimScript.Run(ctx, s.rdb, []string{claimKey(id)}, owner).Err()
 }
 
-// SetProgress records step i of n of a running job.
+// progressScript records step ARGV[1] of ARGV[2] in the record and
+// publishes it as a progress event.
+var progressScript = redis.NewScript(publishFunc + `
+redis.call("HSET", KEYS[1], "step", ARGV[1], "steps", ARGV[2])
+return publish(KEYS[2], "progress", '{"step":' .. ARGV[1] .. ',"steps":' .. ARGV[2] .. '}')`)
+
+// SetProgress records step i of n of a running job, in its record and as
+// a progress event.
 func (s *Store) SetProgress(ctx context.Context, id string, step, steps int) error {
-	return s.rdb.HSet(ctx, recordKey(id), fieldStep, step, fieldSteps, steps).Err()
+	return progressScript.Run(ctx, s.rdb, []string{recordKey(id), EventsKey(id)}, step, steps).Err()
 }
 
 // RequestCancel sets the cancel flag of id. A worker that runs the job

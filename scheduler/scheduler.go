@@ -70,6 +70,13 @@ type Config struct {
 	// before the registry is asked again. Default 5s. Unknown models are
 	// never cached, so a model pushed a moment ago is found at once.
 	ManifestTTL time.Duration
+	// MaxEventStreams bounds the GET /v1/jobs/{id}/events streams open at
+	// once (each holds a Redis connection of its own while it waits); one
+	// more is answered 503. Default 256.
+	MaxEventStreams int
+	// EventKeepAlive is how long an event stream waits for news before it
+	// sends a comment line, which keeps proxies from closing it. Default 15s.
+	EventKeepAlive time.Duration
 	// APITokens are the bearer tokens the API accepts (Authorization:
 	// Bearer <token>); empty turns authentication off, which New logs as a
 	// warning. /healthz, /readyz and /metrics are always open (see auth.go).
@@ -95,6 +102,7 @@ type Server struct {
 	fleet     *job.Fleet
 	view      fleetCache
 	manifests manifestCache
+	streams   *eventStreams
 }
 
 // New returns an API server. Close releases its connections.
@@ -132,11 +140,22 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ManifestTTL <= 0 {
 		cfg.ManifestTTL = 5 * time.Second
 	}
+	if cfg.MaxEventStreams <= 0 {
+		cfg.MaxEventStreams = 256
+	}
+	if cfg.EventKeepAlive <= 0 {
+		cfg.EventKeepAlive = 15 * time.Second
+	}
 	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
 		return nil, errors.New("scheduler: unsupported Redis connection option")
 	}
+	streams, err := newEventStreams(cfg.Redis, cfg.MaxEventStreams)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
+		streams:   streams,
 		cfg:       cfg,
 		rdb:       rdb,
 		client:    asynq.NewClientFromRedisClient(rdb),
@@ -175,6 +194,7 @@ func New(cfg Config) (*Server, error) {
 	s.route(mux, "POST /v1/jobs:batch", s.createBatch)
 	s.route(mux, "GET /v1/jobs/{id}", s.getJob)
 	s.route(mux, "GET /v1/jobs/{id}/image", s.getImage)
+	s.route(mux, "GET /v1/jobs/{id}/events", s.jobEvents)
 	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
 	s.route(mux, "GET /v1/models", s.listModels)
 	s.route(mux, "GET /v1/workers", s.listWorkers)
@@ -190,9 +210,9 @@ func New(cfg Config) (*Server, error) {
 // Handler returns the API's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Close closes the server's Redis connection (shared by its asynq client
-// and inspector).
-func (s *Server) Close() error { return s.rdb.Close() }
+// Close closes the server's Redis connections (the one its asynq client
+// and inspector share, and the event streams').
+func (s *Server) Close() error { return errors.Join(s.rdb.Close(), s.streams.rdb.Close()) }
 
 // route registers h under pattern and counts its responses.
 func (s *Server) route(mux *http.ServeMux, pattern string, h http.HandlerFunc) {
@@ -212,6 +232,10 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.code = code
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (an event
+// stream flushes each event).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // maxIdempotencyKey bounds the Idempotency-Key header.
 const maxIdempotencyKey = 256
@@ -404,7 +428,7 @@ func (s *Server) lookupFor(w http.ResponseWriter, r *http.Request, id string) *j
 
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 	if rec := s.lookupFor(w, r, r.PathValue("id")); rec != nil {
-		writeJSON(w, http.StatusOK, rec)
+		writeJSON(w, http.StatusOK, s.jobView(rec))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
@@ -92,7 +93,13 @@ func (s *Server) submit(ctx context.Context, subs []*submission) {
 		}
 		tasks[i] = asynq.BatchTask{Task: task, Opts: opts}
 	}
-	_, errs := s.client.EnqueueBatch(ctx, tasks, nil)
+	// Each job's queued event rides behind its enqueue, in the same round
+	// trip; one whose script Redis lacked is sent again after.
+	queued := make([]*redis.Cmd, len(queue))
+	_, errs := s.client.EnqueueBatch(ctx, tasks, func(pipe redis.Pipeliner, i int) {
+		queued[i] = s.store.QueueQueued(ctx, pipe, queue[i].id, queue[i].route.Queue, false)
+	})
+	s.requeueEvents(ctx, queue, queued, errs)
 	var release []*submission
 	for i, sub := range queue {
 		if sub.fail != nil {
@@ -249,5 +256,20 @@ func (s *Server) routeAll(ctx context.Context, subs []*submission) {
 	}
 	if toHost {
 		s.invalidateView()
+	}
+}
+
+// requeueEvents sends again, with the script's text, the queued events
+// that got NOSCRIPT (Redis restarted, or its scripts were flushed), for the
+// jobs that were queued. Events are advisory: other failures are ignored.
+func (s *Server) requeueEvents(ctx context.Context, subs []*submission, cmds []*redis.Cmd, errs []error) {
+	pipe := s.rdb.Pipeline()
+	for i, c := range cmds {
+		if c != nil && errs[i] == nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			s.store.QueueQueued(ctx, pipe, subs[i].id, subs[i].route.Queue, true)
+		}
+	}
+	if pipe.Len() > 0 {
+		_, _ = pipe.Exec(ctx)
 	}
 }

@@ -348,7 +348,7 @@ func TestClaimTakenAtDequeue(t *testing.T) {
 		LogLevel: asynq.FatalLevel,
 		DequeueHook: &asynq.DequeueHook{
 			Script: job.ClaimHook,
-			Args:   func() []string { return job.ClaimHookArgs("me:"+strconv.FormatInt(n.Add(1), 10), time.Minute) },
+			Args:   func() []string { return job.ClaimHookArgs("me:"+strconv.FormatInt(n.Add(1), 10), time.Minute, nil) },
 		},
 	})
 	mux := asynq.NewServeMux()

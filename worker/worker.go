@@ -133,6 +133,8 @@ type Worker struct {
 	models  models
 	fleet   *job.Fleet
 	order   *queueOrder
+	// started is the data of the started event the dequeue publishes.
+	started []byte
 }
 
 var (
@@ -212,6 +214,7 @@ func New(cfg Config) (*Worker, error) {
 		pid:     os.Getpid(),
 	}
 	w.ownerPrefix = fmt.Sprintf("%s:%d:", cfg.HostID, w.pid)
+	w.started = job.StartedEvent(cfg.HostID, w.pid, cfg.Backend.Name())
 	w.order = newQueueOrder(job.HostQueue(cfg.HostID), job.PoolQueue(cfg.Backend.DeviceClass()), cfg.PriorityWeights)
 	w.baseCtx, w.baseCancel = context.WithCancelCause(context.Background())
 	return w, nil
@@ -250,7 +253,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		// takes its run claim, in the same round trip.
 		DequeueHook: &asynq.DequeueHook{
 			Script: job.ClaimHook,
-			Args:   func() []string { return job.ClaimHookArgs(w.newOwner(), claimTTL) },
+			Args:   func() []string { return job.ClaimHookArgs(w.newOwner(), claimTTL, w.started) },
 		},
 	})
 	if err := w.checkHostID(ctx); err != nil {
@@ -526,6 +529,7 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 		}
 	}
 	log.Debug("model acquired", "model", req.Model, "from", r.Origin, "fetched_bytes", r.FetchedBytes)
+	w.publishModel(ctx, rec, r)
 	if len(m.Blobs) == 0 {
 		return nil, fmt.Errorf("model %q has no files: %w", req.Model, backends.ErrBadModel)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/genfleet/genfleet/internal/sse"
 	"github.com/genfleet/genfleet/job"
 )
 
@@ -68,6 +69,26 @@ func TestDevRunsTheWholeFleet(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !bytes.HasPrefix(img, []byte("\x89PNG")) {
 		t.Fatalf("image: %s, %d bytes", resp.Status, len(img))
+	}
+
+	// The job's events, on the embedded Redis too: every kind a job of the
+	// built-in engine has, in order.
+	resp, err = http.Get(url + "/v1/jobs/" + sub.ID + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sse.NewReader(resp.Body)
+	var kinds []string
+	for {
+		ev, err := r.Next()
+		if err != nil {
+			break
+		}
+		kinds = append(kinds, ev.Type)
+	}
+	resp.Body.Close()
+	if got := strings.Join(kinds, " "); !strings.HasPrefix(got, "queued started model progress") || !strings.HasSuffix(got, "completed") {
+		t.Fatalf("events on the embedded Redis: %q", got)
 	}
 
 	// Ctrl-C stops the fleet, workers included.

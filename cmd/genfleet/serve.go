@@ -93,6 +93,7 @@ type routingFlags struct {
 	apiToken    *string
 	allowUnauth *bool
 	enginePools *string
+	lifecycle   *lifecycleFlags
 }
 
 // apiTokens splits --api-token into its comma-separated tokens.
@@ -123,6 +124,7 @@ func addRoutingFlags(f flags) *routingFlags {
 		enginePools: f.str("engine-pool", "GENFLEET_ENGINE_POOL", "sdcpp=sdcpp", "device class that runs each model engine other than the built-in one, ENGINE=CLASS[,…]"),
 		apiToken:    apiTokenFlag(f),
 		allowUnauth: allowUnauthFlag(f),
+		lifecycle:   addLifecycleFlags(f),
 	}
 }
 
@@ -155,11 +157,15 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	if err != nil {
 		return err
 	}
-	srv, err := scheduler.New(scheduler.Config{
+	cfg := scheduler.Config{
 		Redis: redisOpt, S3: cl, Registry: reg, Pool: pool, EnginePools: enginePools, CheckModels: true, Logger: log,
 		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
 		HostTimeout: *rf.hostTimeout, APITokens: rf.apiTokens(),
-	})
+	}
+	if err := rf.lifecycle.apply(&cfg); err != nil {
+		return err
+	}
+	srv, err := scheduler.New(cfg)
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	guidance := f.Float64("guidance", job.DefaultGuidance, "guidance scale")
 	sampler := f.String("sampling-method", "", "engine sampler, e.g. euler_a (sdcpp models only; default: the engine's)")
 	sched := f.String("scheduler", "", "engine sigma schedule, e.g. karras (sdcpp models only; default: the engine's)")
-	wait := f.Bool("wait", false, "wait until the job ends, showing progress")
+	wait := f.Bool("wait", false, "wait until the job ends, following its events: a progress bar on a terminal, one JSON object per event otherwise (on stderr)")
 	out := f.String("o", "", "write the PNG to this file (implies --wait; its directory is checked before the job is submitted)")
 	idem := f.String("idempotency-key", "", "Idempotency-Key header: the same key with the same request returns the same job; with another request it is refused (422)")
 	timeout := f.Duration("timeout", 30*time.Minute, "give up waiting after this long")
@@ -72,35 +72,16 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stdout, created.ID)
 		return nil
 	}
-	fmt.Fprintf(stderr, "job %s queued\n", created.ID)
-
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	var rec job.Record
-	lastLine := ""
-	for {
-		rec = job.Record{}
-		greq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+created.ID, nil)
-		setToken(greq, *apiToken)
-		if err := doJSON(greq, http.StatusOK, &rec); err != nil {
-			return err
-		}
-		line := string(rec.Status)
-		if rec.Progress != nil {
-			line = fmt.Sprintf("%s step %d/%d", rec.Status, rec.Progress.Step, rec.Progress.Steps)
-		}
-		if line != lastLine {
-			fmt.Fprintf(stderr, "job %s %s\n", created.ID, line)
-			lastLine = line
-		}
-		if rec.Status.Terminal() {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("gave up waiting for job %s (last status %s): %w", created.ID, rec.Status, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
+	// The job's events as they happen; a scheduler without them is polled.
+	rec, err := watchJob(ctx, base, *apiToken, created.ID, stderr)
+	if errors.Is(err, errNoEvents) {
+		fmt.Fprintf(stderr, "job %s queued\n", created.ID)
+		rec, err = pollJob(ctx, base, *apiToken, created.ID, stderr)
+	}
+	if err != nil {
+		return fmt.Errorf("waiting for job %s: %w", created.ID, err)
 	}
 	if rec.Status != job.StatusSucceeded {
 		return fmt.Errorf("job %s %s: %s", created.ID, rec.Status, rec.Error)
@@ -109,8 +90,45 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *out == "" {
 		return nil
 	}
-	ireq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+created.ID+"/image", nil)
-	setToken(ireq, *apiToken)
+	return saveImage(ctx, base, *apiToken, created.ID, *out, stderr)
+}
+
+// pollJob asks for job id every 200 ms until it ends, showing its status
+// as it changes.
+func pollJob(ctx context.Context, base, token, id string, stderr io.Writer) (job.Record, error) {
+	var rec job.Record
+	lastLine := ""
+	for {
+		rec = job.Record{}
+		greq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+id, nil)
+		setToken(greq, token)
+		if err := doJSON(greq, http.StatusOK, &rec); err != nil {
+			return rec, err
+		}
+		line := string(rec.Status)
+		if rec.Progress != nil {
+			line = fmt.Sprintf("%s step %d/%d", rec.Status, rec.Progress.Step, rec.Progress.Steps)
+		}
+		if line != lastLine {
+			fmt.Fprintf(stderr, "job %s %s\n", id, line)
+			lastLine = line
+		}
+		if rec.Status.Terminal() {
+			return rec, nil
+		}
+		select {
+		case <-ctx.Done():
+			return rec, fmt.Errorf("gave up (last status %s): %w", rec.Status, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// saveImage downloads job id's image to out, through a temp file renamed
+// into place so that a failed download leaves nothing half-written.
+func saveImage(ctx context.Context, base, token, id, out string, stderr io.Writer) error {
+	ireq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+id+"/image", nil)
+	setToken(ireq, token)
 	resp, err := http.DefaultClient.Do(ireq)
 	if err != nil {
 		return err
@@ -120,8 +138,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("GET image: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
-	// Write to a temp file and rename so a failed download leaves nothing half-written.
-	tmp, err := os.CreateTemp(filepath.Dir(*out), ".genfleet-*.png")
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".genfleet-*.png")
 	if err != nil {
 		return err
 	}
@@ -133,10 +150,10 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), *out); err != nil {
+	if err := os.Rename(tmp.Name(), out); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "wrote %s\n", *out)
+	fmt.Fprintf(stderr, "wrote %s\n", out)
 	return nil
 }
 
