@@ -125,9 +125,13 @@ func encodeRecord(r *Record) ([]byte, error) {
 	return append(b, '}'), nil
 }
 
-// plainRecord reports whether every float in r is finite: encoding/json
-// refuses the others.
+// plainRecord reports whether every float in r is finite (encoding/json
+// refuses the others) and r has none of the fields only the API sets (they
+// are rare, so left to encoding/json).
 func plainRecord(r *Record) bool {
+	if r.ImageURL != "" || !r.ImageURLExpiresAt.IsZero() {
+		return false
+	}
 	for _, v := range r.Timings {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			return false

@@ -54,6 +54,9 @@ func FuzzEncodeRecord(f *testing.F) {
 		if parts&128 != 0 {
 			r.StartedAt = at.UTC()
 		}
+		if parts&(1|128) == 1|128 {
+			r.ImageURL, r.ImageURLExpiresAt = s3, at
+		}
 		want, werr := json.Marshal(r)
 		got, gerr := encodeRecord(r)
 		if (werr != nil) != (gerr != nil) || !bytes.Equal(got, want) {

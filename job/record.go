@@ -103,6 +103,13 @@ type Record struct {
 	CreatedAt  time.Time          `json:"created_at,omitzero"`
 	StartedAt  time.Time          `json:"started_at,omitzero"`
 	FinishedAt time.Time          `json:"finished_at,omitzero"`
+
+	// What the API adds when it shows a job (docs/jobs.md); never stored.
+	// ImageURL is where a client fetches a succeeded job's image: a
+	// presigned S3 GET valid until ImageURLExpiresAt, or the API's own
+	// image URL (no expiry).
+	ImageURL          string    `json:"image_url,omitempty"`
+	ImageURLExpiresAt time.Time `json:"image_url_expires_at,omitzero"`
 }
 
 // RecordTTL is how long a job record stays in Redis after its last update.

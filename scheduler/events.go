@@ -122,7 +122,7 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, ev := range evs {
 			if ev.Type == job.EventCompleted {
-				writeSSE(&buf, ev.ID, ev.Type, s.completedData(ctx, id, ev.Data))
+				writeSSE(&buf, ev.ID, ev.Type, s.completedData(ctx, id, apiBase(r), ev.Data))
 				_ = s.flush(w, rc, &buf)
 				return
 			}
@@ -157,7 +157,7 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				s.log.Warn("event stream", "job", id, "err", err)
 			}
-			writeSSE(&buf, eid, job.EventCompleted, s.completedData(ctx, id, nil))
+			writeSSE(&buf, eid, job.EventCompleted, s.completedData(ctx, id, apiBase(r), nil))
 			_ = s.flush(w, rc, &buf)
 			return
 		case rec.Status == job.StatusQueued && rec.Queue != "":
@@ -204,10 +204,10 @@ func writeSSE(buf *bytes.Buffer, id, typ string, data []byte) {
 // completedData is the data of the completed event that ends a stream:
 // the job as GET /v1/jobs/{id} shows it (status, error, result, image
 // URL), or, should that read fail, what the event itself said.
-func (s *Server) completedData(ctx context.Context, id string, fallback json.RawMessage) []byte {
+func (s *Server) completedData(ctx context.Context, id, base string, fallback json.RawMessage) []byte {
 	rec, err := s.lookup(ctx, id)
 	if err == nil {
-		if b, err := json.Marshal(s.jobView(rec)); err == nil {
+		if b, err := json.Marshal(s.jobView(ctx, rec, base)); err == nil {
 			return b
 		}
 	}
@@ -216,9 +216,6 @@ func (s *Server) completedData(ctx context.Context, id string, fallback json.Raw
 	}
 	return fallback
 }
-
-// jobView is a job's record as the API shows it.
-func (s *Server) jobView(rec *job.Record) *job.Record { return rec }
 
 // queuedData is the data of a queued event for job id waiting in queue:
 // its position there (jobs ahead of it in asynq's pending list), when it

@@ -28,6 +28,7 @@ import (
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/outputs"
 )
 
 // Config configures the API server. Fields without a stated default are
@@ -77,6 +78,14 @@ type Config struct {
 	// EventKeepAlive is how long an event stream waits for news before it
 	// sends a comment line, which keeps proxies from closing it. Default 15s.
 	EventKeepAlive time.Duration
+	// Images makes the image_url of a succeeded job's status (presigned
+	// S3 GET or the API's own URL, outputs.URLs); nil: none.
+	Images *outputs.URLs
+	// OutputRetention is how long images are kept (the outputs bucket's
+	// lifecycle rule or the retention sweep deletes older ones): a job
+	// older than that gets no image_url, and its image is reported gone.
+	// 0: kept for ever.
+	OutputRetention time.Duration
 	// APITokens are the bearer tokens the API accepts (Authorization:
 	// Bearer <token>); empty turns authentication off, which New logs as a
 	// warning. /healthz, /readyz and /metrics are always open (see auth.go).
@@ -206,6 +215,10 @@ func New(cfg Config) (*Server, error) {
 	s.handler = s.authenticate(s.jsonErrors(mux))
 	return s, nil
 }
+
+// Metrics is the registry the API's /metrics serves, for the collectors of
+// what runs beside the API (the retention sweep, webhook delivery).
+func (s *Server) Metrics() prometheus.Registerer { return s.reg }
 
 // Handler returns the API's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.handler }
@@ -428,7 +441,7 @@ func (s *Server) lookupFor(w http.ResponseWriter, r *http.Request, id string) *j
 
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 	if rec := s.lookupFor(w, r, r.PathValue("id")); rec != nil {
-		writeJSON(w, http.StatusOK, s.jobView(rec))
+		writeJSON(w, http.StatusOK, s.jobView(r.Context(), rec, apiBase(r)))
 	}
 }
 
@@ -440,6 +453,9 @@ func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
 		return
 	case rec.Status != job.StatusSucceeded || rec.Result == nil:
 		writeError(w, http.StatusNotFound, fmt.Errorf("job %q has no image yet (status %s)", id, rec.Status))
+		return
+	case s.outputExpired(rec):
+		writeError(w, http.StatusNotFound, fmt.Errorf("image of job %q was deleted: images are kept %v (--output-retention)", id, s.cfg.OutputRetention))
 		return
 	}
 	out, err := s.cfg.S3.GetObject(r.Context(), &s3.GetObjectInput{Bucket: aws.String(rec.Result.Bucket), Key: aws.String(rec.Result.Key)})

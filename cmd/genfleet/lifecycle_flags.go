@@ -1,12 +1,18 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/genfleet/genfleet/job"
+	"github.com/genfleet/genfleet/outputs"
 	"github.com/genfleet/genfleet/scheduler"
 )
 
@@ -16,19 +22,59 @@ import (
 type lifecycleFlags struct {
 	maxEventStreams *int
 	eventKeepAlive  *time.Duration
+	imageURL        *string
+	imageURLExpiry  *time.Duration
+	s3Public        *string
+	publicURL       *string
+	retention       *time.Duration
+	sweepInterval   *time.Duration
 }
 
 func addLifecycleFlags(f flags) *lifecycleFlags {
 	return &lifecycleFlags{
 		maxEventStreams: f.integer("max-event-streams", "GENFLEET_MAX_EVENT_STREAMS", 256, "most GET /v1/jobs/{id}/events streams open at once (each holds a Redis connection while it waits); one more gets 503"),
 		eventKeepAlive:  f.duration("event-keepalive", "GENFLEET_EVENT_KEEPALIVE", 15*time.Second, "how long an event stream stays silent before it sends a keep-alive comment"),
+		imageURL:        f.str("image-url", "GENFLEET_IMAGE_URL", outputs.ModePresigned, "image_url of a succeeded job: presigned (an S3 GET signed for --image-url-expiry; clients fetch from S3), api (the API's own /v1/jobs/{id}/image, for an S3 clients cannot reach) or none"),
+		imageURLExpiry:  f.duration("image-url-expiry", "GENFLEET_IMAGE_URL_EXPIRY", outputs.DefaultExpiry, "how long a presigned image_url works (at most 168h)"),
+		s3Public:        f.str("s3-public-endpoint", "GENFLEET_S3_PUBLIC_ENDPOINT", "", "S3 endpoint URL as clients reach it, which presigned image URLs are signed for; empty: --s3-endpoint"),
+		publicURL:       f.str("public-url", "GENFLEET_PUBLIC_URL", "", "the API's base URL as clients reach it (https://host[:port]), for --image-url api in webhooks and behind proxies; empty: each request's own host"),
+		retention:       f.duration("output-retention", "GENFLEET_OUTPUT_RETENTION", 0, "delete images older than this from the outputs bucket (a sweep every --output-sweep-interval; an S3 lifecycle rule does it better where the server has them); 0 keeps them"),
+		sweepInterval:   f.duration("output-sweep-interval", "GENFLEET_OUTPUT_SWEEP_INTERVAL", time.Hour, "how often the retention sweep lists the outputs prefix"),
 	}
 }
 
-// apply sets the scheduler's lifecycle settings from the flags.
-func (l *lifecycleFlags) apply(cfg *scheduler.Config) error {
+// apply sets the scheduler's lifecycle settings from the flags; cl is the
+// scheduler's S3 client.
+func (l *lifecycleFlags) apply(ctx context.Context, c *common, cl *s3.Client, cfg *scheduler.Config) error {
 	cfg.MaxEventStreams, cfg.EventKeepAlive = *l.maxEventStreams, *l.eventKeepAlive
+	cfg.OutputRetention = *l.retention
+	signer := cl
+	if *l.imageURL == outputs.ModePresigned && *l.s3Public != "" && *l.s3Public != *c.s3Endpoint {
+		sc := c.s3Config()
+		sc.Endpoint = *l.s3Public
+		var err error
+		if signer, err = c.s3ClientFor(ctx, sc); err != nil {
+			return fmt.Errorf("--s3-public-endpoint: %w", err)
+		}
+	}
+	urls, err := outputs.NewURLs(outputs.Config{Mode: *l.imageURL, S3: signer, Expiry: *l.imageURLExpiry, PublicURL: *l.publicURL})
+	if err != nil {
+		return fmt.Errorf("--image-url: %w", err)
+	}
+	cfg.Images = urls
 	return nil
+}
+
+// sweeper returns the output retention sweep, or nil without a retention.
+func (l *lifecycleFlags) sweeper(c *common, cl *s3.Client, reg prometheus.Registerer, log *slog.Logger) (*outputs.Sweeper, error) {
+	if *l.retention <= 0 {
+		return nil, nil
+	}
+	u, err := c.outputsURL()
+	if err != nil {
+		return nil, err
+	}
+	return outputs.NewSweeper(outputs.SweepConfig{S3: cl, Outputs: u, Retention: *l.retention, Interval: *l.sweepInterval, Metrics: reg, Logger: log})
 }
 
 // parsePriorityWeights parses --priority-weights "high=6,normal=3,low=1".

@@ -315,7 +315,13 @@ func (c *common) s3Config() s3x.Config {
 // flags nor the AWS credential chain hold credentials, the error says which
 // flags to set rather than what the chain tried last.
 func (c *common) s3Client(ctx context.Context) (*s3.Client, error) {
-	cl, err := s3x.NewClient(ctx, c.s3Config())
+	return c.s3ClientFor(ctx, c.s3Config())
+}
+
+// s3ClientFor is s3Client for a configuration of the caller's (another
+// endpoint, the same keys).
+func (c *common) s3ClientFor(ctx context.Context, cfg s3x.Config) (*s3.Client, error) {
+	cl, err := s3x.NewClient(ctx, cfg)
 	if errors.Is(err, s3x.ErrNoCredentials) {
 		keys := "--s3-access-key and --s3-secret-key (GENFLEET_S3_ACCESS_KEY, GENFLEET_S3_SECRET_KEY)"
 		if *c.s3Endpoint == "" {

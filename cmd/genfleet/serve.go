@@ -162,7 +162,7 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
 		HostTimeout: *rf.hostTimeout, APITokens: rf.apiTokens(),
 	}
-	if err := rf.lifecycle.apply(&cfg); err != nil {
+	if err := rf.lifecycle.apply(ctx, c, cl, &cfg); err != nil {
 		return err
 	}
 	srv, err := scheduler.New(cfg)
@@ -170,6 +170,15 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 		return err
 	}
 	defer srv.Close()
+	// Beside the API, stopped after it: the retention sweep.
+	sweep, err := rf.lifecycle.sweeper(c, cl, srv.Metrics(), log)
+	if err != nil {
+		return err
+	}
+	if sweep != nil {
+		sweep.Start()
+		defer sweep.Shutdown()
+	}
 	reapCtx, stopReaper := context.WithCancel(ctx)
 	reaperDone := make(chan struct{})
 	go func() { defer close(reaperDone); srv.RunReaper(reapCtx) }()
