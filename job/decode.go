@@ -51,6 +51,18 @@ func decodeCanonicalPayload(b []byte) (Payload, bool) {
 	if d.opt(`,"priority":`) {
 		q.Priority = Priority(d.str())
 	}
+	if d.opt(`,"webhook":{"url":`) {
+		w := &Webhook{URL: d.str()}
+		if d.opt(`,"events":[`) {
+			w.Events = []string{d.str()}
+			for d.opt(`,`) {
+				w.Events = append(w.Events, d.str())
+			}
+			d.lit(`]`)
+		}
+		d.lit(`}`)
+		q.Webhook = w
+	}
 	d.lit(`}`)
 	if d.opt(`,"submitted_at":`) {
 		p.SubmittedAt = d.time()

@@ -129,7 +129,7 @@ func encodeRecord(r *Record) ([]byte, error) {
 // refuses the others) and r has none of the fields only the API sets (they
 // are rare, so left to encoding/json).
 func plainRecord(r *Record) bool {
-	if r.ImageURL != "" || !r.ImageURLExpiresAt.IsZero() {
+	if r.ImageURL != "" || !r.ImageURLExpiresAt.IsZero() || r.WebhookAttempts != nil {
 		return false
 	}
 	for _, v := range r.Timings {
@@ -223,6 +223,21 @@ func appendRequest(b []byte, q *Request) []byte {
 	if q.Priority != "" {
 		b = append(b, `,"priority":`...)
 		b = appendString(b, string(q.Priority))
+	}
+	if w := q.Webhook; w != nil {
+		b = append(b, `,"webhook":{"url":`...)
+		b = appendString(b, w.URL)
+		if len(w.Events) > 0 {
+			b = append(b, `,"events":[`...)
+			for i, e := range w.Events {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = appendString(b, e)
+			}
+			b = append(b, ']')
+		}
+		b = append(b, '}')
 	}
 	return append(b, '}')
 }

@@ -56,6 +56,13 @@ func FuzzEncodeRecord(f *testing.F) {
 		}
 		if parts&(1|128) == 1|128 {
 			r.ImageURL, r.ImageURLExpiresAt = s3, at
+			r.WebhookAttempts = []WebhookAttempt{{Event: s1, EventID: s2, Attempt: int(offset), At: at, URL: s3, StatusCode: -1, Error: s2, DurationMS: f1, NextAt: at}}
+		}
+		if parts&(2|4) == 2|4 {
+			r.Request.Webhook = &Webhook{URL: s1}
+			if parts&8 != 0 {
+				r.Request.Webhook.Events = []string{s2, s3}
+			}
 		}
 		want, werr := json.Marshal(r)
 		got, gerr := encodeRecord(r)
@@ -77,6 +84,7 @@ func FuzzEncodePayload(f *testing.F) {
 			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 100), Seed: nanos, Guidance: g, OutputFormat: s1, Priority: Priority(s2)}}
 		if routed {
 			p.Route = &Route{Queue: s1, Host: s2, Pool: s1, Reason: s2}
+			p.Request.Webhook = &Webhook{URL: s2, Events: []string{s1}}
 		}
 		if offset%7 == 0 {
 			p.SubmittedAt = time.Time{}
@@ -97,6 +105,8 @@ func FuzzDecodeCanonicalPayload(f *testing.F) {
 	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"noop","width":64,"height":64,"steps":1,"seed":0,"guidance":7.5,"output_format":"png"},"submitted_at":"2026-11-27T12:00:00.123456789Z","route":{"queue":"pool:cpu","pool":"pool:cpu","reason":"cold"}}`), "demo", "a lighthouse", 7.5, int64(1e18), true)
 	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","width":01,"seed":0,"guidance":1}}`), "", "", 0.0, int64(0), false)
 	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","seed":0,"guidance":1,"output_format":"png","priority":"high"}}`), "low", "high", 1.0, int64(2), true)
+	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","seed":0,"guidance":1,"webhook":{"url":"https://h/x","events":["started","completed"]}}}`), "progress", "http://a", 1.0, int64(4), true)
+	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","seed":0,"guidance":1,"webhook":{"url":"https://h/x","events":[]}}}`), "", "", 1.0, int64(3), true)
 	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","seed":-0,"guidance":-0.5e-3}}`), "é", "\u2028", 1e300, int64(-1), true)
 	f.Add([]byte(`{"v":1,"request":{"model":"d","prompt":"x","seed":1,"guidance":1e400}}`), "x", "<&>", -0.0, int64(5), false)
 	f.Fuzz(func(t *testing.T, b []byte, s1, s2 string, g float64, nanos int64, routed bool) {
@@ -110,6 +120,10 @@ func FuzzDecodeCanonicalPayload(f *testing.F) {
 			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 3), Seed: nanos, Guidance: g, OutputFormat: s1, Priority: Priority(s1)}}
 		if routed {
 			p.Route = &Route{Queue: s2, Host: s1, Pool: s2, Reason: s1}
+			p.Request.Webhook = &Webhook{URL: s2}
+			if nanos%2 == 0 {
+				p.Request.Webhook.Events = []string{s1, s2, s1}
+			}
 		}
 		enc, err := encodePayloadJSON(p)
 		if err != nil {

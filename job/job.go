@@ -65,6 +65,8 @@ type Request struct {
 	// The job's lifecycle (docs/jobs.md), apart from what is generated.
 	// Priority picks the job's queues (PriorityQueue); empty is normal.
 	Priority Priority `json:"priority,omitempty"`
+	// Webhook, when set, has the job's events POSTed to a URL.
+	Webhook *Webhook `json:"webhook,omitempty"`
 }
 
 // FieldError is a validation error that names the offending field by its
@@ -108,12 +110,14 @@ func (r *Request) UnmarshalJSON(b []byte) error {
 }
 
 // normalize writes the lifecycle fields in one form: "priority": "normal"
-// as absent, so that a default written out or left away is the same
-// request (and has the same RequestDigest).
+// as absent, a webhook's events in the order they happen and the default
+// (["completed"]) as absent, so that a default written out or left away is
+// the same request (and has the same RequestDigest).
 func (r *Request) normalize() {
 	if r.Priority == PriorityNormal {
 		r.Priority = ""
 	}
+	r.Webhook.normalize()
 }
 
 // plainRequest is Request without its UnmarshalJSON method.
@@ -224,6 +228,9 @@ func (r *Request) Validate() error {
 	}
 	if !r.Priority.Valid() {
 		return fieldErr("priority", "must be %q, %q or %q, got %q", PriorityHigh, PriorityNormal, PriorityLow, r.Priority)
+	}
+	if r.Webhook != nil {
+		return r.Webhook.validate()
 	}
 	return nil
 }

@@ -110,6 +110,9 @@ type Record struct {
 	// image URL (no expiry).
 	ImageURL          string    `json:"image_url,omitempty"`
 	ImageURLExpiresAt time.Time `json:"image_url_expires_at,omitzero"`
+	// WebhookAttempts are the POSTs made to the job's webhook, oldest
+	// first.
+	WebhookAttempts []WebhookAttempt `json:"webhook_attempts,omitempty"`
 }
 
 // RecordTTL is how long a job record stays in Redis after its last update.
@@ -307,10 +310,12 @@ func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Dur
 }
 
 // finishScript writes the record, marks a terminal status final, drops
-// the caller's claim and publishes the job's event (ARGV[5], ARGV[6]), in
-// one round trip. A terminal status that is already final publishes no
-// second completed event: a retried completion repeats this script.
-var finishScript = redis.NewScript(publishFunc + `
+// the caller's claim and publishes the job's event (ARGV[5], ARGV[6]),
+// queueing its webhook delivery when ARGV[7] is "1" (due at ARGV[8] ms,
+// job ARGV[9]), in one round trip. A terminal status that is already final
+// publishes no second completed event: a retried completion repeats this
+// script.
+var finishScript = redis.NewScript(publishFunc + notifyFunc + `
 local prev = redis.call("HGET", KEYS[1], "final")
 if ARGV[2] ~= "" then
 	redis.call("HSET", KEYS[1], "run", ARGV[1], "final", ARGV[2])
@@ -319,7 +324,10 @@ else
 end
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
 if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then redis.call("DEL", KEYS[2]) end
-if ARGV[5] ~= "" and not (ARGV[2] ~= "" and prev == ARGV[2]) then publish(KEYS[3], ARGV[5], ARGV[6]) end
+if ARGV[5] ~= "" and not (ARGV[2] ~= "" and prev == ARGV[2]) then
+	local eid = publish(KEYS[3], ARGV[5], ARGV[6])
+	if ARGV[7] == "1" then notify(ARGV[9], ARGV[5], eid, ARGV[8]) end
+end
 return 1`)
 
 // Finish writes run as the record; a terminal status is recorded as final,
@@ -371,7 +379,12 @@ func finishArgs(run *Record, owner string) ([]string, []any, error) {
 		final = string(run.Status)
 	}
 	typ, data := finishEvent(run)
-	return []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID)}, []any{b, final, owner, RecordTTL.Milliseconds(), typ, data}, nil
+	notify := ""
+	if run.Request != nil && run.Request.Webhook.Wants(typ) {
+		notify = "1"
+	}
+	return []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID)},
+		[]any{b, final, owner, RecordTTL.Milliseconds(), typ, data, notify, time.Now().UnixMilli(), run.ID}, nil
 }
 
 var releaseClaimScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
@@ -383,15 +396,28 @@ func (s *Store) ReleaseClaim(ctx context.Context, id, owner string) error {
 }
 
 // progressScript records step ARGV[1] of ARGV[2] in the record and
-// publishes it as a progress event.
-var progressScript = redis.NewScript(publishFunc + `
+// publishes it as a progress event, queueing its webhook delivery when
+// ARGV[3] is "1" (due at ARGV[4] ms, job ARGV[5]).
+var progressScript = redis.NewScript(publishFunc + notifyFunc + `
 redis.call("HSET", KEYS[1], "step", ARGV[1], "steps", ARGV[2])
-return publish(KEYS[2], "progress", '{"step":' .. ARGV[1] .. ',"steps":' .. ARGV[2] .. '}')`)
+local eid = publish(KEYS[2], "progress", '{"step":' .. ARGV[1] .. ',"steps":' .. ARGV[2] .. '}')
+if ARGV[3] == "1" then notify(ARGV[5], "progress", eid, ARGV[4]) end
+return eid`)
 
 // SetProgress records step i of n of a running job, in its record and as
 // a progress event.
 func (s *Store) SetProgress(ctx context.Context, id string, step, steps int) error {
-	return progressScript.Run(ctx, s.rdb, []string{recordKey(id), EventsKey(id)}, step, steps).Err()
+	return s.Progress(ctx, id, step, steps, false)
+}
+
+// Progress is SetProgress that also queues a webhook delivery of the
+// progress event when notify is set (the job's webhook wants progress).
+func (s *Store) Progress(ctx context.Context, id string, step, steps int, notify bool) error {
+	n := ""
+	if notify {
+		n = "1"
+	}
+	return progressScript.Run(ctx, s.rdb, []string{recordKey(id), EventsKey(id)}, step, steps, n, time.Now().UnixMilli(), id).Err()
 }
 
 // RequestCancel sets the cancel flag of id. A worker that runs the job

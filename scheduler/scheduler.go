@@ -29,6 +29,7 @@ import (
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
 	"github.com/genfleet/genfleet/outputs"
+	"github.com/genfleet/genfleet/webhook"
 )
 
 // Config configures the API server. Fields without a stated default are
@@ -86,6 +87,12 @@ type Config struct {
 	// older than that gets no image_url, and its image is reported gone.
 	// 0: kept for ever.
 	OutputRetention time.Duration
+	// Webhooks says that a webhook deliverer runs beside this API (it has a
+	// secret): jobs with a webhook are taken. Without, they are refused.
+	Webhooks bool
+	// WebhookPolicy refuses, at submit, webhook URLs it would never
+	// deliver to (internal addresses).
+	WebhookPolicy webhook.Policy
 	// APITokens are the bearer tokens the API accepts (Authorization:
 	// Bearer <token>); empty turns authentication off, which New logs as a
 	// warning. /healthz, /readyz and /metrics are always open (see auth.go).

@@ -70,6 +70,7 @@ func (s *Server) writeSubmitError(w http.ResponseWriter, e *submitError) {
 // enqueue. Each outcome is counted.
 func (s *Server) submit(ctx context.Context, subs []*submission) {
 	for _, sub := range subs {
+		s.checkWebhook(sub)
 		s.checkModel(ctx, sub)
 		sub.id = uuid.NewString()
 	}

@@ -10,7 +10,8 @@ import (
 
 // jobView is a job's record as the API shows it (GET /v1/jobs/{id}, the
 // completed event, webhooks): the record, plus the image's URL for a job
-// that succeeded and whose image the retention has not deleted yet. base
+// that succeeded and whose image the retention has not deleted yet, and
+// the attempts to deliver its webhook. base
 // is the API's base URL as the caller's client reached it ("" when there is
 // no request: the configured public URL or a path is used).
 func (s *Server) jobView(ctx context.Context, rec *job.Record, base string) *job.Record {
@@ -21,6 +22,13 @@ func (s *Server) jobView(ctx context.Context, rec *job.Record, base string) *job
 			s.log.Warn("image URL", "job", rec.ID, "err", err)
 		}
 		v.ImageURL, v.ImageURLExpiresAt = u, exp
+	}
+	if rec.Request != nil && rec.Request.Webhook != nil {
+		attempts, err := s.store.WebhookAttempts(ctx, rec.ID)
+		if err != nil {
+			s.log.Warn("webhook attempts", "job", rec.ID, "err", err)
+		}
+		v.WebhookAttempts = attempts
 	}
 	return &v
 }

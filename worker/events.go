@@ -24,6 +24,18 @@ type modelEvent struct {
 	AcquireMS    float64 `json:"acquire_ms"`
 }
 
+// notifyStarted queues the webhook delivery of the job's started event
+// when its webhook asks for it: the dequeue script that published the
+// event could not know (a failed write is logged; the job goes on).
+func (w *Worker) notifyStarted(ctx context.Context, rec *job.Record) {
+	if rec.Request == nil || !rec.Request.Webhook.Wants(job.EventStarted) {
+		return
+	}
+	if err := w.store.Notify(ctx, rec.ID, job.EventStarted); err != nil {
+		w.log.Warn("queue webhook delivery", "job", rec.ID, "err", err)
+	}
+}
+
 // publishModel publishes where the job's model came from. Events are
 // advisory: a failed write is logged, and the job goes on.
 func (w *Worker) publishModel(ctx context.Context, rec *job.Record, r modelcache.Report) {

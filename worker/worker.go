@@ -396,6 +396,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if decodeErr != nil {
 		return w.failPermanently(wctx, rec, decodeErr, permanentReason(decodeErr), started, owner, log)
 	}
+	w.notifyStarted(wctx, rec)
 	// A claim taken at dequeue wrote no record: the running record follows
 	// unless the job ends first (until then the API shows it running from
 	// asynq's task state).
@@ -545,7 +546,7 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 		// Progress is advisory: throttle writes and ignore their errors.
 		if step == total || time.Since(lastWrite) > 200*time.Millisecond {
 			lastWrite = time.Now()
-			_ = w.store.SetProgress(context.WithoutCancel(ctx), rec.ID, step, total)
+			_ = w.store.Progress(context.WithoutCancel(ctx), rec.ID, step, total, req.Webhook.Wants(job.EventProgress))
 		}
 	}
 	img, err := w.cfg.Backend.Generate(ctx, backends.Model{Name: req.Model, Files: files, Hold: m.Hold}, backends.Params{

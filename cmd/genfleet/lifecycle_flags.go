@@ -9,11 +9,14 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/outputs"
 	"github.com/genfleet/genfleet/scheduler"
+	"github.com/genfleet/genfleet/webhook"
 )
 
 // lifecycleFlags configure what the scheduler does for a job besides
@@ -28,6 +31,11 @@ type lifecycleFlags struct {
 	publicURL       *string
 	retention       *time.Duration
 	sweepInterval   *time.Duration
+	webhookSecret   *string
+	webhookAllow    *string
+	webhookMaxAge   *time.Duration
+	webhookTimeout  *time.Duration
+	webhookConc     *int
 }
 
 func addLifecycleFlags(f flags) *lifecycleFlags {
@@ -40,7 +48,55 @@ func addLifecycleFlags(f flags) *lifecycleFlags {
 		publicURL:       f.str("public-url", "GENFLEET_PUBLIC_URL", "", "the API's base URL as clients reach it (https://host[:port]), for --image-url api in webhooks and behind proxies; empty: each request's own host"),
 		retention:       f.duration("output-retention", "GENFLEET_OUTPUT_RETENTION", 0, "delete images older than this from the outputs bucket (a sweep every --output-sweep-interval; an S3 lifecycle rule does it better where the server has them); 0 keeps them"),
 		sweepInterval:   f.duration("output-sweep-interval", "GENFLEET_OUTPUT_SWEEP_INTERVAL", time.Hour, "how often the retention sweep lists the outputs prefix"),
+		webhookSecret:   f.str("webhook-secret", "GENFLEET_WEBHOOK_SECRET", "", "secret that signs webhook POSTs (HMAC-SHA256), at least 16 bytes; during a rotation NEW,OLD (each signs); empty: jobs with a webhook are refused. Prefer the environment: flags show in ps"),
+		webhookAllow:    f.str("webhook-allow-net", "GENFLEET_WEBHOOK_ALLOW_NET", "", "internal addresses webhooks may reach all the same, CIDR[,…] (e.g. 10.0.0.0/8 for receivers on a private network, 127.0.0.0/8 for tests); by default loopback, private, link-local and reserved addresses are refused"),
+		webhookMaxAge:   f.duration("webhook-max-age", "GENFLEET_WEBHOOK_MAX_AGE", 24*time.Hour, "how long a failing webhook delivery is retried (with backoff) before it is given up"),
+		webhookTimeout:  f.duration("webhook-timeout", "GENFLEET_WEBHOOK_TIMEOUT", 10*time.Second, "how long one webhook POST may take"),
+		webhookConc:     f.integer("webhook-concurrency", "GENFLEET_WEBHOOK_CONCURRENCY", 16, "webhook POSTs in flight at once"),
 	}
+}
+
+// webhookSecrets splits --webhook-secret.
+func (l *lifecycleFlags) webhookSecrets() []string {
+	var out []string
+	for _, s := range strings.Split(*l.webhookSecret, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// webhookPolicy parses --webhook-allow-net.
+func (l *lifecycleFlags) webhookPolicy() (webhook.Policy, error) {
+	allow, err := webhook.ParseAllow(*l.webhookAllow)
+	if err != nil {
+		return webhook.Policy{}, fmt.Errorf("--webhook-allow-net: %w", err)
+	}
+	return webhook.Policy{Allow: allow}, nil
+}
+
+// deliverer returns the webhook deliverer for srv, or nil without a secret.
+func (l *lifecycleFlags) deliverer(opt asynq.RedisConnOpt, srv *scheduler.Server, log *slog.Logger) (*webhook.Deliverer, func(), error) {
+	secrets := l.webhookSecrets()
+	if len(secrets) == 0 {
+		return nil, func() {}, nil
+	}
+	policy, err := l.webhookPolicy()
+	if err != nil {
+		return nil, nil, err
+	}
+	rdb, ok := opt.MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		return nil, nil, fmt.Errorf("webhooks: unsupported Redis connection option")
+	}
+	d, err := webhook.New(webhook.Config{Redis: rdb, Secrets: secrets, Job: srv.JobForWebhook, Policy: policy,
+		Timeout: *l.webhookTimeout, MaxAge: *l.webhookMaxAge, Concurrency: *l.webhookConc, Metrics: srv.Metrics(), Logger: log})
+	if err != nil {
+		rdb.Close()
+		return nil, nil, fmt.Errorf("--webhook-secret: %w", err)
+	}
+	return d, func() { rdb.Close() }, nil
 }
 
 // apply sets the scheduler's lifecycle settings from the flags; cl is the
@@ -62,6 +118,10 @@ func (l *lifecycleFlags) apply(ctx context.Context, c *common, cl *s3.Client, cf
 		return fmt.Errorf("--image-url: %w", err)
 	}
 	cfg.Images = urls
+	if cfg.WebhookPolicy, err = l.webhookPolicy(); err != nil {
+		return err
+	}
+	cfg.Webhooks = len(l.webhookSecrets()) > 0
 	return nil
 }
 

@@ -170,7 +170,8 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 		return err
 	}
 	defer srv.Close()
-	// Beside the API, stopped after it: the retention sweep.
+	// Beside the API, stopped after it: the retention sweep and the
+	// webhook deliverer.
 	sweep, err := rf.lifecycle.sweeper(c, cl, srv.Metrics(), log)
 	if err != nil {
 		return err
@@ -178,6 +179,15 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	if sweep != nil {
 		sweep.Start()
 		defer sweep.Shutdown()
+	}
+	hooks, closeHooks, err := rf.lifecycle.deliverer(redisOpt, srv, log)
+	if err != nil {
+		return err
+	}
+	defer closeHooks()
+	if hooks != nil {
+		hooks.Start()
+		defer hooks.Shutdown()
 	}
 	reapCtx, stopReaper := context.WithCancel(ctx)
 	reaperDone := make(chan struct{})
