@@ -12,14 +12,16 @@ import (
 )
 
 // A job's events: what happened to it, in order, in a bounded Redis stream
-// per job (genfleet:events:<id>, kept as long as the record). The
-// scheduler writes queued; the worker writes started (in the script that
-// dequeues the job), model, progress, requeued and, in the script that
-// writes the final record, completed. GET /v1/jobs/{id}/events serves the
-// stream as Server-Sent Events (docs/jobs.md, "Events").
+// per job (genfleet:events:<id>, kept as long as the record). The worker
+// writes started (in the script that dequeues the job), model, progress,
+// requeued and, in the script that writes the final record, completed.
+// GET /v1/jobs/{id}/events serves the stream as Server-Sent Events, with
+// queued events made live from the queue while the job waits (docs/jobs.md,
+// "Events").
 const (
-	// EventQueued: the job entered its queue. Data: status, queue,
-	// position (jobs ahead of it in that queue when it entered).
+	// EventQueued: the job waits in its queue. Data: status, queue,
+	// position (jobs ahead of it there). Not stored: the API makes it
+	// from the queue when asked, so it costs a submit nothing.
 	EventQueued = "queued"
 	// EventStarted: a worker took the job. Data: status, host, pid,
 	// backend.
@@ -81,29 +83,6 @@ func (s *Store) Publish(ctx context.Context, id, typ string, data []byte) error 
 		return fmt.Errorf("publish %s event of job %s: %w", typ, id, err)
 	}
 	return nil
-}
-
-// queuedScript publishes a queued event for job ARGV[1], just enqueued
-// into queue ARGV[2] whose pending list (asynq's) is KEYS[2]: its position
-// is the number of jobs ahead of it there (asynq pushes at the head and
-// takes from the tail). A job not found near the head (its enqueue failed,
-// or a worker took it already) gets no queued event.
-var queuedScript = redis.NewScript(publishFunc + `
-local idx = redis.call("LPOS", KEYS[2], ARGV[1], "MAXLEN", 1000)
-if not idx then return false end
-local pos = redis.call("LLEN", KEYS[2]) - 1 - idx
-return publish(KEYS[1], "queued", '{"status":"queued","queue":' .. cjson.encode(ARGV[2]) .. ',"position":' .. pos .. '}')`)
-
-// QueueQueued queues on pipe the queued event of job id, which the same
-// pipeline has just enqueued into queue: by hash (EVALSHA), or with the
-// script's text when eval is set (after the first got NOSCRIPT). The
-// event is advisory; the caller may ignore the reply.
-func (s *Store) QueueQueued(ctx context.Context, pipe redis.Pipeliner, id, queue string, eval bool) *redis.Cmd {
-	keys := []string{EventsKey(id), "asynq:{" + queue + "}:pending"}
-	if eval {
-		return queuedScript.Eval(ctx, pipe, keys, id, queue)
-	}
-	return queuedScript.EvalSha(ctx, pipe, keys, id, queue)
 }
 
 // ReadEvents returns up to count events of job id after the event with id

@@ -52,7 +52,8 @@ func newEventStreams(opt asynq.RedisConnOpt, n int) (*eventStreams, error) {
 // Last-Event-ID, a header or the "after" query parameter) to the completed
 // event, which carries the job as GET /v1/jobs/{id} shows it; then the
 // stream ends. While the job waits in its queue, a queued event without an
-// id says where it is whenever that changes; while nothing happens, a
+// id (queued events are not stored: they are read off the queue) says
+// where it is, at once and whenever that changes; while nothing happens, a
 // comment line every Config.EventKeepAlive keeps proxies from closing the
 // connection. A job that ended without a completed event in its stream (its
 // worker died and asynq gave up on it; or it ran before there were events)
@@ -100,11 +101,11 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 	var buf bytes.Buffer
 	buf.WriteString("retry: 1000\n\n") // reconnect after 1 s
 	status, queuedSent := rec.Status, ""
-	for {
+	for first := true; ; first = false {
 		block := s.cfg.EventKeepAlive
 		switch {
-		case ended:
-			block = -1 // read what is there, then end
+		case ended || first:
+			block = -1 // read what is there: then end, or say where the job waits
 		case status == job.StatusQueued:
 			block = time.Second // look up the position now and then
 		}

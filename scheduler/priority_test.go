@@ -33,7 +33,7 @@ type routedEnv struct {
 	digest string
 }
 
-func newRoutedEnv(t *testing.T, edit func(*Config)) *routedEnv {
+func newRoutedEnv(t testing.TB, edit func(*Config)) *routedEnv {
 	t.Helper()
 	rs := testenv.Redis(t)
 	addr := rs.Addr

@@ -8,7 +8,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
@@ -94,13 +93,15 @@ func (s *Server) submit(ctx context.Context, subs []*submission) {
 		}
 		tasks[i] = asynq.BatchTask{Task: task, Opts: opts}
 	}
-	// Each job's queued event rides behind its enqueue, in the same round
-	// trip; one whose script Redis lacked is sent again after.
-	queued := make([]*redis.Cmd, len(queue))
-	_, errs := s.client.EnqueueBatch(ctx, tasks, func(pipe redis.Pipeliner, i int) {
-		queued[i] = s.store.QueueQueued(ctx, pipe, queue[i].id, queue[i].route.Queue, false)
-	})
-	s.requeueEvents(ctx, queue, queued, errs)
+	var errs []error
+	if len(tasks) == 1 && tasks[0].Task != nil {
+		// One job: asynq's own Enqueue, a single script, is cheaper than
+		// a pipeline of one (go-redis's pipelines cost more per call).
+		_, err := s.client.EnqueueContext(ctx, tasks[0].Task, tasks[0].Opts...)
+		errs = []error{err}
+	} else {
+		_, errs = s.client.EnqueueBatch(ctx, tasks)
+	}
 	var release []*submission
 	for i, sub := range queue {
 		if sub.fail != nil {
@@ -188,6 +189,14 @@ func (s *Server) checkModel(ctx context.Context, sub *submission) {
 // as payment APIs do: a client that reuses a key for a new request has a
 // bug, and silently getting the first job back would hide it.
 func (s *Server) claimKeys(ctx context.Context, subs []*submission) {
+	if len(subs) == 1 && subs[0].idemKey != "" && subs[0].fail == nil {
+		// One key: one script, no pipeline (see submit).
+		sub := subs[0]
+		sub.idem = job.Idempotency{ID: sub.id, Digest: job.RequestDigest(&sub.req)}
+		bound, err := s.store.ClaimIdempotencyKey(ctx, sub.idemKey, sub.idem, s.cfg.IdempotencyTTL)
+		s.settleKey(sub, bound, err)
+		return
+	}
 	pipe := s.rdb.Pipeline()
 	results := make([]func() (job.Idempotency, error), len(subs))
 	for i, sub := range subs {
@@ -206,18 +215,25 @@ func (s *Server) claimKeys(ctx context.Context, subs []*submission) {
 			continue
 		}
 		bound, err := results[i]()
-		switch {
-		case err != nil:
-			sub.fail = &submitError{code: http.StatusServiceUnavailable, outcome: "unavailable", err: fmt.Errorf("queue unavailable: %w", err)}
-		case bound == sub.idem:
-		case !bound.Matches(sub.idem.Digest):
-			sub.fail = &submitError{code: http.StatusUnprocessableEntity, outcome: "idempotency_conflict", field: "Idempotency-Key",
-				err: fmt.Errorf("Idempotency-Key %q was used with a different request body (for job %s, request %s; this body is %s): "+
-					"send the first body again to get that job, or use a new key for a new job",
-					sub.idemKey, bound.ID, bound.Digest, sub.idem.Digest)}
-		default:
-			sub.dup, sub.id, sub.idem = true, bound.ID, job.Idempotency{}
-		}
+		s.settleKey(sub, bound, err)
+	}
+}
+
+// settleKey applies what claiming sub's Idempotency-Key found: the key is
+// sub's now, or names an earlier job with the same request (a
+// duplicate), or another request (a conflict), or Redis failed.
+func (s *Server) settleKey(sub *submission, bound job.Idempotency, err error) {
+	switch {
+	case err != nil:
+		sub.fail = &submitError{code: http.StatusServiceUnavailable, outcome: "unavailable", err: fmt.Errorf("queue unavailable: %w", err)}
+	case bound == sub.idem:
+	case !bound.Matches(sub.idem.Digest):
+		sub.fail = &submitError{code: http.StatusUnprocessableEntity, outcome: "idempotency_conflict", field: "Idempotency-Key",
+			err: fmt.Errorf("Idempotency-Key %q was used with a different request body (for job %s, request %s; this body is %s): "+
+				"send the first body again to get that job, or use a new key for a new job",
+				sub.idemKey, bound.ID, bound.Digest, sub.idem.Digest)}
+	default:
+		sub.dup, sub.id, sub.idem = true, bound.ID, job.Idempotency{}
 	}
 }
 
@@ -257,20 +273,5 @@ func (s *Server) routeAll(ctx context.Context, subs []*submission) {
 	}
 	if toHost {
 		s.invalidateView()
-	}
-}
-
-// requeueEvents sends again, with the script's text, the queued events
-// that got NOSCRIPT (Redis restarted, or its scripts were flushed), for the
-// jobs that were queued. Events are advisory: other failures are ignored.
-func (s *Server) requeueEvents(ctx context.Context, subs []*submission, cmds []*redis.Cmd, errs []error) {
-	pipe := s.rdb.Pipeline()
-	for i, c := range cmds {
-		if c != nil && errs[i] == nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			s.store.QueueQueued(ctx, pipe, subs[i].id, subs[i].route.Queue, true)
-		}
-	}
-	if pipe.Len() > 0 {
-		_, _ = pipe.Exec(ctx)
 	}
 }

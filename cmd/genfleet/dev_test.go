@@ -87,7 +87,7 @@ func TestDevRunsTheWholeFleet(t *testing.T) {
 		kinds = append(kinds, ev.Type)
 	}
 	resp.Body.Close()
-	if got := strings.Join(kinds, " "); !strings.HasPrefix(got, "queued started model progress") || !strings.HasSuffix(got, "completed") {
+	if got := strings.Join(kinds, " "); !strings.HasPrefix(got, "started model progress") || !strings.HasSuffix(got, "completed") {
 		t.Fatalf("events on the embedded Redis: %q", got)
 	}
 

@@ -30,7 +30,8 @@ func (fl *fleet) openEvents(id, last string) (*http.Response, *sse.Reader) {
 }
 
 // A job's events read by a real HTTP client as Server-Sent Events: queued
-// with its place in the queue, started, model, progress, and, after a
+// with its place in the queue (live, without an id), started, model,
+// progress, and, after a
 // reconnect with Last-Event-ID that repeats and loses nothing, completed
 // with the job's result, after which the stream ends; a reconnect with the
 // completed event's id gets 204. `genfleet submit --wait` follows the same
@@ -64,9 +65,17 @@ func TestJobEventsOverSSE(t *testing.T) {
 		Status, Queue string
 		Position      *int
 	}
-	if err := json.Unmarshal(ev.Data, &q); err != nil || ev.Type != job.EventQueued || !job.ValidEventID(ev.ID) ||
+	if err := json.Unmarshal(ev.Data, &q); err != nil || ev.Type != job.EventQueued || ev.ID != "" ||
 		q.Queue != "pool:cpu" || q.Position == nil || *q.Position != 2 {
-		t.Fatalf("first event %+v %s; want queued in pool:cpu with 2 ahead, with an id", ev, ev.Data)
+		t.Fatalf("first event %+v %s; want queued in pool:cpu with 2 ahead, without an id", ev, ev.Data)
+	}
+	// The first job is cancelled: the third now has one ahead of it.
+	if code, b := fl.do("DELETE", "/v1/jobs/"+ids[0], ""); code != http.StatusOK {
+		t.Fatalf("cancel: %d %s", code, b)
+	}
+	ev = next(r)
+	if err := json.Unmarshal(ev.Data, &q); err != nil || ev.Type != job.EventQueued || q.Position == nil || *q.Position != 1 {
+		t.Fatalf("after a job ahead left: %+v %s; want queued with 1 ahead", ev, ev.Data)
 	}
 	seen := []sse.Event{ev}
 
@@ -91,14 +100,17 @@ func TestJobEventsOverSSE(t *testing.T) {
 	resp.Body.Close()
 
 	types := map[string]int{}
+	// The stream's ids as the client saw them (an event carries the last
+	// id, so a live queued event repeats the one before it).
 	for i, e := range seen {
 		types[e.Type]++
-		if e.Type != job.EventQueued || e.ID != "" { // only live positions come without an id
-			if !job.ValidEventID(e.ID) {
-				t.Fatalf("event %d %+v has no id", i, e)
-			}
+		if e.Type == job.EventQueued {
+			continue
 		}
-		if i > 0 && e.ID != "" && seen[i-1].ID != "" && !(idLess(seen[i-1].ID, e.ID)) {
+		if !job.ValidEventID(e.ID) {
+			t.Fatalf("event %d %+v has no id", i, e)
+		}
+		if i > 0 && seen[i-1].Type != job.EventQueued && !idLess(seen[i-1].ID, e.ID) {
 			t.Fatalf("event %d id %s does not follow %s: repeated or out of order (%v)", i, e.ID, seen[i-1].ID, seen)
 		}
 	}
@@ -127,7 +139,7 @@ func TestJobEventsOverSSE(t *testing.T) {
 		all = append(all, e.Type)
 	}
 	resp.Body.Close()
-	if len(all) < 5 || all[0] != job.EventQueued || all[len(all)-1] != job.EventCompleted {
+	if len(all) < 4 || all[0] != job.EventStarted || all[len(all)-1] != job.EventCompleted {
 		t.Fatalf("history %v", all)
 	}
 
@@ -156,7 +168,7 @@ func TestJobEventsOverSSE(t *testing.T) {
 		kinds = append(kinds, l.Event)
 	}
 	t.Logf("submit --wait printed %v", kinds)
-	if len(kinds) < 4 || kinds[0] != job.EventQueued || kinds[len(kinds)-1] != job.EventCompleted || !contains(kinds, job.EventProgress) {
+	if len(kinds) < 4 || kinds[len(kinds)-1] != job.EventCompleted || !contains(kinds, job.EventProgress) || !contains(kinds, job.EventStarted) {
 		t.Fatalf("submit --wait events %v", kinds)
 	}
 	fl.stopWorkers()

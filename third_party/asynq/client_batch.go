@@ -15,7 +15,6 @@ import (
 
 	"github.com/hibiken/asynq/internal/base"
 	"github.com/hibiken/asynq/internal/errors"
-	"github.com/redis/go-redis/v9"
 )
 
 // BatchTask is one task of EnqueueBatch, with its options.
@@ -31,16 +30,11 @@ type BatchTask struct {
 // script. A task whose options would make it anything but pending at once
 // (ProcessAt or ProcessIn in the future, Unique, Group) gets an error and is
 // not enqueued; so does one whose id is taken (ErrTaskIDConflict).
-//
-// each, when not nil, is called right after the enqueue of tasks[i] is
-// queued on the pipeline, to queue the caller's own commands for that task
-// behind it, in the same round trip. Redis runs a pipeline's commands in
-// order but not atomically: other clients' commands may run in between.
-// Where the enqueue has to be sent again (NOSCRIPT), each is called again
-// for that task, so its commands must tolerate running twice.
+// Redis runs a pipeline's commands in order but not atomically: other
+// clients' commands may run in between.
 //
 // It returns one TaskInfo or one error per task, in the order of tasks.
-func (c *Client) EnqueueBatch(ctx context.Context, tasks []BatchTask, each func(pipe redis.Pipeliner, i int)) ([]*TaskInfo, []error) {
+func (c *Client) EnqueueBatch(ctx context.Context, tasks []BatchTask) ([]*TaskInfo, []error) {
 	infos := make([]*TaskInfo, len(tasks))
 	errs := make([]error, len(tasks))
 	msgs := make([]*base.TaskMessage, len(tasks))
@@ -48,7 +42,7 @@ func (c *Client) EnqueueBatch(ctx context.Context, tasks []BatchTask, each func(
 		msgs[i], errs[i] = batchMessage(bt)
 	}
 	now := time.Now()
-	berrs := c.broker.EnqueueBatch(ctx, msgs, each)
+	berrs := c.broker.EnqueueBatch(ctx, msgs)
 	for i, msg := range msgs {
 		if msg == nil {
 			continue

@@ -699,9 +699,8 @@ type Broker interface {
 	Enqueue(ctx context.Context, msg *TaskMessage) error
 	EnqueueUnique(ctx context.Context, msg *TaskMessage, ttl time.Duration) error
 	// EnqueueBatch is Enqueue for every message that is not nil, in one
-	// pipeline, each adding the caller's commands after message i's
-	// (genfleet patch); one error per message.
-	EnqueueBatch(ctx context.Context, msgs []*TaskMessage, each func(pipe redis.Pipeliner, i int)) []error
+	// pipeline (genfleet patch); one error per message.
+	EnqueueBatch(ctx context.Context, msgs []*TaskMessage) []error
 	Dequeue(qnames ...string) (*TaskMessage, time.Time, error)
 	Done(ctx context.Context, msg *TaskMessage) error
 	// DoneWith is Done with hook's commands in the same pipeline (genfleet

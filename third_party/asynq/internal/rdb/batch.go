@@ -19,12 +19,10 @@ import (
 // EnqueueBatch does what Enqueue does for each message of msgs that is not
 // nil, in one pipeline: the queues' SADD where not done yet, then
 // enqueueCmd per message (EVALSHA; where Redis lacks the script, those
-// messages are sent again in a second pipeline, with EVAL). each, if
-// not nil, is called after message i's command was queued, to add the
-// caller's commands for it, and again for a message sent again. It returns
-// one error per message: nil, an AlreadyExists error wrapping
+// messages are sent again in a second pipeline, with EVAL). It returns one
+// error per message: nil, an AlreadyExists error wrapping
 // ErrTaskIdConflict, or what went wrong.
-func (r *RDB) EnqueueBatch(ctx context.Context, msgs []*base.TaskMessage, each func(pipe redis.Pipeliner, i int)) []error {
+func (r *RDB) EnqueueBatch(ctx context.Context, msgs []*base.TaskMessage) []error {
 	var op errors.Op = "rdb.EnqueueBatch"
 	errs := make([]error, len(msgs))
 	keys := make([][]string, len(msgs))
@@ -66,9 +64,6 @@ func (r *RDB) EnqueueBatch(ctx context.Context, msgs []*base.TaskMessage, each f
 				cmds[i] = enqueueCmd.Eval(ctx, pipe, keys[i], argv[i]...)
 			} else {
 				cmds[i] = enqueueCmd.EvalSha(ctx, pipe, keys[i], argv[i]...)
-			}
-			if each != nil {
-				each(pipe, i)
 			}
 		}
 		_, err := pipe.Exec(ctx)

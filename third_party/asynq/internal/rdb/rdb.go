@@ -311,7 +311,8 @@ const dequeueMultiBody = `
 local n = #KEYS / 4
 for i = 1, n do
 	local k = (i - 1) * 4
-	if redis.call("EXISTS", KEYS[k + 2]) == 0 then
+	-- An empty queue (most of those tried) costs one LLEN.
+	if redis.call("LLEN", KEYS[k + 1]) > 0 and redis.call("EXISTS", KEYS[k + 2]) == 0 then
 		local id = redis.call("RPOPLPUSH", KEYS[k + 1], KEYS[k + 3])
 		if id then
 			local key = ARGV[i + 1] .. id
