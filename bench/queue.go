@@ -204,7 +204,7 @@ func Queue(ctx context.Context, o QueueOptions, progress io.Writer) (*QueueResul
 		asynqRates, fleetRates, ratios = append(asynqRates, ar), append(fleetRates, gr), append(ratios, gr/ar)
 		if o.BatchJobs > 0 {
 			fmt.Fprintf(progress, "round %d/%d: %d jobs into the queue, raw asynq's Enqueue loop vs POST /v1/jobs:batch of %d…\n", r+1, o.Rounds, o.BatchJobs, o.BatchSize)
-			er, br, err := batchRound(ctx, raw, fleet, insp, o.BatchJobs, o.BatchSize, o.Clients)
+			er, br, err := batchRound(ctx, raw, fleet, insp, o.BatchJobs, o.BatchSize, o.Clients, r%2 == 1)
 			if err != nil {
 				return nil, err
 			}

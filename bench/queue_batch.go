@@ -16,21 +16,39 @@ import (
 )
 
 // batchRound is one round of Queue's batch phase: it measures how fast n
-// jobs get into the queue, never how fast they run. First the anchor: raw
+// jobs get into the queue, never how fast they run. The anchor: raw
 // asynq's Client.Enqueue in a loop, clients goroutines sharing the n tasks;
-// then genfleet: the same n jobs through POST /v1/jobs:batch in batches of
+// genfleet: the same n jobs through POST /v1/jobs:batch in batches of
 // size, clients connections sharing the batches (validation, model check,
-// routing, job ids, one pipelined Redis round trip per batch). Each side's
+// routing, job ids, one pipelined Redis round trip per batch). The anchor
+// goes first, or second when genfleetFirst (rounds alternate, so that a
+// machine that slows down or speeds up in a round favours neither). Each side's
 // queue is paused while it is filled, so no worker competes for the two
 // cores during the timing, and resumed after: every task is then run by its
 // worker (raw asynq's no-op handler; the genfleet worker, which decodes,
 // claims and records each job) before batchRound returns, which is what
 // shows the batch's tasks are tasks as asynq stores them.
-func batchRound(ctx context.Context, raw *rawAsynq, fl *noopFleet, insp *asynq.Inspector, n, size, clients int) (asynqRate, batchRate float64, err error) {
-	const rawQueue, pool = "bench:raw", "pool:cpu"
-	// Raw asynq: Client.Enqueue, task by task.
-	if err := insp.PauseQueue(rawQueue); err != nil {
+func batchRound(ctx context.Context, raw *rawAsynq, fl *noopFleet, insp *asynq.Inspector, n, size, clients int, genfleetFirst bool) (asynqRate, batchRate float64, err error) {
+	if genfleetFirst {
+		if batchRate, err = batchPhase(ctx, fl, insp, n, size, clients); err != nil {
+			return 0, 0, err
+		}
+		asynqRate, err = enqueuePhase(ctx, raw, insp, n, clients)
+		return asynqRate, batchRate, err
+	}
+	if asynqRate, err = enqueuePhase(ctx, raw, insp, n, clients); err != nil {
 		return 0, 0, err
+	}
+	batchRate, err = batchPhase(ctx, fl, insp, n, size, clients)
+	return asynqRate, batchRate, err
+}
+
+// enqueuePhase is the anchor of batchRound: n tasks through raw asynq's
+// Client.Enqueue into its paused queue, then run.
+func enqueuePhase(ctx context.Context, raw *rawAsynq, insp *asynq.Inspector, n, clients int) (float64, error) {
+	const rawQueue = "bench:raw"
+	if err := insp.PauseQueue(rawQueue); err != nil {
+		return 0, err
 	}
 	base := raw.done.Load()
 	start := time.Now()
@@ -50,28 +68,35 @@ func batchRound(ctx context.Context, raw *rawAsynq, fl *noopFleet, insp *asynq.I
 		}()
 	}
 	wg.Wait()
-	asynqRate = float64(n) / time.Since(start).Seconds()
+	rate := float64(n) / time.Since(start).Seconds()
 	if err := insp.UnpauseQueue(rawQueue); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	if err, _ := firstErr.Load().(error); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	if err := waitCount(ctx, func() float64 { return float64(raw.done.Load()) }, float64(base)+float64(n), 10*time.Minute); err != nil {
-		return 0, 0, fmt.Errorf("raw asynq: %w", err)
+		return 0, fmt.Errorf("raw asynq: %w", err)
 	}
+	return rate, nil
+}
 
-	// genfleet: POST /v1/jobs:batch. The bodies are made before the clock
-	// starts, as the anchor's tasks are cheap to make.
+// batchPhase is genfleet's side of batchRound: n jobs through POST
+// /v1/jobs:batch into the paused pool queue, then run by the worker.
+func batchPhase(ctx context.Context, fl *noopFleet, insp *asynq.Inspector, n, size, clients int) (float64, error) {
+	const pool = "pool:cpu"
+	// The bodies are made before the clock starts, as the anchor's tasks
+	// are cheap to make.
 	var bodies [][]byte
 	for left := n; left > 0; left -= size {
 		bodies = append(bodies, batchBody(min(size, left)))
 	}
 	if err := insp.PauseQueue(pool); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	doneBase := fl.done()
-	start = time.Now()
+	start := time.Now()
+	var wg sync.WaitGroup
 	var nextBody atomic.Int64
 	errc := make(chan error, clients)
 	for range clients {
@@ -87,18 +112,18 @@ func batchRound(ctx context.Context, raw *rawAsynq, fl *noopFleet, insp *asynq.I
 		}()
 	}
 	wg.Wait()
-	batchRate = float64(n) / time.Since(start).Seconds()
+	rate := float64(n) / time.Since(start).Seconds()
 	close(errc)
 	if err := insp.UnpauseQueue(pool); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	if err := <-errc; err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	if err := waitCount(ctx, fl.done, doneBase+float64(n), 10*time.Minute); err != nil {
-		return 0, 0, fmt.Errorf("genfleet batch jobs: %w", err)
+		return 0, fmt.Errorf("genfleet batch jobs: %w", err)
 	}
-	return asynqRate, batchRate, nil
+	return rate, nil
 }
 
 // batchBody is a POST /v1/jobs:batch body of k no-op jobs.

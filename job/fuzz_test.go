@@ -221,3 +221,52 @@ func TestGuidanceZeroSurvivesEnqueue(t *testing.T) {
 		t.Fatalf("guidance 0 reaches the worker as %g", p.Request.Guidance)
 	}
 }
+
+// FuzzDecodeRequestFast: whatever the fast request decoder accepts, the
+// strict encoding/json decode accepts too and decodes to the same request;
+// and plain requests, their keys in any order, take the fast path.
+func FuzzDecodeRequestFast(f *testing.F) {
+	for _, s := range requestSeeds {
+		f.Add([]byte(s))
+	}
+	for _, s := range []string{
+		` { "steps" : 4 , "prompt":"a red fox","model":"demo", "seed":-7,"guidance":1e1,"width":64,"height":128,"priority":"high"} `,
+		`{"model":"demo","prompt":"x","width":64.0}`,
+		`{"model":"demo","prompt":"x","width":null}`,
+		`{"model":"demo","prompt":"x","Width":64}`,
+		`{"model":"demo","prompt":"x","width":99999999999999999999}`,
+		`{"model":"demo","prompt":"x","guidance":-0}`,
+		`{"model":"demo","prompt":"x\u0041"}`,
+		`{"model":"demo","prompt":"x",}`,
+		`{"model":"demo","prompt":"x"}x`,
+		`{}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fast := requestDefaults
+		if !decodeRequestFast(b, &fast) {
+			return
+		}
+		slow := requestDefaults
+		if err := decodeRequestJSON(b, &slow); err != nil {
+			t.Fatalf("%s: the fast decoder took it, encoding/json says %v", b, err)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("%s\nfast: %+v\nslow: %+v", b, fast, slow)
+		}
+	})
+}
+
+func TestPlainRequestsTakeTheFastPath(t *testing.T) {
+	for _, s := range []string{
+		`{"model":"demo","prompt":"a red fox","seed":7,"width":256,"height":256,"steps":4}`,
+		` {"prompt": "café ☕", "model": "s3://b/k", "guidance": 0, "priority": "low", "negative_prompt": "", "sampling_method": "euler_a", "scheduler": "karras", "output_format": "png"}` + "\n",
+		`{}`,
+	} {
+		r := requestDefaults
+		if !decodeRequestFast([]byte(s), &r) {
+			t.Errorf("%s: not decoded by the fast path", s)
+		}
+	}
+}

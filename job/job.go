@@ -100,12 +100,24 @@ func (r *Request) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*r = requestDefaults
+	if !decodeRequestFast(b, r) {
+		*r = requestDefaults
+		if err := decodeRequestJSON(b, r); err != nil {
+			return err
+		}
+	}
+	r.normalize()
+	return nil
+}
+
+// decodeRequestJSON is the strict encoding/json decode of a request into
+// r, which holds the defaults.
+func decodeRequestJSON(b []byte, r *Request) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode((*plainRequest)(r)); err != nil {
 		return requestJSONError(err)
 	}
-	r.normalize()
 	return nil
 }
 

@@ -93,7 +93,9 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) {
 		case len(bytes.TrimSpace(it.Request)) == 0 || bytes.Equal(bytes.TrimSpace(it.Request), []byte("null")):
 			sub.fail = &submitError{code: http.StatusBadRequest, outcome: "invalid", field: "request", err: errors.New("request: is required")}
 		default:
-			if err := json.Unmarshal(it.Request, &sub.req); err != nil {
+			// The envelope's decode checked that it is one JSON value:
+			// no second scan by json.Unmarshal.
+			if err := sub.req.UnmarshalJSON(it.Request); err != nil {
 				sub.fail = &submitError{code: http.StatusBadRequest, outcome: "invalid", err: requestError(err)}
 			} else if err := sub.req.Validate(); err != nil {
 				sub.fail = &submitError{code: http.StatusBadRequest, outcome: "invalid", err: err}

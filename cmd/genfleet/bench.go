@@ -235,7 +235,7 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	f.IntVar(&o.Concurrency, "concurrency", 4, "worker concurrency (both sides)")
 	f.IntVar(&o.Clients, "clients", 8, "concurrent submitters (both sides)")
 	f.IntVar(&o.IdleJobs, "idle-jobs", 50, "jobs submitted one at a time to an idle fleet for the start-latency figures (cycling through the priorities)")
-	f.IntVar(&o.BatchJobs, "batch-jobs", 10000, "jobs per round through POST /v1/jobs:batch against raw asynq's Client.Enqueue loop (enqueue only); 0 skips that phase")
+	f.IntVar(&o.BatchJobs, "batch-jobs", 30000, "jobs per round through POST /v1/jobs:batch against raw asynq's Client.Enqueue loop (enqueue only); 0 skips that phase")
 	f.IntVar(&o.BatchSize, "batch-size", 1000, "jobs per POST /v1/jobs:batch (at most 1000)")
 	f.StringVar(&o.Client, "client", bench.QueueClientLean, "how the submitters talk to the API: lean (one keep-alive HTTP/1.1 connection each, like wrk) or net/http (Go's http.Client)")
 	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the first round's genfleet phase (API, worker and submitters) to this file")
