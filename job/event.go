@@ -24,7 +24,10 @@ const (
 	// from the queue when asked, so it costs a submit nothing.
 	EventQueued = "queued"
 	// EventStarted: a worker took the job. Data: status, host, pid,
-	// backend.
+	// backend. It is written with the job's running record (100 ms into
+	// the run) or its first event, whichever comes first, or with the
+	// final record of a shorter job, before completed: never on the
+	// dequeue's round trip, which all of a worker's jobs wait on.
 	EventStarted = "started"
 	// EventModel: the worker has the job's model. Data: model, source
 	// ("disk", "waited" or "fetched", as the result's model_source),
@@ -74,13 +77,38 @@ return eid
 end
 `
 
-var publishScript = redis.NewScript(publishFunc + `return publish(KEYS[1], ARGV[1], ARGV[2])`)
+// startedFunc defines the Lua function started(rk, ek, data), which
+// publishes a started event with data to ek unless this attempt has (the
+// record rk's "started" field, cleared by the claim), and notes that it
+// did. Whichever of the attempt's writes comes first publishes it, so it
+// comes before every other event of the attempt.
+const startedFunc = `local function started(rk, ek, data)
+if data == "" or redis.call("HEXISTS", rk, "started") == 1 then return end
+publish(ek, "started", data)
+redis.call("HSET", rk, "started", "1")
+end
+`
+
+var publishScript = redis.NewScript(publishFunc + startedFunc + `
+started(KEYS[2], KEYS[1], ARGV[3])
+return publish(KEYS[1], ARGV[1], ARGV[2])`)
 
 // Publish appends an event of type typ with data (a JSON object) to job
-// id's stream.
-func (s *Store) Publish(ctx context.Context, id, typ string, data []byte) error {
-	if err := publishScript.Run(ctx, s.rdb, []string{EventsKey(id)}, typ, data).Err(); err != nil {
-		return fmt.Errorf("publish %s event of job %s: %w", typ, id, err)
+// run.ID's stream, after the started event of run's attempt (from
+// run.Worker) if that is not out yet. A worker calls it for a job it
+// holds the claim of.
+func (s *Store) Publish(ctx context.Context, run *Record, typ string, data []byte) error {
+	if err := publishScript.Run(ctx, s.rdb, []string{EventsKey(run.ID), recordKey(run.ID)}, typ, data, startedData(run)).Err(); err != nil {
+		return fmt.Errorf("publish %s event of job %s: %w", typ, run.ID, err)
+	}
+	return nil
+}
+
+// startedData is the data of run's started event, or "" for a record no
+// worker wrote.
+func startedData(run *Record) []byte {
+	if w := run.Worker; w != nil {
+		return StartedEvent(w.Host, w.PID, w.Backend)
 	}
 	return nil
 }

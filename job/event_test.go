@@ -29,7 +29,7 @@ func TestEventStream(t *testing.T) {
 	if err := s.SetProgress(ctx, "ev-1", 1, 4); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Publish(ctx, "ev-1", EventModel, []byte(`{"source":"disk"}`)); err != nil {
+	if err := s.Publish(ctx, rec, EventModel, []byte(`{"source":"disk"}`)); err != nil {
 		t.Fatal(err)
 	}
 	retry := *rec
@@ -106,6 +106,86 @@ func TestEventStream(t *testing.T) {
 	}
 	if n, _ := rdb.XLen(ctx, EventsKey("ev-long")).Result(); n > EventsMaxLen+200 || n < EventsMaxLen {
 		t.Fatalf("a stream of %d progress events holds %d; want about %d", 3*EventsMaxLen, n, EventsMaxLen)
+	}
+}
+
+// The started event of a job claimed at dequeue (which publishes nothing)
+// comes with whichever of the attempt's writes is first, once: the
+// running record, the first event, or, for a short job, the final record,
+// and only from the worker that holds the claim. A new attempt has its own.
+func TestStartedEventRidesOnTheFirstWrite(t *testing.T) {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.Redis(t).Addr})
+	defer rdb.Close()
+	s := NewStore(rdb)
+	claim := func(id, owner string) {
+		t.Helper()
+		// What ClaimHook does in the dequeue script.
+		script := redis.NewScript(claimFunc + `return claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2])`)
+		if r, err := script.Run(ctx, rdb, []string{recordKey(id), claimKey(id)}, owner, 60000).Text(); err != nil || r != "ok" {
+			t.Fatalf("claim %s: %q %v", id, r, err)
+		}
+	}
+	types := func(id string) string {
+		t.Helper()
+		evs, err := s.ReadEvents(ctx, id, "", -1, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range evs {
+			out = append(out, e.Type)
+		}
+		return strings.Join(out, " ")
+	}
+	w := &WorkerInfo{Host: "h1", PID: 3, Backend: "cpu"}
+	run := func(id string, st Status) *Record { return &Record{ID: id, Status: st, Worker: w} }
+
+	// Short: the final write publishes started, then completed.
+	claim("short", "o1")
+	if err := s.Finish(ctx, run("short", StatusSucceeded), "o1"); err != nil {
+		t.Fatal(err)
+	}
+	// Longer: the running record publishes it; the model event and the
+	// final write do not again.
+	claim("long", "o2")
+	if err := s.MarkRunning(ctx, run("long", StatusRunning)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Publish(ctx, run("long", StatusRunning), EventModel, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Finish(ctx, run("long", StatusSucceeded), "o2"); err != nil {
+		t.Fatal(err)
+	}
+	// A model event before the running record: started goes first.
+	claim("fast-model", "o3")
+	if err := s.Publish(ctx, run("fast-model", StatusRunning), EventModel, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.MarkRunning(ctx, run("fast-model", StatusRunning)); err != nil {
+		t.Fatal(err)
+	}
+	// Retried: each attempt has its started.
+	claim("retried", "o4")
+	if err := s.Finish(ctx, run("retried", StatusQueued), "o4"); err != nil {
+		t.Fatal(err)
+	}
+	claim("retried", "o5")
+	if err := s.Finish(ctx, run("retried", StatusSucceeded), "o5"); err != nil {
+		t.Fatal(err)
+	}
+	// Cancelled in its queue by the scheduler (no claim): no started.
+	if err := s.Finish(ctx, &Record{ID: "cancelled", Status: StatusCancelled}, ""); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{
+		"short": "started completed", "long": "started model completed", "fast-model": "started model",
+		"retried": "started requeued started completed", "cancelled": "completed",
+	} {
+		if got := types(id); got != want {
+			t.Errorf("%s: events %q, want %q", id, got, want)
+		}
 	}
 }
 

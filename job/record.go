@@ -206,7 +206,7 @@ local f = redis.call("HMGET", rk, "cancel", "final")
 if f[1] == "1" then return "cancelled" end
 if f[2] then return "done" end
 if not redis.call("SET", ck, owner, "NX", "PX", ttl) then return "claimed" end
-redis.call("HDEL", rk, "step", "steps")
+redis.call("HDEL", rk, "step", "steps", "started")
 return "ok"`
 
 // claimFunc defines claimLua as the Lua function claim, for the scripts
@@ -216,12 +216,12 @@ const claimFunc = "local function claim(rk, ck, owner, ttl)" + claimLua + "\nend
 // startScript: one round trip to decide whether a worker may run a job and,
 // if so, take the job's run claim, write its record and publish its started
 // event (ARGV[5], when not empty).
-var startScript = redis.NewScript(claimFunc + publishFunc + `
+var startScript = redis.NewScript(claimFunc + publishFunc + startedFunc + `
 local r = claim(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 if r ~= "ok" then return r end
 redis.call("HSET", KEYS[1], "run", ARGV[3])
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
-if ARGV[5] ~= "" then publish(KEYS[3], "started", ARGV[5]) end
+started(KEYS[1], KEYS[3], ARGV[5])
 return "ok"`)
 
 // Start decides in one round trip whether the caller (owner, unique per
@@ -233,36 +233,30 @@ func (s *Store) Start(ctx context.Context, run *Record, owner string, claimTTL t
 	if err != nil {
 		return "", err
 	}
-	var started []byte
-	if w := run.Worker; w != nil {
-		started = StartedEvent(w.Host, w.PID, w.Backend)
-	}
 	res, err := startScript.Run(ctx, s.rdb, []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID)},
-		owner, claimTTL.Milliseconds(), b, RecordTTL.Milliseconds(), started).Text()
+		owner, claimTTL.Milliseconds(), b, RecordTTL.Milliseconds(), startedData(run)).Text()
 	if err != nil {
 		return "", fmt.Errorf("start job %s: %w", run.ID, err)
 	}
 	return StartResult(res), nil
 }
 
-// ClaimHook is Start's decision, claim and started event (not its record
-// write) as the body of an asynq dequeue hook (asynq.DequeueHook), so that
-// a worker claims a job in the round trip that dequeues it. Its arguments
+// ClaimHook is Start's decision and claim (not its record write, nor the
+// started event, which follow with the running record or the final one)
+// as the body of an asynq dequeue hook (asynq.DequeueHook), so that a
+// worker claims a job in the round trip that dequeues it. Its arguments
 // are ClaimHookArgs; its result, ParseClaimHook's input, is the
 // StartResult followed, when ok, by a space and the owner that holds the
 // claim.
-var ClaimHook = claimFunc + publishFunc + `
+const ClaimHook = claimFunc + `
 local r = claim("` + recordPrefix + `" .. id, "` + claimPrefix + `" .. id, args[1], args[2])
-if r ~= "ok" then return r end
-if args[3] and args[3] ~= "" then publish("` + eventsPrefix + `" .. id, "started", args[3]) end
-return "ok " .. args[1]`
+if r == "ok" then return "ok " .. args[1] end
+return r`
 
 // ClaimHookArgs are ClaimHook's arguments for one dequeue: the owner the
-// claim would be taken for (unique per attempt), the claim's TTL and the
-// data of the started event to publish when the claim is taken
-// (StartedEvent; empty: none).
-func ClaimHookArgs(owner string, ttl time.Duration, started []byte) []string {
-	return []string{owner, strconv.FormatInt(ttl.Milliseconds(), 10), string(started)}
+// claim would be taken for (unique per attempt) and the claim's TTL.
+func ClaimHookArgs(owner string, ttl time.Duration) []string {
+	return []string{owner, strconv.FormatInt(ttl.Milliseconds(), 10)}
 }
 
 // ParseClaimHook splits ClaimHook's result into the decision and, when it
@@ -282,21 +276,24 @@ func ParseClaimHook(s string) (res StartResult, owner string, err error) {
 }
 
 // markRunningScript writes the record of a job that is running, unless it
-// has already ended.
-var markRunningScript = redis.NewScript(`
+// has already ended, and publishes its started event (ARGV[3]) unless that
+// is out already.
+var markRunningScript = redis.NewScript(publishFunc + startedFunc + `
 if redis.call("HEXISTS", KEYS[1], "final") == 1 then return 0 end
 redis.call("HSET", KEYS[1], "run", ARGV[1])
 redis.call("PEXPIRE", KEYS[1], ARGV[2])
+started(KEYS[1], KEYS[2], ARGV[3])
 return 1`)
 
 // MarkRunning writes run as the record of a job a worker claimed at
-// dequeue (ClaimHook), unless the job has ended meanwhile.
+// dequeue (ClaimHook), unless the job has ended meanwhile, and publishes
+// its started event (from run.Worker) if no write of this attempt has.
 func (s *Store) MarkRunning(ctx context.Context, run *Record) error {
 	b, err := encodeRecord(run)
 	if err != nil {
 		return err
 	}
-	if err := markRunningScript.Run(ctx, s.rdb, []string{recordKey(run.ID)}, b, RecordTTL.Milliseconds()).Err(); err != nil {
+	if err := markRunningScript.Run(ctx, s.rdb, []string{recordKey(run.ID), EventsKey(run.ID)}, b, RecordTTL.Milliseconds(), startedData(run)).Err(); err != nil {
 		return fmt.Errorf("write job record %s: %w", run.ID, err)
 	}
 	return nil
@@ -312,11 +309,14 @@ func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Dur
 // finishScript writes the record, marks a terminal status final, drops
 // the caller's claim and publishes the job's event (ARGV[5], ARGV[6]),
 // queueing its webhook delivery when ARGV[7] is "1" (due at ARGV[8] ms,
-// job ARGV[9]), in one round trip. A terminal status that is already final
-// publishes no second completed event: a retried completion repeats this
-// script.
-var finishScript = redis.NewScript(publishFunc + notifyFunc + `
+// job ARGV[9]), in one round trip. A caller that holds the claim (it ran
+// the job) publishes the started event (ARGV[10]) first, if no earlier
+// write of this attempt did (a job shorter than the running record's
+// delay). A terminal status that is already final publishes no second
+// completed event: a retried completion repeats this script.
+var finishScript = redis.NewScript(publishFunc + notifyFunc + startedFunc + `
 local prev = redis.call("HGET", KEYS[1], "final")
+if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then started(KEYS[1], KEYS[3], ARGV[10]) end
 if ARGV[2] ~= "" then
 	redis.call("HSET", KEYS[1], "run", ARGV[1], "final", ARGV[2])
 else
@@ -384,7 +384,7 @@ func finishArgs(run *Record, owner string) ([]string, []any, error) {
 		notify = "1"
 	}
 	return []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID)},
-		[]any{b, final, owner, RecordTTL.Milliseconds(), typ, data, notify, time.Now().UnixMilli(), run.ID}, nil
+		[]any{b, final, owner, RecordTTL.Milliseconds(), typ, data, notify, time.Now().UnixMilli(), run.ID, startedData(run)}, nil
 }
 
 var releaseClaimScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)

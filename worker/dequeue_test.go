@@ -350,7 +350,7 @@ func TestClaimTakenAtDequeue(t *testing.T) {
 		LogLevel: asynq.FatalLevel,
 		DequeueHook: &asynq.DequeueHook{
 			Script: job.ClaimHook,
-			Args:   func() []string { return job.ClaimHookArgs("me:"+strconv.FormatInt(n.Add(1), 10), time.Minute, nil) },
+			Args:   func() []string { return job.ClaimHookArgs("me:"+strconv.FormatInt(n.Add(1), 10), time.Minute) },
 		},
 	})
 	mux := asynq.NewServeMux()

@@ -9,10 +9,11 @@ import (
 )
 
 // The worker's part of a job's events (job.EventStarted and the others):
-// the started event rides on the dequeue (job.ClaimHook), progress on the
-// throttled progress write (job.Store.SetProgress), requeued and completed
-// on the record's final write (job.Store.Finish); the model event is
-// written here, once the job has its model.
+// the started event rides on the running record's write, the first event
+// or the final write, whichever comes first; progress on the throttled
+// progress write (job.Store.Progress), requeued and completed on the
+// record's final write (job.Store.Finish); the model event is written
+// here, once the job has its model.
 
 // modelEvent is the data of a model event.
 type modelEvent struct {
@@ -41,7 +42,7 @@ func (w *Worker) notifyStarted(ctx context.Context, rec *job.Record) {
 func (w *Worker) publishModel(ctx context.Context, rec *job.Record, r modelcache.Report) {
 	data, _ := json.Marshal(modelEvent{Model: rec.Model, Source: string(r.Origin), CacheHit: r.Hit,
 		FetchedBytes: r.FetchedBytes, WaitMS: ms(r.Wait), AcquireMS: rec.Timings["acquire"]})
-	if err := w.store.Publish(context.WithoutCancel(ctx), rec.ID, job.EventModel, data); err != nil {
+	if err := w.store.Publish(context.WithoutCancel(ctx), rec, job.EventModel, data); err != nil {
 		w.log.Warn("publish model event", "job", rec.ID, "err", err)
 	}
 }

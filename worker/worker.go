@@ -133,8 +133,6 @@ type Worker struct {
 	models  models
 	fleet   *job.Fleet
 	order   *queueOrder
-	// started is the data of the started event the dequeue publishes.
-	started []byte
 }
 
 var (
@@ -214,7 +212,6 @@ func New(cfg Config) (*Worker, error) {
 		pid:     os.Getpid(),
 	}
 	w.ownerPrefix = fmt.Sprintf("%s:%d:", cfg.HostID, w.pid)
-	w.started = job.StartedEvent(cfg.HostID, w.pid, cfg.Backend.Name())
 	w.order = newQueueOrder(job.HostQueue(cfg.HostID), job.PoolQueue(cfg.Backend.DeviceClass()), cfg.PriorityWeights)
 	w.baseCtx, w.baseCancel = context.WithCancelCause(context.Background())
 	return w, nil
@@ -253,7 +250,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		// takes its run claim, in the same round trip.
 		DequeueHook: &asynq.DequeueHook{
 			Script: job.ClaimHook,
-			Args:   func() []string { return job.ClaimHookArgs(w.newOwner(), claimTTL, w.started) },
+			Args:   func() []string { return job.ClaimHookArgs(w.newOwner(), claimTTL) },
 		},
 	})
 	if err := w.checkHostID(ctx); err != nil {
