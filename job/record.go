@@ -34,7 +34,7 @@ type Progress struct {
 	Steps int `json:"steps"`
 }
 
-// Output is where a finished job's image is.
+// Output is where one image of a finished job is.
 type Output struct {
 	Bucket      string `json:"bucket"`
 	Key         string `json:"key"`
@@ -57,6 +57,9 @@ type Output struct {
 	// of its model; ModelFetchedBytes what the job itself downloaded.
 	ModelWaitMS       float64 `json:"model_wait_ms"`
 	ModelFetchedBytes int64   `json:"model_fetched_bytes"`
+	// Seed is the seed this image was made with: the request's seed plus
+	// the image's index.
+	Seed int64 `json:"seed"`
 }
 
 // Route says where the scheduler sent a job and why.
@@ -88,21 +91,24 @@ type WorkerInfo struct {
 // another process fetching the same model), fetch, verify, map, generate,
 // encode, upload, total.
 type Record struct {
-	ID         string             `json:"id"`
-	Status     Status             `json:"status"`
-	Model      string             `json:"model"`
-	Queue      string             `json:"queue,omitempty"`
-	Route      *Route             `json:"route,omitempty"`
-	Error      string             `json:"error,omitempty"`
-	Request    *Request           `json:"request,omitempty"`
-	Progress   *Progress          `json:"progress,omitempty"`
-	Timings    map[string]float64 `json:"timings,omitempty"`
-	Result     *Output            `json:"result,omitempty"`
-	Worker     *WorkerInfo        `json:"worker,omitempty"`
-	Attempt    int                `json:"attempt,omitempty"`
-	CreatedAt  time.Time          `json:"created_at,omitzero"`
-	StartedAt  time.Time          `json:"started_at,omitzero"`
-	FinishedAt time.Time          `json:"finished_at,omitzero"`
+	ID       string             `json:"id"`
+	Status   Status             `json:"status"`
+	Model    string             `json:"model"`
+	Queue    string             `json:"queue,omitempty"`
+	Route    *Route             `json:"route,omitempty"`
+	Error    string             `json:"error,omitempty"`
+	Request  *Request           `json:"request,omitempty"`
+	Progress *Progress          `json:"progress,omitempty"`
+	Timings  map[string]float64 `json:"timings,omitempty"`
+	Result   *Output            `json:"result,omitempty"`
+	// Outputs are the job's images, n of them in seed order; Result is the
+	// first, kept for clients that know only one.
+	Outputs    []Output    `json:"outputs,omitempty"`
+	Worker     *WorkerInfo `json:"worker,omitempty"`
+	Attempt    int         `json:"attempt,omitempty"`
+	CreatedAt  time.Time   `json:"created_at,omitzero"`
+	StartedAt  time.Time   `json:"started_at,omitzero"`
+	FinishedAt time.Time   `json:"finished_at,omitzero"`
 }
 
 // RecordTTL is how long a job record stays in Redis after its last update.
