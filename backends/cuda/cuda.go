@@ -138,6 +138,9 @@ func (*Backend) DeviceClass() string { return "cuda" }
 // Engines returns the built-in engine: the backend runs refgen models.
 func (*Backend) Engines() []string { return []string{refgen.Engine} }
 
+// Features returns the built-in engine's: init images, masks and LoRAs.
+func (*Backend) Features() []string { return refgen.Features }
+
 // DeviceName returns the GPU's name as the driver reports it.
 func (b *Backend) DeviceName() string { return b.dev.name }
 
@@ -192,6 +195,9 @@ func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Par
 	}
 	g, err := model.NewGeneration(f.Digest, p)
 	if err != nil {
+		return nil, fmt.Errorf("cuda: %w", err)
+	}
+	if err := g.ApplyLoRAs(m.LoRAs); err != nil {
 		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	w := model.Weights()

@@ -209,6 +209,9 @@ func (b *Backend) DeviceClass() string { return b.cfg.DeviceClass }
 // Engines returns ["sdcpp"].
 func (*Backend) Engines() []string { return []string{Engine} }
 
+// Features returns none yet: the backend makes text-to-image pictures.
+func (*Backend) Features() []string { return nil }
+
 // Programs returns the command-line program and the server program in use
 // ("" for one that is not).
 func (b *Backend) Programs() (cli, server string) { return b.cli, b.server }
