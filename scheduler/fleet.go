@@ -73,7 +73,7 @@ func (s *Server) invalidateView() {
 
 // routeJob applies the routing policy; a fleet view that cannot be read
 // sends the job to the pool (never lose or delay a job over routing).
-func (s *Server) routeJob(ctx context.Context, class string, digests []string) job.Route {
+func (s *Server) routeJob(ctx context.Context, class string, digests, loras []string) job.Route {
 	var hosts []HostView
 	if s.cfg.Routing.Enabled && len(digests) > 0 {
 		var err error
@@ -81,7 +81,7 @@ func (s *Server) routeJob(ctx context.Context, class string, digests []string) j
 			s.log.Warn("fleet view unavailable; routing to the pool", "err", err)
 		}
 	}
-	r := Route(s.cfg.Routing, class, digests, hosts)
+	r := RouteWithLoRAs(s.cfg.Routing, class, digests, loras, hosts)
 	decision, reason := "pool", "no_warm_host"
 	switch {
 	case r.Host != "":

@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
@@ -29,6 +28,7 @@ import (
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/uploads"
 )
 
 // Config configures the API server. Fields without a stated default are
@@ -73,7 +73,13 @@ type Config struct {
 	// Bearer <token>); empty turns authentication off, which New logs as a
 	// warning. /healthz, /readyz and /metrics are always open (see auth.go).
 	APITokens []string
-	Logger    *slog.Logger
+	// Uploads is where POST /v1/uploads stores input images (init images,
+	// masks), e.g. s3://genfleet-outputs/uploads/; empty turns uploads off
+	// (s3:// refs still work). MaxUploadBytes limits one image. Default
+	// 16 MiB.
+	Uploads        s3x.URL
+	MaxUploadBytes int64
+	Logger         *slog.Logger
 }
 
 // Server is the API.
@@ -93,6 +99,7 @@ type Server struct {
 	fleet     *job.Fleet
 	view      fleetCache
 	manifests manifestCache
+	uploads   *uploads.Store
 }
 
 // New returns an API server. Close releases its connections.
@@ -138,6 +145,7 @@ func New(cfg Config) (*Server, error) {
 		inspector: asynq.NewInspectorFromRedisClient(rdb),
 		store:     job.NewStore(rdb),
 		fleet:     job.NewFleet(rdb),
+		uploads:   newUploads(cfg),
 		log:       cfg.Logger,
 		reg:       prometheus.NewRegistry(),
 		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -164,6 +172,8 @@ func New(cfg Config) (*Server, error) {
 	s.route(mux, "POST /v1/jobs", s.createJob)
 	s.route(mux, "GET /v1/jobs/{id}", s.getJob)
 	s.route(mux, "GET /v1/jobs/{id}/image", s.getImage)
+	s.route(mux, "GET /v1/jobs/{id}/images/{k}", s.getImageK)
+	s.route(mux, "POST /v1/uploads", s.createUpload)
 	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
 	s.route(mux, "GET /v1/models", s.listModels)
 	s.route(mux, "GET /v1/workers", s.listWorkers)
@@ -236,10 +246,14 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 
-	var digests []string
+	var (
+		digests []string
+		man     *modelcache.Manifest
+	)
 	class := s.cfg.Pool
 	if s.cfg.CheckModels {
-		man, err := s.resolve(ctx, req.Model)
+		var err error
+		man, err = s.resolve(ctx, req.Model)
 		if err == nil {
 			var field string
 			if class, field, err = s.poolFor(man, &req); err != nil {
@@ -275,8 +289,15 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 				// The worker checks again; an unreachable registry must not
 				// stop the queue from taking work.
 				s.log.Warn("model check failed; accepting job", "model", req.Model, "err", err)
+				man = nil
 			}
 		}
+	}
+	loraDigests, refused := s.admitGeneration(ctx, man, &req)
+	if refused != nil {
+		s.submitted.WithLabelValues(refused.outcome).Inc()
+		writeJSON(w, refused.code, apiError{Error: refused.err.Error(), Field: refused.field})
+		return
 	}
 
 	id := uuid.NewString()
@@ -287,7 +308,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	route := s.routeJob(ctx, class, digests)
+	route := s.routeJob(ctx, class, digests, loraDigests)
 	queue := route.Queue
 	// No record is written here: the route travels in the task's payload and
 	// the worker records it. Until a worker starts the job, lookup reads it
@@ -455,32 +476,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	rec := s.lookupFor(w, r, id)
-	switch {
-	case rec == nil:
-		return
-	case rec.Status != job.StatusSucceeded || rec.Result == nil:
-		writeError(w, http.StatusNotFound, fmt.Errorf("job %q has no image yet (status %s)", id, rec.Status))
-		return
-	}
-	out, err := s.cfg.S3.GetObject(r.Context(), &s3.GetObjectInput{Bucket: aws.String(rec.Result.Bucket), Key: aws.String(rec.Result.Key)})
-	if err != nil {
-		if s3x.IsNotFound(err) {
-			writeError(w, http.StatusNotFound, fmt.Errorf("image of job %q is gone from %s", id, rec.Result.URL))
-			return
-		}
-		writeError(w, http.StatusBadGateway, fmt.Errorf("read image from %s: %w", rec.Result.URL, err))
-		return
-	}
-	defer out.Body.Close()
-	w.Header().Set("Content-Type", "image/png")
-	if out.ContentLength != nil {
-		w.Header().Set("Content-Length", strconv.FormatInt(*out.ContentLength, 10))
-	}
-	if _, err := io.Copy(w, out.Body); err != nil {
-		s.log.Warn("image copy interrupted", "job", id, "err", err)
-	}
+	s.serveImage(w, r, r.PathValue("id"), 0)
 }
 
 func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {

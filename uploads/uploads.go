@@ -74,8 +74,12 @@ type Info struct {
 	Bytes  int    `json:"bytes"`
 }
 
-// ErrTooLarge is wrapped by the error for an image file over MaxBytes.
-var ErrTooLarge = errors.New("image file too large")
+var (
+	// ErrTooLarge is wrapped by the error for an image file over MaxBytes.
+	ErrTooLarge = errors.New("image file too large")
+	// ErrNoStore means the store has no Root bucket: uploads are off.
+	ErrNoStore = errors.New("no uploads location configured (--uploads)")
+)
 
 func (s *Store) maxBytes() int64 {
 	if s.MaxBytes > 0 {
@@ -153,6 +157,9 @@ func (s *Store) ReadLimited(field string, r io.Reader) ([]byte, error) {
 // unless an object is there already (same key, same bytes). It returns
 // what the upload answers.
 func (s *Store) Put(ctx context.Context, data []byte) (Info, *Image, error) {
+	if s.Root.Bucket == "" {
+		return Info{}, nil, ErrNoStore
+	}
 	if int64(len(data)) > s.maxBytes() {
 		return Info{}, nil, fmt.Errorf("%w: %w", ErrTooLarge, &job.FieldError{Field: "image", Message: fmt.Sprintf("is larger than %d bytes", s.maxBytes())})
 	}
@@ -185,6 +192,9 @@ func (s *Store) Load(ctx context.Context, field, ref string) (*Image, error) {
 	}
 	u := s3x.URL{Bucket: s.Root.Bucket}
 	want, isUpload := job.UploadDigest(ref)
+	if isUpload && s.Root.Bucket == "" {
+		return nil, &job.FieldError{Field: field, Message: "this fleet has no uploads location configured (--uploads), so upload refs cannot be read; use an s3:// ref"}
+	}
 	if isUpload {
 		u.Key = s.key(want)
 	} else {

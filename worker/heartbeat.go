@@ -17,7 +17,7 @@ type models struct {
 	m  map[string]*job.ModelState // by ref
 }
 
-func (ms *models) used(ref string, digests []string, timings map[string]float64, mapped bool) {
+func (ms *models) used(ref, kind string, digests []string, timings map[string]float64, mapped bool) {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	if ms.m == nil {
@@ -27,6 +27,10 @@ func (ms *models) used(ref string, digests []string, timings map[string]float64,
 	if st == nil {
 		st = &job.ModelState{Ref: ref}
 		ms.m[ref] = st
+	}
+	st.Kind = ""
+	if kind != modelcache.KindModel {
+		st.Kind = kind
 	}
 	st.Digests = digests
 	st.Mapped = mapped

@@ -35,6 +35,7 @@ import (
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/uploads"
 )
 
 // Config configures a Worker. Fields without a stated default are required.
@@ -46,6 +47,12 @@ type Config struct {
 	// Outputs is the bucket and key prefix for images,
 	// e.g. s3://genfleet-outputs/outputs/.
 	Outputs s3x.URL
+	// Uploads is where the scheduler stores uploaded input images (init
+	// images, masks), e.g. s3://genfleet-outputs/uploads/; empty: jobs can
+	// name input images by s3:// ref only. MaxUploadBytes limits one
+	// image. Default 16 MiB.
+	Uploads        s3x.URL
+	MaxUploadBytes int64
 	// Registry resolves model refs; Cache holds the blobs.
 	Registry *modelcache.Registry
 	Cache    *modelcache.Cache
@@ -120,6 +127,7 @@ type Worker struct {
 	beatNow chan struct{}
 	models  models
 	fleet   *job.Fleet
+	uploads *uploads.Store
 }
 
 var (
@@ -188,6 +196,7 @@ func New(cfg Config) (*Worker, error) {
 		log:     cfg.Logger.With("host", cfg.HostID, "pid", os.Getpid(), "backend", cfg.Backend.Name()),
 		metrics: newMetrics(cfg.Metrics),
 		pid:     os.Getpid(),
+		uploads: &uploads.Store{S3: cfg.S3, Root: cfg.Uploads, MaxBytes: cfg.MaxUploadBytes},
 	}
 	w.ownerPrefix = fmt.Sprintf("%s:%d:", cfg.HostID, w.pid)
 	w.baseCtx, w.baseCancel = context.WithCancelCause(context.Background())

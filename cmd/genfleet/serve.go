@@ -155,10 +155,15 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	if err != nil {
 		return err
 	}
+	up, maxUpload, err := c.uploadsURL()
+	if err != nil {
+		return err
+	}
 	srv, err := scheduler.New(scheduler.Config{
 		Redis: redisOpt, S3: cl, Registry: reg, Pool: pool, EnginePools: enginePools, CheckModels: true, Logger: log,
 		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
 		HostTimeout: *rf.hostTimeout, APITokens: rf.apiTokens(),
+		Uploads: up, MaxUploadBytes: maxUpload,
 	})
 	if err != nil {
 		return err
@@ -222,6 +227,10 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	up, maxUpload, err := c.uploadsURL()
+	if err != nil {
+		return err
+	}
 	reg, cl, err := c.openRegistry(ctx)
 	if err != nil {
 		return err
@@ -262,6 +271,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := worker.New(worker.Config{
 		Redis: redisOpt, S3: cl, Outputs: outputs, Registry: reg, Cache: cache, Backend: be,
+		Uploads: up, MaxUploadBytes: maxUpload,
 		HostID: *hostID, Concurrency: *concurrency, ShutdownTimeout: *shutdown,
 		RetryBase: *retryBase, RetryMax: *retryMax,
 		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,
