@@ -71,19 +71,23 @@ var valueFlags = map[string]bool{
 var short = map[string]string{}
 
 // modelFlags are the flags that pass model files, with the prefix the
-// engine gives the tensors of each (a full checkpoint's names are used as
-// they are).
+// engine gives the tensor names of each (its init_model_loader; a full
+// checkpoint's names are used as they are).
 var modelFlags = []struct{ flag, prefix string }{
-	{"--model", ""}, {"--diffusion-model", "model.diffusion_model."}, {"--high-noise-diffusion-model", ""},
-	{"--vae", "first_stage_model."}, {"--taesd", "tae."},
-	{"--clip_l", "cond_stage_model."}, {"--clip_g", "cond_stage_model."}, {"--t5xxl", "cond_stage_model."},
-	{"--llm", "cond_stage_model."}, {"--llm_vision", ""}, {"--clip_vision", ""}, {"--control-net", ""}, {"--upscale-model", ""},
+	{"--model", ""}, {"--diffusion-model", "model.diffusion_model."},
+	{"--high-noise-diffusion-model", "model.high_noise_diffusion_model."},
+	{"--vae", "vae."}, {"--taesd", "tae."},
+	{"--clip_l", "clip_l."}, {"--clip_g", "clip_g."}, {"--t5xxl", "text_encoders.t5xxl.transformer."},
+	{"--llm", "text_encoders.llm."}, {"--llm_vision", "text_encoders.llm.visual."}, {"--clip_vision", "clip_vision."},
+	{"--control-net", "control_net."}, {"--upscale-model", "upscale."},
 }
 
 // components are the parts a model needs, by the tensor name prefixes
-// that provide each.
+// that provide each. (The real engine knows which each model family
+// needs; the stand-in asks every model for a text encoder, a diffusion
+// model and a VAE.)
 var components = [][]string{
-	{"cond_stage_model.", "conditioner.", "text_encoders."},
+	{"cond_stage_model.", "conditioner.", "text_encoders.", "clip_l.", "clip_g."},
 	{"model.diffusion_model."},
 	{"first_stage_model.", "vae.", "tae."},
 }
