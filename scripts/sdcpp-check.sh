@@ -232,5 +232,6 @@ kill "$epid" 2>/dev/null
 version=$("$cli" --version 2>/dev/null | head -1)
 jq -nc --argjson ok "$ok" --arg version "$version" --arg tables "$(sed -n 's/^const EngineCommit = "\(.*\)"/\1/p' "$root/backends/sdcpp/spec/tables_gen.go")" \
 	--argjson checks "$checks" --argjson engine "$engine" --argjson seconds $(($(date +%s) - start)) \
-	'{ok: $ok, engine_version: $version, tables_from_commit: $tables, seconds: $seconds, checks: $checks, engine: $engine}'
+	'{ok: $ok, engine_version: $version, tables_from_commit: $tables, seconds: $seconds, checks: $checks, engine: $engine}' |
+	sed "s|$work|\$WORK|g" # the temporary directory, as a name
 [ "$ok" = true ]

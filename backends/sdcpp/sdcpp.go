@@ -310,14 +310,15 @@ func engineExit(what string, proc *process, out *engineOutput, m outputMark) err
 }
 
 // reportLoad reports the weights' load time the engine logged since m,
-// if it loaded any: a metric, and the job's engine_load timing.
-func (b *Backend) reportLoad(ctx context.Context, mode string, out *engineOutput, m outputMark) {
+// if it loaded any: a metric, and the job's engine_load timing. It
+// returns the time and whether the engine loaded weights.
+func (b *Backend) reportLoad(ctx context.Context, mode string, out *engineOutput, m outputMark) (time.Duration, bool) {
 	d, ok := out.loadedSince(m)
-	if !ok {
-		return
+	if ok {
+		b.met.weightsLoad.WithLabelValues(mode).Observe(d.Seconds())
+		backends.ReportPhase(ctx, "engine_load", d)
 	}
-	b.met.weightsLoad.WithLabelValues(mode).Observe(d.Seconds())
-	backends.ReportPhase(ctx, "engine_load", d)
+	return d, ok
 }
 
 // maxOutputBytes bounds an output image read back from the engine.

@@ -94,7 +94,7 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 	defer s.out.setJob(0, nil)
 
 	mark := s.out.mark()
-	errsBefore := mark.errs
+	errsBefore := mark.errs // a server's output spans jobs: only this job's errors
 	body, _ := json.Marshal(txt2imgRequest(p))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.base+"/sdapi/v1/txt2img", bytes.NewReader(body))
 	if err != nil {
@@ -138,10 +138,9 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 		return nil, err
 	}
 	s.out.drain(mark, 250*time.Millisecond)
-	if d, ok := s.out.loadedSince(mark); ok {
+	if d, ok := sp.b.reportLoad(ctx, "server", s.out, mark); ok {
 		sp.b.log.Info("engine server loaded the model's weights", "model", s.model, "load_ms", d.Milliseconds())
 	}
-	sp.b.reportLoad(ctx, "server", s.out, mark)
 	var res struct {
 		Images []string `json:"images"`
 	}
