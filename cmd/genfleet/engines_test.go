@@ -125,6 +125,11 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 	if !sawProgress {
 		t.Error("the job's status never showed the engine's step progress")
 	}
+	// The server's first generation loaded the weights (the stand-in logs
+	// 0.01 s mapping and 0.20 s loading).
+	if got := rec.Timings["engine_load"]; got != 210 {
+		t.Errorf("engine_load %v ms, want 210 (timings %v)", got, rec.Timings)
+	}
 	if rec.Queue != "pool:sdcpp" || rec.Worker == nil || rec.Worker.Backend != "sdcpp" || rec.Worker.Host != "sdhost" {
 		t.Errorf("ran on queue %q by %+v", rec.Queue, rec.Worker)
 	}
