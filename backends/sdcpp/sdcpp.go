@@ -137,7 +137,6 @@ func New(cfg Config) (*Backend, error) {
 			return nil, fmt.Errorf("sdcpp: extra argument %s is set by genfleet itself", a)
 		}
 	}
-
 	b := &Backend{cfg: cfg, log: cfg.Logger.With("backend", "sdcpp")}
 	b.met = newMetrics(b)
 	var why []string
