@@ -632,5 +632,8 @@ func (s *Server) poolFor(man *modelcache.Manifest, req *job.Request) (string, st
 	if !ok {
 		return "", "model", fmt.Errorf("model: %q needs engine %q, which no pool of this scheduler serves (configure it with --engine-pool %s=CLASS)", req.Model, eng, eng)
 	}
+	if field, err := checkEngine(eng, req); err != nil {
+		return "", field, err
+	}
 	return class, "", nil
 }

@@ -532,7 +532,13 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 			_ = w.store.SetProgress(context.WithoutCancel(ctx), rec.ID, step, total)
 		}
 	}
-	img, err := w.cfg.Backend.Generate(ctx, backends.Model{Name: req.Model, Files: files, Hold: m.Hold}, backends.Params{
+	// Phases the backend measures itself (an engine's weight load) are
+	// part of generate.
+	gctx := backends.WithPhases(ctx, func(name string, d time.Duration) {
+		rec.Timings[name] = ms(d)
+		w.metrics.phase.WithLabelValues(name).Observe(d.Seconds())
+	})
+	img, err := w.cfg.Backend.Generate(gctx, backends.Model{Name: req.Model, Files: files, Hold: m.Hold}, backends.Params{
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
 		Width: req.Width, Height: req.Height, Steps: req.Steps,
 		Seed: req.Seed, Guidance: req.Guidance,
