@@ -37,6 +37,7 @@ import (
 
 	"github.com/genfleet/genfleet/backends"
 	"github.com/genfleet/genfleet/backends/sdcpp/spec"
+	"github.com/genfleet/genfleet/internal/defaults"
 )
 
 // Engine is the engine name manifests of stable-diffusion.cpp models carry.
@@ -103,35 +104,19 @@ func init() {
 // returns an error wrapping backends.ErrUnavailable when neither program
 // is usable, saying why.
 func New(cfg Config) (*Backend, error) {
-	if cfg.Mode == "" {
-		cfg.Mode = ModeAuto
-	}
+	defaults.Zero(&cfg.Mode, ModeAuto)
 	switch cfg.Mode {
 	case ModeAuto, ModeServer, ModeProcess:
 	default:
 		return nil, fmt.Errorf("sdcpp: mode %q: want %s, %s or %s", cfg.Mode, ModeAuto, ModeServer, ModeProcess)
 	}
-	if cfg.DeviceClass == "" {
-		cfg.DeviceClass = "sdcpp"
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 30 * time.Minute
-	}
-	if cfg.KeepAlive <= 0 {
-		cfg.KeepAlive = 5 * time.Minute
-	}
-	if cfg.MaxServers <= 0 {
-		cfg.MaxServers = 1
-	}
-	if cfg.StartTimeout <= 0 {
-		cfg.StartTimeout = 10 * time.Minute
-	}
-	if cfg.TmpDir == "" {
-		cfg.TmpDir = os.TempDir()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	defaults.Zero(&cfg.DeviceClass, "sdcpp")
+	defaults.Positive(&cfg.Timeout, 30*time.Minute)
+	defaults.Positive(&cfg.KeepAlive, 5*time.Minute)
+	defaults.Positive(&cfg.MaxServers, 1)
+	defaults.Positive(&cfg.StartTimeout, 10*time.Minute)
+	defaults.Zero(&cfg.TmpDir, os.TempDir())
+	defaults.Zero(&cfg.Logger, slog.Default())
 	for _, a := range cfg.Args {
 		if a == spec.FlagOutput || a == "-o" || a == spec.FlagListenPort || a == spec.FlagListenIP || a == "-l" {
 			return nil, fmt.Errorf("sdcpp: extra argument %s is set by genfleet itself", a)
