@@ -89,7 +89,8 @@ type WorkerInfo struct {
 //
 // Timings are in milliseconds by phase: queue_wait, resolve, wait (for
 // another process fetching the same model), fetch, verify, map, generate,
-// encode, upload, total.
+// engine_load (part of generate, reported by the backend), encode, upload,
+// total.
 type Record struct {
 	ID       string             `json:"id"`
 	Status   Status             `json:"status"`

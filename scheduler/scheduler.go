@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
@@ -107,33 +108,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Redis == nil || cfg.S3 == nil || cfg.Registry == nil {
 		return nil, errors.New("scheduler: Redis, S3 and Registry are required")
 	}
-	if cfg.Pool == "" {
-		cfg.Pool = job.DefaultPool
-	}
+	defaults.Zero(&cfg.Pool, job.DefaultPool)
 	if cfg.EnginePools == nil {
 		cfg.EnginePools = map[string]string{"sdcpp": "sdcpp"}
 	}
-	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = 64 << 10
-	}
-	if cfg.IdempotencyTTL <= 0 {
-		cfg.IdempotencyTTL = 24 * time.Hour
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.FleetTTL <= 0 {
-		cfg.FleetTTL = 250 * time.Millisecond
-	}
-	if cfg.HostTimeout <= 0 {
-		cfg.HostTimeout = 10 * time.Second
-	}
-	if cfg.ReapInterval <= 0 {
-		cfg.ReapInterval = 2 * time.Second
-	}
-	if cfg.ManifestTTL <= 0 {
-		cfg.ManifestTTL = 5 * time.Second
-	}
+	defaults.Positive(&cfg.MaxBodyBytes, 64<<10)
+	defaults.Positive(&cfg.IdempotencyTTL, 24*time.Hour)
+	defaults.Zero(&cfg.Logger, slog.Default())
+	defaults.Positive(&cfg.FleetTTL, 250*time.Millisecond)
+	defaults.Positive(&cfg.HostTimeout, 10*time.Second)
+	defaults.Positive(&cfg.ReapInterval, 2*time.Second)
+	defaults.Positive(&cfg.ManifestTTL, 5*time.Second)
 	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
 		return nil, errors.New("scheduler: unsupported Redis connection option")
@@ -627,6 +612,9 @@ func (s *Server) poolFor(man *modelcache.Manifest, req *job.Request) (string, st
 	class, ok := s.cfg.EnginePools[eng]
 	if !ok {
 		return "", "model", fmt.Errorf("model: %q needs engine %q, which no pool of this scheduler serves (configure it with --engine-pool %s=CLASS)", req.Model, eng, eng)
+	}
+	if field, err := checkEngine(eng, req); err != nil {
+		return "", field, err
 	}
 	return class, "", nil
 }

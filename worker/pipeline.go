@@ -121,7 +121,13 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 			_ = w.store.SetProgress(context.WithoutCancel(ctx), rec.ID, step, total)
 		}
 	}
-	imgs, err := backends.GenerateAll(ctx, w.cfg.Backend, bm, params, progress)
+	// Phases the backend measures itself (an engine's weight load) are
+	// part of generate.
+	gctx := backends.WithPhases(ctx, func(name string, d time.Duration) {
+		rec.Timings[name] = ms(d)
+		w.metrics.phase.WithLabelValues(name).Observe(d.Seconds())
+	})
+	imgs, err := backends.GenerateAll(gctx, w.cfg.Backend, bm, params, progress)
 	if err != nil {
 		return nil, fmt.Errorf("generate: %w", err)
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
@@ -153,36 +154,16 @@ func New(cfg Config) (*Worker, error) {
 		}
 		cfg.HostID = h
 	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 1
-	}
-	if cfg.ShutdownTimeout <= 0 {
-		cfg.ShutdownTimeout = 30 * time.Second
-	}
-	if cfg.CancelPoll <= 0 {
-		cfg.CancelPoll = 250 * time.Millisecond
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.HeartbeatInterval <= 0 {
-		cfg.HeartbeatInterval = 2 * time.Second
-	}
-	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 20 * time.Millisecond
-	}
-	if cfg.RecoverInterval <= 0 {
-		cfg.RecoverInterval = 5 * time.Second
-	}
-	if cfg.LeaseGrace <= 0 {
-		cfg.LeaseGrace = 5 * time.Second
-	}
-	if cfg.RetryBase <= 0 {
-		cfg.RetryBase = 2 * time.Second
-	}
-	if cfg.RetryMax <= 0 {
-		cfg.RetryMax = 5 * time.Minute
-	}
+	defaults.Positive(&cfg.Concurrency, 1)
+	defaults.Positive(&cfg.ShutdownTimeout, 30*time.Second)
+	defaults.Positive(&cfg.CancelPoll, 250*time.Millisecond)
+	defaults.Zero(&cfg.Logger, slog.Default())
+	defaults.Positive(&cfg.HeartbeatInterval, 2*time.Second)
+	defaults.Positive(&cfg.PollInterval, 20*time.Millisecond)
+	defaults.Positive(&cfg.RecoverInterval, 5*time.Second)
+	defaults.Positive(&cfg.LeaseGrace, 5*time.Second)
+	defaults.Positive(&cfg.RetryBase, 2*time.Second)
+	defaults.Positive(&cfg.RetryMax, 5*time.Minute)
 	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
 		return nil, errors.New("worker: unsupported Redis connection option")

@@ -38,6 +38,66 @@ type engineOutput struct {
 	errTail  []string // last tailLines lines of stderr
 	partial  [2][]byte
 	errCount int // error-level lines seen
+	// What the engine said about the model's files (enginelines.go), counted
+	// over the whole output; a server's spans many jobs, so callers
+	// compare against a mark.
+	refusals     int
+	firstRefusal string // of the refusal lines since the last mark…
+	lastRefusal  string // …and the last
+	missing      int    // "file … not found" lines
+	missingLine  string // the last of them
+	// loaded is the weights' load time the engine reported since the last
+	// mark (loadRE), and loads how many such lines.
+	loaded time.Duration
+	loads  int
+	done   int // "generate_image completed" lines (doneRE)
+}
+
+// outputMark is where the engine's output stood at a point: the start of
+// a run, or of a request to a server.
+type outputMark struct{ errs, refusals, missing, loads, done int }
+
+// mark returns where the output stands now, and starts a new span for
+// firstRefusal and loaded.
+func (o *engineOutput) mark() outputMark {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.firstRefusal, o.lastRefusal, o.loaded = "", "", 0
+	return outputMark{o.errCount, o.refusals, o.missing, o.loads, o.done}
+}
+
+// refusedSince returns what the engine said when it refused the model's
+// files after m (its last refusal line, and its first when they differ),
+// and whether it did. A file the engine did not find is no refusal: the
+// cache holds the files while the engine runs, so that is a fault of the
+// host worth a retry, not of the model.
+func (o *engineOutput) refusedSince(m outputMark) (string, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.refusals == m.refusals || o.missing > m.missing {
+		return "", false
+	}
+	why := o.lastRefusal
+	if o.firstRefusal != o.lastRefusal {
+		why += " (first: " + o.firstRefusal + ")"
+	}
+	return why, true
+}
+
+// missingSince returns the engine's line for a model file it did not
+// find after m, if any.
+func (o *engineOutput) missingSince(m outputMark) (string, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.missingLine, o.missing > m.missing
+}
+
+// loadedSince returns the weights' load time the engine reported after m,
+// and whether it reported any (it loads a model's weights on first use).
+func (o *engineOutput) loadedSince(m outputMark) (time.Duration, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.loaded, o.loads > m.loads
 }
 
 // setJob routes progress bars with total steps to fn, until the next call.
@@ -47,11 +107,12 @@ func (o *engineOutput) setJob(steps int, fn func(step, total int)) {
 	o.mu.Unlock()
 }
 
-// drain waits up to d for the current job's last step to be read: an
-// engine server answers right after drawing its last bar, and the answer can
-// overtake the bar on its way through the output pipe.
-func (o *engineOutput) drain(d time.Duration) {
-	o.waitUntil(d, func() bool { return o.steps == 0 || o.lastStep >= o.steps })
+// drain waits up to d for the current job's last step and the engine's
+// end-of-generation line (after m) to be read: an engine server answers
+// right after logging them, and the answer can overtake them on their way
+// through the output pipe.
+func (o *engineOutput) drain(m outputMark, d time.Duration) {
+	o.waitUntil(d, func() bool { return (o.steps == 0 || o.lastStep >= o.steps) && o.done > m.done })
 }
 
 // waitUntil polls cond, with o.mu held, until it holds or max has passed.
@@ -137,6 +198,26 @@ func (o *engineOutput) line(i int, s string) {
 	o.tail = appendTail(o.tail, s)
 	if isErrorLine(s) {
 		o.errCount++
+	}
+	switch {
+	case missingFileRE.MatchString(s):
+		o.missing++
+		o.missingLine = s
+	case refusalRE.MatchString(s):
+		o.refusals++
+		if o.firstRefusal == "" {
+			o.firstRefusal = s
+		}
+		o.lastRefusal = s
+	}
+	if doneRE.MatchString(s) {
+		o.done++
+	}
+	if m := loadRE.FindStringSubmatch(s); m != nil {
+		if sec, err := strconv.ParseFloat(m[1], 64); err == nil {
+			o.loaded += time.Duration(sec * float64(time.Second))
+			o.loads++
+		}
 	}
 	if i == 1 {
 		o.errTail = appendTail(o.errTail, s)

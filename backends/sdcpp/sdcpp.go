@@ -31,16 +31,17 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/backends/sdcpp/spec"
+	"github.com/genfleet/genfleet/internal/defaults"
 )
 
 // Engine is the engine name manifests of stable-diffusion.cpp models carry.
-const Engine = "sdcpp"
+const Engine = spec.Engine
 
 // Modes of running the engine.
 const (
@@ -103,37 +104,21 @@ func init() {
 // returns an error wrapping backends.ErrUnavailable when neither program
 // is usable, saying why.
 func New(cfg Config) (*Backend, error) {
-	if cfg.Mode == "" {
-		cfg.Mode = ModeAuto
-	}
+	defaults.Zero(&cfg.Mode, ModeAuto)
 	switch cfg.Mode {
 	case ModeAuto, ModeServer, ModeProcess:
 	default:
 		return nil, fmt.Errorf("sdcpp: mode %q: want %s, %s or %s", cfg.Mode, ModeAuto, ModeServer, ModeProcess)
 	}
-	if cfg.DeviceClass == "" {
-		cfg.DeviceClass = "sdcpp"
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 30 * time.Minute
-	}
-	if cfg.KeepAlive <= 0 {
-		cfg.KeepAlive = 5 * time.Minute
-	}
-	if cfg.MaxServers <= 0 {
-		cfg.MaxServers = 1
-	}
-	if cfg.StartTimeout <= 0 {
-		cfg.StartTimeout = 10 * time.Minute
-	}
-	if cfg.TmpDir == "" {
-		cfg.TmpDir = os.TempDir()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	defaults.Zero(&cfg.DeviceClass, "sdcpp")
+	defaults.Positive(&cfg.Timeout, 30*time.Minute)
+	defaults.Positive(&cfg.KeepAlive, 5*time.Minute)
+	defaults.Positive(&cfg.MaxServers, 1)
+	defaults.Positive(&cfg.StartTimeout, 10*time.Minute)
+	defaults.Zero(&cfg.TmpDir, os.TempDir())
+	defaults.Zero(&cfg.Logger, slog.Default())
 	for _, a := range cfg.Args {
-		if a == flagOutput || a == "-o" || a == flagListenPort || a == flagListenIP || a == "-l" {
+		if a == spec.FlagOutput || a == "-o" || a == spec.FlagListenPort || a == spec.FlagListenIP || a == "-l" {
 			return nil, fmt.Errorf("sdcpp: extra argument %s is set by genfleet itself", a)
 		}
 	}
@@ -145,7 +130,10 @@ func New(cfg Config) (*Backend, error) {
 		if cfg.CLI == "" {
 			names = []string{"sd-cli", "sd"}
 		}
-		p, err := findEngine(names, flagMmap)
+		p, err := findEngine(names, cfg.Args, b.log)
+		if errors.Is(err, errBadArgs) {
+			return nil, err
+		}
 		if err != nil {
 			why = append(why, "command-line program: "+err.Error())
 		}
@@ -156,7 +144,10 @@ func New(cfg Config) (*Backend, error) {
 		if cfg.Server == "" {
 			names = []string{"sd-server"}
 		}
-		p, err := findEngine(names, flagMmap)
+		p, err := findEngine(names, cfg.Args, b.log)
+		if errors.Is(err, errBadArgs) {
+			return nil, err
+		}
 		if err != nil && (cfg.Mode == ModeServer || cfg.Server != "") {
 			why = append(why, "server: "+err.Error())
 		}
@@ -175,29 +166,6 @@ func New(cfg Config) (*Backend, error) {
 		b.servers = newServerPool(b)
 	}
 	return b, nil
-}
-
-// findEngine returns the first of names that resolves to a program whose
-// --help lists every flag in need.
-func findEngine(names []string, need ...string) (string, error) {
-	var errs []string
-	for _, n := range names {
-		p, err := exec.LookPath(n)
-		if err != nil {
-			errs = append(errs, err.Error())
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		out, _ := exec.CommandContext(ctx, p, "--help").CombinedOutput()
-		cancel()
-		for _, flag := range need {
-			if !bytes.Contains(out, []byte(flag)) {
-				return "", fmt.Errorf("%s does not list %s in its --help; genfleet needs a stable-diffusion.cpp release that has it", p, flag)
-			}
-		}
-		return p, nil
-	}
-	return "", errors.New(strings.Join(errs, "; "))
 }
 
 // Name returns "sdcpp".
@@ -284,6 +252,7 @@ func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params
 	outPath := filepath.Join(dir, "output.png")
 	out := &engineOutput{}
 	out.setJob(p.Steps, progress)
+	start := out.mark()
 	proc, err := startProcess(b.cli, cliArgs(margs, b.cfg.Args, p, outPath), dir, out)
 	if err != nil {
 		return nil, fmt.Errorf("sdcpp: start %s: %w", b.cli, err)
@@ -294,15 +263,49 @@ func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params
 		proc.stop()
 		return nil, fmt.Errorf("sdcpp: engine killed: %w", context.Cause(ctx))
 	}
-	if err := proc.exitError("sdcpp: " + filepath.Base(b.cli)); err != nil {
+	if proc.err != nil {
 		b.log.Debug("engine output", "tail", out.tailText())
-		return nil, err
+		return nil, engineExit("sdcpp: "+filepath.Base(b.cli), proc, out, start)
 	}
+	b.reportLoad(ctx, "process", out, start)
 	data, err := readOutput(outPath)
 	if err != nil {
 		return nil, fmt.Errorf("sdcpp: %s exited 0 but %w%s: %w", filepath.Base(b.cli), err, lastLine(out), errBadOutput)
 	}
 	return decodeImage(data, lastLine(out))
+}
+
+// refused is the error for an engine that refused the model's files: it
+// wraps backends.ErrBadModel, so the job fails without a retry, and
+// carries the engine's own lines.
+func refused(prog, status, why string) error {
+	return fmt.Errorf("sdcpp: %s refused the model (%s): %s: %w", prog, status, why, backends.ErrBadModel)
+}
+
+// engineExit is the error for an engine process that ended with a
+// failure (what names it): a refusal of the model (refused), a model file
+// it did not find (a fault of the host, retried), or any other failure,
+// with the engine's last error line (retried).
+func engineExit(what string, proc *process, out *engineOutput, m outputMark) error {
+	if why, ok := out.refusedSince(m); ok {
+		return refused(strings.TrimPrefix(what, "sdcpp: "), proc.status(), why)
+	}
+	if line, ok := out.missingSince(m); ok {
+		return fmt.Errorf("%s %s: a model file was not there: %s", what, proc.status(), line)
+	}
+	return proc.exitError(what)
+}
+
+// reportLoad reports the weights' load time the engine logged since m,
+// if it loaded any: a metric, and the job's engine_load timing. It
+// returns the time and whether the engine loaded weights.
+func (b *Backend) reportLoad(ctx context.Context, mode string, out *engineOutput, m outputMark) (time.Duration, bool) {
+	d, ok := out.loadedSince(m)
+	if ok {
+		b.met.weightsLoad.WithLabelValues(mode).Observe(d.Seconds())
+		backends.ReportPhase(ctx, "engine_load", d)
+	}
+	return d, ok
 }
 
 // maxOutputBytes bounds an output image read back from the engine.

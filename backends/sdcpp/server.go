@@ -93,7 +93,8 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 	s.out.setJob(p.Steps, progress)
 	defer s.out.setJob(0, nil)
 
-	errsBefore := s.out.errorLines()
+	mark := s.out.mark()
+	errsBefore := mark.errs // a server's output spans jobs: only this job's errors
 	body, _ := json.Marshal(txt2imgRequest(p))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.base+"/sdapi/v1/txt2img", bytes.NewReader(body))
 	if err != nil {
@@ -108,8 +109,12 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 			sp.kill(s, "job cancelled or timed out")
 			return nil, fmt.Errorf("sdcpp: engine server killed: %w", context.Cause(ctx))
 		}
+		// The server died under the request (a crash, the OOM killer, a
+		// kill from outside) or stopped answering: a fault worth a retry,
+		// on a fresh server.
+		ended := s.endedHow(time.Second)
 		sp.kill(s, "request failed")
-		return nil, fmt.Errorf("sdcpp: engine server %s: %w%s", s.base, err, s.out.errorSince(errsBefore))
+		return nil, fmt.Errorf("sdcpp: engine server %s: %w%s%s", s.base, err, ended, s.out.errorSince(errsBefore))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 2*maxOutputBytes))
@@ -122,15 +127,9 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 	}
 	if resp.StatusCode != http.StatusOK {
 		s.out.awaitError(errsBefore, 300*time.Millisecond)
-		var e struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(data))
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		if len(msg) > 500 {
-			msg = msg[:500] + "…"
+		msg := errorAnswer(data)
+		if why, ok := s.out.refusedSince(mark); ok {
+			return nil, refused(filepath.Base(sp.b.server), "answered "+resp.Status+": "+msg, why)
 		}
 		err := fmt.Errorf("sdcpp: engine server answered %s: %s%s", resp.Status, msg, s.out.errorSince(errsBefore))
 		if resp.StatusCode == http.StatusBadRequest {
@@ -138,7 +137,10 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 		}
 		return nil, err
 	}
-	s.out.drain(250 * time.Millisecond)
+	s.out.drain(mark, 250*time.Millisecond)
+	if d, ok := sp.b.reportLoad(ctx, "server", s.out, mark); ok {
+		sp.b.log.Info("engine server loaded the model's weights", "model", s.model, "load_ms", d.Milliseconds())
+	}
 	var res struct {
 		Images []string `json:"images"`
 	}
@@ -262,6 +264,38 @@ func (sp *serverPool) kill(s *server, why string) {
 	sp.mu.Unlock()
 }
 
+// endedHow waits up to d for the server's process to end and says how it
+// did (" (the server exited with status 1)"), or "" while it runs.
+func (s *server) endedHow(d time.Duration) string {
+	select {
+	case <-s.proc.done:
+		return " (the server " + s.proc.status() + ")"
+	case <-time.After(d):
+		return ""
+	}
+}
+
+// errorAnswer is the message of a server's error answer: stable-diffusion.cpp
+// answers {"error":"invalid params"} or {"error":"server_error",
+// "message":"…"} (an exception); anything else is shown as it came.
+func errorAnswer(data []byte) string {
+	var e struct {
+		Error   string `json:"error"`
+		Message string `json:"message"`
+	}
+	msg := strings.TrimSpace(string(data))
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		msg = e.Error
+		if e.Message != "" {
+			msg += ": " + e.Message
+		}
+	}
+	if len(msg) > 500 {
+		msg = msg[:500] + "…"
+	}
+	return msg
+}
+
 func (s *server) exited() bool {
 	select {
 	case <-s.ready:
@@ -322,7 +356,21 @@ func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 	for {
 		select {
 		case <-proc.done:
-			fail(proc.exitError(filepath.Base(b.server)))
+			err := engineExit(filepath.Base(b.server), proc, s.out, outputMark{})
+			if errors.Is(err, backends.ErrBadModel) {
+				// No fallback to a process: it would refuse the model too.
+				b.met.serverStarts.WithLabelValues("failed").Inc()
+				s.err = err
+				s.stop()
+				sp.mu.Lock()
+				if sp.servers[s.key] == s {
+					delete(sp.servers, s.key)
+				}
+				sp.mu.Unlock()
+				close(s.ready)
+				return
+			}
+			fail(err)
 			return
 		case <-deadline.C:
 			fail(fmt.Errorf("no answer on %s after %v%s", s.base, b.cfg.StartTimeout, lastLine(s.out)))
@@ -341,8 +389,10 @@ func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 		}
 	}
 	b.met.serverStarts.WithLabelValues("ready").Inc()
-	b.met.serverLoad.Observe(time.Since(t0).Seconds())
-	b.log.Info("engine server ready", "model", m.Name, "addr", s.base, "pid", proc.cmd.Process.Pid, "load_ms", time.Since(t0).Milliseconds())
+	b.met.serverStart.Observe(time.Since(t0).Seconds())
+	// The engine has read the files' metadata; it loads the weights on
+	// the first generation (see generate).
+	b.log.Info("engine server ready", "model", m.Name, "addr", s.base, "pid", proc.cmd.Process.Pid, "start_ms", time.Since(t0).Milliseconds())
 	close(s.ready)
 	sp.reaperOnce.Do(func() { go sp.reap() })
 }
