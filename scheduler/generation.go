@@ -10,6 +10,7 @@ import (
 
 	"github.com/genfleet/genfleet/backends"
 	"github.com/genfleet/genfleet/backends/refgen"
+	"github.com/genfleet/genfleet/backends/sdcpp/spec"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
 	"github.com/genfleet/genfleet/uploads"
@@ -23,6 +24,8 @@ func engineFeatures(eng string) []string {
 	switch eng {
 	case modelcache.EngineBuiltin:
 		return refgen.Features
+	case spec.Engine:
+		return spec.Features
 	}
 	return nil
 }
@@ -128,10 +131,19 @@ func (s *Server) admitGeneration(ctx context.Context, man *modelcache.Manifest, 
 
 // checkOptions checks req's engine options against the table of engine
 // eng (docs/engines.md); it returns the field ("options.<name>") of the
-// first one the engine does not take. The built-in engine takes none.
+// first one the engine does not take. The built-in engine takes none;
+// stable-diffusion.cpp those of spec.Options.
 func checkOptions(eng string, req *job.Request) (string, error) {
 	if len(req.Options) == 0 {
 		return "", nil
+	}
+	if eng == spec.Engine {
+		err := spec.CheckOptions(req.Options)
+		var fe *spec.FieldError
+		if errors.As(err, &fe) {
+			return fe.Field, fmt.Errorf("%s: model %q runs on stable-diffusion.cpp: %s", fe.Field, req.Model, fe.Message)
+		}
+		return "", err
 	}
 	names := slices.Sorted(maps.Keys(req.Options))
 	field := "options." + names[0]

@@ -32,4 +32,14 @@ var (
 	// doneRE matches the engine's line at the end of a generation:
 	// "generate_image completed in 18.57s".
 	doneRE = regexp.MustCompile(`generate_image completed in [0-9.]+s`)
+	// batchRE matches the engine's line at the start of each image of a
+	// batch: "generating image: 2/4 - seed 43".
+	batchRE = regexp.MustCompile(`generating image: (\d+)/(\d+) - seed -?\d+`)
+	// loraMissingRE matches sd-cli's warning for a <lora:…> tag whose
+	// file it did not find ("can not found lora /tmp/…/loras/x"); it then
+	// goes on without the LoRA.
+	loraMissingRE = regexp.MustCompile(`can not found lora `)
+	// loraFailedRE matches the engine's warning for a LoRA file it could
+	// not read ("load lora tensors from … failed"); it goes on without it.
+	loraFailedRE = regexp.MustCompile(`load lora tensors from .* failed|required lora load failed`)
 )

@@ -1,6 +1,8 @@
 package sdcpp
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"strconv"
 
@@ -54,9 +56,12 @@ func modelArgs(m backends.Model) ([]string, error) {
 }
 
 // checkParams refuses what the engine would not run exactly as asked
-// (spec.CheckRequest): the scheduler checks the same at submit, but a
-// producer may enqueue straight into Redis.
-func checkParams(p backends.Params) error {
+// (spec.CheckRequest, checkFeatures): the scheduler checks the same at
+// submit, but a producer may enqueue straight into Redis.
+func checkParams(m backends.Model, p backends.Params) error {
+	if err := checkFeatures(m, p); err != nil {
+		return err
+	}
 	err := spec.CheckRequest(spec.Request{
 		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt,
 		Width: p.Width, Height: p.Height, Steps: p.Steps,
@@ -68,10 +73,11 @@ func checkParams(p backends.Params) error {
 	return nil
 }
 
-// genArgs are the flags of one generation.
-func genArgs(p backends.Params) []string {
+// genArgs are the flags of one generation; prompt is the job's, with
+// whatever genfleet appends to it.
+func genArgs(p backends.Params, prompt string) []string {
 	args := []string{
-		spec.FlagPrompt, p.Prompt,
+		spec.FlagPrompt, prompt,
 		spec.FlagWidth, strconv.Itoa(p.Width),
 		spec.FlagHeight, strconv.Itoa(p.Height),
 		spec.FlagSteps, strconv.Itoa(p.Steps),
@@ -91,24 +97,29 @@ func genArgs(p backends.Params) []string {
 }
 
 // cliArgs is the whole command line of a one-shot run after the program:
-// the model, the operator's extra flags, the job's parameters, the output
+// the model, the operator's extra flags, the job's parameters (its LoRAs
+// as tags in the prompt), its features' flags (rf: its files), the output
 // and --mmap.
-func cliArgs(model, extra []string, p backends.Params, output string) []string {
+func cliArgs(model, extra []string, p backends.Params, ls []backends.LoRA, rf runFiles, output string) []string {
 	args := append([]string{}, model...)
 	args = append(args, extra...)
-	args = append(args, genArgs(p)...)
+	args = append(args, genArgs(p, p.Prompt+loraTags(rf.loras, ls))...)
+	args = append(args, featureArgs(p, rf)...)
 	return append(args, spec.FlagOutput, output, spec.FlagMmap)
 }
 
-// serverArgs is the command line of an engine server for one model.
-func serverArgs(model, extra []string, port int) []string {
+// serverArgs is the command line of an engine server for one model, whose
+// LoRA directory is loraDir.
+func serverArgs(model, extra []string, port int, loraDir string) []string {
 	args := append([]string{spec.FlagListenIP, "127.0.0.1", spec.FlagListenPort, strconv.Itoa(port)}, model...)
 	args = append(args, extra...)
-	return append(args, spec.FlagMmap)
+	return append(args, spec.FlagLoraModelDir, loraDir, spec.FlagMmap)
 }
 
-// txt2img is the body of a request to the server's /sdapi/v1/txt2img.
-type txt2img struct {
+// sdapiRequest is the body of a request to the server's
+// /sdapi/v1/txt2img, or with an init image /sdapi/v1/img2img (its
+// routes_sdapi.cpp reads these fields).
+type sdapiRequest struct {
 	Prompt         string  `json:"prompt"`
 	NegativePrompt string  `json:"negative_prompt,omitempty"`
 	Width          int     `json:"width"`
@@ -119,13 +130,53 @@ type txt2img struct {
 	BatchSize      int     `json:"batch_size"`
 	SamplerName    string  `json:"sampler_name,omitempty"`
 	Scheduler      string  `json:"scheduler,omitempty"`
+	// InitImages and Mask are base64 image files; DenoisingStrength is
+	// the strength (img2img only).
+	InitImages        []string    `json:"init_images,omitempty"`
+	Mask              string      `json:"mask,omitempty"`
+	DenoisingStrength *float64    `json:"denoising_strength,omitempty"`
+	LoRA              []sdapiLoRA `json:"lora,omitempty"`
 }
 
-func txt2imgRequest(p backends.Params) txt2img {
-	return txt2img{
-		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt,
+// sdapiLoRA is a LoRA of a request: a path in the server's LoRA directory.
+type sdapiLoRA struct {
+	Path       string  `json:"path"`
+	Multiplier float64 `json:"multiplier"`
+}
+
+// sdapiPath is the server route that runs p.
+func sdapiPath(p backends.Params) string {
+	if p.InitImage != nil {
+		return "/sdapi/v1/img2img"
+	}
+	return "/sdapi/v1/txt2img"
+}
+
+// newSdapiRequest is the request for p, with the LoRAs ls linked in the
+// server's LoRA directory as loras; the job's engine options go in
+// <sd_cpp_extra_args> markup at the end of the prompt.
+func newSdapiRequest(p backends.Params, ls []backends.LoRA, loras []string) sdapiRequest {
+	prompt := p.Prompt
+	if params := spec.OptionParams(p.Options); params != nil {
+		b, _ := json.Marshal(params)
+		prompt += spec.ExtraArgsTag + string(b) + "</" + spec.ExtraArgsTag[1:]
+	}
+	r := sdapiRequest{
+		Prompt: prompt, NegativePrompt: p.NegativePrompt,
 		Width: p.Width, Height: p.Height, Steps: p.Steps,
-		CFGScale: p.Guidance, Seed: p.Seed, BatchSize: 1,
+		CFGScale: p.Guidance, Seed: p.Seed, BatchSize: images(p),
 		SamplerName: p.SamplingMethod, Scheduler: p.Scheduler,
 	}
+	if p.InitImage != nil {
+		r.InitImages = []string{base64.StdEncoding.EncodeToString(p.InitImage.Data)}
+		s := p.Strength
+		r.DenoisingStrength = &s
+		if p.Mask != nil {
+			r.Mask = base64.StdEncoding.EncodeToString(p.Mask.Data)
+		}
+	}
+	for i, name := range loras {
+		r.LoRA = append(r.LoRA, sdapiLoRA{Path: name, Multiplier: ls[i].Weight})
+	}
+	return r
 }

@@ -34,10 +34,13 @@ type engineOutput struct {
 	steps    int // the current job's step count; 0: report nothing
 	progress func(step, total int)
 	lastStep int
-	tail     []string // last tailLines lines of both streams, "stderr: …"-free
-	errTail  []string // last tailLines lines of stderr
-	partial  [2][]byte
-	errCount int // error-level lines seen
+	// runs is the number of images of the job, each drawing its own bar
+	// of steps; round is the 0-based image the engine is on (batchRE).
+	runs, round int
+	tail        []string // last tailLines lines of both streams, "stderr: …"-free
+	errTail     []string // last tailLines lines of stderr
+	partial     [2][]byte
+	errCount    int // error-level lines seen
 	// What the engine said about the model's files (enginelines.go), counted
 	// over the whole output; a server's spans many jobs, so callers
 	// compare against a mark.
@@ -51,11 +54,15 @@ type engineOutput struct {
 	loaded time.Duration
 	loads  int
 	done   int // "generate_image completed" lines (doneRE)
+	// LoRAs the engine did not find, or could not load (enginelines.go):
+	// counts and the last line.
+	loraMissing, loraFailed int
+	loraLine                string
 }
 
 // outputMark is where the engine's output stood at a point: the start of
 // a run, or of a request to a server.
-type outputMark struct{ errs, refusals, missing, loads, done int }
+type outputMark struct{ errs, refusals, missing, loads, done, loraMissing, loraFailed int }
 
 // mark returns where the output stands now, and starts a new span for
 // firstRefusal and loaded.
@@ -63,7 +70,15 @@ func (o *engineOutput) mark() outputMark {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.firstRefusal, o.lastRefusal, o.loaded = "", "", 0
-	return outputMark{o.errCount, o.refusals, o.missing, o.loads, o.done}
+	return outputMark{o.errCount, o.refusals, o.missing, o.loads, o.done, o.loraMissing, o.loraFailed}
+}
+
+// loraSince returns the engine's last line about a LoRA it did not find
+// or could not load after m, and which happened.
+func (o *engineOutput) loraSince(m outputMark) (line string, missing, failed bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.loraLine, o.loraMissing > m.loraMissing, o.loraFailed > m.loraFailed
 }
 
 // refusedSince returns what the engine said when it refused the model's
@@ -101,9 +116,13 @@ func (o *engineOutput) loadedSince(m outputMark) (time.Duration, bool) {
 }
 
 // setJob routes progress bars with total steps to fn, until the next call.
-func (o *engineOutput) setJob(steps int, fn func(step, total int)) {
+func (o *engineOutput) setJob(steps int, fn func(step, total int)) { o.setBatch(steps, 1, fn) }
+
+// setBatch is setJob for a batch of runs images, each drawing a bar of
+// steps: fn gets the steps of all images together.
+func (o *engineOutput) setBatch(steps, runs int, fn func(step, total int)) {
 	o.mu.Lock()
-	o.steps, o.progress, o.lastStep = steps, fn, 0
+	o.steps, o.runs, o.round, o.progress, o.lastStep = steps, max(runs, 1), 0, fn, 0
 	o.mu.Unlock()
 }
 
@@ -112,7 +131,9 @@ func (o *engineOutput) setJob(steps int, fn func(step, total int)) {
 // right after logging them, and the answer can overtake them on their way
 // through the output pipe.
 func (o *engineOutput) drain(m outputMark, d time.Duration) {
-	o.waitUntil(d, func() bool { return (o.steps == 0 || o.lastStep >= o.steps) && o.done > m.done })
+	o.waitUntil(d, func() bool {
+		return (o.steps == 0 || (o.round >= o.runs-1 && o.lastStep >= o.steps)) && o.done > m.done
+	})
 }
 
 // waitUntil polls cond, with o.mu held, until it holds or max has passed.
@@ -213,6 +234,20 @@ func (o *engineOutput) line(i int, s string) {
 	if doneRE.MatchString(s) {
 		o.done++
 	}
+	if m := batchRE.FindStringSubmatch(s); m != nil {
+		// The next image of a batch: its bar starts again from step 1.
+		if k, err := strconv.Atoi(m[1]); err == nil && k >= 1 && k <= o.runs && k-1 != o.round {
+			o.round, o.lastStep = k-1, 0
+		}
+	}
+	switch {
+	case loraMissingRE.MatchString(s):
+		o.loraMissing++
+		o.loraLine = s
+	case loraFailedRE.MatchString(s):
+		o.loraFailed++
+		o.loraLine = s
+	}
 	if m := loadRE.FindStringSubmatch(s); m != nil {
 		if sec, err := strconv.ParseFloat(m[1], 64); err == nil {
 			o.loaded += time.Duration(sec * float64(time.Second))
@@ -234,7 +269,7 @@ func (o *engineOutput) scanProgress(s string) bool {
 	total, err2 := strconv.Atoi(m[2])
 	if err1 == nil && err2 == nil && o.steps > 0 && total == o.steps && step > o.lastStep && step <= total && o.progress != nil {
 		o.lastStep = step
-		o.progress(step, total)
+		o.progress(o.round*total+step, o.runs*total)
 	}
 	return true
 }

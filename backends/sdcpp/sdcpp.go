@@ -177,8 +177,9 @@ func (b *Backend) DeviceClass() string { return b.cfg.DeviceClass }
 // Engines returns ["sdcpp"].
 func (*Backend) Engines() []string { return []string{Engine} }
 
-// Features returns none yet: the backend makes text-to-image pictures.
-func (*Backend) Features() []string { return nil }
+// Features returns the engine's: init images, masks and LoRAs
+// (spec.Features; jobs.go says how each is passed).
+func (*Backend) Features() []string { return spec.Features }
 
 // Programs returns the command-line program and the server program in use
 // ("" for one that is not).
@@ -192,12 +193,27 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// Generate runs the engine on m for p. Progress is the engine's step
-// progress. A model or parameters the engine cannot take yield errors
-// wrapping backends.ErrBadModel or backends.ErrBadParams before anything
-// runs; an engine failure carries the engine's last error line.
+var _ backends.Batcher = (*Backend)(nil)
+
+// Generate runs the engine on m for one image of p, seed p.Seed
+// (GenerateBatch with p.N 1).
 func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
-	if err := checkParams(p); err != nil {
+	p.N = 1
+	imgs, err := b.GenerateBatch(ctx, m, p, progress)
+	if err != nil {
+		return nil, err
+	}
+	return imgs[0], nil
+}
+
+// GenerateBatch runs the engine once on m for the p.N images of p (its
+// batch count; image k has seed p.Seed+k). Progress is the engine's step
+// progress over all images. A model or parameters the engine cannot take
+// yield errors wrapping backends.ErrBadModel or backends.ErrBadParams
+// before anything runs; an engine failure carries the engine's last error
+// line.
+func (b *Backend) GenerateBatch(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) ([]image.Image, error) {
+	if err := checkParams(m, p); err != nil {
 		return nil, err
 	}
 	margs, err := modelArgs(m)
@@ -207,10 +223,10 @@ func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Par
 	ctx, cancel := context.WithTimeoutCause(ctx, b.cfg.Timeout, fmt.Errorf("sdcpp: generation timed out after %v", b.cfg.Timeout))
 	defer cancel()
 	if b.servers != nil {
-		img, err := b.servers.generate(ctx, m, margs, p, progress)
+		imgs, err := b.servers.generate(ctx, m, margs, p, progress)
 		if !errors.Is(err, errNoServer) {
 			b.count(ctx, "server", err)
-			return img, err
+			return imgs, err
 		}
 		if b.cli == "" {
 			return nil, err
@@ -218,9 +234,9 @@ func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Par
 		b.met.fallbacks.Inc()
 		b.log.Warn("engine server not available; running a process for this job", "model", m.Name, "reason", err.Error())
 	}
-	img, err := b.runOnce(ctx, margs, p, progress)
+	imgs, err := b.runOnce(ctx, m, margs, p, progress)
 	b.count(ctx, "process", err)
-	return img, err
+	return imgs, err
 }
 
 // count records a generation's outcome.
@@ -243,17 +259,21 @@ func (b *Backend) count(ctx context.Context, mode string, err error) {
 var errBadOutput = errors.New("engine output unusable")
 
 // runOnce runs the command-line program for one job.
-func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
+func (b *Backend) runOnce(ctx context.Context, m backends.Model, margs []string, p backends.Params, progress backends.ProgressFunc) ([]image.Image, error) {
 	dir, err := os.MkdirTemp(b.cfg.TmpDir, "genfleet-sdcpp-")
 	if err != nil {
 		return nil, fmt.Errorf("sdcpp: %w", err)
 	}
 	defer os.RemoveAll(dir)
+	rf, err := writeRunFiles(dir, m, p)
+	if err != nil {
+		return nil, err
+	}
 	outPath := filepath.Join(dir, "output.png")
 	out := &engineOutput{}
-	out.setJob(p.Steps, progress)
+	out.setBatch(sampledSteps(p), images(p), progress)
 	start := out.mark()
-	proc, err := startProcess(b.cli, cliArgs(margs, b.cfg.Args, p, outPath), dir, out)
+	proc, err := startProcess(b.cli, cliArgs(margs, b.cfg.Args, p, m.LoRAs, rf, outPath), dir, out)
 	if err != nil {
 		return nil, fmt.Errorf("sdcpp: start %s: %w", b.cli, err)
 	}
@@ -267,12 +287,38 @@ func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params
 		b.log.Debug("engine output", "tail", out.tailText())
 		return nil, engineExit("sdcpp: "+filepath.Base(b.cli), proc, out, start)
 	}
-	b.reportLoad(ctx, "process", out, start)
-	data, err := readOutput(outPath)
-	if err != nil {
-		return nil, fmt.Errorf("sdcpp: %s exited 0 but %w%s: %w", filepath.Base(b.cli), err, lastLine(out), errBadOutput)
+	if err := loraTrouble(filepath.Base(b.cli), out, start); err != nil {
+		return nil, err
 	}
-	return decodeImage(data, lastLine(out))
+	b.reportLoad(ctx, "process", out, start)
+	var imgs []image.Image
+	for _, path := range outputPaths(outPath, images(p)) {
+		data, err := readOutput(path)
+		if err != nil {
+			return nil, fmt.Errorf("sdcpp: %s exited 0 but %w (%s)%s: %w", filepath.Base(b.cli), err, filepath.Base(path), lastLine(out), errBadOutput)
+		}
+		img, err := decodeImage(data, lastLine(out))
+		if err != nil {
+			return nil, err
+		}
+		imgs = append(imgs, img)
+	}
+	return imgs, nil
+}
+
+// loraTrouble is the error for a run in which the engine, after m, did not
+// find a LoRA (a fault of the host: the worker holds the files; retried)
+// or could not load one (the file is no LoRA it reads; not retried). The
+// engine itself only warns and goes on without the LoRA.
+func loraTrouble(prog string, out *engineOutput, m outputMark) error {
+	line, missing, failed := out.loraSince(m)
+	switch {
+	case failed:
+		return fmt.Errorf("sdcpp: %s could not load a LoRA: %s: %w", prog, line, backends.ErrBadModel)
+	case missing:
+		return fmt.Errorf("sdcpp: %s did not find a LoRA file: %s", prog, line)
+	}
+	return nil
 }
 
 // refused is the error for an engine that refused the model's files: it

@@ -598,8 +598,30 @@ func TestFlagsAreInTheHelp(t *testing.T) {
 		}
 	}
 	// Values are never flags here (no prompt starts with "-" in params()).
-	check(spec.CLI, cliArgs(margs, nil, p, "out.png"))
-	check(spec.Server, serverArgs(margs, nil, 1234))
+	check(spec.CLI, cliArgs(margs, nil, p, nil, runFiles{}, "out.png"))
+	check(spec.Server, serverArgs(margs, nil, 1234, "loras"))
+	// Every feature and every option at once.
+	p.N, p.Strength = 3, 0.5
+	p.Options = map[string]any{}
+	for _, o := range spec.Options {
+		switch o.Kind {
+		case "bool":
+			p.Options[o.Name] = true
+		default:
+			p.Options[o.Name] = o.Max
+		}
+	}
+	ls := []backends.LoRA{{Name: "style", Weight: 0.5, File: backends.File{Digest: "sha256:ab", Path: "/x"}}}
+	args := cliArgs(margs, nil, p, ls, runFiles{initImage: "i.png", mask: "m.png", loraDir: "loras", loras: []string{"ab.safetensors"}}, "out.png")
+	check(spec.CLI, args)
+	for _, f := range []string{spec.FlagBatchCount, spec.FlagInitImg, spec.FlagMask, spec.FlagStrength, spec.FlagLoraModelDir, "--clip-skip", "--vae-tiling"} {
+		if !slices.Contains(args, f) {
+			t.Errorf("%s missing from %v", f, args)
+		}
+	}
+	if prompt, _ := argValue(args, spec.FlagPrompt); prompt != p.Prompt+"<lora:ab.safetensors:0.5>" {
+		t.Errorf("prompt %q lacks the LoRA's tag", prompt)
+	}
 }
 
 func TestProgressParsing(t *testing.T) {

@@ -54,7 +54,8 @@ var ErrRefused = errors.New("request not runnable by stable-diffusion.cpp as ask
 func (e *FieldError) Unwrap() error { return ErrRefused }
 
 // CheckRequest returns a *FieldError for the first field that the engine
-// would not run exactly as asked: a prompt carrying ExtraArgsTag, a size
+// would not run exactly as asked: a prompt carrying ExtraArgsTag (or
+// LoRATag), a size
 // it would round (SizeMultiple), a step count below 1, a sampling method
 // or scheduler its help does not list. nil means the engine takes it.
 func CheckRequest(r Request) error {
@@ -62,6 +63,9 @@ func CheckRequest(r Request) error {
 		if hasExtraArgsTag(p.v) {
 			return &FieldError{p.field, fmt.Sprintf("contains %s, which stable-diffusion.cpp's server reads as parameters that override the job's (size, steps, seed, batch count, …); remove the tag", ExtraArgsTag)}
 		}
+	}
+	if strings.Contains(strings.ToLower(r.Prompt), LoRATag) {
+		return &FieldError{"prompt", fmt.Sprintf("contains %s…>, which stable-diffusion.cpp reads as a LoRA file to load; name LoRAs in \"loras\"", LoRATag)}
 	}
 	for _, s := range [...]struct {
 		field string

@@ -1,10 +1,12 @@
 package spec
 
 import (
+	"encoding/json"
 	"errors"
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -128,5 +130,98 @@ func TestCheckRoles(t *testing.T) {
 	}
 	if err := CheckRoles([]string{"model", "refiner"}); err == nil || !strings.Contains(err.Error(), `"refiner"`) {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// Every flag of the generation features is in both programs' help, and
+// every option's flag too, with the help's kind of value.
+func TestOptionsAreInTheHelp(t *testing.T) {
+	cli, srv := readHelp(t, "sd-cli-help.txt"), readHelp(t, "sd-server-help.txt")
+	for _, f := range []string{FlagBatchCount, FlagInitImg, FlagMask, FlagStrength, FlagLoraModelDir} {
+		if !HasFlag(CLI, f) || !HasFlag(Server, f) {
+			t.Errorf("%s is not in both programs' help", f)
+		}
+	}
+	seen := map[string]bool{}
+	for _, o := range Options {
+		if seen[o.Name] || !optionNameRE.MatchString(o.Name) {
+			t.Errorf("option name %q is repeated or not a job's option name", o.Name)
+		}
+		seen[o.Name] = true
+		for prog, h := range map[Program]*helptext.Help{CLI: cli, Server: srv} {
+			if !HasFlag(prog, o.Flag) {
+				t.Errorf("option %s: %s is not in %s's help", o.Name, o.Flag, prog)
+				continue
+			}
+			want := o.Kind
+			if want == "bool" {
+				want = "" // a switch shows no value
+			}
+			if got := h.Values[o.Flag]; got != want {
+				t.Errorf("option %s: %s's help shows %s <%s>, the table says %s", o.Name, prog, o.Flag, got, o.Kind)
+			}
+		}
+		if o.Kind != "bool" && !(o.Min <= o.Max) || o.ServerKey == "" || o.Help == "" {
+			t.Errorf("option %s: %+v", o.Name, o)
+		}
+	}
+}
+
+var optionNameRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,31}$`)
+
+func TestCheckOptions(t *testing.T) {
+	good := map[string]any{"clip_skip": 2.0, "eta": 0.5, "vae_tiling": true, "distilled_guidance": 3.5, "flow_shift": int64(3)}
+	if err := CheckOptions(good); err != nil {
+		t.Fatal(err)
+	}
+	args := OptionArgs(good)
+	want := []string{"--clip-skip", "2", "--eta", "0.5", "--guidance", "3.5", "--flow-shift", "3", "--vae-tiling"}
+	if !slices.Equal(args, want) {
+		t.Errorf("OptionArgs = %v, want %v", args, want)
+	}
+	if got := OptionArgs(map[string]any{"vae_tiling": false}); len(got) != 0 {
+		t.Errorf("vae_tiling false passes %v", got)
+	}
+	params := OptionParams(good)
+	sp, _ := params["sample_params"].(map[string]any)
+	g, _ := sp["guidance"].(map[string]any)
+	vt, _ := params["vae_tiling_params"].(map[string]any)
+	if params["clip_skip"] != int64(2) || sp["eta"] != 0.5 || sp["flow_shift"] != 3.0 || g["distilled_guidance"] != 3.5 || vt["enabled"] != true {
+		t.Errorf("OptionParams = %v", params)
+	}
+	for opts, field := range map[string]string{
+		`{"clip_skip": 2.5}`:             "options.clip_skip",
+		`{"clip_skip": 13}`:              "options.clip_skip",
+		`{"eta": "high"}`:                "options.eta",
+		`{"vae_tiling": 1}`:              "options.vae_tiling",
+		`{"sampling_method": "euler"}`:   "options.sampling_method",
+		`{"threads": 8}`:                 "options.threads",
+		`{"a_unknown": 1, "eta": -1}`:    "options.a_unknown",
+		`{"eta": 0.2, "flow_shift": 99}`: "options.flow_shift",
+	} {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(opts), &m); err != nil {
+			t.Fatal(err)
+		}
+		var fe *FieldError
+		if err := CheckOptions(m); !errors.As(err, &fe) || fe.Field != field {
+			t.Errorf("%s: %v, want a FieldError on %s", opts, err, field)
+		}
+	}
+}
+
+func TestSampledSteps(t *testing.T) {
+	for _, c := range []struct {
+		steps    int
+		img2img  bool
+		strength float64
+		want     int
+	}{{20, false, 0.3, 20}, {20, true, 0.75, 16}, {20, true, 1, 20}, {10, true, 0.3, 4}, {3, true, 0.2, 1}} {
+		if got := SampledSteps(c.steps, c.img2img, c.strength); got != c.want {
+			t.Errorf("SampledSteps(%d, %v, %v) = %d, want %d", c.steps, c.img2img, c.strength, got, c.want)
+		}
+	}
+	if err := CheckRequest(Request{Prompt: "a fox <LoRA:/etc/passwd:1>", Width: 64, Height: 64, Steps: 1}); err == nil {
+		t.Error("a prompt with a LoRA tag passed")
 	}
 }

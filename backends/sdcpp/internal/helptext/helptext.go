@@ -22,6 +22,10 @@ type Help struct {
 	// Aliases are the aliases listed for a flag's values ("alias:
 	// normal=discrete"), by long flag name.
 	Aliases map[string]map[string]string
+	// Values are the value placeholders of the flags that show one
+	// ("--clip-skip <int>": "int"), by long flag name; a flag without one
+	// is a switch.
+	Values map[string]string
 }
 
 var (
@@ -34,7 +38,7 @@ var (
 // their descriptions continued on lines indented further. Lines starting
 // with "#" are the capture's header.
 func Parse(text string) (*Help, error) {
-	h := &Help{Choices: map[string][]string{}, Aliases: map[string]map[string]string{}}
+	h := &Help{Choices: map[string][]string{}, Aliases: map[string]map[string]string{}, Values: map[string]string{}}
 	var long string   // the option being described
 	var desc []string // its description so far
 	flush := func() {
@@ -78,13 +82,16 @@ func Parse(text string) (*Help, error) {
 			head, rest := splitColumns(strings.TrimSpace(line))
 			for _, f := range strings.Split(head, ",") {
 				f = strings.TrimSpace(f)
-				name, _, _ := strings.Cut(f, " ") // "--output <string>"
+				name, value, _ := strings.Cut(f, " ") // "--output <string>"
 				if !strings.HasPrefix(name, "-") {
 					return nil, fmt.Errorf("help line %q: %q is not a flag", line, name)
 				}
 				h.Flags = append(h.Flags, name)
 				if strings.HasPrefix(name, "--") {
 					long = name
+					if v, ok := strings.CutPrefix(strings.TrimSpace(value), "<"); ok {
+						h.Values[name] = strings.TrimSuffix(v, ">")
+					}
 				}
 			}
 			if rest != "" {

@@ -19,7 +19,25 @@
 //     sample_params.sample_steps) as the real one does;
 //   - weights load on the first generation of a process or server, logged
 //     in the engine's words; a generation ends with its
-//     "generate_image completed" line.
+//     "generate_image completed" line;
+//   - a batch (--batch-count, "batch_size") makes one image per seed
+//     seed, seed+1, … (each the image of that seed alone), each announced
+//     with the engine's "generating image: k/n - seed s" line and its own
+//     progress bar; sd-cli names them output_0.png, output_1.png, …;
+//   - an init image, mask and strength (--init-img, --mask, --strength;
+//     /sdapi/v1/img2img with "init_images", "mask", "denoising_strength")
+//     change the image, and the progress bar's total is the steps the
+//     engine samples for the strength;
+//   - LoRAs: sd-cli with --lora-model-dir reads <lora:name:weight> prompt
+//     tags and finds each file as the engine does (warning "can not found
+//     lora" and going on without it when it is not there); sd-server
+//     takes a "lora" list of paths it listed in its LoRA directory at the
+//     last GET /sdapi/v1/loras ("invalid lora path" otherwise). A LoRA
+//     file that is not safetensors gets the engine's "load lora tensors
+//     from … failed" warning and is left out, as the engine does;
+//   - the options of genfleet's table (--clip-skip, --eta, --guidance,
+//     --flow-shift, --vae-tiling; the server's <sd_cpp_extra_args> keys)
+//     change the image.
 //
 // The prompt picks a fault: "fail" exits 1 (or answers 500) after error
 // lines, "exception" makes the server answer 500 with the server_error
@@ -153,9 +171,31 @@ func main() {
 	if opts["--prompt"] == "" {
 		die("[ERROR] common.cpp:1300 - error: the following arguments are required: prompt")
 	}
+	seed, _ := strconv.ParseInt(opts["--seed"], 10, 64)
 	p := params{
 		prompt: opts["--prompt"], width: atoi(opts["--width"], 512), height: atoi(opts["--height"], 512),
-		steps: atoi(opts["--steps"], 20), seed: opts["--seed"],
+		steps: atoi(opts["--steps"], 20), seed: seed, batch: atoi(opts["--batch-count"], 1),
+		strength: atof(opts["--strength"], 0.75), options: map[string]string{},
+	}
+	for _, f := range []string{"--clip-skip", "--eta", "--guidance", "--flow-shift", "--vae-tiling"} {
+		if v, ok := opts[f]; ok {
+			p.options[f] = v
+		}
+	}
+	for _, in := range []struct {
+		flag string
+		dst  *[]byte
+	}{{"--init-img", &p.init}, {"--mask", &p.mask}} {
+		if path, ok := opts[in.flag]; ok {
+			data, err := readImage(path)
+			if err != nil {
+				die("[ERROR] main.cpp:790  - load image from '%s' failed", path)
+			}
+			*in.dst = data
+		}
+	}
+	if dir := opts["--lora-model-dir"]; dir != "" {
+		p.prompt, p.loras = cliLoRAs(p.prompt, dir)
 	}
 	img, err := generate(p)
 	if err != nil {
@@ -173,10 +213,93 @@ func main() {
 		os.WriteFile(out, []byte("this is not a png"), 0o644)
 		return
 	}
-	if err := os.WriteFile(out, img[0], 0o644); err != nil {
-		die("[ERROR] main.cpp:486  - save result image to '%s' failed", out)
+	for k, data := range img {
+		path := out
+		if len(img) > 1 {
+			ext := filepath.Ext(out)
+			path = strings.TrimSuffix(out, ext) + "_" + strconv.Itoa(k) + ext
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			die("[ERROR] main.cpp:486  - save result image to '%s' failed", path)
+		}
+		fmt.Printf("[INFO ] main.cpp:490  - save result image %d to '%s' (success)\n", k, path)
 	}
-	fmt.Printf("[INFO ] main.cpp:490  - save result image 0 to '%s' (success)\n", out)
+}
+
+// readImage reads an image file the engine would load.
+func readImage(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := image.DecodeConfig(bytes.NewReader(data)); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+// loraTagRE is sd-cli's LoRA tag in a prompt.
+var loraTagRE = regexp.MustCompile(`<lora:([^:>]+):([^>]+)>`)
+
+// cliLoRAs takes the LoRA tags out of prompt and finds their files as
+// sd-cli does: the name as a path (absolute, or in dir), else with one
+// of its extensions.
+func cliLoRAs(prompt, dir string) (string, []lora) {
+	var out []lora
+	for _, m := range loraTagRE.FindAllStringSubmatch(prompt, -1) {
+		prompt = strings.Replace(prompt, m[0], "", 1)
+		mul, err := strconv.ParseFloat(m[2], 32)
+		if err != nil {
+			continue
+		}
+		path := m[1]
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(dir, path)
+		}
+		found := fileExists(path)
+		for _, ext := range []string{".gguf", ".safetensors", ".pt", ".ckpt"} {
+			if !found && fileExists(path+ext) {
+				path, found = path+ext, true
+			}
+		}
+		if !found {
+			fmt.Printf("[WARN ] common.cpp:2179 - can not found lora %s\n", filepath.Clean(path))
+			continue
+		}
+		out = append(out, lora{path: path, multiplier: mul})
+	}
+	return prompt, out
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
+}
+
+// loadLoRAs reads each LoRA as the engine does when it applies them: one
+// that is not safetensors is left out with the engine's warning. It
+// returns what the image depends on.
+func loadLoRAs(ls []lora) string {
+	var b strings.Builder
+	for _, l := range ls {
+		data, err := os.ReadFile(l.path)
+		if err == nil {
+			_, err = modelformat.ParseSafetensorsFile(l.path)
+		}
+		if err != nil {
+			fmt.Printf("[WARN ] stable-diffusion.cpp:1961 - load lora tensors from %s failed\n", l.path)
+			continue
+		}
+		h := fnv.New64a()
+		h.Write(data)
+		fmt.Fprintf(&b, "%x*%g;", h.Sum64(), l.multiplier)
+	}
+	return b.String()
+}
+
+type lora struct {
+	path       string
+	multiplier float64
 }
 
 // loadModel reads the model files as the engine does before it can
@@ -269,7 +392,11 @@ type params struct {
 	width, height int
 	steps         int
 	batch         int
-	seed          string
+	seed          int64
+	init, mask    []byte  // image files, nil for none
+	strength      float64 // with init
+	loras         []lora
+	options       map[string]string // genfleet's option table, by flag
 }
 
 var loadOnce sync.Once
@@ -312,16 +439,34 @@ func generate(p params) ([][]byte, error) {
 		select {}
 	}
 	fmt.Printf("[INFO ] stable-diffusion.cpp:4380 - sampling using Euler A method\n")
-	for i := 1; i <= p.steps; i++ {
-		if strings.Contains(p.prompt, "slow") {
-			time.Sleep(50 * time.Millisecond)
+	sampled := p.steps
+	if p.init != nil {
+		t := int(float32(p.steps) * float32(p.strength))
+		if t == p.steps {
+			t--
 		}
-		bar(i, p.steps, "it/s")
+		fmt.Printf("[INFO ] stable-diffusion.cpp:4970 - target t_enc is %d steps\n", t)
+		sampled = t + 1
 	}
+	loras := loadLoRAs(p.loras)
+	// What the image depends on besides its seed.
+	inputs := fnv.New64a()
+	fmt.Fprint(inputs, p.prompt, "|", p.steps, "|", loras, "|", p.options, "|", p.strength, "|")
+	inputs.Write(p.init)
+	inputs.Write([]byte("|"))
+	inputs.Write(p.mask)
 	var out [][]byte
 	for b := range max(p.batch, 1) {
+		seed := p.seed + int64(b)
+		fmt.Printf("[INFO ] stable-diffusion.cpp:5679 - generating image: %d/%d - seed %d\n", b+1, max(p.batch, 1), seed)
+		for i := 1; i <= sampled; i++ {
+			if strings.Contains(p.prompt, "slow") {
+				time.Sleep(50 * time.Millisecond)
+			}
+			bar(i, sampled, "it/s")
+		}
 		h := fnv.New64a()
-		fmt.Fprint(h, p.prompt, p.seed, p.steps, b)
+		fmt.Fprint(h, inputs.Sum64(), seed)
 		v := h.Sum64()
 		img := image.NewNRGBA(image.Rect(0, 0, p.width, p.height))
 		for y := range p.height {
@@ -390,7 +535,31 @@ func serve(opts map[string]string) {
 		w.Write([]byte(`{"samples_format":"png"}`))
 	})
 	var gen sync.Mutex
-	mux.HandleFunc("POST /sdapi/v1/txt2img", func(w http.ResponseWriter, r *http.Request) {
+	loraDir := opts["--lora-model-dir"]
+	var loraMu sync.Mutex
+	loraCache := map[string]string{} // path in loraDir → full path, as of the last listing
+	mux.HandleFunc("GET /sdapi/v1/loras", func(w http.ResponseWriter, r *http.Request) {
+		loraMu.Lock()
+		defer loraMu.Unlock()
+		loraCache = map[string]string{}
+		var list []map[string]string
+		filepath.WalkDir(loraDir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || !fileExists(path) {
+				return nil
+			}
+			switch strings.ToLower(filepath.Ext(path)) {
+			case ".gguf", ".pt", ".pth", ".safetensors":
+			default:
+				return nil
+			}
+			rel, _ := filepath.Rel(loraDir, path)
+			loraCache[rel] = path
+			list = append(list, map[string]string{"name": strings.TrimSuffix(filepath.Base(rel), filepath.Ext(rel)), "path": rel})
+			return nil
+		})
+		json.NewEncoder(w).Encode(list)
+	})
+	handle := func(w http.ResponseWriter, r *http.Request, img2img bool) {
 		var req struct {
 			Prompt      string  `json:"prompt"`
 			Negative    string  `json:"negative_prompt"`
@@ -402,6 +571,14 @@ func serve(opts map[string]string) {
 			BatchSize   int     `json:"batch_size"`
 			SamplerName string  `json:"sampler_name"`
 			Scheduler   string  `json:"scheduler"`
+			ClipSkip    *int    `json:"clip_skip"`
+			LoRA        []struct {
+				Path       string  `json:"path"`
+				Multiplier float64 `json:"multiplier"`
+			} `json:"lora"`
+			InitImages        []string `json:"init_images"`
+			Mask              string   `json:"mask"`
+			DenoisingStrength *float64 `json:"denoising_strength"`
 		}
 		dec := json.NewDecoder(r.Body)
 		dec.DisallowUnknownFields() // a field the server does not read would be ignored silently
@@ -410,7 +587,13 @@ func serve(opts map[string]string) {
 			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
 			return
 		}
-		logRun([]string{"txt2img", req.Prompt, strconv.Itoa(req.Steps), req.SamplerName, req.Scheduler})
+		route := "txt2img"
+		if img2img {
+			route = "img2img"
+		}
+		logRun([]string{route, req.Prompt, strconv.Itoa(req.Steps), req.SamplerName, req.Scheduler,
+			"batch_size=" + strconv.Itoa(req.BatchSize), "seed=" + strconv.FormatInt(req.Seed, 10),
+			fmt.Sprintf("lora=%v", req.LoRA), fmt.Sprintf("init_images=%d", len(req.InitImages)), fmt.Sprintf("mask=%v", req.Mask != "")})
 		if req.Width <= 0 || req.Height <= 0 {
 			w.WriteHeader(http.StatusBadRequest)
 			w.Write([]byte(`{"error":"width and height must be positive"}`))
@@ -421,16 +604,29 @@ func serve(opts map[string]string) {
 			w.Write([]byte(`{"error":"prompt required"}`))
 			return
 		}
-		p := params{prompt: req.Prompt, width: req.Width, height: req.Height, steps: req.Steps, batch: req.BatchSize, seed: strconv.FormatInt(req.Seed, 10)}
+		p := params{prompt: req.Prompt, width: req.Width, height: req.Height, steps: req.Steps, batch: req.BatchSize, seed: req.Seed,
+			strength: 0.75, options: map[string]string{}}
+		if req.ClipSkip != nil && *req.ClipSkip > 0 {
+			p.options["--clip-skip"] = strconv.Itoa(*req.ClipSkip)
+		}
 		if m := extraArgsRE.FindStringSubmatch(p.prompt); m != nil {
 			p.prompt = extraArgsRE.ReplaceAllString(p.prompt, "")
 			var x struct {
 				Width, Height *int
 				Seed          *int64
 				BatchCount    *int `json:"batch_count"`
+				ClipSkip      *int `json:"clip_skip"`
 				SampleParams  struct {
-					SampleSteps *int `json:"sample_steps"`
+					SampleSteps *int     `json:"sample_steps"`
+					Eta         *float64 `json:"eta"`
+					FlowShift   *float64 `json:"flow_shift"`
+					Guidance    struct {
+						Distilled *float64 `json:"distilled_guidance"`
+					} `json:"guidance"`
 				} `json:"sample_params"`
+				VAETiling struct {
+					Enabled *bool `json:"enabled"`
+				} `json:"vae_tiling_params"`
 			}
 			if json.Unmarshal([]byte(m[1]), &x) != nil {
 				w.WriteHeader(http.StatusBadRequest)
@@ -442,7 +638,56 @@ func serve(opts map[string]string) {
 			set(&p.batch, x.BatchCount)
 			set(&p.steps, x.SampleParams.SampleSteps)
 			if x.Seed != nil {
-				p.seed = strconv.FormatInt(*x.Seed, 10)
+				p.seed = *x.Seed
+			}
+			// The same keys as sd-cli's flags, so that the two programs
+			// make the same image for the same options.
+			for flag, v := range map[string]any{"--clip-skip": x.ClipSkip, "--eta": x.SampleParams.Eta, "--flow-shift": x.SampleParams.FlowShift,
+				"--guidance": x.SampleParams.Guidance.Distilled} {
+				switch v := v.(type) {
+				case *int:
+					if v != nil {
+						p.options[flag] = strconv.Itoa(*v)
+					}
+				case *float64:
+					if v != nil {
+						p.options[flag] = fmt.Sprint(*v)
+					}
+				}
+			}
+			if x.VAETiling.Enabled != nil && *x.VAETiling.Enabled {
+				p.options["--vae-tiling"] = "true"
+			}
+			logRun([]string{"sd_cpp_extra_args", m[1]})
+		}
+		for _, l := range req.LoRA {
+			loraMu.Lock()
+			full, ok := loraCache[l.Path]
+			loraMu.Unlock()
+			if !ok {
+				w.WriteHeader(http.StatusBadRequest)
+				w.Write([]byte(`{"error":"invalid lora path: ` + l.Path + `"}`))
+				return
+			}
+			p.loras = append(p.loras, lora{path: full, multiplier: float64(float32(l.Multiplier))}) // the engine reads a float
+		}
+		if img2img {
+			if len(req.InitImages) == 0 {
+				w.WriteHeader(http.StatusBadRequest)
+				w.Write([]byte(`{"error":"invalid params"}`))
+				return
+			}
+			var err error
+			if p.init, err = base64.StdEncoding.DecodeString(req.InitImages[0]); err != nil {
+				w.WriteHeader(http.StatusBadRequest)
+				w.Write([]byte(`{"error":"invalid params"}`))
+				return
+			}
+			if req.Mask != "" {
+				p.mask, _ = base64.StdEncoding.DecodeString(req.Mask)
+			}
+			if req.DenoisingStrength != nil && *req.DenoisingStrength >= 0 {
+				p.strength = min(*req.DenoisingStrength, 1)
 			}
 		}
 		if strings.Contains(p.prompt, "exception") {
@@ -464,7 +709,9 @@ func serve(opts map[string]string) {
 			enc = append(enc, base64.StdEncoding.EncodeToString(img))
 		}
 		json.NewEncoder(w).Encode(map[string]any{"images": enc, "parameters": map[string]any{}, "info": ""})
-	})
+	}
+	mux.HandleFunc("POST /sdapi/v1/txt2img", func(w http.ResponseWriter, r *http.Request) { handle(w, r, false) })
+	mux.HandleFunc("POST /sdapi/v1/img2img", func(w http.ResponseWriter, r *http.Request) { handle(w, r, true) })
 	fmt.Printf("[INFO ] main.cpp:148  - listening on: http://%s\n", addr)
 	if err := http.ListenAndServe(addr, mux); err != nil {
 		die("[ERROR] main.cpp:150 - %v", err)
@@ -521,6 +768,13 @@ func logRun(args []string) {
 	}
 	fh.Write(append(b, '\n'))
 	fh.Close()
+}
+
+func atof(s string, def float64) float64 {
+	if f, err := strconv.ParseFloat(s, 64); err == nil {
+		return f
+	}
+	return def
 }
 
 func atoi(s string, def int) int {

@@ -1,0 +1,198 @@
+package sdcpp
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/draw"
+	"image/png"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/backends/sdcpp/spec"
+)
+
+func pngFile(t *testing.T, w, h int, c color.Color) *backends.Image {
+	t.Helper()
+	img := image.NewNRGBA(image.Rect(0, 0, w, h))
+	draw.Draw(img, img.Bounds(), image.NewUniform(c), image.Point{}, draw.Src)
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return &backends.Image{Data: buf.Bytes(), Format: "png", Digest: "sha256:x", Image: img}
+}
+
+func pixels(img image.Image) []byte {
+	n := image.NewNRGBA(img.Bounds())
+	draw.Draw(n, n.Bounds(), img, img.Bounds().Min, draw.Src)
+	return n.Pix
+}
+
+// loraFile writes a LoRA as the cache holds it: a blob without extension.
+func loraFile(t *testing.T, name string, data []byte) backends.LoRA {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "sha256-"+name)
+	if data == nil {
+		writeSafetensors(t, p, "lora_unet_down_blocks_0.lora_down.weight", "lora_unet_down_blocks_0.lora_up.weight")
+	} else if err := os.WriteFile(p, data, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	return backends.LoRA{Name: name, Weight: 0.5, File: backends.File{Name: name + ".safetensors", Digest: "sha256:" + name + "0123", Path: p}}
+}
+
+// The features reach the engine the way it takes them, in both of its
+// programs: n images in one run whose image k is the image of seed+k
+// alone, an init image, mask and strength, LoRAs from the run's LoRA
+// directory, options; progress counts every image's steps; the two
+// programs make the same images; nothing is left behind.
+func TestBatchAndFeatures(t *testing.T) {
+	m, _ := model(t, "sd15", "model")
+	m.LoRAs = []backends.LoRA{loraFile(t, "style", nil)}
+	p := params()
+	p.N, p.Strength = 3, 0.5
+	p.InitImage = pngFile(t, p.Width, p.Height, color.NRGBA{200, 30, 30, 255})
+	p.Mask = pngFile(t, p.Width, p.Height, color.White)
+	p.Options = map[string]any{"clip_skip": 2.0, "vae_tiling": true, "eta": 0.25}
+	sampled := spec.SampledSteps(p.Steps, true, p.Strength)
+
+	results := map[string][][]byte{}
+	for _, mode := range []string{ModeProcess, ModeServer} {
+		t.Run(mode, func(t *testing.T) {
+			log := engineLog(t)
+			b := newBackend(t, Config{Mode: mode})
+			var prog progressLog
+			imgs, err := b.GenerateBatch(t.Context(), m, p, prog.fn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(imgs) != 3 {
+				t.Fatalf("%d images, want 3", len(imgs))
+			}
+			var got [][]byte
+			for _, img := range imgs {
+				got = append(got, pixels(img))
+			}
+			results[mode] = got
+			steps := strings.Fields(prog.String())
+			if want := 3 * sampled; len(steps) != want || steps[len(steps)-1] != fmtStep(want, want) {
+				t.Errorf("progress %q, want 1/%d … %d/%d", prog.String(), want, want, want)
+			}
+			runs := log()
+			var all []string
+			for _, r := range runs {
+				all = append(all, r.Args...)
+			}
+			joined := strings.Join(all, " ")
+			switch mode {
+			case ModeProcess:
+				args := runs[0].Args
+				for flag, want := range map[string]string{spec.FlagBatchCount: "3", spec.FlagStrength: "0.5", "--clip-skip": "2", "--eta": "0.25"} {
+					if got, _ := argValue(args, flag); got != want {
+						t.Errorf("%s = %q, want %q", flag, got, want)
+					}
+				}
+				for _, f := range []string{spec.FlagInitImg, spec.FlagMask, spec.FlagLoraModelDir, "--vae-tiling"} {
+					if !slices.Contains(args, f) {
+						t.Errorf("no %s in %v", f, args)
+					}
+				}
+				if prompt, _ := argValue(args, spec.FlagPrompt); !strings.Contains(prompt, "<lora:style0123.safetensors:0.5>") {
+					t.Errorf("prompt %q lacks the LoRA's tag", prompt)
+				}
+			case ModeServer:
+				for _, want := range []string{"img2img", "batch_size=3", "seed=42", "lora=[{style0123.safetensors 0.5}]", "init_images=1", "mask=true",
+					`"clip_skip":2`, `"eta":0.25`, `"vae_tiling_params":{"enabled":true}`} {
+					if !strings.Contains(joined, want) {
+						t.Errorf("the server's requests %q lack %q", joined, want)
+					}
+				}
+			}
+			// Image k is the image of seed+k alone.
+			one := p
+			one.N, one.Seed = 1, p.Seed+1
+			img, err := b.Generate(t.Context(), m, one, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(pixels(img), got[1]) || bytes.Equal(got[0], got[1]) {
+				t.Error("image 1 of the batch is not the image of seed+1 alone, or two seeds gave one image")
+			}
+			// Without the LoRA, another image.
+			noLoRA := m
+			noLoRA.LoRAs = nil
+			img, err = b.Generate(t.Context(), noLoRA, one, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bytes.Equal(pixels(img), got[1]) {
+				t.Error("the LoRA did not change the image")
+			}
+			b.Close()
+			left, _ := filepath.Glob(filepath.Join(b.cfg.TmpDir, "*"))
+			if len(left) != 0 {
+				t.Errorf("left behind: %v", left)
+			}
+		})
+	}
+	if len(results) == 2 && !slices.EqualFunc(results[ModeProcess], results[ModeServer], bytes.Equal) {
+		t.Error("sd-cli and sd-server made different images for one job")
+	}
+}
+
+func fmtStep(step, total int) string { return fmt.Sprintf("%d/%d", step, total) }
+
+// A LoRA file the engine cannot read fails the job for good (the engine
+// itself would go on without it); one it does not find is retried.
+func TestLoRATrouble(t *testing.T) {
+	m, _ := model(t, "sd15", "model")
+	for _, mode := range []string{ModeProcess, ModeServer} {
+		t.Run(mode, func(t *testing.T) {
+			b := newBackend(t, Config{Mode: mode})
+			bad := m
+			bad.LoRAs = []backends.LoRA{loraFile(t, "garbage", []byte("not a lora"))}
+			if _, err := b.Generate(t.Context(), bad, params(), nil); !errors.Is(err, backends.ErrBadModel) || !strings.Contains(err.Error(), "load lora tensors") {
+				t.Errorf("an unreadable LoRA: %v, want ErrBadModel with the engine's line", err)
+			}
+		})
+	}
+	b := newBackend(t, Config{Mode: ModeProcess})
+	gone := m
+	gone.LoRAs = []backends.LoRA{loraFile(t, "gone", nil)}
+	os.Remove(gone.LoRAs[0].File.Path)
+	_, err := b.Generate(t.Context(), gone, params(), nil)
+	if err == nil || errors.Is(err, backends.ErrBadModel) || errors.Is(err, backends.ErrBadParams) || !strings.Contains(err.Error(), "can not found lora") {
+		t.Errorf("a LoRA not found: %v, want a retried error with the engine's line", err)
+	}
+	// Refused before the engine runs.
+	for name, mutate := range map[string]func(*backends.Params){
+		"option not in the table": func(p *backends.Params) { p.Options = map[string]any{"threads": 8.0} },
+		"init image of another size": func(p *backends.Params) {
+			p.InitImage, p.Strength = pngFile(t, 64, 64, color.Black), 0.5
+		},
+		"strength above 1": func(p *backends.Params) {
+			p.InitImage, p.Strength = pngFile(t, 64, 128, color.Black), 1.5
+		},
+		"LoRA tag in the prompt": func(p *backends.Params) { p.Prompt = "a cat <lora:/etc/passwd:1>" },
+	} {
+		p := params()
+		mutate(&p)
+		if _, err := b.Generate(t.Context(), m, p, nil); !errors.Is(err, backends.ErrBadParams) {
+			t.Errorf("%s: %v, want ErrBadParams", name, err)
+		}
+	}
+}
+
+// The engine's features are named as the backends package names them.
+func TestFeatureNames(t *testing.T) {
+	want := []string{backends.FeatureInitImage, backends.FeatureMask, backends.FeatureLoRAs}
+	if !slices.Equal(spec.Features, want) {
+		t.Errorf("spec.Features = %v, want %v", spec.Features, want)
+	}
+}
