@@ -13,6 +13,7 @@ import (
 	"github.com/genfleet/genfleet/backends/sdcpp/spec"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/openai"
 	"github.com/genfleet/genfleet/uploads"
 )
 
@@ -160,4 +161,18 @@ func listOrNone(l []string) string {
 // newUploads is the scheduler's store of input images.
 func newUploads(cfg Config) *uploads.Store {
 	return &uploads.Store{S3: cfg.S3, Root: cfg.Uploads, MaxBytes: cfg.MaxUploadBytes}
+}
+
+// mountOpenAI serves OpenAI's images API (package openai) on mux. Its
+// requests reach genfleet's API through inner, the API's handler without
+// authentication: mux's routes are behind it already.
+func (s *Server) mountOpenAI(mux *http.ServeMux, inner http.Handler) error {
+	oa, err := openai.New(openai.Config{API: inner, DefaultModel: s.cfg.OpenAIDefaultModel, Wait: s.cfg.OpenAIWait,
+		MaxFormBytes: 3*max(s.cfg.MaxUploadBytes, uploads.DefaultMaxBytes) + 1<<20, Logger: s.log})
+	if err != nil {
+		return err
+	}
+	s.route(mux, "POST /v1/images/generations", oa.Generations)
+	s.route(mux, "POST /v1/images/edits", oa.Edits)
+	return nil
 }

@@ -80,7 +80,13 @@ type Config struct {
 	// 16 MiB.
 	Uploads        s3x.URL
 	MaxUploadBytes int64
-	Logger         *slog.Logger
+	// OpenAIWait is how long a request to the OpenAI images API
+	// (package openai) waits for its job before it is answered 504.
+	// Default 5 minutes. OpenAIDefaultModel is the model of such a
+	// request that names none; default "": the request is refused.
+	OpenAIWait         time.Duration
+	OpenAIDefaultModel string
+	Logger             *slog.Logger
 }
 
 // Server is the API.
@@ -167,7 +173,11 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.route(mux, "GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	s.handler = s.authenticate(s.jsonErrors(mux))
+	inner := s.jsonErrors(mux)
+	if err := s.mountOpenAI(mux, inner); err != nil {
+		return nil, err
+	}
+	s.handler = s.authenticate(inner)
 	return s, nil
 }
 

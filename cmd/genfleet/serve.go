@@ -93,6 +93,8 @@ type routingFlags struct {
 	apiToken    *string
 	allowUnauth *bool
 	enginePools *string
+	openaiWait  *time.Duration
+	openaiModel *string
 }
 
 // apiTokens splits --api-token into its comma-separated tokens.
@@ -123,6 +125,8 @@ func addRoutingFlags(f flags) *routingFlags {
 		enginePools: f.str("engine-pool", "GENFLEET_ENGINE_POOL", "sdcpp=sdcpp", "device class that runs each model engine other than the built-in one, ENGINE=CLASS[,…]"),
 		apiToken:    apiTokenFlag(f),
 		allowUnauth: allowUnauthFlag(f),
+		openaiWait:  f.duration("openai-wait", "GENFLEET_OPENAI_WAIT", 5*time.Minute, "how long a request to the OpenAI images API (/v1/images/…) waits for its job before it is answered 504 (the job keeps running)"),
+		openaiModel: f.str("openai-default-model", "GENFLEET_OPENAI_DEFAULT_MODEL", "", "model of an OpenAI images API request that names none; empty: such a request is refused"),
 	}
 }
 
@@ -164,6 +168,7 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
 		HostTimeout: *rf.hostTimeout, APITokens: rf.apiTokens(),
 		Uploads: up, MaxUploadBytes: maxUpload,
+		OpenAIWait: *rf.openaiWait, OpenAIDefaultModel: *rf.openaiModel,
 	})
 	if err != nil {
 		return err
