@@ -8,6 +8,7 @@
 //	Share    N processes on one model: summed PSS with mmap, against read mode
 //	Queue    no-op jobs through the API and a worker, against raw asynq
 //	Routing  model loads with model-aware routing, against plain queueing
+//	Batch    one job of n images, against n jobs of one image
 //	Upload   weights from a file mapping to the GPU, against pinned memory
 //	Chaos    jobs while worker processes are SIGKILLed: none lost, none corrupt
 //
@@ -24,5 +25,6 @@
 // on free loopback ports, stopped and removed when it returns. Routing and
 // Chaos run worker processes, an executable (genfleet itself by default)
 // started as `genfleet worker`; Share runs holder processes the same way
-// (see ShareChild). Queue runs its scheduler and worker in this process.
+// (see ShareChild). Queue and Batch run their scheduler and worker in this
+// process.
 package bench

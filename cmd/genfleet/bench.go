@@ -18,6 +18,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/genfleet/genfleet/backends/cuda"
+	"github.com/genfleet/genfleet/backends/sdcpp"
 	"github.com/genfleet/genfleet/bench"
 )
 
@@ -35,6 +36,7 @@ type benchEntry struct {
 // benches are the benchmarks of package bench, each with the function
 // that parses its flags and runs it.
 var benches = map[string]benchEntry{
+	"batch":   {"one job of n images vs n jobs of one image on one worker (anchor): what a shared acquire and job saves per image", benchBatch},
 	"chaos":   {"jobs through the API to worker processes of one host, one SIGKILLed and restarted every few seconds: every job ends once, with the right image", benchChaos},
 	"fetch":   {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
 	"load":    {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
@@ -254,6 +256,41 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, erro
 		o.CPUProfile = profile
 	}
 	return bench.Queue(ctx, o, stderr)
+}
+
+func benchBatch(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench batch", stderr)
+	c := addCommon(f)
+	var o bench.BatchOptions
+	size := f.String("size", "16MiB", "size of the reference model")
+	f.IntVar(&o.Images, "images", 8, "n: images in the batch job, and one-image jobs in the anchor")
+	f.IntVar(&o.Width, "width", 256, "image width")
+	f.IntVar(&o.Height, "height", 256, "image height")
+	f.IntVar(&o.Steps, "steps", 2, "steps per image")
+	f.IntVar(&o.Rounds, "rounds", 3, "rounds, each one batch job and n single jobs; the figures are medians over rounds")
+	backend := f.String("backend", "cpu", "cpu (the built-in engine) or sdcpp (stable-diffusion.cpp, with the --sdcpp-… flags and --model)")
+	sf := addSdcppFlags(f)
+	f.StringVar(&o.SdcppModel, "model", "", "model file for --backend sdcpp, e.g. one `genfleet models make --arch sd1` wrote")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.ModelSize, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	switch *backend {
+	case "cpu":
+	case "sdcpp":
+		o.Sdcpp = &sdcpp.Config{CLI: *sf.cli, Server: *sf.server, Mode: *sf.mode, Args: strings.Fields(*sf.args),
+			DeviceClass: "sdcpp", Timeout: *sf.timeout, StartTimeout: *sf.start}
+	default:
+		return nil, fmt.Errorf("--backend %q: want cpu or sdcpp", *backend)
+	}
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
+	}
+	o.S3 = c.s3Config()
+	return bench.Batch(ctx, o, stderr)
 }
 
 func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, error) {
