@@ -1,8 +1,8 @@
 // Package scheduler is genfleet's HTTP API: it validates generation
 // requests, enqueues them into Redis with asynq, reports job status (also of
-// jobs that producers enqueued straight into Redis), serves finished images
-// from the outputs bucket, cancels jobs, and lists the models the registry
-// knows.
+// jobs that producers enqueued straight into Redis), lists recent jobs and
+// the queues, serves finished images and their thumbnails from the outputs
+// bucket, cancels jobs, and lists the models the registry knows.
 package scheduler
 
 import (
@@ -69,6 +69,10 @@ type Config struct {
 	// before the registry is asked again. Default 5s. Unknown models are
 	// never cached, so a model pushed a moment ago is found at once.
 	ManifestTTL time.Duration
+	// QueueSampleInterval is how often RunSampler records the queue sizes
+	// that GET /v1/queues returns as history (the last 180 samples).
+	// Default 10s.
+	QueueSampleInterval time.Duration
 	// APITokens are the bearer tokens the API accepts (Authorization:
 	// Bearer <token>); empty turns authentication off, which New logs as a
 	// warning. /healthz, /readyz and /metrics are always open (see auth.go).
@@ -93,6 +97,8 @@ type Server struct {
 	fleet     *job.Fleet
 	view      fleetCache
 	manifests manifestCache
+	history   queueHistory
+	seen      hostMemory
 }
 
 // New returns an API server. Close releases its connections.
@@ -126,6 +132,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ManifestTTL <= 0 {
 		cfg.ManifestTTL = 5 * time.Second
+	}
+	if cfg.QueueSampleInterval <= 0 {
+		cfg.QueueSampleInterval = 10 * time.Second
 	}
 	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
@@ -162,8 +171,11 @@ func New(cfg Config) (*Server, error) {
 
 	mux := http.NewServeMux()
 	s.route(mux, "POST /v1/jobs", s.createJob)
+	s.route(mux, "GET /v1/jobs", s.listJobs)
 	s.route(mux, "GET /v1/jobs/{id}", s.getJob)
 	s.route(mux, "GET /v1/jobs/{id}/image", s.getImage)
+	s.route(mux, "GET /v1/jobs/{id}/thumbnail", s.getThumbnail)
+	s.route(mux, "GET /v1/queues", s.listQueues)
 	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
 	s.route(mux, "GET /v1/models", s.listModels)
 	s.route(mux, "GET /v1/workers", s.listWorkers)
