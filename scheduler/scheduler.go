@@ -29,6 +29,7 @@ import (
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/ui"
 )
 
 // Config configures the API server. Fields without a stated default are
@@ -184,7 +185,9 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.route(mux, "GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	s.handler = s.authenticate(s.jsonErrors(mux))
+	// The web page (package ui) is a client of this API in the same
+	// process, under /ui; it signs its users in with the API's tokens.
+	s.handler = ui.Mount(s.authenticate(s.jsonErrors(mux)), ui.Config{Tokens: cfg.APITokens, Logger: cfg.Logger})
 	return s, nil
 }
 
