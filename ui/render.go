@@ -34,6 +34,9 @@ var funcs = template.FuncMap{
 	"f2": func(f float64) string { return strconv.FormatFloat(f, 'f', 2, 64) },
 }
 
+// loadPages parses the embedded templates. It panics on a template that
+// does not parse: they are part of the binary, and every test that makes
+// a UI finds such a fault.
 func loadPages() *pages {
 	part := template.Must(template.New("parts.html").Funcs(funcs).ParseFS(assets, "assets/parts.html"))
 	p := &pages{page: map[string]*template.Template{}, part: part}
