@@ -97,12 +97,20 @@ func (s *Server) sample(stats []QueueStats, now time.Time) {
 	s.history.add(QueueSample{At: now.UTC(), Queues: m})
 }
 
+// sampleInterval is Config.QueueSampleInterval, or its default of 10s.
+func (s *Server) sampleInterval() time.Duration {
+	if s.cfg.QueueSampleInterval > 0 {
+		return s.cfg.QueueSampleInterval
+	}
+	return 10 * time.Second
+}
+
 // RunSampler samples the queue sizes into the history that GET /v1/queues
 // returns, and refreshes the fleet view (which keeps the memory of hosts
 // that went away), every Config.QueueSampleInterval until ctx ends. Run it
 // in every scheduler process: each keeps its own history.
 func (s *Server) RunSampler(ctx context.Context) {
-	t := time.NewTicker(s.cfg.QueueSampleInterval)
+	t := time.NewTicker(s.sampleInterval())
 	defer t.Stop()
 	for {
 		if stats, err := s.queueStats(); err == nil {
@@ -139,8 +147,8 @@ func (s *Server) listQueues(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now()
-	if now.Sub(s.history.last()) >= s.cfg.QueueSampleInterval {
+	if now.Sub(s.history.last()) >= s.sampleInterval() {
 		s.sample(stats, now)
 	}
-	writeJSON(w, http.StatusOK, queueList{Queues: stats, IntervalS: s.cfg.QueueSampleInterval.Seconds(), History: s.history.all()})
+	writeJSON(w, http.StatusOK, queueList{Queues: stats, IntervalS: s.sampleInterval().Seconds(), History: s.history.all()})
 }

@@ -134,9 +134,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ManifestTTL <= 0 {
 		cfg.ManifestTTL = 5 * time.Second
 	}
-	if cfg.QueueSampleInterval <= 0 {
-		cfg.QueueSampleInterval = 10 * time.Second
-	}
 	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
 		return nil, errors.New("scheduler: unsupported Redis connection option")

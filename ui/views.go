@@ -420,12 +420,17 @@ func waterfall(t map[string]float64) (bars []bar, total string) {
 		ms               float64
 	}
 	var phases []ph
-	known := map[string]bool{"total": true, "acquire": true}
+	// acquire sums the cache's phases; engine_load is part of generate.
+	known := map[string]bool{"total": true, "acquire": true, "engine_load": true}
 	var worker float64
 	for _, p := range phaseOrder {
 		known[p.key] = true
 		if ms := t[p.key]; ms > 0 {
-			phases = append(phases, ph{p.key, p.label, p.note, ms})
+			note := p.note
+			if p.key == "generate" && t["engine_load"] > 0 {
+				note = "the backend's steps, of which " + msString(t["engine_load"]) + " the engine loading the weights"
+			}
+			phases = append(phases, ph{p.key, p.label, note, ms})
 			if p.key != "queue_wait" {
 				worker += ms
 			}

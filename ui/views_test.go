@@ -75,6 +75,11 @@ func TestWaterfall(t *testing.T) {
 	if total != "900 ms" {
 		t.Fatalf("total %q", total)
 	}
+	// engine_load is part of generate: said there, not a bar of its own.
+	bars, _ = waterfall(map[string]float64{"generate": 900, "engine_load": 200, "total": 900})
+	if len(bars) != 1 || !strings.Contains(bars[0].Note, "of which 200 ms the engine loading") {
+		t.Fatalf("with engine_load: %+v", bars)
+	}
 	if bars, _ := waterfall(nil); bars != nil {
 		t.Fatalf("no timings gave %v", bars)
 	}
