@@ -154,6 +154,12 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read job record %s: %w", id, err)
 	}
+	return decodeRecord(id, vals)
+}
+
+// decodeRecord makes the record of id from the values of its hash fields
+// run, step and steps. A missing run field gives ErrNoRecord.
+func decodeRecord(id string, vals []any) (*Record, error) {
 	raw, ok := vals[0].(string)
 	if !ok {
 		return nil, ErrNoRecord
@@ -297,7 +303,9 @@ func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Dur
 }
 
 // finishScript writes the record, marks a terminal status final, and drops
-// the caller's claim, in one round trip.
+// the caller's claim, in one round trip. It also scores the job in the
+// index of recent jobs (KEYS[3], see RecentKey) and trims the index to
+// its cap.
 var finishScript = redis.NewScript(`
 if ARGV[2] ~= "" then
 	redis.call("HSET", KEYS[1], "run", ARGV[1], "final", ARGV[2])
@@ -306,6 +314,8 @@ else
 end
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
 if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then redis.call("DEL", KEYS[2]) end
+redis.call("ZADD", KEYS[3], ARGV[5], ARGV[6])
+redis.call("ZREMRANGEBYRANK", KEYS[3], 0, -1 - tonumber(ARGV[7]))
 return 1`)
 
 // Finish writes run as the record; a terminal status is recorded as final,
@@ -355,7 +365,8 @@ func finishArgs(run *Record, owner string) ([]string, []any, error) {
 	if run.Status.Terminal() {
 		final = string(run.Status)
 	}
-	return []string{recordKey(run.ID), claimKey(run.ID)}, []any{b, final, owner, RecordTTL.Milliseconds()}, nil
+	return []string{recordKey(run.ID), claimKey(run.ID), RecentKey},
+		[]any{b, final, owner, RecordTTL.Milliseconds(), recentScore(run), run.ID, RecentCap}, nil
 }
 
 var releaseClaimScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)

@@ -60,6 +60,7 @@ func (s *Server) fleetView(ctx context.Context) ([]HostView, []job.Heartbeat, er
 		hosts[i].Backlog = info.Pending + info.Scheduled + info.Retry
 	}
 	s.view.at, s.view.hosts, s.view.hbs = time.Now(), hosts, hbs
+	s.seen.observe(hosts, hbs, s.view.at)
 	return hosts, hbs, nil
 }
 
@@ -111,7 +112,7 @@ func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) {
 	if hbs == nil {
 		hbs = []job.Heartbeat{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"hosts": hosts, "workers": hbs})
+	writeJSON(w, http.StatusOK, map[string]any{"hosts": hosts, "workers": hbs, "gone": s.seen.gone(hosts, time.Now())})
 }
 
 // ModelHost says how warm a model is on one host.

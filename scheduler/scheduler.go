@@ -1,8 +1,8 @@
 // Package scheduler is genfleet's HTTP API: it validates generation
 // requests, enqueues them into Redis with asynq, reports job status (also of
-// jobs that producers enqueued straight into Redis), serves finished images
-// from the outputs bucket, cancels jobs, and lists the models the registry
-// knows.
+// jobs that producers enqueued straight into Redis), lists recent jobs and
+// the queues, serves finished images and their thumbnails from the outputs
+// bucket, cancels jobs, and lists the models the registry knows.
 package scheduler
 
 import (
@@ -29,6 +29,7 @@ import (
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/ui"
 	"github.com/genfleet/genfleet/uploads"
 )
 
@@ -70,6 +71,10 @@ type Config struct {
 	// before the registry is asked again. Default 5s. Unknown models are
 	// never cached, so a model pushed a moment ago is found at once.
 	ManifestTTL time.Duration
+	// QueueSampleInterval is how often RunSampler records the queue sizes
+	// that GET /v1/queues returns as history (the last 180 samples).
+	// Default 10s.
+	QueueSampleInterval time.Duration
 	// APITokens are the bearer tokens the API accepts (Authorization:
 	// Bearer <token>); empty turns authentication off, which New logs as a
 	// warning. /healthz, /readyz and /metrics are always open (see auth.go).
@@ -107,6 +112,8 @@ type Server struct {
 	view      fleetCache
 	manifests manifestCache
 	uploads   *uploads.Store
+	history   queueHistory
+	seen      hostMemory
 }
 
 // New returns an API server. Close releases its connections.
@@ -161,10 +168,13 @@ func New(cfg Config) (*Server, error) {
 
 	mux := http.NewServeMux()
 	s.route(mux, "POST /v1/jobs", s.createJob)
+	s.route(mux, "GET /v1/jobs", s.listJobs)
 	s.route(mux, "GET /v1/jobs/{id}", s.getJob)
 	s.route(mux, "GET /v1/jobs/{id}/image", s.getImage)
 	s.route(mux, "GET /v1/jobs/{id}/images/{k}", s.getImageK)
 	s.route(mux, "POST /v1/uploads", s.createUpload)
+	s.route(mux, "GET /v1/jobs/{id}/thumbnail", s.getThumbnail)
+	s.route(mux, "GET /v1/queues", s.listQueues)
 	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
 	s.route(mux, "GET /v1/models", s.listModels)
 	s.route(mux, "GET /v1/workers", s.listWorkers)
@@ -177,7 +187,9 @@ func New(cfg Config) (*Server, error) {
 	if err := s.mountOpenAI(mux, inner); err != nil {
 		return nil, err
 	}
-	s.handler = s.authenticate(inner)
+	// The web page (package ui) is a client of this API in the same
+	// process, under /ui; it signs its users in with the API's tokens.
+	s.handler = ui.Mount(s.authenticate(inner), ui.Config{Tokens: cfg.APITokens, Logger: cfg.Logger})
 	return s, nil
 }
 

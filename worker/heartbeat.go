@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -117,7 +118,20 @@ func (w *Worker) state(started time.Time) *job.Heartbeat {
 	if used, budget, err := w.cfg.Cache.Usage(); err == nil {
 		hb.CacheUsed, hb.CacheBudget = used, budget
 	}
+	if d, ok := w.cfg.Backend.(deviceReporter); ok {
+		hb.Device = d.DeviceName()
+		for i := range hb.Models {
+			hb.Models[i].OnDevice = slices.ContainsFunc(hb.Models[i].Digests, d.OnDevice)
+		}
+	}
 	return hb
+}
+
+// deviceReporter is a backend that runs on a device of its own (cuda):
+// the device's name, and whether a file's weights are resident there.
+type deviceReporter interface {
+	DeviceName() string
+	OnDevice(digest string) bool
 }
 
 // digestsOf lists a manifest's file digests ("sha256:<hex>").

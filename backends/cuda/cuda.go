@@ -144,6 +144,14 @@ func (*Backend) Features() []string { return refgen.Features }
 // DeviceName returns the GPU's name as the driver reports it.
 func (b *Backend) DeviceName() string { return b.dev.name }
 
+// OnDevice reports whether the weights of the file with digest are
+// resident on the GPU now (the worker's heartbeat says so per model).
+func (b *Backend) OnDevice(digest string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.res.slots[digest] != nil
+}
+
 // Budget returns the device memory budget for resident weights.
 func (b *Backend) Budget() int64 { return b.budget }
 

@@ -176,8 +176,10 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	defer srv.Close()
 	reapCtx, stopReaper := context.WithCancel(ctx)
 	reaperDone := make(chan struct{})
+	samplerDone := make(chan struct{})
 	go func() { defer close(reaperDone); srv.RunReaper(reapCtx) }()
-	defer func() { stopReaper(); <-reaperDone }()
+	go func() { defer close(samplerDone); srv.RunSampler(reapCtx) }()
+	defer func() { stopReaper(); <-reaperDone; <-samplerDone }()
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	log.Info("scheduler listening", "addr", ln.Addr().String())
 	return serveHTTP(ctx, hs, ln)
