@@ -106,6 +106,10 @@ func TestAuthAndNoSecretsInLogsOrStatus(t *testing.T) {
 		{"no token, status", "GET", "/v1/jobs/whatever", ""},
 		{"no token, job list", "GET", "/v1/jobs", ""},
 		{"no token, queues", "GET", "/v1/queues", ""},
+		{"no token, upload", "POST", "/v1/uploads", ""},
+		{"no token, image k", "GET", "/v1/jobs/whatever/images/1", ""},
+		{"no token, OpenAI generations", "POST", "/v1/images/generations", ""},
+		{"no token, OpenAI edits", "POST", "/v1/images/edits", ""},
 	} {
 		code, hdr := call(tc.method, tc.path, jobBody(1), tc.tok)
 		if code != http.StatusUnauthorized || !strings.HasPrefix(hdr.Get("WWW-Authenticate"), "Bearer") {
