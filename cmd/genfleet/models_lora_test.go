@@ -42,6 +42,14 @@ func TestModelsMakeAndPushLoRA(t *testing.T) {
 		t.Fatalf("models ls:\n%s", out)
 	}
 
+	// The object already in S3, registered again as a LoRA.
+	code, out, stderr = e.run("models", "register", "s3://pushmodels/loras/a.safetensors", "--name", "style2", "--kind", "lora")
+	if code != 0 || !strings.Contains(out, `registered "style2" (engine refgen, kind lora)`) {
+		t.Fatalf("register: %d\n%s\n%s", code, out, stderr)
+	}
+	if m, err := e.reg.Resolve(t.Context(), "style2"); err != nil || m.KindName() != "lora" {
+		t.Fatalf("resolve style2: %+v %v", m, err)
+	}
 	model := filepath.Join(dir, "m.safetensors")
 	if code, _, stderr := runCLI("models", "make", "--size", "64KiB", "--out", model); code != 0 {
 		t.Fatal(stderr)
