@@ -92,19 +92,29 @@ func genArgs(p backends.Params) []string {
 
 // cliArgs is the whole command line of a one-shot run after the program:
 // the model, the operator's extra flags, the job's parameters, the output
-// and --mmap.
-func cliArgs(model, extra []string, p backends.Params, output string) []string {
+// and, unless noMmap, --mmap.
+func cliArgs(model, extra []string, p backends.Params, output string, noMmap bool) []string {
 	args := append([]string{}, model...)
 	args = append(args, extra...)
 	args = append(args, genArgs(p)...)
-	return append(args, spec.FlagOutput, output, spec.FlagMmap)
+	args = append(args, spec.FlagOutput, output)
+	return append(args, mmapArg(noMmap)...)
 }
 
 // serverArgs is the command line of an engine server for one model.
-func serverArgs(model, extra []string, port int) []string {
+func serverArgs(model, extra []string, port int, noMmap bool) []string {
 	args := append([]string{spec.FlagListenIP, "127.0.0.1", spec.FlagListenPort, strconv.Itoa(port)}, model...)
 	args = append(args, extra...)
-	return append(args, spec.FlagMmap)
+	return append(args, mmapArg(noMmap)...)
+}
+
+// mmapArg is --mmap, or nothing when Config.NoMmap asks for the engine's
+// private copies.
+func mmapArg(noMmap bool) []string {
+	if noMmap {
+		return nil
+	}
+	return []string{spec.FlagMmap}
 }
 
 // txt2img is the body of a request to the server's /sdapi/v1/txt2img.

@@ -343,7 +343,7 @@ func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 	}
 	s.base = fmt.Sprintf("http://127.0.0.1:%d", port)
 	t0 := time.Now()
-	proc, err := startProcess(b.server, serverArgs(margs, b.cfg.Args, port), b.cfg.TmpDir, s.out)
+	proc, err := startProcess(b.server, serverArgs(margs, b.cfg.Args, port, b.cfg.NoMmap), b.cfg.TmpDir, s.out)
 	if err != nil {
 		fail(err)
 		return
