@@ -99,21 +99,32 @@ func genArgs(p backends.Params, prompt string) []string {
 // cliArgs is the whole command line of a one-shot run after the program:
 // the model, the operator's extra flags, the job's parameters (its LoRAs
 // as tags in the prompt), its features' flags (rf: its files), the output
-// and --mmap.
-func cliArgs(model, extra []string, p backends.Params, ls []backends.LoRA, rf runFiles, output string) []string {
+// and, unless noMmap, --mmap.
+func cliArgs(model, extra []string, p backends.Params, ls []backends.LoRA, rf runFiles, output string, noMmap bool) []string {
 	args := append([]string{}, model...)
 	args = append(args, extra...)
 	args = append(args, genArgs(p, p.Prompt+loraTags(rf.loras, ls))...)
 	args = append(args, featureArgs(p, rf)...)
-	return append(args, spec.FlagOutput, output, spec.FlagMmap)
+	args = append(args, spec.FlagOutput, output)
+	return append(args, mmapArg(noMmap)...)
 }
 
 // serverArgs is the command line of an engine server for one model, whose
 // LoRA directory is loraDir.
-func serverArgs(model, extra []string, port int, loraDir string) []string {
+func serverArgs(model, extra []string, port int, loraDir string, noMmap bool) []string {
 	args := append([]string{spec.FlagListenIP, "127.0.0.1", spec.FlagListenPort, strconv.Itoa(port)}, model...)
 	args = append(args, extra...)
-	return append(args, spec.FlagLoraModelDir, loraDir, spec.FlagMmap)
+	args = append(args, spec.FlagLoraModelDir, loraDir)
+	return append(args, mmapArg(noMmap)...)
+}
+
+// mmapArg is --mmap, or nothing when Config.NoMmap asks for the engine's
+// private copies.
+func mmapArg(noMmap bool) []string {
+	if noMmap {
+		return nil
+	}
+	return []string{spec.FlagMmap}
 }
 
 // sdapiRequest is the body of a request to the server's

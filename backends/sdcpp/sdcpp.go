@@ -3,9 +3,9 @@
 // families) with stable-diffusion.cpp's programs, out of process.
 //
 // The worker hands the backend the cached files' paths while it holds
-// their leases; the engine always gets --mmap, so it maps the blobs
-// read-only and every engine process on the host shares the page cache
-// that genfleet's model cache fills. Two ways to run:
+// their leases; the engine gets --mmap (unless Config.NoMmap, a benchmark
+// knob), so it maps the blobs read-only and every engine process on the
+// host shares the page cache that genfleet's model cache fills. Two ways to run:
 //
 //   - one process per job: the command-line program (sd-cli; older
 //     releases call it sd) with the job's flags, writing a PNG that the
@@ -77,6 +77,11 @@ type Config struct {
 	// StartTimeout bounds how long a server may take to load its model and
 	// answer. Default 10 minutes.
 	StartTimeout time.Duration
+	// NoMmap runs the engine without --mmap: each engine process then
+	// reads the weights into memory of its own instead of sharing the
+	// page cache. A benchmark knob (genfleet bench share --backend sdcpp
+	// measures both); a fleet wants the default, false.
+	NoMmap bool
 	// TmpDir holds each one-shot run's output. Default os.TempDir().
 	TmpDir string
 	// Logger defaults to slog.Default().
@@ -273,7 +278,7 @@ func (b *Backend) runOnce(ctx context.Context, m backends.Model, margs []string,
 	out := &engineOutput{}
 	out.setBatch(sampledSteps(p), images(p), progress)
 	start := out.mark()
-	proc, err := startProcess(b.cli, cliArgs(margs, b.cfg.Args, p, m.LoRAs, rf, outPath), dir, out)
+	proc, err := startProcess(b.cli, cliArgs(margs, b.cfg.Args, p, m.LoRAs, rf, outPath, b.cfg.NoMmap), dir, out)
 	if err != nil {
 		return nil, fmt.Errorf("sdcpp: start %s: %w", b.cli, err)
 	}

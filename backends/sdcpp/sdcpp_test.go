@@ -598,8 +598,8 @@ func TestFlagsAreInTheHelp(t *testing.T) {
 		}
 	}
 	// Values are never flags here (no prompt starts with "-" in params()).
-	check(spec.CLI, cliArgs(margs, nil, p, nil, runFiles{}, "out.png"))
-	check(spec.Server, serverArgs(margs, nil, 1234, "loras"))
+	check(spec.CLI, cliArgs(margs, nil, p, nil, runFiles{}, "out.png", false))
+	check(spec.Server, serverArgs(margs, nil, 1234, "loras", false))
 	// Every feature and every option at once.
 	p.N, p.Strength = 3, 0.5
 	p.Options = map[string]any{}
@@ -612,7 +612,7 @@ func TestFlagsAreInTheHelp(t *testing.T) {
 		}
 	}
 	ls := []backends.LoRA{{Name: "style", Weight: 0.5, File: backends.File{Digest: "sha256:ab", Path: "/x"}}}
-	args := cliArgs(margs, nil, p, ls, runFiles{initImage: "i.png", mask: "m.png", loraDir: "loras", loras: []string{"ab.safetensors"}}, "out.png")
+	args := cliArgs(margs, nil, p, ls, runFiles{initImage: "i.png", mask: "m.png", loraDir: "loras", loras: []string{"ab.safetensors"}}, "out.png", false)
 	check(spec.CLI, args)
 	for _, f := range []string{spec.FlagBatchCount, spec.FlagInitImg, spec.FlagMask, spec.FlagStrength, spec.FlagLoraModelDir, "--clip-skip", "--vae-tiling"} {
 		if !slices.Contains(args, f) {
@@ -648,5 +648,33 @@ func TestProgressParsing(t *testing.T) {
 	}
 	if strings.Contains(o.tailText(), "it/s") {
 		t.Errorf("progress bars kept in the tail: %q", o.tailText())
+	}
+}
+
+// Config.NoMmap, the benchmark knob: the engine runs without --mmap, in
+// both modes, and the weight load it then logs (a read) is reported.
+func TestNoMmap(t *testing.T) {
+	for _, mode := range []string{ModeProcess, ModeServer} {
+		t.Run(mode, func(t *testing.T) {
+			log := engineLog(t)
+			b := newBackend(t, Config{Mode: mode, NoMmap: true})
+			m, _ := model(t, "sd15", "model")
+			var load time.Duration
+			ctx := backends.WithPhases(t.Context(), func(name string, d time.Duration) {
+				if name == "engine_load" {
+					load = d
+				}
+			})
+			if _, err := b.Generate(ctx, m, params(), nil); err != nil {
+				t.Fatal(err)
+			}
+			runs := log()
+			if len(runs) == 0 || slices.Contains(runs[0].Args, "--mmap") {
+				t.Errorf("engine runs %+v: want a first run without --mmap", runs)
+			}
+			if load != 820*time.Millisecond {
+				t.Errorf("engine_load %v, want the 0.82s the engine logged", load)
+			}
+		})
 	}
 }

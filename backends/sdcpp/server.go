@@ -402,7 +402,7 @@ func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 		return
 	}
 	t0 := time.Now()
-	proc, err := startProcess(b.server, serverArgs(margs, b.cfg.Args, port, s.loraDir), b.cfg.TmpDir, s.out)
+	proc, err := startProcess(b.server, serverArgs(margs, b.cfg.Args, port, s.loraDir, b.cfg.NoMmap), b.cfg.TmpDir, s.out)
 	if err != nil {
 		fail(err)
 		return

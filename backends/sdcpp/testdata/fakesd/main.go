@@ -5,8 +5,8 @@
 // (backends/sdcpp/testdata, each with the engine commit it came from):
 //
 //   - flags: it takes only the flags the captured help (sd-cli-help.txt,
-//     sd-server-help.txt) lists, and requires --mmap; an unknown flag gets
-//     the engine's error line and exit status 1;
+//     sd-server-help.txt) lists; an unknown flag gets the engine's error
+//     line and exit status 1;
 //   - model files: it reads their safetensors headers and refuses, with
 //     the engine's own lines and exit status (refusals.txt), a file of no
 //     format it reads, tensors of no model it knows (no diffusion model
@@ -18,8 +18,8 @@
 //     markup of a prompt (width, height, seed, batch_count,
 //     sample_params.sample_steps) as the real one does;
 //   - weights load on the first generation of a process or server, logged
-//     in the engine's words; a generation ends with its
-//     "generate_image completed" line;
+//     in the engine's words, mapped with --mmap and read without it; a
+//     generation ends with its "generate_image completed" line;
 //   - a batch (--batch-count, "batch_size") makes one image per seed
 //     seed, seed+1, … (each the image of that seed alone), each announced
 //     with the engine's "generating image: k/n - seed s" line and its own
@@ -112,6 +112,7 @@ var components = [][]string{
 
 var (
 	server  bool
+	mmap    bool // --mmap given
 	helpDir string
 )
 
@@ -160,9 +161,7 @@ func main() {
 			opts[a] = "true"
 		}
 	}
-	if opts["--mmap"] != "true" {
-		die("[ERROR] fakesd: genfleet must pass --mmap")
-	}
+	mmap = opts["--mmap"] == "true"
 	loadModel(opts)
 	if server {
 		serve(opts)
@@ -413,6 +412,11 @@ func generate(p params) ([][]byte, error) {
 	fmt.Printf("[INFO ] stable-diffusion.cpp:5628 - generate_image %dx%d\n", p.width, p.height)
 	loadOnce.Do(func() {
 		// The engine prepares a module's weights on its first use.
+		if !mmap {
+			bar(686, 686, "MB/s")
+			fmt.Println("[INFO ] model_loader.cpp:1304 - loading tensors completed, taking 0.82s (read: 0.63s, memcpy: 0.00s, convert: 0.00s, copy_to_backend: 0.00s)")
+			return
+		}
 		fmt.Println("[INFO ] model_loader.cpp:971  - memory-mapped 686 tensors in 1 files (1270.04 MB), taking 0.01s")
 		bar(686, 686, "MB/s")
 		fmt.Println("[INFO ] model_loader.cpp:1304 - loading tensors completed, taking 0.20s (read: 0.00s, memcpy: 0.00s, convert: 0.00s, copy_to_backend: 0.00s)")
