@@ -17,7 +17,11 @@ import (
 //
 //   - n images: the engine's batch count, one run; image k has seed
 //     seed+k, as the engine seeds each image of a batch ("generating
-//     image: k/n - seed …");
+//     image: k/n - seed …"), and is the image of that seed alone. Not so
+//     with an init image: the engine samples the init image's latent once
+//     per batch, from the first seed, so image k of an image-to-image batch
+//     is not the job of seed+k alone; such a job runs the engine once per
+//     image (on a server that keeps the model loaded, one request each);
 //   - an init image, a mask and a strength: sd-cli gets them as files
 //     (--init-img, --mask) and --strength; sd-server as base64 in an
 //     /sdapi/v1/img2img request ("init_images", "mask",

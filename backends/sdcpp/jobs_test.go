@@ -90,13 +90,21 @@ func TestBatchAndFeatures(t *testing.T) {
 				all = append(all, r.Args...)
 			}
 			joined := strings.Join(all, " ")
+			// An image-to-image job runs the engine once per image (its
+			// batch would sample the init image with the first seed only).
 			switch mode {
 			case ModeProcess:
-				args := runs[0].Args
-				for flag, want := range map[string]string{spec.FlagBatchCount: "3", spec.FlagStrength: "0.5", "--clip-skip": "2", "--eta": "0.25"} {
+				if len(runs) != 3 {
+					t.Fatalf("%d engine runs for 3 image-to-image images, want 3: %+v", len(runs), runs)
+				}
+				args := runs[1].Args
+				for flag, want := range map[string]string{spec.FlagSeed: "43", spec.FlagStrength: "0.5", "--clip-skip": "2", "--eta": "0.25"} {
 					if got, _ := argValue(args, flag); got != want {
 						t.Errorf("%s = %q, want %q", flag, got, want)
 					}
+				}
+				if slices.Contains(args, spec.FlagBatchCount) {
+					t.Errorf("an image-to-image run got %s: %v", spec.FlagBatchCount, args)
 				}
 				for _, f := range []string{spec.FlagInitImg, spec.FlagMask, spec.FlagLoraModelDir, "--vae-tiling"} {
 					if !slices.Contains(args, f) {
@@ -107,7 +115,7 @@ func TestBatchAndFeatures(t *testing.T) {
 					t.Errorf("prompt %q lacks the LoRA's tag", prompt)
 				}
 			case ModeServer:
-				for _, want := range []string{"img2img", "batch_size=3", "seed=42", "lora=[{style0123.safetensors 0.5}]", "init_images=1", "mask=true",
+				for _, want := range []string{"img2img", "batch_size=1", "seed=42", "seed=43", "seed=44", "lora=[{style0123.safetensors 0.5}]", "init_images=1", "mask=true",
 					`"clip_skip":2`, `"eta":0.25`, `"vae_tiling_params":{"enabled":true}`} {
 					if !strings.Contains(joined, want) {
 						t.Errorf("the server's requests %q lack %q", joined, want)
@@ -143,6 +151,72 @@ func TestBatchAndFeatures(t *testing.T) {
 	}
 	if len(results) == 2 && !slices.EqualFunc(results[ModeProcess], results[ModeServer], bytes.Equal) {
 		t.Error("sd-cli and sd-server made different images for one job")
+	}
+}
+
+// A text-to-image job of n images is one engine run with the engine's
+// batch count, whose image k is the image of seed+k alone; the engine's
+// own batch of an image-to-image job is not (it samples the init image
+// once, with the first seed), which is why such jobs run per image.
+func TestTextToImageBatchIsOneRun(t *testing.T) {
+	m, _ := model(t, "sd15", "model")
+	for _, mode := range []string{ModeProcess, ModeServer} {
+		t.Run(mode, func(t *testing.T) {
+			log := engineLog(t)
+			b := newBackend(t, Config{Mode: mode})
+			p := params()
+			p.N = 4
+			var prog progressLog
+			imgs, err := b.GenerateBatch(t.Context(), m, p, prog.fn)
+			if err != nil || len(imgs) != 4 {
+				t.Fatalf("%d images, %v", len(imgs), err)
+			}
+			if got := prog.String(); !strings.HasSuffix(got, " 24/24") || len(strings.Fields(got)) != 24 {
+				t.Errorf("progress %q, want 1/24 … 24/24", got)
+			}
+			runs := log()
+			switch mode {
+			case ModeProcess:
+				if len(runs) != 1 {
+					t.Fatalf("%d engine runs, want 1", len(runs))
+				}
+				if got, _ := argValue(runs[0].Args, spec.FlagBatchCount); got != "4" {
+					t.Errorf("%s = %q, want 4", spec.FlagBatchCount, got)
+				}
+			case ModeServer:
+				var reqs int
+				for _, r := range runs {
+					if len(r.Args) > 0 && r.Args[0] == "txt2img" {
+						reqs++
+						if !slices.Contains(r.Args, "batch_size=4") {
+							t.Errorf("request %v lacks batch_size=4", r.Args)
+						}
+					}
+				}
+				if reqs != 1 {
+					t.Errorf("%d requests, want 1", reqs)
+				}
+			}
+			one := p
+			one.N, one.Seed = 1, p.Seed+2
+			img, err := b.Generate(t.Context(), m, one, nil)
+			if err != nil || !bytes.Equal(pixels(img), pixels(imgs[2])) {
+				t.Errorf("image 2 of the batch is not the image of seed+2 alone (%v)", err)
+			}
+			// The engine's own batch with an init image: image 1 is not
+			// the job of seed+1 alone.
+			p.InitImage, p.Strength = pngFile(t, p.Width, p.Height, color.Black), 0.5
+			margs, _ := modelArgs(m)
+			batch, err := b.run(t.Context(), m, margs, p, nil)
+			if err != nil || len(batch) != 4 {
+				t.Fatalf("an engine batch with an init image: %d images, %v", len(batch), err)
+			}
+			one.InitImage, one.Strength, one.Seed = p.InitImage, p.Strength, p.Seed+1
+			img, err = b.Generate(t.Context(), m, one, nil)
+			if err != nil || bytes.Equal(pixels(img), pixels(batch[1])) {
+				t.Errorf("the stand-in's image-to-image batch gave image 1 the image of seed+1 alone (%v): it no longer does what the engine does", err)
+			}
+		})
 	}
 }
 

@@ -211,12 +211,15 @@ func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Par
 	return imgs[0], nil
 }
 
-// GenerateBatch runs the engine once on m for the p.N images of p (its
-// batch count; image k has seed p.Seed+k). Progress is the engine's step
-// progress over all images. A model or parameters the engine cannot take
-// yield errors wrapping backends.ErrBadModel or backends.ErrBadParams
-// before anything runs; an engine failure carries the engine's last error
-// line.
+// GenerateBatch runs the engine on m for the p.N images of p, image k
+// with seed p.Seed+k and the image the job of that seed alone makes: a
+// text-to-image job in one run (the engine's batch count); one with an
+// init image in a run per image, since the engine samples the init
+// image's latent once per batch, with the first seed (jobs.go). Progress
+// is the engine's step progress over all images. A model or parameters the
+// engine cannot take yield errors wrapping backends.ErrBadModel or
+// backends.ErrBadParams before anything runs; an engine failure carries
+// the engine's last error line.
 func (b *Backend) GenerateBatch(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) ([]image.Image, error) {
 	if err := checkParams(m, p); err != nil {
 		return nil, err
@@ -225,6 +228,29 @@ func (b *Backend) GenerateBatch(ctx context.Context, m backends.Model, p backend
 	if err != nil {
 		return nil, err
 	}
+	n := images(p)
+	if p.InitImage == nil || n == 1 {
+		return b.run(ctx, m, margs, p, progress)
+	}
+	imgs := make([]image.Image, 0, n)
+	for k := range n {
+		q := p
+		q.N, q.Seed = 1, p.Seed+int64(k)
+		var prog backends.ProgressFunc
+		if progress != nil {
+			prog = func(step, total int) { progress(k*total+step, n*total) }
+		}
+		img, err := b.run(ctx, m, margs, q, prog)
+		if err != nil {
+			return nil, fmt.Errorf("image %d of %d (seed %d): %w", k+1, n, q.Seed, err)
+		}
+		imgs = append(imgs, img...)
+	}
+	return imgs, nil
+}
+
+// run is one engine run for p: on the model's server, or a process.
+func (b *Backend) run(ctx context.Context, m backends.Model, margs []string, p backends.Params, progress backends.ProgressFunc) ([]image.Image, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, b.cfg.Timeout, fmt.Errorf("sdcpp: generation timed out after %v", b.cfg.Timeout))
 	defer cancel()
 	if b.servers != nil {

@@ -62,7 +62,8 @@ func writeSD1LoRA(t *testing.T, path string, seed uint64) {
 // two images (the engine's batch count) whose second image is the job of
 // the next seed alone, a LoRA from the cache (another image, the engine
 // loading the LoRA without complaint), and image to image with a mask, a
-// strength and engine options. Images are 64×64, one step.
+// strength and engine options, two images again each the job of its seed
+// alone (the engine run per image). Images are 64×64, one step.
 func TestRealStableDiffusionCppFeatures(t *testing.T) {
 	cli, srv := os.Getenv("GENFLEET_SDCPP_CLI"), os.Getenv("GENFLEET_SDCPP_SERVER")
 	if cli == "" || srv == "" {
@@ -112,7 +113,9 @@ func TestRealStableDiffusionCppFeatures(t *testing.T) {
 			batch := fl.submit(body(5, `,"n":2`))
 			alone := fl.submit(body(6, ""))
 			withLoRA := fl.submit(body(5, `,"loras":[{"model":"ink","weight":1}]`))
-			edit := fl.submit(body(5, `,"init_image":"`+init+`","mask":"`+mask+`","strength":0.5,"options":{"clip_skip":2,"vae_tiling":true}`))
+			editOpts := `,"init_image":"` + init + `","mask":"` + mask + `","strength":0.5,"options":{"clip_skip":2,"vae_tiling":true}`
+			edit := fl.submit(body(5, `,"n":2`+editOpts))
+			editAlone := fl.submit(body(6, editOpts))
 			rec := done(batch)
 			if len(rec.Outputs) != 2 {
 				t.Fatalf("outputs %+v", rec.Outputs)
@@ -129,6 +132,10 @@ func TestRealStableDiffusionCppFeatures(t *testing.T) {
 			img, err := png.Decode(bytes.NewReader(fl.image(edit)))
 			if err != nil || img.Bounds().Dx() != 64 || img.Bounds().Dy() != 64 {
 				t.Errorf("image to image: %v %v", err, img)
+			}
+			done(editAlone)
+			if !bytes.Equal(fl.imageK(edit, 1), fl.image(editAlone)) {
+				t.Error("image 1 of the image-to-image job (seed 6) differs from the job with seed 6 alone")
 			}
 		})
 	}

@@ -84,7 +84,8 @@ func TestSdcppGenerationFeatures(t *testing.T) {
 	if !bytes.Equal(fl.imageK(apiID, 1), fl.image(alone)) {
 		t.Error("image 1 of the n=2 job is not the job with seed 8 alone")
 	}
-	plain := fl.submit(body(7, ""))
+	// A text-to-image job of two images: the engine's batch, one request.
+	plain := fl.submit(body(7, `,"n":2`))
 	fl.succeed(plain)
 	if bytes.Equal(fl.image(plain), fl.image(apiID)) {
 		t.Error("the features did not change the image")
@@ -111,10 +112,15 @@ func TestSdcppGenerationFeatures(t *testing.T) {
 		t.Fatal(err)
 	}
 	fl.succeed("raw-sd-1")
+	plainCLI := fl.submit(body(7, `,"n":2`))
+	fl.succeed(plainCLI)
 	for k := range 2 {
 		a := fl.imageK(apiID, k)
 		if !bytes.Equal(a, fl.imageK(cliID, k)) || !bytes.Equal(a, fl.imageK("raw-sd-1", k)) {
 			t.Errorf("image %d differs between the API (engine server), the CLI and a raw producer (engine processes)", k)
+		}
+		if !bytes.Equal(fl.imageK(plain, k), fl.imageK(plainCLI, k)) {
+			t.Errorf("image %d of the text-to-image batch differs between the engine's server and its command-line program", k)
 		}
 	}
 	fl.stopWorkers()

@@ -21,7 +21,9 @@
 //     in the engine's words, mapped with --mmap and read without it; a
 //     generation ends with its "generate_image completed" line;
 //   - a batch (--batch-count, "batch_size") makes one image per seed
-//     seed, seed+1, … (each the image of that seed alone), each announced
+//     seed, seed+1, … (each the image of that seed alone, except with an
+//     init image, whose latent the engine samples once with the first
+//     seed), each announced
 //     with the engine's "generating image: k/n - seed s" line and its own
 //     progress bar; sd-cli names them output_0.png, output_1.png, …;
 //   - an init image, mask and strength (--init-img, --mask, --strength;
@@ -471,6 +473,11 @@ func generate(p params) ([][]byte, error) {
 		}
 		h := fnv.New64a()
 		fmt.Fprint(h, inputs.Sum64(), seed)
+		if p.init != nil {
+			// The engine samples the init image's latent once, with the
+			// batch's first seed.
+			fmt.Fprint(h, "init latent", p.seed)
+		}
 		v := h.Sum64()
 		img := image.NewNRGBA(image.Rect(0, 0, p.width, p.height))
 		for y := range p.height {
