@@ -6,8 +6,9 @@ import "strconv"
 // b is a request of the plain kind clients send: a JSON object whose keys
 // are the request's own field names, each once, in any order, with values
 // that are strings without escapes or numbers. It reports whether it did;
-// for anything else (an escape, null, an unknown or repeated key, a
-// webhook, a number that does not fit) it leaves the decode to
+// for anything else (an escape, null, an unknown or repeated key, LoRAs,
+// engine options, a webhook, a number that does not fit) it leaves the
+// decode to
 // encoding/json, which gives the same result or the error
 // (FuzzDecodeRequestFast holds the two together). The API decodes every
 // submitted request, and reflection was most of a batch's CPU.
@@ -53,6 +54,15 @@ func decodeRequestFast(b []byte, r *Request) bool {
 			r.Scheduler = d.str()
 		case "output_format":
 			r.OutputFormat = d.str()
+		case "n":
+			r.N = Count(d.intOf(strconv.IntSize))
+		case "init_image":
+			r.InitImage = d.str()
+		case "mask":
+			r.Mask = d.str()
+		case "strength":
+			f := d.float()
+			r.Strength = &f
 		case "priority":
 			r.Priority = Priority(d.str())
 		}
@@ -67,11 +77,13 @@ func decodeRequestFast(b []byte, r *Request) bool {
 }
 
 // requestKeys are the keys decodeRequestFast takes, each a bit of its
-// seen set. (A webhook is left to encoding/json.)
+// seen set. (LoRAs, options and a webhook, objects and arrays, are left
+// to encoding/json.)
 var requestKeys = map[string]uint16{
 	"model": 1 << 0, "prompt": 1 << 1, "negative_prompt": 1 << 2, "width": 1 << 3, "height": 1 << 4,
 	"steps": 1 << 5, "seed": 1 << 6, "guidance": 1 << 7, "sampling_method": 1 << 8, "scheduler": 1 << 9,
-	"output_format": 1 << 10, "priority": 1 << 11,
+	"output_format": 1 << 10, "priority": 1 << 11, "n": 1 << 12, "init_image": 1 << 13, "mask": 1 << 14,
+	"strength": 1 << 15,
 }
 
 // ws skips JSON whitespace.

@@ -45,6 +45,16 @@ var requestSeeds = []string{
 	`{"model":"demo","prompt":"x","webhook":{}}`,
 	"{\"model\":\"demo\",\"prompt\":\"caf\xc3\",\"negative_prompt\":\"\\\"\xff\"}",
 	"{\"model\":\"demo\",\"pr\xffompt\":\"x\"}",
+	`{"model":"demo","prompt":"x","n":16,"seed":9223372036854775792}`,
+	`{"model":"demo","prompt":"x","n":0}`,
+	`{"model":"demo","prompt":"x","n":1,"loras":[],"options":{}}`,
+	`{"model":"demo","prompt":"x","init_image":"upload:sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","mask":"s3://b1/m.png","strength":0}`,
+	`{"model":"demo","prompt":"x","strength":0.5}`,
+	`{"model":"demo","prompt":"x","loras":[{"model":"style","weight":0.8},{"model":"ink"}]}`,
+	`{"model":"demo","prompt":"x","loras":[{"model":"style","weight":0.8,"x":1}]}`,
+	`{"model":"demo","prompt":"x","loras":[null,{"model":"demo"}]}`,
+	`{"model":"demo","prompt":"x","options":{"clip_skip":2,"vae_tiling":true,"s":"<&>","big":1e300}}`,
+	`{"model":"demo","prompt":"x","options":{"a":[1],"b":null}}`,
 	`{"model":`,
 	`[1,2]`,
 	`null`,
@@ -231,6 +241,11 @@ func FuzzDecodeRequestFast(f *testing.F) {
 	}
 	for _, s := range []string{
 		` { "steps" : 4 , "prompt":"a red fox","model":"demo", "seed":-7,"guidance":1e1,"width":64,"height":128,"priority":"high"} `,
+		`{"model":"demo","prompt":"x","n":4,"init_image":"upload:sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","mask":"s3://b1/m.png","strength":0.25,"priority":"low"}`,
+		`{"model":"demo","prompt":"x","strength":null}`,
+		`{"model":"demo","prompt":"x","strength":1e400}`,
+		`{"model":"demo","prompt":"x","n":2.0}`,
+		`{"model":"demo","prompt":"x","n":3,"loras":[{"model":"style"}],"priority":"high"}`,
 		`{"model":"demo","prompt":"x","width":64.0}`,
 		`{"model":"demo","prompt":"x","width":null}`,
 		`{"model":"demo","prompt":"x","Width":64}`,
@@ -262,6 +277,7 @@ func TestPlainRequestsTakeTheFastPath(t *testing.T) {
 	for _, s := range []string{
 		`{"model":"demo","prompt":"a red fox","seed":7,"width":256,"height":256,"steps":4}`,
 		` {"prompt": "café ☕", "model": "s3://b/k", "guidance": 0, "priority": "low", "negative_prompt": "", "sampling_method": "euler_a", "scheduler": "karras", "output_format": "png"}` + "\n",
+		`{"model":"demo","prompt":"x","n":4,"init_image":"upload:sha256:00","mask":"s3://b/m.png","strength":0.5,"priority":"high"}`,
 		`{}`,
 	} {
 		r := requestDefaults

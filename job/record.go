@@ -34,7 +34,7 @@ type Progress struct {
 	Steps int `json:"steps"`
 }
 
-// Output is where a finished job's image is.
+// Output is where one image of a finished job is.
 type Output struct {
 	Bucket      string `json:"bucket"`
 	Key         string `json:"key"`
@@ -57,7 +57,20 @@ type Output struct {
 	// of its model; ModelFetchedBytes what the job itself downloaded.
 	ModelWaitMS       float64 `json:"model_wait_ms"`
 	ModelFetchedBytes int64   `json:"model_fetched_bytes"`
+	// Seed is the seed this image was made with: the request's seed plus
+	// the image's index.
+	Seed int64 `json:"seed"`
+
+	// What the API adds when it shows a job (docs/jobs.md); never stored.
+	// ImageURL is where a client fetches this image: a presigned S3 GET
+	// valid until ImageURLExpiresAt, or the API's own image URL (no
+	// expiry). Set on each of a job's Outputs, not on Result.
+	ImageURL          string    `json:"image_url,omitempty"`
+	ImageURLExpiresAt time.Time `json:"image_url_expires_at,omitzero"`
 }
+
+// apiSet reports whether o has a field only the API sets.
+func (o *Output) apiSet() bool { return o.ImageURL != "" || !o.ImageURLExpiresAt.IsZero() }
 
 // Route says where the scheduler sent a job and why.
 type Route struct {
@@ -86,26 +99,31 @@ type WorkerInfo struct {
 //
 // Timings are in milliseconds by phase: queue_wait, resolve, wait (for
 // another process fetching the same model), fetch, verify, map, generate,
-// encode, upload, total.
+// engine_load (part of generate, reported by the backend), encode, upload,
+// total.
 type Record struct {
-	ID         string             `json:"id"`
-	Status     Status             `json:"status"`
-	Model      string             `json:"model"`
-	Queue      string             `json:"queue,omitempty"`
-	Route      *Route             `json:"route,omitempty"`
-	Error      string             `json:"error,omitempty"`
-	Request    *Request           `json:"request,omitempty"`
-	Progress   *Progress          `json:"progress,omitempty"`
-	Timings    map[string]float64 `json:"timings,omitempty"`
-	Result     *Output            `json:"result,omitempty"`
-	Worker     *WorkerInfo        `json:"worker,omitempty"`
-	Attempt    int                `json:"attempt,omitempty"`
-	CreatedAt  time.Time          `json:"created_at,omitzero"`
-	StartedAt  time.Time          `json:"started_at,omitzero"`
-	FinishedAt time.Time          `json:"finished_at,omitzero"`
+	ID       string             `json:"id"`
+	Status   Status             `json:"status"`
+	Model    string             `json:"model"`
+	Queue    string             `json:"queue,omitempty"`
+	Route    *Route             `json:"route,omitempty"`
+	Error    string             `json:"error,omitempty"`
+	Request  *Request           `json:"request,omitempty"`
+	Progress *Progress          `json:"progress,omitempty"`
+	Timings  map[string]float64 `json:"timings,omitempty"`
+	Result   *Output            `json:"result,omitempty"`
+	// Outputs are the job's images, n of them in seed order; Result is the
+	// first, kept for clients that know only one.
+	Outputs    []Output    `json:"outputs,omitempty"`
+	Worker     *WorkerInfo `json:"worker,omitempty"`
+	Attempt    int         `json:"attempt,omitempty"`
+	CreatedAt  time.Time   `json:"created_at,omitzero"`
+	StartedAt  time.Time   `json:"started_at,omitzero"`
+	FinishedAt time.Time   `json:"finished_at,omitzero"`
 
 	// What the API adds when it shows a job (docs/jobs.md); never stored.
-	// ImageURL is where a client fetches a succeeded job's image: a
+	// ImageURL is where a client fetches a succeeded job's image (its
+	// first, the same as Outputs[0].ImageURL; each output has its own): a
 	// presigned S3 GET valid until ImageURLExpiresAt, or the API's own
 	// image URL (no expiry).
 	ImageURL          string    `json:"image_url,omitempty"`
@@ -157,6 +175,12 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read job record %s: %w", id, err)
 	}
+	return decodeRecord(id, vals)
+}
+
+// decodeRecord makes the record of id from the values of its hash fields
+// run, step and steps. A missing run field gives ErrNoRecord.
+func decodeRecord(id string, vals []any) (*Record, error) {
 	raw, ok := vals[0].(string)
 	if !ok {
 		return nil, ErrNoRecord
@@ -313,7 +337,9 @@ func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Dur
 // the job) publishes the started event (ARGV[10]) first, if no earlier
 // write of this attempt did (a job shorter than the running record's
 // delay). A terminal status that is already final publishes no second
-// completed event: a retried completion repeats this script.
+// completed event: a retried completion repeats this script. It also
+// scores the job in the index of recent jobs (KEYS[4], see RecentKey) at
+// ARGV[11] and trims the index to its cap (ARGV[12]).
 var finishScript = redis.NewScript(publishFunc + notifyFunc + startedFunc + `
 local prev = redis.call("HGET", KEYS[1], "final")
 if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then started(KEYS[1], KEYS[3], ARGV[10]) end
@@ -328,6 +354,8 @@ if ARGV[5] ~= "" and not (ARGV[2] ~= "" and prev == ARGV[2]) then
 	local eid = publish(KEYS[3], ARGV[5], ARGV[6])
 	if ARGV[7] == "1" then notify(ARGV[9], ARGV[5], eid, ARGV[8]) end
 end
+redis.call("ZADD", KEYS[4], ARGV[11], ARGV[9])
+redis.call("ZREMRANGEBYRANK", KEYS[4], 0, -1 - tonumber(ARGV[12]))
 return 1`)
 
 // Finish writes run as the record; a terminal status is recorded as final,
@@ -383,8 +411,9 @@ func finishArgs(run *Record, owner string) ([]string, []any, error) {
 	if run.Request != nil && run.Request.Webhook.Wants(typ) {
 		notify = "1"
 	}
-	return []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID)},
-		[]any{b, final, owner, RecordTTL.Milliseconds(), typ, data, notify, time.Now().UnixMilli(), run.ID, startedData(run)}, nil
+	return []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID), RecentKey},
+		[]any{b, final, owner, RecordTTL.Milliseconds(), typ, data, notify, time.Now().UnixMilli(), run.ID, startedData(run),
+			recentScore(run), RecentCap}, nil
 }
 
 var releaseClaimScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)

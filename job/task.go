@@ -76,7 +76,7 @@ func DecodePayload(b []byte) (*Payload, error) {
 		p.Version = 1
 	}
 	// One form for what may be written several ways ("events": [] and
-	// none, "priority": "normal" and none).
+	// none, "priority": "normal" and none, "loras": [] and none).
 	p.Request.normalize()
 	if p.Version > PayloadVersion {
 		return nil, fmt.Errorf("%w: payload version %d is newer than this worker understands (max %d)", ErrInvalid, p.Version, PayloadVersion)

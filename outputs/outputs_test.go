@@ -54,7 +54,7 @@ func TestImageURLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	url, exp, err := u.Image(ctx, "job-1", "outs", "outputs/job-1.png", "http://ignored")
+	url, exp, err := u.Image(ctx, "job-1", 0, "outs", "outputs/job-1.png", "http://ignored")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestImageURLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	url, _, _ = short.Image(ctx, "job-1", "outs", "outputs/job-1.png", "")
+	url, _, _ = short.Image(ctx, "job-1", 0, "outs", "outputs/job-1.png", "")
 	time.Sleep(2100 * time.Millisecond)
 	if code, _ := get(t, url); code != http.StatusForbidden {
 		t.Fatalf("expired presigned URL = %d, want 403", code)
@@ -83,11 +83,14 @@ func TestImageURLs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if url, exp, _ := api.Image(ctx, "job-1", "outs", "outputs/job-1.png", "http://10.0.0.5:8080"); url != "http://10.0.0.5:8080/v1/jobs/job-1/image" || !exp.IsZero() {
+	if url, exp, _ := api.Image(ctx, "job-1", 0, "outs", "outputs/job-1.png", "http://10.0.0.5:8080"); url != "http://10.0.0.5:8080/v1/jobs/job-1/image" || !exp.IsZero() {
 		t.Fatalf("api URL %q %v", url, exp)
 	}
+	if url, _, _ := api.Image(ctx, "job-1", 3, "outs", "outputs/job-1/3.png", "http://10.0.0.5:8080"); url != "http://10.0.0.5:8080/v1/jobs/job-1/images/3" {
+		t.Fatalf("api URL of image 3: %q", url)
+	}
 	pub, _ := NewURLs(Config{Mode: ModeAPI, PublicURL: "https://img.example.com/"})
-	if url, _, _ := pub.Image(ctx, "job-1", "outs", "outputs/job-1.png", "http://10.0.0.5:8080"); url != "https://img.example.com/v1/jobs/job-1/image" {
+	if url, _, _ := pub.Image(ctx, "job-1", 0, "outs", "outputs/job-1.png", "http://10.0.0.5:8080"); url != "https://img.example.com/v1/jobs/job-1/image" {
 		t.Fatalf("api URL with a public URL: %q", url)
 	}
 	for _, c := range []Config{{Mode: "s3"}, {Mode: ModePresigned}, {Mode: ModePresigned, S3: srv.Client, Expiry: 8 * 24 * time.Hour}, {Mode: ModeAPI, PublicURL: "ftp://x"}} {

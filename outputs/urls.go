@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,8 +24,9 @@ const (
 	// ModePresigned hands out a presigned S3 GET of the image, valid for
 	// Config.Expiry: clients fetch the bytes from S3, not through the API.
 	ModePresigned = "presigned"
-	// ModeAPI hands out the API's own image URL
-	// (<base>/v1/jobs/{id}/image), for an S3 that clients cannot reach.
+	// ModeAPI hands out the API's own image URLs
+	// (<base>/v1/jobs/{id}/image, <base>/v1/jobs/{id}/images/{k}), for an
+	// S3 that clients cannot reach.
 	// It asks for the API's authentication like every other API URL.
 	ModeAPI = "api"
 	// ModeNone hands out no URL.
@@ -100,11 +102,13 @@ func NewURLs(cfg Config) (*URLs, error) {
 // Mode is the configured mode.
 func (u *URLs) Mode() string { return u.cfg.Mode }
 
-// Image returns the URL of job id's image, stored at bucket/key, and, for a
-// presigned URL, when it stops working. base is the API's base URL as the
-// caller's client reached it (used in ModeAPI when no PublicURL is
-// configured; empty gives a path). It returns "" in ModeNone.
-func (u *URLs) Image(ctx context.Context, id, bucket, key, base string) (string, time.Time, error) {
+// Image returns the URL of image k (0-based) of job id, stored at
+// bucket/key, and, for a presigned URL, when it stops working. In ModeAPI
+// it is <base>/v1/jobs/{id}/image for the first image and
+// <base>/v1/jobs/{id}/images/{k} for the others; base is the API's base URL
+// as the caller's client reached it (used when no PublicURL is configured;
+// empty gives a path). It returns "" in ModeNone.
+func (u *URLs) Image(ctx context.Context, id string, k int, bucket, key, base string) (string, time.Time, error) {
 	switch u.cfg.Mode {
 	case ModePresigned:
 		expires := u.cfg.Now().Add(u.cfg.Expiry).UTC().Truncate(time.Second)
@@ -117,7 +121,11 @@ func (u *URLs) Image(ctx context.Context, id, bucket, key, base string) (string,
 		if u.cfg.PublicURL != "" {
 			base = u.cfg.PublicURL
 		}
-		return strings.TrimSuffix(base, "/") + "/v1/jobs/" + url.PathEscape(id) + "/image", time.Time{}, nil
+		path := "/image"
+		if k > 0 {
+			path = "/images/" + strconv.Itoa(k)
+		}
+		return strings.TrimSuffix(base, "/") + "/v1/jobs/" + url.PathEscape(id) + path, time.Time{}, nil
 	}
 	return "", time.Time{}, nil
 }

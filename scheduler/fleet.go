@@ -62,6 +62,7 @@ func (s *Server) fleetView(ctx context.Context) ([]HostView, []job.Heartbeat, er
 		}
 	}
 	s.view.at, s.view.hosts, s.view.hbs = time.Now(), hosts, hbs
+	s.seen.observe(hosts, hbs, s.view.at)
 	return hosts, hbs, nil
 }
 
@@ -73,10 +74,11 @@ func (s *Server) invalidateView() {
 	s.view.mu.Unlock()
 }
 
-// routeJob applies the routing policy, and puts the job in the queues of
-// its priority; a fleet view that cannot be read sends the job to the pool
+// routeJob applies the routing policy (the LoRAs' digests count toward a
+// host's warmth, RouteWithLoRAs), and puts the job in the queues of its
+// priority; a fleet view that cannot be read sends the job to the pool
 // (never lose or delay a job over routing).
-func (s *Server) routeJob(ctx context.Context, class string, digests []string, prio job.Priority) job.Route {
+func (s *Server) routeJob(ctx context.Context, class string, digests, loras []string, prio job.Priority) job.Route {
 	var hosts []HostView
 	if s.cfg.Routing.Enabled && len(digests) > 0 {
 		var err error
@@ -84,7 +86,7 @@ func (s *Server) routeJob(ctx context.Context, class string, digests []string, p
 			s.log.Warn("fleet view unavailable; routing to the pool", "err", err)
 		}
 	}
-	r := Route(s.cfg.Routing, class, digests, hosts)
+	r := RouteWithLoRAs(s.cfg.Routing, class, digests, loras, hosts)
 	s.countRoute(r)
 	if r.Host != "" {
 		s.invalidateView()
@@ -121,7 +123,7 @@ func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) {
 	if hbs == nil {
 		hbs = []job.Heartbeat{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"hosts": hosts, "workers": hbs})
+	writeJSON(w, http.StatusOK, map[string]any{"hosts": hosts, "workers": hbs, "gone": s.seen.gone(hosts, time.Now())})
 }
 
 // ModelHost says how warm a model is on one host.

@@ -23,6 +23,7 @@ type submission struct {
 
 	class   string   // the device class whose pool runs the model's engine
 	digests []string // the model's file digests, for routing; nil when unknown
+	loras   []string // the LoRAs' file digests, for routing
 
 	id    string
 	route job.Route
@@ -136,48 +137,68 @@ func (s *Server) submit(ctx context.Context, subs []*submission) {
 	}
 }
 
-// checkModel resolves sub's model in the registry (Config.CheckModels) and
-// sets sub's class and digests, or its fail: 404 for a model the registry
-// does not know, 422 for one whose manifest no worker could use, 400 for a
-// model whose engine no pool serves or a request its engine cannot take. A
-// registry that cannot be reached does not stop submission: the worker
-// checks again.
+// checkModel checks what sub asks for against the registry and the
+// outputs bucket, and sets sub's class, digests and LoRA digests, or its
+// fail. It resolves the model (Config.CheckModels): 404 for a model the
+// registry does not know, 422 for one whose manifest no worker could use,
+// 400 for a model whose engine no pool serves or a request its engine
+// cannot take. Then admitGeneration checks the generation features (the
+// LoRAs are registered LoRAs of the model's engine, the input images exist
+// and fit the job). A registry or S3 that cannot be reached does not stop
+// submission: the worker checks again.
 func (s *Server) checkModel(ctx context.Context, sub *submission) {
 	sub.class = s.cfg.Pool
-	if sub.fail != nil || !s.cfg.CheckModels {
+	if sub.fail != nil {
 		return
+	}
+	man := s.resolveFor(ctx, sub)
+	if sub.fail != nil {
+		return
+	}
+	sub.loras, sub.fail = s.admitGeneration(ctx, man, &sub.req)
+}
+
+// resolveFor resolves sub's model in the registry (Config.CheckModels) and
+// sets sub's class and digests, or its fail; it returns the manifest, or
+// nil when the registry was not asked or could not be reached.
+func (s *Server) resolveFor(ctx context.Context, sub *submission) *modelcache.Manifest {
+	if !s.cfg.CheckModels {
+		return nil
 	}
 	man, err := s.resolve(ctx, sub.req.Model)
 	switch {
 	case err == nil:
 	case errors.Is(err, modelcache.ErrModelNotFound):
 		sub.fail = &submitError{code: http.StatusNotFound, outcome: "unknown_model", err: err, field: "model"}
-		return
+		return nil
 	case errors.Is(err, modelcache.ErrBadManifest):
 		// The request is fine; the model's registry entry is not, and no
 		// worker could run it (docs/jobs.md).
 		sub.fail = &submitError{code: http.StatusUnprocessableEntity, outcome: "bad_model", err: err, field: "model"}
-		return
+		return nil
 	case errors.Is(err, modelcache.ErrInvalidRef):
 		sub.fail = &submitError{code: http.StatusBadRequest, outcome: "invalid", err: err, field: "model"}
-		return
+		return nil
 	default:
+		// The worker checks again; an unreachable registry must not stop
+		// the queue from taking work.
 		s.log.Warn("model check failed; accepting job", "model", sub.req.Model, "err", err)
-		return
+		return nil
 	}
 	class, field, err := s.poolFor(man, &sub.req)
 	if err != nil {
 		sub.fail = &submitError{code: http.StatusBadRequest, outcome: "invalid", err: err, field: field}
-		return
+		return nil
 	}
 	sub.class = class
 	for _, f := range man.Files {
 		if f.Digest == "" {
 			sub.digests = nil // a raw ref: its digest is known only once fetched
-			return
+			break
 		}
 		sub.digests = append(sub.digests, f.Digest)
 	}
+	return man
 }
 
 // claimKeys binds the Idempotency-Key of every submission that has one
@@ -243,7 +264,7 @@ func (s *Server) settleKey(sub *submission, bound job.Idempotency, err error) {
 // backlog as it goes, so the backlog cap holds within the batch too.
 func (s *Server) routeAll(ctx context.Context, subs []*submission) {
 	if len(subs) == 1 {
-		subs[0].route = s.routeJob(ctx, subs[0].class, subs[0].digests, subs[0].req.Priority)
+		subs[0].route = s.routeJob(ctx, subs[0].class, subs[0].digests, subs[0].loras, subs[0].req.Priority)
 		return
 	}
 	var hosts []HostView
@@ -258,7 +279,7 @@ func (s *Server) routeAll(ctx context.Context, subs []*submission) {
 	for _, sub := range subs {
 		var r job.Route
 		if len(sub.digests) > 0 {
-			r = Route(s.cfg.Routing, sub.class, sub.digests, hosts)
+			r = RouteWithLoRAs(s.cfg.Routing, sub.class, sub.digests, sub.loras, hosts)
 		} else {
 			r = Route(s.cfg.Routing, sub.class, nil, nil)
 		}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -17,7 +18,7 @@ type models struct {
 	m  map[string]*job.ModelState // by ref
 }
 
-func (ms *models) used(ref string, digests []string, timings map[string]float64, mapped bool) {
+func (ms *models) used(ref, kind string, digests []string, timings map[string]float64, mapped bool) {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	if ms.m == nil {
@@ -27,6 +28,10 @@ func (ms *models) used(ref string, digests []string, timings map[string]float64,
 	if st == nil {
 		st = &job.ModelState{Ref: ref}
 		ms.m[ref] = st
+	}
+	st.Kind = ""
+	if kind != modelcache.KindModel {
+		st.Kind = kind
 	}
 	st.Digests = digests
 	st.Mapped = mapped
@@ -113,7 +118,20 @@ func (w *Worker) state(started time.Time) *job.Heartbeat {
 	if used, budget, err := w.cfg.Cache.Usage(); err == nil {
 		hb.CacheUsed, hb.CacheBudget = used, budget
 	}
+	if d, ok := w.cfg.Backend.(deviceReporter); ok {
+		hb.Device = d.DeviceName()
+		for i := range hb.Models {
+			hb.Models[i].OnDevice = slices.ContainsFunc(hb.Models[i].Digests, d.OnDevice)
+		}
+	}
 	return hb
+}
+
+// deviceReporter is a backend that runs on a device of its own (cuda):
+// the device's name, and whether a file's weights are resident there.
+type deviceReporter interface {
+	DeviceName() string
+	OnDevice(digest string) bool
 }
 
 // digestsOf lists a manifest's file digests ("sha256:<hex>").

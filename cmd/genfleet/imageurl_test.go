@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
@@ -15,9 +16,10 @@ import (
 
 // A succeeded job's status carries image_url: a presigned GET of the real S3
 // server that a plain HTTP client, without credentials, fetches the PNG
-// with, the same bytes the API serves; the API mode gives the API's own
-// URL. Past the output retention the job has no image_url and its image is
-// reported deleted.
+// with, the same bytes the API serves; each image of a job of several has
+// its own, in outputs[], and the completed event carries them all; the API
+// mode gives the API's own URL. Past the output retention the job has no
+// image_url and its images are reported deleted.
 func TestImageURLOfASucceededJob(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
@@ -31,10 +33,23 @@ func TestImageURLOfASucceededJob(t *testing.T) {
 		c.OutputRetention = 3 * time.Second
 	})
 	fl.startWorker()
-	id := fl.submit(jobBody(7))
+	id := fl.submit(`{"model":"demo","prompt":"a red fox","seed":7,"width":128,"height":128,"steps":4,"n":2}`)
 	rec := fl.wait(id, 60*time.Second, nil)
 	if rec.Status != job.StatusSucceeded || rec.ImageURL == "" || rec.ImageURLExpiresAt.Before(time.Now().Add(9*time.Minute)) {
 		t.Fatalf("job %s: %s, image_url %q expires %v", id, rec.Status, rec.ImageURL, rec.ImageURLExpiresAt)
+	}
+	if len(rec.Outputs) != 2 || rec.Outputs[0].ImageURL != rec.ImageURL || rec.Outputs[1].ImageURL == "" ||
+		rec.Outputs[1].ImageURL == rec.ImageURL || rec.Outputs[1].ImageURLExpiresAt.IsZero() {
+		t.Fatalf("outputs %+v; want two, each with its own image_url", rec.Outputs)
+	}
+	if resp, err := http.Get(rec.Outputs[1].ImageURL); err != nil {
+		t.Fatal(err)
+	} else {
+		second, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !bytes.Equal(second, fl.imageK(id, 1)) || bytes.Equal(second, fl.image(id)) {
+			t.Fatalf("GET outputs[1].image_url = %d, %d bytes; want the job's second PNG", resp.StatusCode, len(second))
+		}
 	}
 	if strings.Contains(rec.ImageURL, "/v1/jobs/") || !strings.Contains(rec.ImageURL, "X-Amz-Signature=") {
 		t.Fatalf("image_url %s is not a presigned S3 URL", rec.ImageURL)
@@ -59,16 +74,20 @@ func TestImageURLOfASucceededJob(t *testing.T) {
 		last = ev.Data
 	}
 	evResp.Body.Close()
-	if !bytes.Contains(last, []byte(`"image_url":"http`)) {
-		t.Fatalf("completed event %s has no image_url", last)
+	var done job.Record
+	if err := json.Unmarshal(last, &done); err != nil || done.ImageURL == "" || len(done.Outputs) != 2 ||
+		done.Outputs[0].ImageURL == "" || done.Outputs[1].ImageURL == "" {
+		t.Fatalf("completed event %s: want both outputs, each with an image_url (%v)", last, err)
 	}
 	// Past the retention: no URL, and the image is gone.
 	time.Sleep(time.Until(rec.FinishedAt.Add(3*time.Second + 100*time.Millisecond)))
-	if r := fl.get(id); r.ImageURL != "" {
-		t.Fatalf("image_url %q past the retention", r.ImageURL)
+	if r := fl.get(id); r.ImageURL != "" || r.Outputs[1].ImageURL != "" {
+		t.Fatalf("image_url %q, outputs %+v past the retention", r.ImageURL, r.Outputs)
 	}
-	if code, b := fl.do("GET", "/v1/jobs/"+id+"/image", ""); code != http.StatusNotFound || !strings.Contains(string(b), "output-retention") {
-		t.Fatalf("image past the retention: %d %s", code, b)
+	for _, path := range []string{"/image", "/images/1", "/thumbnail"} {
+		if code, b := fl.do("GET", "/v1/jobs/"+id+path, ""); code != http.StatusNotFound || !strings.Contains(string(b), "output-retention") {
+			t.Fatalf("%s past the retention: %d %s", path, code, b)
+		}
 	}
 	fl.stopWorkers()
 }
@@ -82,10 +101,13 @@ func TestImageURLFromTheAPI(t *testing.T) {
 		c.Images, _ = outputs.NewURLs(outputs.Config{Mode: outputs.ModeAPI})
 	})
 	fl.startWorker()
-	id := fl.submit(jobBody(8))
+	id := fl.submit(`{"model":"demo","prompt":"a red fox","seed":8,"width":128,"height":128,"steps":4,"n":3}`)
 	rec := fl.wait(id, 60*time.Second, nil)
 	if rec.ImageURL != fl.api.URL+"/v1/jobs/"+id+"/image" || !rec.ImageURLExpiresAt.IsZero() {
 		t.Fatalf("image_url %q (expires %v), want the API's", rec.ImageURL, rec.ImageURLExpiresAt)
+	}
+	if len(rec.Outputs) != 3 || rec.Outputs[0].ImageURL != rec.ImageURL || rec.Outputs[2].ImageURL != fl.api.URL+"/v1/jobs/"+id+"/images/2" {
+		t.Fatalf("outputs %+v; want the API's URL of each image", rec.Outputs)
 	}
 	resp, err := http.Get(rec.ImageURL)
 	if err != nil {

@@ -42,7 +42,7 @@ func addLifecycleFlags(f flags) *lifecycleFlags {
 	return &lifecycleFlags{
 		maxEventStreams: f.integer("max-event-streams", "GENFLEET_MAX_EVENT_STREAMS", 256, "most GET /v1/jobs/{id}/events streams open at once (each holds a Redis connection while it waits); one more gets 503"),
 		eventKeepAlive:  f.duration("event-keepalive", "GENFLEET_EVENT_KEEPALIVE", 15*time.Second, "how long an event stream stays silent before it sends a keep-alive comment"),
-		imageURL:        f.str("image-url", "GENFLEET_IMAGE_URL", outputs.ModePresigned, "image_url of a succeeded job: presigned (an S3 GET signed for --image-url-expiry; clients fetch from S3), api (the API's own /v1/jobs/{id}/image, for an S3 clients cannot reach) or none"),
+		imageURL:        f.str("image-url", "GENFLEET_IMAGE_URL", outputs.ModePresigned, "image_url of each image of a succeeded job: presigned (an S3 GET signed for --image-url-expiry; clients fetch from S3), api (the API's own /v1/jobs/{id}/image and /images/{k}, for an S3 clients cannot reach) or none"),
 		imageURLExpiry:  f.duration("image-url-expiry", "GENFLEET_IMAGE_URL_EXPIRY", outputs.DefaultExpiry, "how long a presigned image_url works (at most 168h)"),
 		s3Public:        f.str("s3-public-endpoint", "GENFLEET_S3_PUBLIC_ENDPOINT", "", "S3 endpoint URL as clients reach it, which presigned image URLs are signed for; empty: --s3-endpoint"),
 		publicURL:       f.str("public-url", "GENFLEET_PUBLIC_URL", "", "the API's base URL as clients reach it (https://host[:port]), for --image-url api in webhooks and behind proxies; empty: each request's own host"),

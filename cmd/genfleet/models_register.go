@@ -14,7 +14,7 @@ import (
 	"github.com/genfleet/genfleet/modelcache"
 )
 
-const modelsRegisterUsage = `usage: genfleet models register s3://bucket/key [--name NAME] [--engine ENGINE]`
+const modelsRegisterUsage = `usage: genfleet models register s3://bucket/key [--name NAME] [--engine ENGINE] [--kind model|lora]`
 
 // cmdModelsRegister registers an object already in S3 as a model, without
 // uploading it again: it checks the object's header as models push checks
@@ -26,6 +26,7 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 	c := addCommon(f)
 	name := f.String("name", "", "registry name (default: the object's name without extension)")
 	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
+	kind := f.String("kind", modelcache.KindModel, "what the object is: "+modelcache.KindModel+" or "+modelcache.KindLoRA)
 	pos, rest := splitPositional(args, 1)
 	if err := f.parse(rest, 0); err != nil {
 		return err
@@ -54,11 +55,17 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 		return fmt.Errorf("--name: %w", err)
 	}
 	role := ""
-	if eng != "" {
+	if eng != "" && *kind != modelcache.KindLoRA {
 		role = "model"
 	}
-	if err := checkRoles(eng, []modelcache.PushFile{{Path: u.String(), Role: role}}); err != nil {
+	k, err := checkKind(*kind, eng, []modelcache.PushFile{{Path: u.String(), Role: role}})
+	if err != nil {
 		return err
+	}
+	if k == modelcache.KindModel {
+		if err := checkRoles(eng, []modelcache.PushFile{{Path: u.String(), Role: role}}); err != nil {
+			return err
+		}
 	}
 
 	reg, cl, err := c.openRegistry(ctx)
@@ -89,11 +96,15 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 		}
 		digest, how = sum, fmt.Sprintf("hashed, %d bytes read", obj.Size)
 	}
-	m, err := reg.Register(ctx, n, eng, []modelcache.File{{Name: file, Role: role, URL: u.String(), Size: obj.Size, Digest: digest}})
+	spec := modelcache.Spec{Name: n, Engine: eng}
+	if k == modelcache.KindLoRA {
+		spec.Kind = k
+	}
+	m, err := reg.RegisterSpec(ctx, spec, []modelcache.File{{Name: file, Role: role, URL: u.String(), Size: obj.Size, Digest: digest}})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "registered %q (engine %s): %s (%s, %d bytes; digest %s)\n", m.Name, m.EngineName(), u, digest, obj.Size, how)
+	fmt.Fprintf(stdout, "registered %q (engine %s, kind %s): %s (%s, %d bytes; digest %s)\n", m.Name, m.EngineName(), m.KindName(), u, digest, obj.Size, how)
 	return nil
 }
 

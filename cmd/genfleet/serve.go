@@ -94,6 +94,8 @@ type routingFlags struct {
 	allowUnauth *bool
 	enginePools *string
 	lifecycle   *lifecycleFlags
+	openaiWait  *time.Duration
+	openaiModel *string
 }
 
 // apiTokens splits --api-token into its comma-separated tokens.
@@ -125,6 +127,8 @@ func addRoutingFlags(f flags) *routingFlags {
 		apiToken:    apiTokenFlag(f),
 		allowUnauth: allowUnauthFlag(f),
 		lifecycle:   addLifecycleFlags(f),
+		openaiWait:  f.duration("openai-wait", "GENFLEET_OPENAI_WAIT", 5*time.Minute, "how long a request to the OpenAI images API (/v1/images/…) waits for its job before it is answered 504 (the job keeps running)"),
+		openaiModel: f.str("openai-default-model", "GENFLEET_OPENAI_DEFAULT_MODEL", "", "model of an OpenAI images API request that names none; empty: such a request is refused"),
 	}
 }
 
@@ -157,10 +161,16 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	if err != nil {
 		return err
 	}
+	up, maxUpload, err := c.uploadsURL()
+	if err != nil {
+		return err
+	}
 	cfg := scheduler.Config{
 		Redis: redisOpt, S3: cl, Registry: reg, Pool: pool, EnginePools: enginePools, CheckModels: true, Logger: log,
 		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
 		HostTimeout: *rf.hostTimeout, APITokens: rf.apiTokens(),
+		Uploads: up, MaxUploadBytes: maxUpload,
+		OpenAIWait: *rf.openaiWait, OpenAIDefaultModel: *rf.openaiModel,
 	}
 	if err := rf.lifecycle.apply(ctx, c, cl, &cfg); err != nil {
 		return err
@@ -191,8 +201,10 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	}
 	reapCtx, stopReaper := context.WithCancel(ctx)
 	reaperDone := make(chan struct{})
+	samplerDone := make(chan struct{})
 	go func() { defer close(reaperDone); srv.RunReaper(reapCtx) }()
-	defer func() { stopReaper(); <-reaperDone }()
+	go func() { defer close(samplerDone); srv.RunSampler(reapCtx) }()
+	defer func() { stopReaper(); <-reaperDone; <-samplerDone }()
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	log.Info("scheduler listening", "addr", ln.Addr().String())
 	return serveHTTP(ctx, hs, ln)
@@ -252,6 +264,10 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	up, maxUpload, err := c.uploadsURL()
+	if err != nil {
+		return err
+	}
 	reg, cl, err := c.openRegistry(ctx)
 	if err != nil {
 		return err
@@ -292,6 +308,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := worker.New(worker.Config{
 		Redis: redisOpt, S3: cl, Outputs: outputs, Registry: reg, Cache: cache, Backend: be,
+		Uploads: up, MaxUploadBytes: maxUpload,
 		HostID: *hostID, Concurrency: *concurrency, ShutdownTimeout: *shutdown, PriorityWeights: weights,
 		RetryBase: *retryBase, RetryMax: *retryMax,
 		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,

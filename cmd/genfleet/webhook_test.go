@@ -24,9 +24,10 @@ const testWebhookSecret = "test-webhook-secret-0123456789abcdef"
 
 // A job submitted with a webhook, run by a worker process: a real HTTP
 // receiver gets the started and completed events, each signed so that its
-// check passes, the completed one with the job's image URL, which fetches
-// the PNG; the job's status lists the attempts. At submit, a webhook to an
-// internal address is refused unless allowed, and a scheduler without a
+// check passes, the completed one with the job's outputs (two images),
+// each with its image URL, which fetches the PNG; the job's status lists
+// the attempts. At submit, a webhook to an internal address is refused
+// unless allowed, and a scheduler without a
 // secret refuses webhooks.
 func TestWebhookEndToEnd(t *testing.T) {
 	if testing.Short() {
@@ -62,7 +63,7 @@ func TestWebhookEndToEnd(t *testing.T) {
 	defer d.Shutdown()
 	fl.startWorker()
 
-	id := fl.submit(`{"model":"demo","prompt":"hooked","seed":3,"width":128,"height":128,"steps":4,
+	id := fl.submit(`{"model":"demo","prompt":"hooked","seed":3,"width":128,"height":128,"steps":4,"n":2,
 		"webhook":{"url":"` + recv.URL + `/genfleet?token=t1","events":["completed","started"]}}`)
 	rec := fl.wait(id, 60*time.Second, nil)
 	if rec.Status != job.StatusSucceeded {
@@ -92,8 +93,9 @@ func TestWebhookEndToEnd(t *testing.T) {
 		t.Fatalf("receiver got %+v; want started and completed", got)
 	}
 	c := events["completed"]
-	if c.Job.ID != id || c.Job.Status != job.StatusSucceeded || c.Job.ImageURL == "" || c.Job.Result == nil {
-		t.Fatalf("completed payload job %+v", c.Job)
+	if c.Job.ID != id || c.Job.Status != job.StatusSucceeded || c.Job.ImageURL == "" || c.Job.Result == nil ||
+		len(c.Job.Outputs) != 2 || c.Job.Outputs[1].ImageURL == "" || c.Job.Outputs[1].ImageURL == c.Job.ImageURL {
+		t.Fatalf("completed payload job %+v; want both outputs, each with its image_url", c.Job)
 	}
 	resp, err := http.Get(c.Job.ImageURL)
 	if err != nil {
