@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/internal/s3x"
 )
 
@@ -63,14 +64,10 @@ func NewSweeper(cfg SweepConfig) (*Sweeper, error) {
 	if cfg.Retention <= 0 {
 		return nil, errors.New("outputs: the sweep needs a retention above 0")
 	}
-	if cfg.Interval <= 0 {
-		cfg.Interval = time.Hour
-	}
+	defaults.Positive(&cfg.Interval, time.Hour)
+	defaults.Zero(&cfg.Logger, slog.Default())
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
 	}
 	s := &Sweeper{cfg: cfg, log: cfg.Logger.With("component", "output-sweep"), done: make(chan struct{}),
 		deleted: prometheus.NewCounter(prometheus.CounterOpts{

@@ -17,6 +17,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/genfleet/genfleet/internal/defaults"
 )
 
 // URL modes (Config.Mode).
@@ -66,12 +68,8 @@ type URLs struct {
 
 // NewURLs checks cfg and returns URLs.
 func NewURLs(cfg Config) (*URLs, error) {
-	if cfg.Mode == "" {
-		cfg.Mode = ModePresigned
-	}
-	if cfg.Expiry <= 0 {
-		cfg.Expiry = DefaultExpiry
-	}
+	defaults.Zero(&cfg.Mode, ModePresigned)
+	defaults.Positive(&cfg.Expiry, DefaultExpiry)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

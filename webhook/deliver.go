@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/job"
 )
 
@@ -107,27 +108,13 @@ func New(cfg Config) (*Deliverer, error) {
 			return nil, errors.New("webhook: a secret must be at least 16 bytes (e.g. openssl rand -hex 32)")
 		}
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 10 * time.Second
-	}
-	if cfg.MaxAge <= 0 {
-		cfg.MaxAge = 24 * time.Hour
-	}
-	if cfg.RetryBase <= 0 {
-		cfg.RetryBase = 5 * time.Second
-	}
-	if cfg.RetryMax <= 0 {
-		cfg.RetryMax = 30 * time.Minute
-	}
-	if cfg.Poll <= 0 {
-		cfg.Poll = 200 * time.Millisecond
-	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 16
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	defaults.Positive(&cfg.Timeout, 10*time.Second)
+	defaults.Positive(&cfg.MaxAge, 24*time.Hour)
+	defaults.Positive(&cfg.RetryBase, 5*time.Second)
+	defaults.Positive(&cfg.RetryMax, 30*time.Minute)
+	defaults.Positive(&cfg.Poll, 200*time.Millisecond)
+	defaults.Positive(&cfg.Concurrency, 16)
+	defaults.Zero(&cfg.Logger, slog.Default())
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
