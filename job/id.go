@@ -83,3 +83,29 @@ func ImageKey(prefix, id string, k int) (string, error) {
 	}
 	return prefix + id + "/" + strconv.Itoa(k) + "." + FormatPNG, nil
 }
+
+// ParseImageKey is ImageKey's inverse: it reports whether key is the key
+// of an image of a job under prefix, and which (job id, 0-based k). Any
+// other key under prefix (an upload, a file an operator put there) is not.
+func ParseImageKey(prefix, key string) (id string, k int, ok bool) {
+	rest, found := strings.CutPrefix(key, prefix)
+	if !found {
+		return "", 0, false
+	}
+	rest, found = strings.CutSuffix(rest, "."+FormatPNG)
+	if !found {
+		return "", 0, false
+	}
+	id, idx, multi := strings.Cut(rest, "/")
+	if multi {
+		n, err := strconv.Atoi(idx)
+		if err != nil || n < 1 || strconv.Itoa(n) != idx {
+			return "", 0, false
+		}
+		k = n
+	}
+	if want, err := ImageKey(prefix, id, k); err != nil || want != key {
+		return "", 0, false
+	}
+	return id, k, true
+}

@@ -92,3 +92,37 @@ func TestNewTaskRejectsBadID(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// ParseImageKey takes back exactly the keys ImageKey makes, and nothing
+// else under the prefix: uploads, other files, malformed indexes.
+func TestParseImageKey(t *testing.T) {
+	for _, c := range []struct {
+		key string
+		id  string
+		k   int
+		ok  bool
+	}{
+		{"outputs/j-1.png", "j-1", 0, true},
+		{"outputs/j-1/1.png", "j-1", 1, true},
+		{"outputs/batch-7:item.12/15.png", "batch-7:item.12", 15, true},
+		{"outputs/j-1/0.png", "", 0, false},
+		{"outputs/j-1/01.png", "", 0, false},
+		{"outputs/j-1/16.png", "", 0, false},
+		{"outputs/j-1/-1.png", "", 0, false},
+		{"outputs/j-1/x/1.png", "", 0, false},
+		{"outputs/j-1.jpg", "", 0, false},
+		{"outputs/.png", "", 0, false},
+		{"outputs/uploads/sha256-0123abcd", "", 0, false},
+		{"other/j-1.png", "", 0, false},
+	} {
+		id, k, ok := ParseImageKey("outputs/", c.key)
+		if id != c.id || k != c.k || ok != c.ok {
+			t.Errorf("ParseImageKey(%q) = %q, %d, %v; want %q, %d, %v", c.key, id, k, ok, c.id, c.k, c.ok)
+		}
+		if ok {
+			if back, err := ImageKey("outputs/", id, k); err != nil || back != c.key {
+				t.Errorf("ImageKey(%q, %d) = %q, %v", id, k, back, err)
+			}
+		}
+	}
+}

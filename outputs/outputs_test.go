@@ -101,12 +101,16 @@ func TestImageURLs(t *testing.T) {
 }
 
 // The retention sweep deletes the images under the outputs prefix that are
-// older than the retention, and nothing else: newer images stay, and so
-// does everything outside the prefix, however old.
+// older than the retention (every image of a job of several), and nothing
+// else: newer images stay, and so does everything outside the prefix, or
+// under it but not a job's image, however old.
 func TestSweepDeletesOldOutputsOnly(t *testing.T) {
 	srv := testenv.S3Server(t, "outs")
 	cl := srv.Client
 	old := put(t, cl, "outs", "outputs/old.png", []byte("old"))
+	put(t, cl, "outs", "outputs/old/1.png", []byte("old"))
+	put(t, cl, "outs", "outputs/old/15.png", []byte("old"))
+	put(t, cl, "outs", "outputs/notes.txt", []byte("keep"))
 	put(t, cl, "outs", "models/old-but-not-an-output", []byte("keep"))
 	put(t, cl, "outs", "outputs-not/old.png", []byte("keep"))
 	time.Sleep(1100 * time.Millisecond) // LastModified has whole seconds
@@ -121,14 +125,14 @@ func TestSweepDeletesOldOutputsOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, err := s.Sweep(context.Background())
-	if err != nil || n != 1 {
-		t.Fatalf("sweep deleted %d (%v), want 1", n, err)
+	if err != nil || n != 3 {
+		t.Fatalf("sweep deleted %d (%v), want 3", n, err)
 	}
 	keys, err := listKeys(cl, "outs")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(keys, " "); got != "models/old-but-not-an-output outputs-not/old.png outputs/new.png" {
+	if got := strings.Join(keys, " "); got != "models/old-but-not-an-output outputs-not/old.png outputs/new.png outputs/notes.txt" {
 		t.Fatalf("left: %s", got)
 	}
 	// A second sweep finds nothing; the loop starts and stops cleanly.
@@ -139,6 +143,33 @@ func TestSweepDeletesOldOutputsOnly(t *testing.T) {
 	s.Shutdown()
 	if _, err := NewSweeper(SweepConfig{S3: cl, Outputs: s3x.URL{Bucket: "outs"}}); err == nil {
 		t.Fatal("a sweeper without a retention was made")
+	}
+}
+
+// With --outputs at the bucket's root, the uploads (uploads/ in the same
+// bucket by default) lie under the outputs prefix: the sweep leaves them,
+// also where a key there looks like a job's image.
+func TestSweepKeepsUploads(t *testing.T) {
+	srv := testenv.S3Server(t, "outs")
+	cl := srv.Client
+	put(t, cl, "outs", "uploads/sha256-"+strings.Repeat("ab", 32), []byte("init image"))
+	put(t, cl, "outs", "uploads/1.png", []byte("keep"))
+	put(t, cl, "outs", "uploads.png", []byte("a job called uploads"))
+	last := put(t, cl, "outs", "job-1.png", []byte("old"))
+	s, err := NewSweeper(SweepConfig{S3: cl, Outputs: s3x.URL{Bucket: "outs"}, Uploads: s3x.URL{Bucket: "outs", Key: "uploads/"},
+		Retention: time.Hour, Now: func() time.Time { return last.Add(2 * time.Hour) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Sweep(context.Background()); err != nil || n != 2 {
+		t.Fatalf("sweep deleted %d (%v), want 2", n, err)
+	}
+	keys, err := listKeys(cl, "outs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(keys, " "); got != "uploads/1.png uploads/sha256-"+strings.Repeat("ab", 32) {
+		t.Fatalf("left: %s", got)
 	}
 }
 

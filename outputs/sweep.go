@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/job"
 )
 
 // SweepConfig configures a Sweeper.
@@ -23,6 +25,11 @@ type SweepConfig struct {
 	// write images under. Required.
 	S3      *s3.Client
 	Outputs s3x.URL
+	// Uploads is where the API keeps uploaded input images (by default
+	// uploads/ in the outputs bucket). The sweep never deletes anything
+	// under it, even where it lies under Outputs: a queued job may still
+	// need its init image.
+	Uploads s3x.URL
 	// Retention is how long an image is kept after it was written
 	// (its LastModified). Required: a Sweeper with none is not made.
 	Retention time.Duration
@@ -36,8 +43,10 @@ type SweepConfig struct {
 	Logger *slog.Logger
 }
 
-// Sweeper deletes, every Interval, the objects under the outputs prefix
-// that are older than Retention. It is for S3 servers without lifecycle
+// Sweeper deletes, every Interval, the job images under the outputs prefix
+// that are older than Retention: the objects whose keys job.ImageKey makes
+// (<prefix><id>.png, <prefix><id>/<k>.png), and no other object there,
+// and nothing under the uploads prefix. It is for S3 servers without lifecycle
 // rules; where the bucket has a lifecycle rule (docs/jobs.md), that is the
 // primary mechanism and the sweep finds nothing to do. Several schedulers
 // may sweep at once: a delete of a deleted object is no error.
@@ -49,6 +58,9 @@ type Sweeper struct {
 	log     *slog.Logger
 	deleted prometheus.Counter
 	failed  prometheus.Counter
+	// keep is the uploads prefix where it lies inside the outputs prefix
+	// (--outputs at the bucket's root, uploads/ beside the images), else "".
+	keep string
 
 	stopOnce sync.Once
 	cancel   context.CancelFunc
@@ -87,6 +99,9 @@ func NewSweeper(cfg SweepConfig) (*Sweeper, error) {
 			return nil, err
 		}
 	}
+	if u, o := cfg.Uploads, cfg.Outputs; u.Bucket == o.Bucket && len(u.Key) > len(o.Key) && strings.HasPrefix(u.Key, o.Key) {
+		s.keep = u.Key
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -121,8 +136,8 @@ func (s *Sweeper) Shutdown() {
 	})
 }
 
-// Sweep deletes every object under the outputs prefix last modified
-// before now − Retention, and returns how many it deleted.
+// Sweep deletes every job image under the outputs prefix last modified
+// before now − Retention (isImage), and returns how many it deleted.
 func (s *Sweeper) Sweep(ctx context.Context) (int, error) {
 	cutoff := s.cfg.Now().Add(-s.cfg.Retention)
 	bucket, prefix := s.cfg.Outputs.Bucket, s.cfg.Outputs.Key
@@ -136,7 +151,7 @@ func (s *Sweeper) Sweep(ctx context.Context) (int, error) {
 		}
 		var old []types.ObjectIdentifier
 		for _, o := range page.Contents {
-			if o.LastModified != nil && o.LastModified.Before(cutoff) {
+			if o.LastModified != nil && o.LastModified.Before(cutoff) && s.isImage(aws.ToString(o.Key)) {
 				old = append(old, types.ObjectIdentifier{Key: o.Key})
 			}
 		}
@@ -157,4 +172,15 @@ func (s *Sweeper) Sweep(ctx context.Context) (int, error) {
 		}
 	}
 	return deleted, errors.Join(errs...)
+}
+
+// isImage reports whether key, listed under the outputs prefix, is a job's
+// image the sweep may delete: a key job.ImageKey makes, not under the
+// uploads prefix.
+func (s *Sweeper) isImage(key string) bool {
+	if s.keep != "" && strings.HasPrefix(key, s.keep) {
+		return false
+	}
+	_, _, ok := job.ParseImageKey(s.cfg.Outputs.Key, key)
+	return ok
 }

@@ -126,6 +126,7 @@ func (l *lifecycleFlags) apply(ctx context.Context, c *common, cl *s3.Client, cf
 }
 
 // sweeper returns the output retention sweep, or nil without a retention.
+// It never deletes uploads, which by default live in the outputs bucket.
 func (l *lifecycleFlags) sweeper(c *common, cl *s3.Client, reg prometheus.Registerer, log *slog.Logger) (*outputs.Sweeper, error) {
 	if *l.retention <= 0 {
 		return nil, nil
@@ -134,7 +135,11 @@ func (l *lifecycleFlags) sweeper(c *common, cl *s3.Client, reg prometheus.Regist
 	if err != nil {
 		return nil, err
 	}
-	return outputs.NewSweeper(outputs.SweepConfig{S3: cl, Outputs: u, Retention: *l.retention, Interval: *l.sweepInterval, Metrics: reg, Logger: log})
+	up, _, err := c.uploadsURL()
+	if err != nil {
+		return nil, err
+	}
+	return outputs.NewSweeper(outputs.SweepConfig{S3: cl, Outputs: u, Uploads: up, Retention: *l.retention, Interval: *l.sweepInterval, Metrics: reg, Logger: log})
 }
 
 // parsePriorityWeights parses --priority-weights "high=6,normal=3,low=1".
