@@ -289,6 +289,40 @@ func TestGenerationFeatures(t *testing.T) {
 	fl.wantRefused(base(1, `,"loras":[{"model":"demo2"}]`), 400, "loras[0].model")
 	fl.wantRefused(`{"model":"style","prompt":"x"}`, 400, "model")
 	fl.wantRefused(base(1, `,"options":{"clip_skip":2}`), 400, "options.clip_skip")
+	// A batch checks each job as a single submit does: the same answers,
+	// item by item, and the valid one beside them is queued and runs.
+	refused := []struct {
+		body  string
+		code  int
+		field string
+	}{
+		{base(1, `,"init_image":"` + small + `"`), 400, "init_image"},
+		{base(1, `,"init_image":"` + job.UploadRef(strings.Repeat("0", 64)) + `"`), 400, "init_image"},
+		{base(1, `,"init_image":"` + init + `","mask":"` + small + `"`), 400, "mask"},
+		{base(1, `,"loras":[{"model":"nope"}]`), 404, "loras[0].model"},
+		{base(1, `,"loras":[{"model":"demo2"}]`), 400, "loras[0].model"},
+		{`{"model":"style","prompt":"x"}`, 400, "model"},
+		{base(1, `,"options":{"clip_skip":2}`), 400, "options.clip_skip"},
+	}
+	items := []string{`{"request":` + base(7, `,"n":2,"init_image":"`+init+`","loras":[{"model":"style","weight":0.8}],"priority":"high"`) + `}`}
+	for _, r := range refused {
+		items = append(items, `{"request":`+r.body+`}`)
+	}
+	code, br := fl.batch(`{"jobs":[` + strings.Join(items, ",") + `]}`)
+	if code != http.StatusOK || len(br.Jobs) != len(items) || br.Queued != 1 || br.Failed != len(refused) {
+		t.Fatalf("batch: %d %+v", code, br)
+	}
+	for i, r := range refused {
+		if got := br.Jobs[i+1]; got.Code != r.code || got.Field != r.field || got.ID != "" {
+			t.Errorf("batch item %d (%s) = %+v; want %d naming %q, as a single submit", i+1, r.body, got, r.code, r.field)
+		}
+	}
+	if br.Jobs[0].Queue != "pool:cpu:high" {
+		t.Errorf("the batch's valid job went to %q, want pool:cpu:high", br.Jobs[0].Queue)
+	}
+	if rec := fl.succeed(br.Jobs[0].ID); len(rec.Outputs) != 2 {
+		t.Errorf("the batch's job has outputs %+v, want 2", rec.Outputs)
+	}
 	for name, tc := range map[string]struct {
 		body, ctype string
 		code        int
