@@ -211,7 +211,8 @@ type spark struct {
 }
 
 // priorities are the words that, after a queue's class or host, name its
-// priority ("pool:cpu:high").
+// priority ("pool:cpu:high"), highest first: genfleet's own (job.Priorities)
+// among words other producers use.
 var priorities = []string{"critical", "high", "default", "normal", "low"}
 
 // splitQueue names a queue's kind ("pool", "host" or the name's own
@@ -256,7 +257,10 @@ func queueGroups(q *queuesJSON, w *workersJSON) []queueGroup {
 			class = name
 		}
 		if prio == "" {
-			prio = "default"
+			// genfleet's normal-priority queues carry no suffix
+			// (job.PriorityQueue); another producer's plain queue counts
+			// as normal too.
+			prio = string(job.PriorityNormal)
 		}
 		return class, prio
 	}

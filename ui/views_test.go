@@ -27,7 +27,8 @@ func TestSplitQueue(t *testing.T) {
 }
 
 // Queues group by device class (a host queue by its host's class, also
-// a gone host's) and priority; the history sums per group.
+// a gone host's) and priority, as genfleet names them (job.PriorityQueue:
+// no suffix for normal); the history sums per group.
 func TestQueueGroups(t *testing.T) {
 	q := &queuesJSON{Queues: []queueJSON{
 		{Name: "pool:cpu", Pending: 3, Active: 1},
@@ -35,6 +36,7 @@ func TestQueueGroups(t *testing.T) {
 		{Name: "host:h2:high", Active: 2},
 		{Name: "pool:cpu:high", Pending: 1, Retry: 1},
 		{Name: "pool:cuda", Pending: 5},
+		{Name: job.PriorityQueue(job.PoolQueue("cuda"), job.PriorityLow), Pending: 2},
 		{Name: "host:ghost", Pending: 1},
 	}}
 	t0 := time.Now()
@@ -49,7 +51,7 @@ func TestQueueGroups(t *testing.T) {
 	for _, g := range queueGroups(q, w) {
 		got = append(got, fmt.Sprintf("%s/%s p%d a%d r%d q%d now%d max%d", g.Class, g.Priority, g.Pending, g.Active, g.Retry, len(g.Queues), g.Spark.Now, g.Spark.Max))
 	}
-	want := "[cpu/high p1 a2 r1 q2 now0 max0 cpu/default p5 a1 r0 q2 now4 max4 cuda/default p5 a0 r0 q1 now0 max0 unknown class/default p1 a0 r0 q1 now0 max0]"
+	want := "[cpu/high p1 a2 r1 q2 now0 max0 cpu/normal p5 a1 r0 q2 now4 max4 cuda/normal p5 a0 r0 q1 now0 max0 cuda/low p2 a0 r0 q1 now0 max0 unknown class/normal p1 a0 r0 q1 now0 max0]"
 	if fmt.Sprint(got) != want {
 		t.Fatalf("groups\n got %v\nwant %s", got, want)
 	}
