@@ -23,13 +23,13 @@ Commands:
   make --size 64MiB [--seed N] --out FILE   write a reference model (safetensors)
   make --arch sd1 [--split] [--dtype f16|q8_0|q4_0] [--seed N] --out FILE|DIR
                                             write a random-weight SD 1.x checkpoint for sdcpp
-  push FILE s3://bucket/key [--name NAME] [--engine ENGINE]
+  push FILE s3://bucket/key [--name NAME] [--engine ENGINE] [--part-size auto]
                                             upload a model and register NAME
   push --name NAME --engine ENGINE --file ROLE=PATH... s3://bucket/prefix/
                                             upload a split model's files (one
                                             --file per file, e.g. vae=ae.safetensors)
                                             and register NAME
-  register s3://bucket/key [--name NAME] [--engine ENGINE]
+  register s3://bucket/key [--name NAME] [--engine ENGINE] [--part-size auto]
                                             register an object already in S3
                                             as NAME, without uploading it
   inspect FILE                              summarise a safetensors or GGUF header
@@ -211,6 +211,7 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	c := addCommon(f)
 	name := f.String("name", "", "registry name (default: the file name without extension; required with --file)")
 	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
+	partSize := partSizeFlag(f)
 	var files fileFlags
 	f.Var(&files, "file", "a split model's file as `ROLE=PATH`, e.g. vae=ae.safetensors; repeat for each file and give a destination prefix instead of FILE and key")
 	// Allow flags after the positional arguments too.
@@ -280,6 +281,9 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	if reg.PartSize, err = parsePartSize(*partSize); err != nil {
+		return err
+	}
 	for _, b := range []string{reg.Root.Bucket, u.Bucket} {
 		if err := s3x.EnsureBucket(ctx, cl, b); err != nil {
 			return err
@@ -311,6 +315,31 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stdout, "registered %q (engine %s, %d file(s))\n", m.Name, m.EngineName(), len(m.Files))
 	return nil
+}
+
+// partSizeFlag adds --part-size, the part size of the part digests that
+// models push and models register record.
+func partSizeFlag(f flags) *string {
+	return f.String("part-size", "auto", "size of the parts whose sha256 the manifest records, so that hosts can verify each part as it lands from S3 or a peer (docs/fleet.md): auto (16MiB, larger for files over 64GiB), a size of at least 64KiB, or none")
+}
+
+// parsePartSize turns --part-size into modelcache.Registry.PartSize: 0 for
+// auto, -1 for none.
+func parsePartSize(s string) (int64, error) {
+	switch s {
+	case "auto", "":
+		return 0, nil
+	case "none", "0":
+		return -1, nil
+	}
+	n, err := parseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("--part-size: %w", err)
+	}
+	if n < modelcache.MinManifestPartSize {
+		return 0, fmt.Errorf("--part-size %s: want at least %d bytes (64KiB), auto or none", s, modelcache.MinManifestPartSize)
+	}
+	return n, nil
 }
 
 // splitPositional takes the first n arguments that are not flags out of
