@@ -57,6 +57,7 @@ func TestValidName(t *testing.T) {
 
 func TestPushThenResolve(t *testing.T) {
 	e := newEnv(t)
+	e.reg.PartSize = 0 // the default: 16 MiB part digests
 	data := randomBytes(100_000, 1)
 	p := writeFile(t, "tiny.safetensors", data)
 	var last, total int64
@@ -379,6 +380,7 @@ func TestResolveBadManifest(t *testing.T) {
 
 func TestPushModelSplit(t *testing.T) {
 	e := newEnv(t)
+	e.reg.PartSize = 0 // the default: 16 MiB part digests
 	dir := t.TempDir()
 	contents := map[string][]byte{}
 	var files []PushFile
