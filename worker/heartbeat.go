@@ -113,6 +113,9 @@ func (w *Worker) state(started time.Time) *job.Heartbeat {
 	if used, budget, err := w.cfg.Cache.Usage(); err == nil {
 		hb.CacheUsed, hb.CacheBudget = used, budget
 	}
+	if w.cfg.Advertise != nil {
+		hb.Peer = w.cfg.Advertise()
+	}
 	return hb
 }
 

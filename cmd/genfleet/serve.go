@@ -210,7 +210,11 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	retryMax := f.duration("retry-max", "GENFLEET_RETRY_MAX", 5*time.Minute, "longest backoff between retries")
 	recoverEvery := f.duration("recover-interval", "GENFLEET_RECOVER_INTERVAL", 5*time.Second, "how often this process requeues jobs whose worker died (their lease expired)")
 	leaseGrace := f.duration("lease-grace", "GENFLEET_LEASE_GRACE", 5*time.Second, "how long after its lease expired a dead worker's job is requeued (clock-skew margin between hosts)")
+	pf := addPeerFlags(f)
 	if err := f.parse(args, 0); err != nil {
+		return err
+	}
+	if err := pf.check(); err != nil {
 		return err
 	}
 	log := c.logger(stderr)
@@ -251,9 +255,17 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cache, err := modelcache.OpenWith(*cacheDir, modelcache.NewS3Source(cl), cacheOpts)
+	peers, err := pf.setup(modelcache.NewS3Source(cl), redisOpt, promReg, log)
+	if err != nil {
+		return err
+	}
+	defer peers.close()
+	cache, err := modelcache.OpenWith(*cacheDir, peers.src, cacheOpts)
 	if err != nil {
 		return fmt.Errorf("open model cache: %w", err)
+	}
+	if err := peers.serve(ctx, cache, promReg, log); err != nil {
+		return err
 	}
 	if err := s3x.EnsureBucket(ctx, cl, outputs.Bucket); err != nil {
 		log.Warn("outputs bucket not reachable yet", "bucket", outputs.Bucket, "err", err)
@@ -266,7 +278,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		RetryBase: *retryBase, RetryMax: *retryMax,
 		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,
 		HeartbeatInterval: *heartbeat, PollInterval: *poll,
-		Scrub:   scrub,
+		Scrub: scrub, Advertise: peers.advertise(cache, log),
 		Metrics: promReg, Logger: log,
 	})
 	if err != nil {
