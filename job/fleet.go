@@ -77,6 +77,13 @@ type ModelState struct {
 	OnDevice bool               `json:"on_device"` // resident in accelerator memory
 	LastUsed time.Time          `json:"last_used"`
 	Timings  map[string]float64 `json:"timings,omitempty"`
+	// ColdStartMS is what the process's last acquire of the model that
+	// found it off disk cost (wait + fetch + verify + map, ms): the
+	// measured cold start the autoscaler weighs. 0 until there was one.
+	ColdStartMS float64 `json:"cold_start_ms,omitempty"`
+	// JobMS is the run time of the process's last job on the model
+	// (generate + encode + upload, ms).
+	JobMS float64 `json:"job_ms,omitempty"`
 }
 
 // Redis keys of the fleet view.

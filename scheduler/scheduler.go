@@ -93,6 +93,7 @@ type Server struct {
 	fleet     *job.Fleet
 	view      fleetCache
 	manifests manifestCache
+	scale     autoscaleCache
 }
 
 // New returns an API server. Close releases its connections.
@@ -157,7 +158,7 @@ func New(cfg Config) (*Server, error) {
 		Name: "genfleet_scheduler_jobs_moved_total",
 		Help: "Jobs moved from the queue of a host that stopped heartbeating back to its pool.",
 	})
-	s.reg.MustRegister(s.submitted, s.requests, s.routed, s.moved, &queueCollector{s: s},
+	s.reg.MustRegister(s.submitted, s.requests, s.routed, s.moved, &queueCollector{s: s}, &autoscaleCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	mux := http.NewServeMux()
@@ -167,6 +168,8 @@ func New(cfg Config) (*Server, error) {
 	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
 	s.route(mux, "GET /v1/models", s.listModels)
 	s.route(mux, "GET /v1/workers", s.listWorkers)
+	s.route(mux, "GET /v1/autoscale", s.getAutoscale)
+	s.route(mux, "GET /autoscale", s.getAutoscale) // open: see openPaths
 	s.route(mux, "GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -17,9 +17,35 @@ type models struct {
 	m  map[string]*job.ModelState // by ref
 }
 
-func (ms *models) used(ref string, digests []string, timings map[string]float64, mapped bool) {
+// used records an acquire of ref (timings set, cold when the model was
+// not on disk) or, with timings nil, the end of its use by a job.
+func (ms *models) used(ref string, digests []string, timings map[string]float64, mapped, cold bool) {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
+	st := ms.state(ref)
+	st.Digests = digests
+	st.Mapped = mapped
+	st.LastUsed = time.Now().UTC()
+	if timings != nil {
+		st.Timings = timings
+		if cold {
+			st.ColdStartMS = timings["wait"] + timings["fetch"] + timings["verify"] + timings["map"]
+		}
+	}
+}
+
+// ran records the run time of a job on ref from its record's timings.
+func (ms *models) ran(ref string, timings map[string]float64) {
+	if timings["generate"] == 0 {
+		return // the job did not get as far as the engine
+	}
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	ms.state(ref).JobMS = timings["generate"] + timings["encode"] + timings["upload"]
+}
+
+// state returns ref's entry, creating it. The caller holds ms.mu.
+func (ms *models) state(ref string) *job.ModelState {
 	if ms.m == nil {
 		ms.m = map[string]*job.ModelState{}
 	}
@@ -28,12 +54,7 @@ func (ms *models) used(ref string, digests []string, timings map[string]float64,
 		st = &job.ModelState{Ref: ref}
 		ms.m[ref] = st
 	}
-	st.Digests = digests
-	st.Mapped = mapped
-	st.LastUsed = time.Now().UTC()
-	if timings != nil {
-		st.Timings = timings
-	}
+	return st
 }
 
 // snapshot returns the models, most recently used first, at most n.

@@ -502,8 +502,9 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 	rec.Timings["acquire"] = ms(time.Since(t))
 	w.models.used(req.Model, digestsOf(m), map[string]float64{
 		"wait": rec.Timings["wait"], "fetch": rec.Timings["fetch"], "verify": rec.Timings["verify"], "map": rec.Timings["map"],
-	}, true)
-	defer w.models.used(req.Model, digestsOf(m), nil, false)
+	}, true, r.Origin != modelcache.OriginDisk)
+	defer w.models.used(req.Model, digestsOf(m), nil, false, false)
+	defer func() { w.models.ran(req.Model, rec.Timings) }()
 	switch {
 	case r.Hit:
 		w.metrics.cache.WithLabelValues("hit").Inc()

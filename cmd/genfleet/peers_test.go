@@ -82,6 +82,27 @@ func TestWorkersFetchFromPeers(t *testing.T) {
 	if o := onH2.Result; o.ModelSource != "fetched" || o.ModelFetchedBytes != size || o.ModelDigest != digest {
 		t.Errorf("h2's job output: %+v; want the model fetched (from its peer), %d bytes", o, size)
 	}
+	// h2's heartbeat reports what its cold start and its job cost, for the
+	// autoscaler.
+	var ms *job.ModelState
+	deadline = time.Now().Add(10 * time.Second)
+	for ms == nil && time.Now().Before(deadline) {
+		_, body := fl.do("GET", "/v1/workers", "")
+		var v struct{ Workers []job.Heartbeat }
+		if err := json.Unmarshal(body, &v); err == nil {
+			for _, hb := range v.Workers {
+				for i := range hb.Models {
+					if hb.Host == "h2" && hb.Models[i].Ref == "demo" && hb.Models[i].ColdStartMS > 0 && hb.Models[i].JobMS > 0 {
+						ms = &hb.Models[i]
+					}
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ms == nil {
+		t.Error("h2's heartbeat reports no cold start and job time for the model")
+	}
 }
 
 // The worker refuses a blob server without a fleet token, and a token too
