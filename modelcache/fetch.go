@@ -175,15 +175,24 @@ type partial struct {
 	progress string // its progress log, removed once installed or discarded
 	hex      string // sha256 of the content
 	size     int64
+	// pf is the PartSource's download, if any: it is closed only once the
+	// blob is installed (and so offered to peers) or thrown away, so that
+	// peers waiting on this host (its S3 lease) never find it in between.
+	pf PartFetch
 }
 
-// discard removes the partial file unless it was installed.
+// discard removes the partial file unless it was installed, and ends the
+// PartSource's download.
 func (p *partial) discard() {
 	if p.f != nil {
 		p.f.Close()
 		os.Remove(p.path)
 		os.Remove(p.progress)
 		p.f = nil
+	}
+	if p.pf != nil {
+		p.pf.Close()
+		p.pf = nil
 	}
 }
 
@@ -206,7 +215,7 @@ func (p *partial) discard() {
 // manifest's parts, each hashed as it lands and counted (written to the
 // progress log, fed to the whole-file hash) only once it matches its part
 // digest; a part that does not is thrown away and fetched again. Its parts
-// come through the Source's PartFile interface when it has one (peers),
+// come through the Source's PartSource interface when it has one (peers),
 // else from S3. Parts recorded by an earlier run are hashed again before a
 // resumed download trusts them. The progress log of such a download names
 // the digest, which tells readers (PeerBlob) that every part it records
@@ -305,7 +314,6 @@ func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, w
 				ft.log.close()
 				return nil, fmt.Errorf("download %s: %w", u, err)
 			}
-			defer ft.pf.Close()
 		}
 	}
 
@@ -315,6 +323,9 @@ func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, w
 		err = fmt.Errorf("download %s: %w", u, cerr)
 	}
 	if err != nil {
+		if ft.pf != nil {
+			ft.pf.Close()
+		}
 		ft.f.Close()
 		if ft.single || errors.Is(err, ErrChanged) || !c.resumable(key) {
 			c.discardPartial(key)
@@ -324,7 +335,7 @@ func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, w
 		}
 		return nil, err
 	}
-	return &partial{f: ft.f, path: path, progress: progPath, hex: hexSum, size: info.Size}, nil
+	return &partial{f: ft.f, path: path, progress: progPath, hex: hexSum, size: info.Size, pf: ft.pf}, nil
 }
 
 // checkResumed hashes each part that done says an earlier run finished

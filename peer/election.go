@@ -38,9 +38,18 @@ type coordinator struct {
 
 // Scripts that change the lease only if this host holds it.
 var (
-	refreshScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)
-	releaseScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+	refreshScript  = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)
+	releaseScript  = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+	takeOverScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 end return 0`)
 )
+
+// takeOver gives digest's lease to self if dead still holds it: for a
+// holder that stopped answering, whose lease would otherwise keep every
+// other host waiting until it lapses.
+func (c *coordinator) takeOver(ctx context.Context, digest, dead, self string) (bool, error) {
+	n, err := takeOverScript.Run(ctx, c.rdb, []string{leasePrefix + digest}, dead, self, c.ttl.Milliseconds()).Int()
+	return n == 1, err
+}
 
 // acquire asks for digest's lease for self. won is true when self holds it
 // now (also when an earlier incarnation of self took it: same address);

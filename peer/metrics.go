@@ -56,7 +56,7 @@ func newSourceMetrics(reg prometheus.Registerer) (*sourceMetrics, error) {
 		}, []string{"reason"}),
 		elections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "genfleet_peer_elections_total",
-			Help: "Leases asked for to pull a blob from S3 for the fleet, by result: won (this host pulls it) or lost (another host does; this one streams from it).",
+			Help: "Elections to pull a blob from S3 for the fleet, by result: won (this host pulled parts from S3 under the lease) or lost (another host held it; this one streamed from peers).",
 		}, []string{"result"}),
 	}
 	if reg != nil {

@@ -193,6 +193,7 @@ type download struct {
 	providers [][]string     // per part: who sent its bytes since its last verdict
 	inflight  map[string]int // per peer: transfers of ours under way
 	leader    bool           // this host holds the blob's lease
+	pulled    bool           // and has taken a part from S3 under it
 	lost      bool           // this download lost an election (counted once)
 	leaseBy   string         // who holds the lease, when not us
 
@@ -236,6 +237,7 @@ func (d *download) Get(ctx context.Context, i int, from int64) (io.ReadCloser, e
 			// look once more before taking the part from S3.
 			continue
 		case ok:
+			d.pulling()
 			return d.fromS3(ctx, i, from, "")
 		}
 		if time.Now().After(deadline) {
@@ -300,6 +302,21 @@ func (d *download) Close() {
 	})
 }
 
+// pulling notes that this download takes a part from S3 under the lease:
+// the first time, the host counts as elected to pull the blob for the
+// fleet (a lease won but never used to pull, after the leader finished,
+// does not count).
+func (d *download) pulling() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.leader || d.pulled {
+		return
+	}
+	d.pulled = true
+	d.s.m.elections.WithLabelValues("won").Inc()
+	d.s.cfg.Logger.Info("elected to pull a blob from S3 for the fleet", "digest", d.f.Digest)
+}
+
 func (d *download) isLeader() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -353,6 +370,13 @@ func (d *download) mayUseS3(ctx context.Context) (ok, justWon bool) {
 		return true, false
 	}
 	won, holder, err := d.s.coord.acquire(ctx, d.f.Digest, d.s.cfg.Self)
+	if err == nil && !won && holder != "" && d.s.avoided(holder) {
+		// The holder stopped answering (or lied): do not wait for its
+		// lease to lapse.
+		if won, err = d.s.coord.takeOver(ctx, d.f.Digest, holder, d.s.cfg.Self); won {
+			d.s.cfg.Logger.Warn("took over the S3 lease of a peer that stopped answering", "digest", d.f.Digest, "peer", holder)
+		}
+	}
 	if err != nil {
 		// Redis trouble costs S3 traffic, not a stalled download.
 		d.s.cfg.Logger.Warn("peer source: election unavailable; fetching from S3", "digest", d.f.Digest, "err", err)
@@ -365,8 +389,6 @@ func (d *download) mayUseS3(ctx context.Context) (ok, justWon bool) {
 			return true, false // another part of ours won it a moment ago
 		}
 		d.leader = true
-		d.s.m.elections.WithLabelValues("won").Inc()
-		d.s.cfg.Logger.Info("elected to pull a blob from S3 for the fleet", "digest", d.f.Digest)
 		return true, true
 	}
 	if holder != d.leaseBy {
@@ -569,8 +591,11 @@ func (d *download) fromPeer(ctx context.Context, addr string, i int, from int64)
 		}
 		return nil, err
 	}
-	if resp.StatusCode == http.StatusServiceUnavailable {
-		resp.Body.Close() // busy, or its map moved on: not its fault
+	if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusNotFound {
+		// Busy, or its map moved on (a download that restarted, or was
+		// installed a moment ago and is not offered again yet): not its
+		// fault; look again.
+		resp.Body.Close()
 		d.mu.Lock()
 		if pm := d.maps[addr]; pm != nil {
 			pm.mu.Lock()

@@ -298,3 +298,28 @@ func TestPeerFetchResumesAfterRestart(t *testing.T) {
 }
 
 var _ modelcache.PartSource = (*Source)(nil)
+
+// A lease held by a host that no longer answers (killed: it could not give
+// the lease back) is taken over as soon as the host is found unreachable,
+// not after the lease lapses and not after PartWait.
+func TestElectionLeaseOfDeadHostTakenOver(t *testing.T) {
+	e := newEnv(t)
+	const parts = 4
+	m, data := e.push(t, "deadlease", parts*testPart)
+	dead := "127.0.0.1:1" // nothing listens there
+	if err := e.rdb.Set(t.Context(), leasePrefix+m.Files[0].Digest, dead, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	h := e.newHost(t, "h", hostOpts{src: func(c *SourceConfig) { c.PartWait = 30 * time.Second }})
+	start := time.Now()
+	h.acquire(t, m, data)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v: the dead host's lease was waited out", d)
+	}
+	if won := counter(t, h.metrics, "genfleet_peer_elections_total", map[string]string{"result": "won"}); won != 1 {
+		t.Errorf("won %v elections, want 1 (the take-over)", won)
+	}
+	if got := e.origin.bytes.Load(); got != parts*testPart {
+		t.Errorf("S3 sent %d bytes, want %d", got, parts*testPart)
+	}
+}
