@@ -10,6 +10,10 @@
 //	Routing  model loads with model-aware routing, against plain queueing
 //	Upload   weights from a file mapping to the GPU, against pinned memory
 //	Chaos    jobs while worker processes are SIGKILLed: none lost, none corrupt
+//	Spread   N hosts cold-start one model against throttled S3: with peers, against
+//	         S3 only (S3 bytes) and one host alone (time); with faults
+//	Sim      a trace-driven simulation (package fleetsim) of 1,000 hosts: peers and
+//	         warmth-aware scaling against S3 only
 //
 // A result's JSON encoding is the object `genfleet bench NAME --json` prints
 // (with the run's bench name, wall time and machine added), so its field
@@ -24,5 +28,6 @@
 // on free loopback ports, stopped and removed when it returns. Routing and
 // Chaos run worker processes, an executable (genfleet itself by default)
 // started as `genfleet worker`; Share runs holder processes the same way
-// (see ShareChild). Queue runs its scheduler and worker in this process.
+// (see ShareChild), and Spread its hosts (see SpreadChild). Queue runs its
+// scheduler and worker in this process.
 package bench
