@@ -211,8 +211,10 @@ type peerMap struct {
 }
 
 // Get implements modelcache.PartFetch: part i from bytes from, from a
-// peer that has it, else (once elected, when no election is possible, or
-// after PartWait) from S3.
+// peer that has it. A part that no peer has comes from S3 once this host
+// holds the blob's lease (or at once, without an election), or after
+// PartWait; one that peers have but are too busy to send (503) is asked
+// for again, from S3 only after PartWait.
 func (d *download) Get(ctx context.Context, i int, from int64) (io.ReadCloser, error) {
 	deadline := time.Now().Add(d.s.cfg.PartWait)
 	for {
@@ -231,17 +233,26 @@ func (d *download) Get(ctx context.Context, i int, from int64) (io.ReadCloser, e
 				return nil, ctx.Err()
 			}
 		}
-		switch ok, justWon := d.mayUseS3(ctx); {
-		case justWon:
-			// The last leader may have finished just before we looked:
-			// look once more before taking the part from S3.
-			continue
-		case ok:
-			d.pulling()
-			return d.fromS3(ctx, i, from, "")
-		}
-		if time.Now().After(deadline) {
-			return d.fromS3(ctx, i, from, fmt.Sprintf("no peer had it within %v", d.s.cfg.PartWait))
+		switch {
+		case len(cands) > 0:
+			// Peers have the part but were busy (503), or failed and are
+			// put aside now: ask again shortly rather than take it from S3.
+			if time.Now().After(deadline) {
+				return d.fromS3(ctx, i, from, fmt.Sprintf("the peers that have it stayed busy for %v", d.s.cfg.PartWait))
+			}
+		default:
+			switch ok, justWon := d.mayUseS3(ctx); {
+			case justWon:
+				// The last leader may have finished just before we
+				// looked: look once more before taking the part from S3.
+				continue
+			case ok:
+				d.pulling()
+				return d.fromS3(ctx, i, from, "")
+			}
+			if time.Now().After(deadline) {
+				return d.fromS3(ctx, i, from, fmt.Sprintf("no peer had it within %v", d.s.cfg.PartWait))
+			}
 		}
 		t := time.NewTimer(pollEvery)
 		select {
