@@ -21,10 +21,20 @@ const (
 	// (scheduler.Plan): a backlog no warm host takes asks for new hosts, one
 	// that warm hosts drain before a new host could be warm does not.
 	PeersWarmth Policy = "peers+warmth"
+	// S3Warmth: S3Only's transfers with PeersWarmth's scaling, to tell
+	// what the signal is worth where cold starts are dear.
+	S3Warmth Policy = "s3-only+warmth"
 )
 
-// Policies are the three, in the order a comparison shows them.
-var Policies = []Policy{S3Only, Peers, PeersWarmth}
+// Policies are the three the comparison is about, in the order it shows
+// them, then S3Warmth.
+var Policies = []Policy{S3Only, Peers, PeersWarmth, S3Warmth}
+
+// fromPeers reports whether p fetches from peers.
+func (p Policy) fromPeers() bool { return p == Peers || p == PeersWarmth }
+
+// warmthAware reports whether p scales on the warmth-aware signal.
+func (p Policy) warmthAware() bool { return p == PeersWarmth || p == S3Warmth }
 
 // Config is the fleet and its limits. Zero fields take the defaults in
 // DefaultConfig.
@@ -253,7 +263,7 @@ func (s *sim) transfer() {
 		byModel[f.model] = append(byModel[f.model], f)
 	}
 	holders := map[int]int{}
-	if s.p != S3Only {
+	if s.p.fromPeers() {
 		for _, h := range s.hosts {
 			if h.up && s.t >= h.ready {
 				for m := range h.cache {
@@ -262,8 +272,14 @@ func (s *sim) transfer() {
 			}
 		}
 	}
-	for m, fs := range byModel {
-		if s.p == S3Only {
+	models := make([]int, 0, len(byModel))
+	for m := range byModel {
+		models = append(models, m)
+	}
+	slices.Sort(models) // map order would make runs differ
+	for _, m := range models {
+		fs := byModel[m]
+		if !s.p.fromPeers() {
 			fromS3 = append(fromS3, fs...)
 			continue
 		}
@@ -294,8 +310,8 @@ func (s *sim) transfer() {
 		s.share(rest, s.c.PeerUp*float64(seeding(fs)), lead.got)
 	}
 	s.shareS3(fromS3)
-	for _, fs := range byModel {
-		for _, f := range fs {
+	for _, m := range models {
+		for _, f := range byModel[m] {
 			size := s.tr.Models[f.model].Size
 			add := math.Min(f.rate*dt, size-f.got)
 			s3 := math.Min(f.s3rate*dt, add)
@@ -414,7 +430,7 @@ func (s *sim) install(h *host, m int) {
 	for h.cached > s.c.CacheBytes {
 		victim, oldest := -1, math.Inf(1)
 		for mm, used := range h.cache {
-			if mm != m && used < oldest {
+			if mm != m && (used < oldest || used == oldest && mm < victim) {
 				victim, oldest = mm, used
 			}
 		}
@@ -454,7 +470,7 @@ func (s *sim) dispatch() {
 	for _, h := range idle {
 		best, bestAt := -1, math.Inf(1)
 		for m := range h.cache {
-			if q := s.queued[m]; len(q) > 0 && s.jobs[q[0]].arrive < bestAt {
+			if q := s.queued[m]; len(q) > 0 && (s.jobs[q[0]].arrive < bestAt || s.jobs[q[0]].arrive == bestAt && m < best) {
 				best, bestAt = m, s.jobs[q[0]].arrive
 			}
 		}
@@ -515,7 +531,7 @@ func (s *sim) scale() {
 		pending += len(q)
 	}
 	desired := (running + pending + J - 1) / J
-	if s.p == PeersWarmth {
+	if s.p.warmthAware() {
 		desired = s.warmthDesired(running)
 	}
 	up := 0

@@ -41,7 +41,7 @@ var benches = map[string]benchEntry{
 	"queue":   {"no-op jobs through the API and genfleet workers vs raw asynq on the same Redis; idle start latency", benchQueue},
 	"routing": {"2 hosts, 2 models, cache budget for one: model loads with routing vs plain asynq", benchRouting},
 	"share":   {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
-	"sim":     {"trace-driven simulation of 1,000 hosts and 100 models: S3 bytes, time to warm and cold starts with S3 only (anchor), peers, peers + warmth-aware scaling", benchSim},
+	"sim":     {"trace-driven simulation of 1,000 hosts and 100 models: S3 bytes, time to warm and cold starts with S3 only (anchor), peers, peers + warmth-aware scaling (and S3 only + warmth-aware scaling)", benchSim},
 	"spread":  {"N hosts cold-start one model against throttled S3: S3 bytes and time until all warm with peers vs S3 only and one host alone (anchors)", benchSpread},
 	"upload":  {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
 	"verify":  {"first use of a cached model after boot (--verify per-boot re-hash) vs read() into private memory (anchor)", benchVerify},
