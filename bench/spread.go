@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -78,6 +80,23 @@ type SpreadResult struct {
 	// AloneSeconds (target ≤ 1.5); S3OnlyVsAlone the anchor's.
 	TimeAllWarmVsAlone float64 `json:"time_all_warm_vs_alone"`
 	S3OnlyVsAlone      float64 `json:"s3_only_time_all_warm_vs_alone"`
+	// DiskWriteBps is the durable write rate of the disk every host's
+	// cache shares here (the model's size, written and fsynced once, in
+	// this run): on one machine the hosts of a run write Hosts × the model
+	// to one disk, which DiskBoundSeconds is the time for, and
+	// TimeAllWarmVsDiskBound is Peers' time over it.
+	DiskWriteBps           float64 `json:"disk_write_bytes_per_s"`
+	DiskBoundSeconds       float64 `json:"disk_bound_s"`
+	TimeAllWarmVsDiskBound float64 `json:"time_all_warm_vs_disk_bound"`
+	// SHA256Bps is one core's sha256 rate over bytes in memory, measured
+	// in this run. Every host hashes its copy twice (each part as it
+	// lands, and the whole file): on one machine that is 2 × Hosts × the
+	// model on CPUs cores, which VerifyBoundSeconds is the time for, and
+	// TimeAllWarmVsVerifyBound is Peers' time over it.
+	SHA256Bps                float64 `json:"sha256_bytes_per_s"`
+	CPUs                     int     `json:"host_cpus"`
+	VerifyBoundSeconds       float64 `json:"verify_bound_s"`
+	TimeAllWarmVsVerifyBound float64 `json:"time_all_warm_vs_verify_bound"`
 	// Killed and Liar are the fault runs (Faults).
 	Killed *SpreadRun `json:"killed,omitempty"`
 	Liar   *SpreadRun `json:"liar,omitempty"`
@@ -195,6 +214,18 @@ func Spread(ctx context.Context, o SpreadOptions, progress io.Writer) (*SpreadRe
 	if res.Peers, err = sp.run(ctx, "peers", o.Hosts, true, nil); err != nil {
 		return nil, err
 	}
+	if res.DiskWriteBps, err = diskWriteRate(tmp, o.Size); err != nil {
+		return nil, err
+	}
+	res.DiskBoundSeconds = round3(float64(o.Hosts) * float64(o.Size) / res.DiskWriteBps)
+	res.TimeAllWarmVsDiskBound = round3(res.Peers.TimeAllWarmSeconds / res.DiskBoundSeconds)
+	fmt.Fprintf(progress, "disk: %s/s durable writes; %d hosts × %s take at least %.1fs to write\n",
+		units.FormatSize(int64(res.DiskWriteBps)), o.Hosts, units.FormatSize(o.Size), res.DiskBoundSeconds)
+	res.SHA256Bps, res.CPUs = sha256Rate(), runtime.NumCPU()
+	res.VerifyBoundSeconds = round3(2 * float64(o.Hosts) * float64(o.Size) / (res.SHA256Bps * float64(res.CPUs)))
+	res.TimeAllWarmVsVerifyBound = round3(res.Peers.TimeAllWarmSeconds / res.VerifyBoundSeconds)
+	fmt.Fprintf(progress, "sha256: %s/s per core; hashing %d hosts × %s twice on %d cores takes at least %.1fs\n",
+		units.FormatSize(int64(res.SHA256Bps)), o.Hosts, units.FormatSize(o.Size), res.CPUs, res.VerifyBoundSeconds)
 	res.S3BytesRatio = round3(float64(res.Peers.S3Bytes) / float64(o.Size))
 	res.S3OnlyBytesRatio = round3(float64(res.S3Only.S3Bytes) / float64(o.Size))
 	res.TimeAllWarmVsAlone = round3(res.Peers.TimeAllWarmSeconds / res.AloneSeconds)
@@ -212,6 +243,51 @@ func Spread(ctx context.Context, o SpreadOptions, progress io.Writer) (*SpreadRe
 		res.Liar = &liar
 	}
 	return res, nil
+}
+
+// diskWriteRate writes size bytes to a file in dir, fsyncs it and returns
+// bytes per second (the anchor of the fetch benchmark, once).
+func diskWriteRate(dir string, size int64) (float64, error) {
+	path := filepath.Join(dir, "disk-anchor")
+	defer os.Remove(path)
+	f, err := os.Create(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 4<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + i>>8)
+	}
+	syncDisk()
+	t := time.Now()
+	for left := size; left > 0; {
+		n, err := f.Write(buf[:min(int64(len(buf)), left)])
+		if err != nil {
+			return 0, err
+		}
+		left -= int64(n)
+	}
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	return float64(size) / time.Since(t).Seconds(), nil
+}
+
+// sha256Rate returns one goroutine's sha256 rate over 256 MiB in memory,
+// bytes per second.
+func sha256Rate() float64 {
+	buf := make([]byte, 4<<20)
+	for i := range buf {
+		buf[i] = byte(i*13 + i>>9)
+	}
+	h := sha256.New()
+	t := time.Now()
+	for range 64 {
+		h.Write(buf)
+	}
+	h.Sum(nil)
+	return float64(64*len(buf)) / time.Since(t).Seconds()
 }
 
 // spreader runs Spread's runs.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -231,10 +232,14 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, b *modelcache.Peer
 			return err
 		}
 		_ = rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		if _, err := w.Write(buf[:k]); err != nil {
+		n, err := w.Write(buf[:k])
+		s.m.served.Add(float64(n))
+		if err == nil && int64(n) < k {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
 			return err
 		}
-		s.m.served.Add(float64(k))
 		off += k
 	}
 	return nil

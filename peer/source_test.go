@@ -323,3 +323,61 @@ func TestElectionLeaseOfDeadHostTakenOver(t *testing.T) {
 		t.Errorf("S3 sent %d bytes, want %d", got, parts*testPart)
 	}
 }
+
+// hangingWriter passes the first left bytes of a blob body on, then hangs
+// until the request ends.
+type hangingWriter struct {
+	http.ResponseWriter
+	ctx  context.Context
+	left int
+}
+
+func (w *hangingWriter) Write(p []byte) (int, error) {
+	if w.Header().Get("Content-Type") != "application/octet-stream" {
+		return w.ResponseWriter.Write(p)
+	}
+	n := 0
+	if w.left > 0 {
+		var err error
+		n, err = w.ResponseWriter.Write(p[:min(len(p), w.left)])
+		w.left -= n
+		w.ResponseWriter.(http.Flusher).Flush()
+		if err != nil || n == len(p) {
+			return n, err
+		}
+	}
+	<-w.ctx.Done()
+	return n, w.ctx.Err()
+}
+
+// A peer that starts a transfer and then sends nothing (hung) is given up
+// on after PeerStall: the transfer is cancelled, the peer put aside as
+// slow, and the part fetched elsewhere.
+func TestStalledPeer(t *testing.T) {
+	e := newEnv(t)
+	const parts = 4
+	m, data := e.push(t, "stall", parts*testPart)
+	a := e.newHost(t, "a", hostOpts{})
+	a.acquire(t, m, data)
+	a.wrap.Store(ptr(wrapper(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			next.ServeHTTP(&hangingWriter{ResponseWriter: w, ctx: r.Context(), left: 1024}, r)
+		})
+	})))
+	before := e.origin.bytes.Load()
+	b := e.newHost(t, "b", hostOpts{src: func(c *SourceConfig) { c.PeerStall = 300 * time.Millisecond }})
+	start := time.Now()
+	b.acquire(t, m, data)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v with a hung peer", d)
+	}
+	if got := counter(t, b.metrics, "genfleet_peer_avoided_total", map[string]string{"reason": "slow"}); got < 1 {
+		t.Errorf("the hung peer was not put aside as slow")
+	}
+	if !slices.Contains(b.src.Avoided(), a.addr) {
+		t.Errorf("put aside: %v, want %s", b.src.Avoided(), a.addr)
+	}
+	if got := e.origin.bytes.Load() - before; got == 0 {
+		t.Error("nothing came from S3, but the only peer was hung")
+	}
+}
