@@ -1,6 +1,7 @@
 # genfleet — make targets. `make test` installs what the tests need when it
-# is missing (redis-server from Debian's packages when run as root, versitygw
-# with go install), then vets and runs every test with the race detector.
+# is missing (redis-server and chromium from Debian's packages when run as
+# root, versitygw with go install), then vets and runs every test with the
+# race detector.
 
 GO        ?= go
 GOBIN     := $(shell $(GO) env GOPATH)/bin
@@ -21,6 +22,13 @@ deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else \
 	    echo "redis-server is missing: install it (e.g. apt-get install redis-server)" >&2; exit 1; \
+	  fi; }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "$$GENFLEET_CHROMIUM" ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (for the web page's browser test)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing: install it (e.g. apt-get install chromium) or set GENFLEET_CHROMIUM" >&2; exit 1; \
 	  fi; }
 	@command -v versitygw >/dev/null 2>&1 || { \
 	  echo "installing versitygw $(VERSITYGW_VERSION) (takes a few minutes)"; \

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"slices"
 	"sort"
 	"sync"
 )
@@ -25,6 +26,9 @@ type Model struct {
 	// Files are the model's files in manifest order: one for the built-in
 	// engine, one or more (split components) for others.
 	Files []File
+	// LoRAs are the job's LoRAs in the job's order: each a one-file model
+	// of kind lora, mapped and leased like the model's own files.
+	LoRAs []LoRA
 	// Hold, when set, takes a further lease on every file of the model that
 	// lasts until release is called, beyond the end of Generate: for a
 	// backend that keeps an engine process with the files mapped between
@@ -55,6 +59,28 @@ type File struct {
 	Data []byte
 }
 
+// LoRA is a low-rank adaptation of a job's model, with its weight.
+type LoRA struct {
+	// Name is how the job named the LoRA.
+	Name   string
+	Weight float64
+	// File is the LoRA's file: Data for an in-process backend, Path for an
+	// engine out of process.
+	File File
+}
+
+// Image is an input image of a job (its init image or mask), checked to be
+// a PNG or JPEG of the job's size before the backend sees it.
+type Image struct {
+	// Data is the file's bytes as uploaded; Format is "png" or "jpeg".
+	Data   []byte
+	Format string
+	// Digest is "sha256:<hex>" of Data.
+	Digest string
+	// Image is Data decoded.
+	Image image.Image
+}
+
 // Params are the generation parameters of a validated request.
 type Params struct {
 	Prompt         string
@@ -68,7 +94,73 @@ type Params struct {
 	// such choices accept them.
 	SamplingMethod string
 	Scheduler      string
+	// N is how many images the job makes (0 means 1); image k has seed
+	// Seed+k. Generate makes one image, for Seed; GenerateAll makes N.
+	N int
+	// InitImage, when set, makes the job image-to-image; Mask, when set
+	// too, limits the change to the mask's light parts. Strength (0..1) is
+	// how far the init image is moved. Only backends whose Features list
+	// FeatureInitImage (FeatureMask) take them.
+	InitImage *Image
+	Mask      *Image
+	Strength  float64
+	// Options are the engine options of the job, checked against the
+	// engine's option table by the scheduler and again by the backend.
+	Options map[string]any
 }
+
+// Features a backend may support beyond one text-to-image picture, named
+// as the job field that asks for each. Several images per job (n) need no
+// feature: every backend makes them, one Generate per image or, for a
+// Batcher, in one run.
+const (
+	FeatureInitImage = "init_image"
+	FeatureMask      = "mask"
+	FeatureLoRAs     = "loras"
+)
+
+// Batcher is a Backend that makes a job's N images in one run (an engine's
+// batch count) instead of one Generate per image. Image k must be the image
+// Generate makes for seed Seed+k alone. progress counts the steps of all
+// images together.
+type Batcher interface {
+	GenerateBatch(ctx context.Context, m Model, p Params, progress ProgressFunc) ([]image.Image, error)
+}
+
+// GenerateAll makes the job's images, max(p.N, 1) of them, image k with
+// seed p.Seed+k: in one run when b is a Batcher, else with one Generate
+// per image, progress counting the steps of all images together.
+func GenerateAll(ctx context.Context, b Backend, m Model, p Params, progress ProgressFunc) ([]image.Image, error) {
+	n := max(p.N, 1)
+	if bb, ok := b.(Batcher); ok && n > 1 {
+		imgs, err := bb.GenerateBatch(ctx, m, p, progress)
+		if err == nil && len(imgs) != n {
+			return nil, fmt.Errorf("%s made %d images, the job asked for %d", b.Name(), len(imgs), n)
+		}
+		return imgs, err
+	}
+	imgs := make([]image.Image, 0, n)
+	for k := range n {
+		q := p
+		q.N, q.Seed = 1, p.Seed+int64(k)
+		var prog ProgressFunc
+		if progress != nil {
+			prog = func(step, total int) { progress(k*total+step, n*total) }
+		}
+		img, err := b.Generate(ctx, m, q, prog)
+		if err != nil {
+			if n > 1 {
+				return nil, fmt.Errorf("image %d of %d (seed %d): %w", k+1, n, q.Seed, err)
+			}
+			return nil, err
+		}
+		imgs = append(imgs, img)
+	}
+	return imgs, nil
+}
+
+// Supports reports whether b's Features list feature.
+func Supports(b Backend, feature string) bool { return slices.Contains(b.Features(), feature) }
 
 // ProgressFunc is called after each step with the number of steps done.
 // It may be nil.
@@ -84,6 +176,10 @@ type Backend interface {
 	// them ("refgen" for the built-in family, "sdcpp", …). A worker takes
 	// only models whose engine is listed.
 	Engines() []string
+	// Features lists what the backend does beyond one text-to-image
+	// picture (FeatureInitImage, FeatureMask, FeatureLoRAs); the worker
+	// refuses a job that asks for another.
+	Features() []string
 	// Generate runs the model. It checks ctx between steps and returns
 	// ctx's error promptly once ctx is done. A model the backend cannot run
 	// yields an error wrapping ErrBadModel.

@@ -6,8 +6,11 @@
 //	Fetch    S3 → verified blob, against the SDK's transfer manager and disk writes
 //	Load     a warm model's acquire in mmap mode, against read() into private memory
 //	Share    N processes on one model: summed PSS with mmap, against read mode
+//	ShareEngine  N stable-diffusion.cpp servers on one model: summed PSS
+//	             and warm start with the engine's --mmap, against without
 //	Queue    no-op jobs through the API and a worker, against raw asynq
 //	Routing  model loads with model-aware routing, against plain queueing
+//	Batch    one job of n images, against n jobs of one image
 //	Upload   weights from a file mapping to the GPU, against pinned memory
 //	Chaos    jobs while worker processes are SIGKILLed: none lost, none corrupt
 //	Spread   N hosts cold-start one model against throttled S3: with peers, against
@@ -25,9 +28,10 @@
 // Progress goes, line by line, to the io.Writer each benchmark takes (nil
 // discards it). A benchmark that needs Redis or S3 uses the one its options
 // name, or starts its own for the run: redis-server and versitygw from PATH
-// on free loopback ports, stopped and removed when it returns. Routing and
-// Chaos run worker processes, an executable (genfleet itself by default)
-// started as `genfleet worker`; Share runs holder processes the same way
-// (see ShareChild), and Spread its hosts (see SpreadChild). Queue runs its
+// on free loopback ports, stopped and removed when it returns. Routing,
+// Chaos and ShareEngine run worker processes, an executable (genfleet
+// itself by default) started as `genfleet worker`; Share runs holder
+// processes the same way (see ShareChild), and Spread its hosts (see
+// SpreadChild). Queue and Batch run their
 // scheduler and worker in this process.
 package bench

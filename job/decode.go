@@ -48,6 +48,35 @@ func decodeCanonicalPayload(b []byte) (Payload, bool) {
 	if d.opt(`,"output_format":`) {
 		q.OutputFormat = d.str()
 	}
+	if d.opt(`,"n":`) {
+		q.N = Count(d.int())
+	}
+	if d.opt(`,"init_image":`) {
+		q.InitImage = d.str()
+	}
+	if d.opt(`,"mask":`) {
+		q.Mask = d.str()
+	}
+	if d.opt(`,"strength":`) {
+		s := d.float()
+		q.Strength = &s
+	}
+	if d.opt(`,"loras":[`) {
+		for d.ok {
+			d.lit(`{"model":`)
+			l := LoRA{Model: d.str()}
+			d.lit(`,"weight":`)
+			l.Weight = d.float()
+			d.lit(`}`)
+			q.LoRAs = append(q.LoRAs, l)
+			if !d.opt(`,`) {
+				break
+			}
+		}
+		d.lit(`]`)
+	}
+	// "options" is never canonical: a payload with it takes the strict
+	// decode.
 	d.lit(`}`)
 	if d.opt(`,"submitted_at":`) {
 		p.SubmittedAt = d.time()

@@ -67,33 +67,18 @@ func encodeRecord(r *Record) ([]byte, error) {
 		b = append(b, '}')
 	}
 	if o := r.Result; o != nil {
-		b = append(b, `,"result":{"bucket":`...)
-		b = appendString(b, o.Bucket)
-		b = append(b, `,"key":`...)
-		b = appendString(b, o.Key)
-		b = append(b, `,"url":`...)
-		b = appendString(b, o.URL)
-		b = append(b, `,"content_type":`...)
-		b = appendString(b, o.ContentType)
-		b = append(b, `,"bytes":`...)
-		b = strconv.AppendInt(b, o.Bytes, 10)
-		b = append(b, `,"sha256":`...)
-		b = appendString(b, o.SHA256)
-		b = append(b, `,"model_digest":`...)
-		b = appendString(b, o.ModelDigest)
-		b = append(b, `,"width":`...)
-		b = strconv.AppendInt(b, int64(o.Width), 10)
-		b = append(b, `,"height":`...)
-		b = strconv.AppendInt(b, int64(o.Height), 10)
-		b = append(b, `,"cache_hit":`...)
-		b = strconv.AppendBool(b, o.CacheHit)
-		b = append(b, `,"model_source":`...)
-		b = appendString(b, o.ModelSource)
-		b = append(b, `,"model_wait_ms":`...)
-		b = appendFloat(b, o.ModelWaitMS)
-		b = append(b, `,"model_fetched_bytes":`...)
-		b = strconv.AppendInt(b, o.ModelFetchedBytes, 10)
-		b = append(b, '}')
+		b = append(b, `,"result":`...)
+		b = appendOutput(b, o)
+	}
+	if len(r.Outputs) > 0 {
+		b = append(b, `,"outputs":[`...)
+		for i := range r.Outputs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendOutput(b, &r.Outputs[i])
+		}
+		b = append(b, ']')
 	}
 	if w := r.Worker; w != nil {
 		b = append(b, `,"worker":{"host":`...)
@@ -125,24 +110,82 @@ func encodeRecord(r *Record) ([]byte, error) {
 	return append(b, '}'), nil
 }
 
-// plainRecord reports whether every float in r is finite: encoding/json
-// refuses the others.
+func appendOutput(b []byte, o *Output) []byte {
+	b = append(b, `{"bucket":`...)
+	b = appendString(b, o.Bucket)
+	b = append(b, `,"key":`...)
+	b = appendString(b, o.Key)
+	b = append(b, `,"url":`...)
+	b = appendString(b, o.URL)
+	b = append(b, `,"content_type":`...)
+	b = appendString(b, o.ContentType)
+	b = append(b, `,"bytes":`...)
+	b = strconv.AppendInt(b, o.Bytes, 10)
+	b = append(b, `,"sha256":`...)
+	b = appendString(b, o.SHA256)
+	b = append(b, `,"model_digest":`...)
+	b = appendString(b, o.ModelDigest)
+	b = append(b, `,"width":`...)
+	b = strconv.AppendInt(b, int64(o.Width), 10)
+	b = append(b, `,"height":`...)
+	b = strconv.AppendInt(b, int64(o.Height), 10)
+	b = append(b, `,"cache_hit":`...)
+	b = strconv.AppendBool(b, o.CacheHit)
+	b = append(b, `,"model_source":`...)
+	b = appendString(b, o.ModelSource)
+	b = append(b, `,"model_wait_ms":`...)
+	b = appendFloat(b, o.ModelWaitMS)
+	b = append(b, `,"model_fetched_bytes":`...)
+	b = strconv.AppendInt(b, o.ModelFetchedBytes, 10)
+	b = append(b, `,"seed":`...)
+	b = strconv.AppendInt(b, o.Seed, 10)
+	return append(b, '}')
+}
+
+// plainRecord reports whether every float in r is finite (encoding/json
+// refuses the others) and its request's options encode (plainOptions).
 func plainRecord(r *Record) bool {
 	for _, v := range r.Timings {
-		if math.IsNaN(v) || math.IsInf(v, 0) {
+		if !finite(v) {
 			return false
 		}
 	}
-	if r.Result != nil && (math.IsNaN(r.Result.ModelWaitMS) || math.IsInf(r.Result.ModelWaitMS, 0)) {
+	if r.Result != nil && !finite(r.Result.ModelWaitMS) {
 		return false
 	}
-	return r.Request == nil || !(math.IsNaN(r.Request.Guidance) || math.IsInf(r.Request.Guidance, 0))
+	for i := range r.Outputs {
+		if !finite(r.Outputs[i].ModelWaitMS) {
+			return false
+		}
+	}
+	return r.Request == nil || plainReq(r.Request)
+}
+
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
+
+// plainReq reports whether appendRequest writes q as encoding/json does:
+// every float finite and the options encodable.
+func plainReq(q *Request) bool {
+	if !finite(q.Guidance) || (q.Strength != nil && !finite(*q.Strength)) {
+		return false
+	}
+	for _, l := range q.LoRAs {
+		if !finite(l.Weight) {
+			return false
+		}
+	}
+	if len(q.Options) > 0 {
+		if _, err := json.Marshal(q.Options); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // encodePayloadJSON returns p as JSON, byte for byte what json.Marshal
 // gives (FuzzEncodePayload): the scheduler encodes one per submit.
 func encodePayloadJSON(p *Payload) ([]byte, error) {
-	if math.IsNaN(p.Request.Guidance) || math.IsInf(p.Request.Guidance, 0) {
+	if !plainReq(&p.Request) {
 		return json.Marshal(p)
 	}
 	b := make([]byte, 0, 384)
@@ -215,6 +258,44 @@ func appendRequest(b []byte, q *Request) []byte {
 	if q.OutputFormat != "" {
 		b = append(b, `,"output_format":`...)
 		b = appendString(b, q.OutputFormat)
+	}
+	if !q.N.IsZero() {
+		b = append(b, `,"n":`...)
+		b = strconv.AppendInt(b, int64(q.N), 10)
+	}
+	if q.InitImage != "" {
+		b = append(b, `,"init_image":`...)
+		b = appendString(b, q.InitImage)
+	}
+	if q.Mask != "" {
+		b = append(b, `,"mask":`...)
+		b = appendString(b, q.Mask)
+	}
+	if q.Strength != nil {
+		b = append(b, `,"strength":`...)
+		b = appendFloat(b, *q.Strength)
+	}
+	if len(q.LoRAs) > 0 {
+		b = append(b, `,"loras":[`...)
+		for i, l := range q.LoRAs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"model":`...)
+			b = appendString(b, l.Model)
+			b = append(b, `,"weight":`...)
+			b = appendFloat(b, l.Weight)
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	if len(q.Options) > 0 {
+		// Rare, and a map of any values: encoding/json's own bytes (keys
+		// sorted), which is what it writes for the field. plainReq has
+		// checked that they encode.
+		ob, _ := json.Marshal(q.Options)
+		b = append(b, `,"options":`...)
+		b = append(b, ob...)
 	}
 	return append(b, '}')
 }

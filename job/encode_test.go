@@ -34,6 +34,9 @@ func FuzzEncodeRecord(f *testing.F) {
 		if parts&2 != 0 {
 			r.Request = &Request{Model: s1, Prompt: s2, NegativePrompt: s3, Width: int(nanos % 4096), Height: int(offset),
 				Steps: int(f2), Seed: nanos, Guidance: f1, SamplingMethod: s3, Scheduler: s2, OutputFormat: s1}
+			if parts&32 != 0 {
+				addGeneration(r.Request, s1, s2, f1, f2, nanos)
+			}
 		}
 		if parts&4 != 0 {
 			r.Progress = &Progress{Step: int(offset), Steps: int(nanos % 100)}
@@ -46,6 +49,9 @@ func FuzzEncodeRecord(f *testing.F) {
 				ModelDigest: s3, Width: int(offset), Height: -1, CacheHit: parts&32 != 0,
 				ModelSource: s2, ModelWaitMS: f2, ModelFetchedBytes: offset}
 			r.Worker = &WorkerInfo{Host: s3, PID: int(offset), Backend: s1}
+			if parts&4 != 0 {
+				r.Outputs = []Output{*r.Result, {Key: s3, ModelWaitMS: f1, Seed: nanos + 1}}
+			}
 		}
 		if parts&64 != 0 {
 			r.CreatedAt = at
@@ -74,6 +80,7 @@ func FuzzEncodePayload(f *testing.F) {
 			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 100), Seed: nanos, Guidance: g, OutputFormat: s1}}
 		if routed {
 			p.Route = &Route{Queue: s1, Host: s2, Pool: s1, Reason: s2}
+			addGeneration(&p.Request, s1, s2, g, float64(offset), nanos)
 		}
 		if offset%7 == 0 {
 			p.SubmittedAt = time.Time{}
@@ -95,6 +102,9 @@ func FuzzDecodeCanonicalPayload(f *testing.F) {
 	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","width":01,"seed":0,"guidance":1}}`), "", "", 0.0, int64(0), false)
 	f.Add([]byte(`{"v":1,"request":{"model":"demo","prompt":"x","seed":-0,"guidance":-0.5e-3}}`), "é", "\u2028", 1e300, int64(-1), true)
 	f.Add([]byte(`{"v":1,"request":{"model":"d","prompt":"x","seed":1,"guidance":1e400}}`), "x", "<&>", -0.0, int64(5), false)
+	f.Add([]byte(`{"v":1,"request":{"model":"d","prompt":"x","seed":1,"guidance":1,"n":3,"init_image":"upload:sha256:00","mask":"m","strength":-0,"loras":[{"model":"a","weight":1e-9},{"model":"b","weight":2}]}}`), "x", "y", 0.5, int64(7), true)
+	f.Add([]byte(`{"v":1,"request":{"model":"d","prompt":"x","seed":1,"guidance":1,"loras":[]}}`), "x", "y", 0.5, int64(7), true)
+	f.Add([]byte(`{"v":1,"request":{"model":"d","prompt":"x","seed":1,"guidance":1,"loras":[{"model":"a","weight":1},]}}`), "x", "y", 0.5, int64(7), true)
 	f.Fuzz(func(t *testing.T, b []byte, s1, s2 string, g float64, nanos int64, routed bool) {
 		if fast, ok := decodeCanonicalPayload(b); ok {
 			slow, err := decodePayloadJSON(b)
@@ -103,9 +113,11 @@ func FuzzDecodeCanonicalPayload(f *testing.F) {
 			}
 		}
 		p := &Payload{Version: PayloadVersion, SubmittedAt: time.Unix(0, nanos).UTC(),
-			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 3), Seed: nanos, Guidance: g, OutputFormat: s1}}
+			Request: Request{Model: s1, Prompt: s2, Width: int(nanos % 3), Seed: nanos, Guidance: g, OutputFormat: s1, N: Count(nanos % 5)}}
 		if routed {
 			p.Route = &Route{Queue: s2, Host: s1, Pool: s2, Reason: s1}
+			p.Request.InitImage, p.Request.Mask, p.Request.Strength = s2, s1, Float(g)
+			p.Request.LoRAs = []LoRA{{Model: s1, Weight: g}, {Model: s2, Weight: 1}}
 		}
 		enc, err := encodePayloadJSON(p)
 		if err != nil {
@@ -129,6 +141,20 @@ func FuzzDecodeCanonicalPayload(f *testing.F) {
 			t.Fatalf("%s\ncanonical decoder: %+v\nencoding/json:     %+v", enc, fast, slow)
 		}
 	})
+}
+
+// addGeneration sets every generation feature of q from fuzzed values:
+// counts, refs, a strength that may be NaN, LoRA weights, and options of
+// every kind (a NaN one makes encoding/json fail).
+func addGeneration(q *Request, s1, s2 string, f1, f2 float64, n int64) {
+	q.N = Count(n % 20)
+	q.InitImage, q.Mask = s1, s2
+	q.Strength = Float(f1)
+	q.LoRAs = []LoRA{{Model: s1, Weight: f2}, {Model: s2, Weight: -f1}}
+	q.Options = map[string]any{s1: f1, s2: s1, "b": n%2 == 0, "i": n}
+	if n%3 == 0 {
+		q.Options = nil
+	}
 }
 
 func hasControl(s string) bool {

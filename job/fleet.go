@@ -71,7 +71,9 @@ type BlobState struct {
 
 // ModelState is a model a process loaded, with its last load timings (ms).
 type ModelState struct {
-	Ref      string             `json:"ref"`
+	Ref string `json:"ref"`
+	// Kind is "lora" for a LoRA a job applied; empty for a model.
+	Kind     string             `json:"kind,omitempty"`
 	Digests  []string           `json:"digests"`
 	Mapped   bool               `json:"mapped"`    // held by a job of this process now
 	OnDevice bool               `json:"on_device"` // resident in accelerator memory

@@ -2,6 +2,7 @@ package job
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -64,4 +65,21 @@ func OutputKey(prefix, id string) (string, error) {
 		return "", err
 	}
 	return prefix + id + "." + FormatPNG, nil
+}
+
+// ImageKey is the object key of image k (0-based) of job id under prefix:
+// OutputKey for the first, prefix + id + "/" + k + ".png" for the others.
+// A job id holds no '/', so no job's first image can have another job's
+// key; an id ValidID refuses, or a k outside 0..MaxN-1, yields an error.
+func ImageKey(prefix, id string, k int) (string, error) {
+	if k == 0 {
+		return OutputKey(prefix, id)
+	}
+	if err := ValidID(id); err != nil {
+		return "", err
+	}
+	if k < 0 || k >= MaxN {
+		return "", fieldErr("k", "image index %d is outside 0..%d", k, MaxN-1)
+	}
+	return prefix + id + "/" + strconv.Itoa(k) + "." + FormatPNG, nil
 }

@@ -61,6 +61,29 @@ type Request struct {
 	SamplingMethod string `json:"sampling_method,omitempty"`
 	Scheduler      string `json:"scheduler,omitempty"`
 	OutputFormat   string `json:"output_format,omitempty"`
+
+	// Generation features (docs/jobs.md, generation.go). Each is absent
+	// from the JSON when unused, so a plain text-to-image job reads as it
+	// did before they existed; each engine says which it runs.
+	//
+	// N is how many images, 1..MaxN, with seeds Seed, Seed+1, …; absent
+	// means 1 (and 1 is not written out).
+	N Count `json:"n,omitzero"`
+	// InitImage makes the job image-to-image: an ImageRef of a PNG or JPEG
+	// of exactly Width×Height.
+	InitImage string `json:"init_image,omitempty"`
+	// Mask limits the change to the mask's light parts (inpainting): an
+	// ImageRef of the init image's size. Needs InitImage.
+	Mask string `json:"mask,omitempty"`
+	// Strength is how far the init image is moved, 0 (kept) to 1 (replaced);
+	// nil means DefaultStrength. Needs InitImage.
+	Strength *float64 `json:"strength,omitempty"`
+	// LoRAs are registered models of kind lora applied to Model.
+	LoRAs []LoRA `json:"loras,omitempty"`
+	// Options are engine options by name ("clip_skip", "vae_tiling", …):
+	// booleans, numbers or strings, each checked against the table of the
+	// model's engine (docs/engines.md).
+	Options map[string]any `json:"options,omitempty"`
 }
 
 // FieldError is a validation error that names the offending field by its
@@ -99,6 +122,7 @@ func (r *Request) UnmarshalJSON(b []byte) error {
 	if err := dec.Decode((*plainRequest)(r)); err != nil {
 		return requestJSONError(err)
 	}
+	r.normalize()
 	return nil
 }
 
@@ -106,11 +130,15 @@ func (r *Request) UnmarshalJSON(b []byte) error {
 type plainRequest Request
 
 // requestDefaults is a request with every optional field at its default.
-var requestDefaults = Request{Width: DefaultWidth, Height: DefaultHeight, Steps: DefaultSteps, Guidance: DefaultGuidance, OutputFormat: FormatPNG}
+var requestDefaults = Request{Width: DefaultWidth, Height: DefaultHeight, Steps: DefaultSteps, Guidance: DefaultGuidance, OutputFormat: FormatPNG, N: 1}
 
 // requestJSONError turns a decoding error into a FieldError where the
 // field is known.
 func requestJSONError(err error) error {
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return fe // from a field's own decoder (LoRA)
+	}
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) && te.Field != "" {
 		return fieldErr(te.Field, "must be a JSON %s, got %s", te.Type.Kind(), te.Value)
@@ -140,6 +168,9 @@ func (r *Request) ApplyDefaults() {
 	if r.OutputFormat == "" {
 		r.OutputFormat = FormatPNG
 	}
+	if r.N == 0 {
+		r.N = 1
+	}
 }
 
 var (
@@ -150,28 +181,37 @@ var (
 
 // ValidateModelRef checks that ref is a model name or an s3://bucket/key
 // URL that cannot escape its bucket.
-func ValidateModelRef(ref string) error {
+func ValidateModelRef(ref string) error { return validModelRef("model", ref) }
+
+// validModelRef is ValidateModelRef for the field named field.
+func validModelRef(field, ref string) error {
 	switch {
 	case ref == "":
-		return fieldErr("model", "is required (a registered model name or s3://bucket/key)")
+		return fieldErr(field, "is required (a registered model name or s3://bucket/key)")
 	case len(ref) > MaxModelRefBytes:
-		return fieldErr("model", "is longer than %d bytes", MaxModelRefBytes)
+		return fieldErr(field, "is longer than %d bytes", MaxModelRefBytes)
 	case strings.HasPrefix(ref, "s3://"):
-		bucket, key, _ := strings.Cut(strings.TrimPrefix(ref, "s3://"), "/")
-		if !bucketRE.MatchString(bucket) || strings.Contains(bucket, "..") {
-			return fieldErr("model", "%q has an invalid bucket name %q", ref, bucket)
-		}
-		if key == "" || strings.HasSuffix(key, "/") {
-			return fieldErr("model", "%q names no object key", ref)
-		}
-		for _, seg := range strings.Split(key, "/") {
-			if seg == "" || seg == "." || seg == ".." {
-				return fieldErr("model", "%q has an empty, \".\" or \"..\" path segment", ref)
-			}
-		}
-		return nil
+		return validS3Ref(field, ref)
 	case !modelNameRE.MatchString(ref):
-		return fieldErr("model", "%q is not a valid model name (lower-case letters, digits, '.', '_', '-'; at most 128; must start with a letter or digit) nor an s3://bucket/key ref", ref)
+		return fieldErr(field, "%q is not a valid model name (lower-case letters, digits, '.', '_', '-'; at most 128; must start with a letter or digit) nor an s3://bucket/key ref", ref)
+	}
+	return nil
+}
+
+// validS3Ref checks that ref is an s3://bucket/key URL whose key cannot
+// leave its bucket: no empty, "." or ".." segment.
+func validS3Ref(field, ref string) error {
+	bucket, key, _ := strings.Cut(strings.TrimPrefix(ref, "s3://"), "/")
+	if !bucketRE.MatchString(bucket) || strings.Contains(bucket, "..") {
+		return fieldErr(field, "%q has an invalid bucket name %q", ref, bucket)
+	}
+	if key == "" || strings.HasSuffix(key, "/") {
+		return fieldErr(field, "%q names no object key", ref)
+	}
+	for _, seg := range strings.Split(key, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fieldErr(field, "%q has an empty, \".\" or \"..\" path segment", ref)
+		}
 	}
 	return nil
 }
@@ -208,7 +248,7 @@ func (r *Request) Validate() error {
 	if r.OutputFormat != FormatPNG {
 		return fieldErr("output_format", "must be %q, got %q", FormatPNG, r.OutputFormat)
 	}
-	return nil
+	return r.validateGeneration()
 }
 
 func validText(field, s string, required bool) error {

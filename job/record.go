@@ -34,7 +34,7 @@ type Progress struct {
 	Steps int `json:"steps"`
 }
 
-// Output is where a finished job's image is.
+// Output is where one image of a finished job is.
 type Output struct {
 	Bucket      string `json:"bucket"`
 	Key         string `json:"key"`
@@ -57,6 +57,9 @@ type Output struct {
 	// of its model; ModelFetchedBytes what the job itself downloaded.
 	ModelWaitMS       float64 `json:"model_wait_ms"`
 	ModelFetchedBytes int64   `json:"model_fetched_bytes"`
+	// Seed is the seed this image was made with: the request's seed plus
+	// the image's index.
+	Seed int64 `json:"seed"`
 }
 
 // Route says where the scheduler sent a job and why.
@@ -86,23 +89,27 @@ type WorkerInfo struct {
 //
 // Timings are in milliseconds by phase: queue_wait, resolve, wait (for
 // another process fetching the same model), fetch, verify, map, generate,
-// encode, upload, total.
+// engine_load (part of generate, reported by the backend), encode, upload,
+// total.
 type Record struct {
-	ID         string             `json:"id"`
-	Status     Status             `json:"status"`
-	Model      string             `json:"model"`
-	Queue      string             `json:"queue,omitempty"`
-	Route      *Route             `json:"route,omitempty"`
-	Error      string             `json:"error,omitempty"`
-	Request    *Request           `json:"request,omitempty"`
-	Progress   *Progress          `json:"progress,omitempty"`
-	Timings    map[string]float64 `json:"timings,omitempty"`
-	Result     *Output            `json:"result,omitempty"`
-	Worker     *WorkerInfo        `json:"worker,omitempty"`
-	Attempt    int                `json:"attempt,omitempty"`
-	CreatedAt  time.Time          `json:"created_at,omitzero"`
-	StartedAt  time.Time          `json:"started_at,omitzero"`
-	FinishedAt time.Time          `json:"finished_at,omitzero"`
+	ID       string             `json:"id"`
+	Status   Status             `json:"status"`
+	Model    string             `json:"model"`
+	Queue    string             `json:"queue,omitempty"`
+	Route    *Route             `json:"route,omitempty"`
+	Error    string             `json:"error,omitempty"`
+	Request  *Request           `json:"request,omitempty"`
+	Progress *Progress          `json:"progress,omitempty"`
+	Timings  map[string]float64 `json:"timings,omitempty"`
+	Result   *Output            `json:"result,omitempty"`
+	// Outputs are the job's images, n of them in seed order; Result is the
+	// first, kept for clients that know only one.
+	Outputs    []Output    `json:"outputs,omitempty"`
+	Worker     *WorkerInfo `json:"worker,omitempty"`
+	Attempt    int         `json:"attempt,omitempty"`
+	CreatedAt  time.Time   `json:"created_at,omitzero"`
+	StartedAt  time.Time   `json:"started_at,omitzero"`
+	FinishedAt time.Time   `json:"finished_at,omitzero"`
 }
 
 // RecordTTL is how long a job record stays in Redis after its last update.
@@ -147,6 +154,12 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read job record %s: %w", id, err)
 	}
+	return decodeRecord(id, vals)
+}
+
+// decodeRecord makes the record of id from the values of its hash fields
+// run, step and steps. A missing run field gives ErrNoRecord.
+func decodeRecord(id string, vals []any) (*Record, error) {
 	raw, ok := vals[0].(string)
 	if !ok {
 		return nil, ErrNoRecord
@@ -290,7 +303,9 @@ func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Dur
 }
 
 // finishScript writes the record, marks a terminal status final, and drops
-// the caller's claim, in one round trip.
+// the caller's claim, in one round trip. It also scores the job in the
+// index of recent jobs (KEYS[3], see RecentKey) and trims the index to
+// its cap.
 var finishScript = redis.NewScript(`
 if ARGV[2] ~= "" then
 	redis.call("HSET", KEYS[1], "run", ARGV[1], "final", ARGV[2])
@@ -299,6 +314,8 @@ else
 end
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
 if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then redis.call("DEL", KEYS[2]) end
+redis.call("ZADD", KEYS[3], ARGV[5], ARGV[6])
+redis.call("ZREMRANGEBYRANK", KEYS[3], 0, -1 - tonumber(ARGV[7]))
 return 1`)
 
 // Finish writes run as the record; a terminal status is recorded as final,
@@ -348,7 +365,8 @@ func finishArgs(run *Record, owner string) ([]string, []any, error) {
 	if run.Status.Terminal() {
 		final = string(run.Status)
 	}
-	return []string{recordKey(run.ID), claimKey(run.ID)}, []any{b, final, owner, RecordTTL.Milliseconds()}, nil
+	return []string{recordKey(run.ID), claimKey(run.ID), RecentKey},
+		[]any{b, final, owner, RecordTTL.Milliseconds(), recentScore(run), run.ID, RecentCap}, nil
 }
 
 var releaseClaimScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)

@@ -100,7 +100,9 @@ func decodePayloadJSON(b []byte) (Payload, error) {
 	if err := dec.Decode(&w); err != nil {
 		return Payload{}, fmt.Errorf("%w: payload is not valid JSON for %s: %w", ErrInvalid, TaskType, err)
 	}
-	return Payload{Version: w.Version, Request: Request(w.Request), SubmittedAt: w.SubmittedAt, Route: w.Route}, nil
+	p := Payload{Version: w.Version, Request: Request(w.Request), SubmittedAt: w.SubmittedAt, Route: w.Route}
+	p.Request.normalize()
+	return p, nil
 }
 
 // NewTask returns the asynq task for req with job id id (the asynq task id;

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/genfleet/genfleet/internal/defaults"
 )
 
 // Options tune a Cache. The zero value of every field means its default.
@@ -139,31 +141,17 @@ const (
 
 // withDefaults returns o with zero fields set to their defaults.
 func (o Options) withDefaults() Options {
-	if o.FetchConcurrency <= 0 {
-		o.FetchConcurrency = DefaultFetchConcurrency
-	}
-	if o.PartSize <= 0 {
-		o.PartSize = DefaultPartSize
-	}
-	if o.StallTimeout <= 0 {
-		o.StallTimeout = 30 * time.Second
-	}
+	defaults.Positive(&o.FetchConcurrency, DefaultFetchConcurrency)
+	defaults.Positive(&o.PartSize, DefaultPartSize)
+	defaults.Positive(&o.StallTimeout, 30*time.Second)
 	if o.FetchRetries == 0 {
 		o.FetchRetries = 5
 	} else if o.FetchRetries < 0 {
 		o.FetchRetries = 0
 	}
-	if o.LoadMode == "" {
-		o.LoadMode = LoadMMap
-	}
-	if o.Advice == "" {
-		o.Advice = AdviceNone
-	}
-	if o.Verify == "" {
-		o.Verify = VerifyPerBoot
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	defaults.Zero(&o.LoadMode, LoadMMap)
+	defaults.Zero(&o.Advice, AdviceNone)
+	defaults.Zero(&o.Verify, VerifyPerBoot)
+	defaults.Zero(&o.Logger, slog.Default())
 	return o
 }

@@ -24,6 +24,12 @@ import (
 // The manifest's Format is the files' common format (by extension), or
 // "mixed" when they differ.
 func (r *Registry) Register(ctx context.Context, name, engine string, files []File) (*Manifest, error) {
+	return r.RegisterSpec(ctx, Spec{Name: name, Engine: engine}, files)
+}
+
+// RegisterSpec is Register for a model of any kind (Spec.Kind).
+func (r *Registry) RegisterSpec(ctx context.Context, spec Spec, files []File) (*Manifest, error) {
+	name, engine := spec.Name, spec.Engine
 	if err := ValidName(name); err != nil {
 		return nil, err
 	}
@@ -33,7 +39,7 @@ func (r *Registry) Register(ctx context.Context, name, engine string, files []Fi
 	if len(files) == 0 {
 		return nil, fmt.Errorf("register %s: no files", name)
 	}
-	m := &Manifest{Schema: ManifestSchema, Name: name, Engine: engine, Files: append([]File(nil), files...)}
+	m := &Manifest{Schema: ManifestSchema, Name: name, Engine: engine, Kind: spec.Kind, Files: append([]File(nil), files...)}
 	m.Format = formatOf(files[0].Name)
 	for _, f := range files[1:] {
 		if formatOf(f.Name) != m.Format {

@@ -4,9 +4,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/genfleet/genfleet/internal/s3x"
 )
 
 // Register writes a manifest for objects already in S3, after checking
@@ -89,4 +93,43 @@ func TestRegisterPartDigests(t *testing.T) {
 	if _, err := e.reg.Resolve(t.Context(), "q"); !errors.Is(err, ErrModelNotFound) {
 		t.Fatalf("a refused register left a manifest: %v", err)
 	}
+}
+
+// A LoRA is pushed and registered with its kind, which Resolve returns;
+// a LoRA of two files is refused before anything is uploaded.
+func TestPushAndRegisterLoRA(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	p := writeTemp(t, dir, "style.safetensors", randomBytes(5000, 3))
+	m, err := e.reg.PushSpec(t.Context(), Spec{Name: "style", Kind: KindLoRA}, []PushFile{{Path: p, Dest: s3x.URL{Bucket: "models", Key: "loras/"}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.reg.Resolve(t.Context(), "style")
+	if err != nil || got.KindName() != KindLoRA || m.Kind != KindLoRA {
+		t.Fatalf("resolve: %+v, %v", got, err)
+	}
+	reg, err := e.reg.RegisterSpec(t.Context(), Spec{Name: "style2", Kind: KindLoRA}, got.Files)
+	if err != nil || reg.Kind != KindLoRA {
+		t.Fatalf("register: %+v, %v", reg, err)
+	}
+	q := writeTemp(t, dir, "b.safetensors", randomBytes(10, 4))
+	_, err = e.reg.PushSpec(t.Context(), Spec{Name: "pair", Kind: KindLoRA}, []PushFile{
+		{Path: p, Dest: s3x.URL{Bucket: "models", Key: "pair/"}}, {Path: q, Role: "vae", Dest: s3x.URL{Bucket: "models", Key: "pair/"}},
+	}, nil)
+	if !errors.Is(err, ErrBadManifest) {
+		t.Fatalf("two-file LoRA: %v", err)
+	}
+	if _, err := e.reg.Resolve(t.Context(), "pair"); !errors.Is(err, ErrModelNotFound) {
+		t.Fatalf("a refused push left a manifest: %v", err)
+	}
+}
+
+func writeTemp(t *testing.T, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

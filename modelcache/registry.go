@@ -38,6 +38,11 @@ type Manifest struct {
 	// whose engine one of their backends runs; the scheduler queues a job
 	// on the pool that serves its model's engine.
 	Engine string `json:"engine,omitempty"`
+	// Kind is what the model is: KindModel (empty means it), one a job
+	// runs, or KindLoRA, one file a job applies to a model of the same
+	// engine ("loras"). A job's model must be a model and each of its
+	// LoRAs a LoRA.
+	Kind string `json:"kind,omitempty"`
 	// Files are the model's files (shards or components); at least one.
 	Files   []File    `json:"files"`
 	Created time.Time `json:"created,omitzero"`
@@ -68,6 +73,20 @@ type File struct {
 // EngineBuiltin is the engine of a manifest that names none: genfleet's
 // reference model family (package backends/refgen).
 const EngineBuiltin = "refgen"
+
+// Kinds of registered model (Manifest.Kind).
+const (
+	KindModel = "model"
+	KindLoRA  = "lora"
+)
+
+// KindName is m.Kind, or KindModel when that is empty.
+func (m *Manifest) KindName() string {
+	if m.Kind == "" {
+		return KindModel
+	}
+	return m.Kind
+}
 
 // EngineName is m.Engine, or EngineBuiltin when that is empty.
 func (m *Manifest) EngineName() string {
@@ -128,6 +147,15 @@ func (m *Manifest) validate() error {
 	}
 	if len(m.Files) == 0 {
 		return errors.New("manifest lists no files")
+	}
+	switch m.Kind {
+	case "", KindModel:
+	case KindLoRA:
+		if len(m.Files) != 1 {
+			return fmt.Errorf("manifest of a %s lists %d files; a LoRA is one file", KindLoRA, len(m.Files))
+		}
+	default:
+		return fmt.Errorf("manifest kind %q: want %q or %q", m.Kind, KindModel, KindLoRA)
 	}
 	roles := map[string]string{}
 	for i, f := range m.Files {
@@ -408,6 +436,19 @@ type PushFile struct {
 // read by the upload so far; done can go back to 0 when the S3 client
 // rereads the body (to sign it) before sending it.
 func (r *Registry) PushModel(ctx context.Context, name, engine string, files []PushFile, progress func(file string, done, total int64)) (*Manifest, error) {
+	return r.PushSpec(ctx, Spec{Name: name, Engine: engine}, files, progress)
+}
+
+// Spec is what a manifest registers besides its files: the model's name,
+// its engine (empty: EngineBuiltin) and its kind (empty: KindModel).
+type Spec struct {
+	Name, Engine, Kind string
+}
+
+// PushSpec is PushModel for a model of any kind: a LoRA is pushed with
+// Spec.Kind KindLoRA.
+func (r *Registry) PushSpec(ctx context.Context, spec Spec, files []PushFile, progress func(file string, done, total int64)) (*Manifest, error) {
+	name, engine := spec.Name, spec.Engine
 	if err := ValidName(name); err != nil {
 		return nil, err
 	}
@@ -417,7 +458,7 @@ func (r *Registry) PushModel(ctx context.Context, name, engine string, files []P
 	if len(files) == 0 {
 		return nil, fmt.Errorf("push %s: no files", name)
 	}
-	m := &Manifest{Schema: ManifestSchema, Name: name, Engine: engine, Files: make([]File, len(files))}
+	m := &Manifest{Schema: ManifestSchema, Name: name, Engine: engine, Kind: spec.Kind, Files: make([]File, len(files))}
 	dests := make([]s3x.URL, len(files))
 	seen := map[string]string{}
 	for i, pf := range files {

@@ -311,6 +311,11 @@ func TestParseManifestRejects(t *testing.T) {
 			m.Files[0].PartSize, m.Files[0].Parts = MinManifestPartSize, []string{m.Files[0].Digest}
 			m.Files[0].Digest = ""
 		}},
+		{"unknown kind", func(m *Manifest) { m.Kind = "vae" }},
+		{"two-file lora", func(m *Manifest) {
+			m.Kind = KindLoRA
+			m.Files = append(m.Files, File{Name: "b", URL: "s3://models/b", Size: 1})
+		}},
 		{"duplicate role", func(m *Manifest) {
 			m.Files[0].Role = "vae"
 			m.Files = append(m.Files, File{Name: "b", URL: "s3://models/b", Size: 1, Role: "vae"})
@@ -338,6 +343,12 @@ func TestParseManifestRejects(t *testing.T) {
 	data, _ = json.Marshal(split)
 	if m, err := ParseManifest(data); err != nil || m.EngineName() != "sdcpp" || m.Files[1].Role != "vae" {
 		t.Fatalf("split manifest: %+v, %v", m, err)
+	}
+	lora := good
+	lora.Kind = KindLoRA
+	data, _ = json.Marshal(lora)
+	if m, err := ParseManifest(data); err != nil || m.KindName() != KindLoRA || good.KindName() != KindModel {
+		t.Fatalf("lora manifest: %+v, %v", m, err)
 	}
 	if good.EngineName() != EngineBuiltin {
 		t.Errorf("engine of a manifest without one = %q, want %q", good.EngineName(), EngineBuiltin)

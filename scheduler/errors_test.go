@@ -159,7 +159,7 @@ func TestErrorAnswersAreJSONAndSayWhatIsWrong(t *testing.T) {
 		{"array body", "POST", "/v1/jobs", `[1,2]`, 400, "", "must be a JSON object, got an array", ""},
 		{"bad json", "POST", "/v1/jobs", `{"model":`, 400, "", "request body is not valid JSON", ""},
 		{"invalid utf-8 prompt", "POST", "/v1/jobs", "{\"model\":\"demo\",\"prompt\":\"\xff\xfe\"}", 400, "prompt", "not valid UTF-8", ""},
-		{"PUT jobs", "PUT", "/v1/jobs", `{}`, 405, "", "method PUT is not allowed on /v1/jobs", "POST"},
+		{"PUT jobs", "PUT", "/v1/jobs", `{}`, 405, "", "method PUT is not allowed on /v1/jobs", "GET, HEAD, POST"},
 		{"POST a job", "POST", "/v1/jobs/abc", `{}`, 405, "", "not allowed", "DELETE, GET, HEAD"},
 		{"unknown path", "GET", "/v1/nope", "", 404, "", "no such endpoint: GET /v1/nope", ""},
 		{"unknown root path", "GET", "/nope", "", 404, "", "no such endpoint", ""},

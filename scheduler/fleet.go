@@ -60,6 +60,7 @@ func (s *Server) fleetView(ctx context.Context) ([]HostView, []job.Heartbeat, er
 		hosts[i].Backlog = info.Pending + info.Scheduled + info.Retry
 	}
 	s.view.at, s.view.hosts, s.view.hbs = time.Now(), hosts, hbs
+	s.seen.observe(hosts, hbs, s.view.at)
 	return hosts, hbs, nil
 }
 
@@ -73,7 +74,7 @@ func (s *Server) invalidateView() {
 
 // routeJob applies the routing policy; a fleet view that cannot be read
 // sends the job to the pool (never lose or delay a job over routing).
-func (s *Server) routeJob(ctx context.Context, class string, digests []string) job.Route {
+func (s *Server) routeJob(ctx context.Context, class string, digests, loras []string) job.Route {
 	var hosts []HostView
 	if s.cfg.Routing.Enabled && len(digests) > 0 {
 		var err error
@@ -81,7 +82,7 @@ func (s *Server) routeJob(ctx context.Context, class string, digests []string) j
 			s.log.Warn("fleet view unavailable; routing to the pool", "err", err)
 		}
 	}
-	r := Route(s.cfg.Routing, class, digests, hosts)
+	r := RouteWithLoRAs(s.cfg.Routing, class, digests, loras, hosts)
 	decision, reason := "pool", "no_warm_host"
 	switch {
 	case r.Host != "":
@@ -111,7 +112,7 @@ func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) {
 	if hbs == nil {
 		hbs = []job.Heartbeat{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"hosts": hosts, "workers": hbs})
+	writeJSON(w, http.StatusOK, map[string]any{"hosts": hosts, "workers": hbs, "gone": s.seen.gone(hosts, time.Now())})
 }
 
 // ModelHost says how warm a model is on one host.

@@ -76,6 +76,14 @@ type Policy struct {
 // pool. It is a pure function; the reason says why in words an operator
 // reads in the job's status.
 func Route(p Policy, class string, digests []string, hosts []HostView) job.Route {
+	return RouteWithLoRAs(p, class, digests, nil, hosts)
+}
+
+// RouteWithLoRAs is Route for a job that also applies LoRAs, whose files'
+// digests are loras: among the hosts where the model is warm and under the
+// backlog cap, one that holds every LoRA on disk comes first (a LoRA is
+// small, but fetching it still delays the job), then the least loaded.
+func RouteWithLoRAs(p Policy, class string, digests, loras []string, hosts []HostView) job.Route {
 	pool := job.PoolQueue(class)
 	if !p.Enabled {
 		return job.Route{Queue: pool, Pool: pool, Reason: "routing off"}
@@ -88,8 +96,9 @@ func Route(p Policy, class string, digests []string, hosts []HostView) job.Route
 		warmAt = 0.5
 	}
 	type cand struct {
-		h   *HostView
-		res float64
+		h     *HostView
+		res   float64
+		loras bool // holds every LoRA on disk
 	}
 	var warm []cand
 	var full []string
@@ -110,7 +119,8 @@ func Route(p Policy, class string, digests []string, hosts []HostView) job.Route
 			full = append(full, fmt.Sprintf("%s backlog %d ≥ cap %d", h.Host, h.Backlog, limit))
 			continue
 		}
-		warm = append(warm, cand{h, res})
+		_, hasLoRAs := h.resident(loras)
+		warm = append(warm, cand{h, res, hasLoRAs || len(loras) == 0})
 	}
 	if len(warm) == 0 {
 		if len(full) > 0 {
@@ -119,6 +129,9 @@ func Route(p Policy, class string, digests []string, hosts []HostView) job.Route
 		return job.Route{Queue: pool, Pool: pool, Reason: "no host holds the model warm"}
 	}
 	sort.Slice(warm, func(i, j int) bool {
+		if warm[i].loras != warm[j].loras {
+			return warm[i].loras
+		}
 		li, lj := warm[i].h.load(), warm[j].h.load()
 		if li != lj {
 			return li < lj
@@ -129,12 +142,19 @@ func Route(p Policy, class string, digests []string, hosts []HostView) job.Route
 		return warm[i].h.Host < warm[j].h.Host
 	})
 	best := warm[0]
+	withLoRAs := ""
+	switch {
+	case len(loras) > 0 && best.loras:
+		withLoRAs = fmt.Sprintf(", its %d LoRA(s) on disk", len(loras))
+	case len(loras) > 0:
+		withLoRAs = ", no warm host holds its LoRAs"
+	}
 	return job.Route{
 		Queue: job.HostQueue(best.h.Host),
 		Host:  best.h.Host,
 		Pool:  pool,
-		Reason: fmt.Sprintf("model warm on %s (%.0f%% resident, backlog %d, %d/%d busy)",
-			best.h.Host, 100*best.res, best.h.Backlog, best.h.InFlight, best.h.Concurrency),
+		Reason: fmt.Sprintf("model warm on %s (%.0f%% resident%s, backlog %d, %d/%d busy)",
+			best.h.Host, 100*best.res, withLoRAs, best.h.Backlog, best.h.InFlight, best.h.Concurrency),
 	}
 }
 

@@ -53,6 +53,32 @@ func TestRoute(t *testing.T) {
 	}
 }
 
+// A job with LoRAs goes to a warm host that holds its LoRAs too, even a
+// busier one; without such a host, to the least loaded warm one.
+func TestRouteWithLoRAs(t *testing.T) {
+	on := Policy{Enabled: true}
+	both := []HostView{
+		host("h1", 1, 0, 0, blob("m", 1)),
+		host("h2", 1, 1, 1, blob("m", 1), blob("l", 0)),
+	}
+	r := RouteWithLoRAs(on, "cpu", []string{"m"}, []string{"l"}, both)
+	if r.Queue != "host:h2" || !strings.Contains(r.Reason, "its 1 LoRA(s) on disk") {
+		t.Fatalf("with the LoRA on h2: %+v", r)
+	}
+	r = RouteWithLoRAs(on, "cpu", []string{"m"}, []string{"l", "x"}, both)
+	if r.Queue != "host:h1" || !strings.Contains(r.Reason, "no warm host holds its LoRAs") {
+		t.Fatalf("with a LoRA nowhere: %+v", r)
+	}
+	// The LoRA alone does not make a host warm for the model.
+	r = RouteWithLoRAs(on, "cpu", []string{"m"}, []string{"l"}, []HostView{host("h3", 1, 0, 0, blob("l", 1))})
+	if r.Queue != "pool:cpu" {
+		t.Fatalf("LoRA without the model: %+v", r)
+	}
+	if r := Route(on, "cpu", []string{"m"}, both); r.Queue != "host:h1" {
+		t.Fatalf("without LoRAs: %+v", r)
+	}
+}
+
 func TestMergeHeartbeats(t *testing.T) {
 	hbs := []job.Heartbeat{
 		{Host: "h2", PID: 1, DeviceClass: "cpu", Concurrency: 1, InFlight: 1, Blobs: []job.BlobState{blob("a", 1)}},

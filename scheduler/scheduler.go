@@ -1,8 +1,8 @@
 // Package scheduler is genfleet's HTTP API: it validates generation
 // requests, enqueues them into Redis with asynq, reports job status (also of
-// jobs that producers enqueued straight into Redis), serves finished images
-// from the outputs bucket, cancels jobs, and lists the models the registry
-// knows.
+// jobs that producers enqueued straight into Redis), lists recent jobs and
+// the queues, serves finished images and their thumbnails from the outputs
+// bucket, cancels jobs, and lists the models the registry knows.
 package scheduler
 
 import (
@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
@@ -26,9 +25,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/ui"
+	"github.com/genfleet/genfleet/uploads"
 )
 
 // Config configures the API server. Fields without a stated default are
@@ -69,11 +71,27 @@ type Config struct {
 	// before the registry is asked again. Default 5s. Unknown models are
 	// never cached, so a model pushed a moment ago is found at once.
 	ManifestTTL time.Duration
+	// QueueSampleInterval is how often RunSampler records the queue sizes
+	// that GET /v1/queues returns as history (the last 180 samples).
+	// Default 10s.
+	QueueSampleInterval time.Duration
 	// APITokens are the bearer tokens the API accepts (Authorization:
 	// Bearer <token>); empty turns authentication off, which New logs as a
 	// warning. /healthz, /readyz and /metrics are always open (see auth.go).
 	APITokens []string
-	Logger    *slog.Logger
+	// Uploads is where POST /v1/uploads stores input images (init images,
+	// masks), e.g. s3://genfleet-outputs/uploads/; empty turns uploads off
+	// (s3:// refs still work). MaxUploadBytes limits one image. Default
+	// 16 MiB.
+	Uploads        s3x.URL
+	MaxUploadBytes int64
+	// OpenAIWait is how long a request to the OpenAI images API
+	// (package openai) waits for its job before it is answered 504.
+	// Default 5 minutes. OpenAIDefaultModel is the model of such a
+	// request that names none; default "": the request is refused.
+	OpenAIWait         time.Duration
+	OpenAIDefaultModel string
+	Logger             *slog.Logger
 }
 
 // Server is the API.
@@ -94,6 +112,9 @@ type Server struct {
 	view      fleetCache
 	manifests manifestCache
 	scale     autoscaleCache
+	uploads   *uploads.Store
+	history   queueHistory
+	seen      hostMemory
 }
 
 // New returns an API server. Close releases its connections.
@@ -101,33 +122,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Redis == nil || cfg.S3 == nil || cfg.Registry == nil {
 		return nil, errors.New("scheduler: Redis, S3 and Registry are required")
 	}
-	if cfg.Pool == "" {
-		cfg.Pool = job.DefaultPool
-	}
+	defaults.Zero(&cfg.Pool, job.DefaultPool)
 	if cfg.EnginePools == nil {
 		cfg.EnginePools = map[string]string{"sdcpp": "sdcpp"}
 	}
-	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = 64 << 10
-	}
-	if cfg.IdempotencyTTL <= 0 {
-		cfg.IdempotencyTTL = 24 * time.Hour
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.FleetTTL <= 0 {
-		cfg.FleetTTL = 250 * time.Millisecond
-	}
-	if cfg.HostTimeout <= 0 {
-		cfg.HostTimeout = 10 * time.Second
-	}
-	if cfg.ReapInterval <= 0 {
-		cfg.ReapInterval = 2 * time.Second
-	}
-	if cfg.ManifestTTL <= 0 {
-		cfg.ManifestTTL = 5 * time.Second
-	}
+	defaults.Positive(&cfg.MaxBodyBytes, 64<<10)
+	defaults.Positive(&cfg.IdempotencyTTL, 24*time.Hour)
+	defaults.Zero(&cfg.Logger, slog.Default())
+	defaults.Positive(&cfg.FleetTTL, 250*time.Millisecond)
+	defaults.Positive(&cfg.HostTimeout, 10*time.Second)
+	defaults.Positive(&cfg.ReapInterval, 2*time.Second)
+	defaults.Positive(&cfg.ManifestTTL, 5*time.Second)
 	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
 		return nil, errors.New("scheduler: unsupported Redis connection option")
@@ -139,6 +144,7 @@ func New(cfg Config) (*Server, error) {
 		inspector: asynq.NewInspectorFromRedisClient(rdb),
 		store:     job.NewStore(rdb),
 		fleet:     job.NewFleet(rdb),
+		uploads:   newUploads(cfg),
 		log:       cfg.Logger,
 		reg:       prometheus.NewRegistry(),
 		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -163,8 +169,13 @@ func New(cfg Config) (*Server, error) {
 
 	mux := http.NewServeMux()
 	s.route(mux, "POST /v1/jobs", s.createJob)
+	s.route(mux, "GET /v1/jobs", s.listJobs)
 	s.route(mux, "GET /v1/jobs/{id}", s.getJob)
 	s.route(mux, "GET /v1/jobs/{id}/image", s.getImage)
+	s.route(mux, "GET /v1/jobs/{id}/images/{k}", s.getImageK)
+	s.route(mux, "POST /v1/uploads", s.createUpload)
+	s.route(mux, "GET /v1/jobs/{id}/thumbnail", s.getThumbnail)
+	s.route(mux, "GET /v1/queues", s.listQueues)
 	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
 	s.route(mux, "GET /v1/models", s.listModels)
 	s.route(mux, "GET /v1/workers", s.listWorkers)
@@ -175,7 +186,13 @@ func New(cfg Config) (*Server, error) {
 	})
 	s.route(mux, "GET /readyz", s.ready)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	s.handler = s.authenticate(s.jsonErrors(mux))
+	inner := s.jsonErrors(mux)
+	if err := s.mountOpenAI(mux, inner); err != nil {
+		return nil, err
+	}
+	// The web page (package ui) is a client of this API in the same
+	// process, under /ui; it signs its users in with the API's tokens.
+	s.handler = ui.Mount(s.authenticate(inner), ui.Config{Tokens: cfg.APITokens, Logger: cfg.Logger})
 	return s, nil
 }
 
@@ -239,10 +256,14 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 
-	var digests []string
+	var (
+		digests []string
+		man     *modelcache.Manifest
+	)
 	class := s.cfg.Pool
 	if s.cfg.CheckModels {
-		man, err := s.resolve(ctx, req.Model)
+		var err error
+		man, err = s.resolve(ctx, req.Model)
 		if err == nil {
 			var field string
 			if class, field, err = s.poolFor(man, &req); err != nil {
@@ -278,8 +299,15 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 				// The worker checks again; an unreachable registry must not
 				// stop the queue from taking work.
 				s.log.Warn("model check failed; accepting job", "model", req.Model, "err", err)
+				man = nil
 			}
 		}
+	}
+	loraDigests, refused := s.admitGeneration(ctx, man, &req)
+	if refused != nil {
+		s.submitted.WithLabelValues(refused.outcome).Inc()
+		writeJSON(w, refused.code, apiError{Error: refused.err.Error(), Field: refused.field})
+		return
 	}
 
 	id := uuid.NewString()
@@ -290,7 +318,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	route := s.routeJob(ctx, class, digests)
+	route := s.routeJob(ctx, class, digests, loraDigests)
 	queue := route.Queue
 	// No record is written here: the route travels in the task's payload and
 	// the worker records it. Until a worker starts the job, lookup reads it
@@ -458,32 +486,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getImage(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	rec := s.lookupFor(w, r, id)
-	switch {
-	case rec == nil:
-		return
-	case rec.Status != job.StatusSucceeded || rec.Result == nil:
-		writeError(w, http.StatusNotFound, fmt.Errorf("job %q has no image yet (status %s)", id, rec.Status))
-		return
-	}
-	out, err := s.cfg.S3.GetObject(r.Context(), &s3.GetObjectInput{Bucket: aws.String(rec.Result.Bucket), Key: aws.String(rec.Result.Key)})
-	if err != nil {
-		if s3x.IsNotFound(err) {
-			writeError(w, http.StatusNotFound, fmt.Errorf("image of job %q is gone from %s", id, rec.Result.URL))
-			return
-		}
-		writeError(w, http.StatusBadGateway, fmt.Errorf("read image from %s: %w", rec.Result.URL, err))
-		return
-	}
-	defer out.Body.Close()
-	w.Header().Set("Content-Type", "image/png")
-	if out.ContentLength != nil {
-		w.Header().Set("Content-Length", strconv.FormatInt(*out.ContentLength, 10))
-	}
-	if _, err := io.Copy(w, out.Body); err != nil {
-		s.log.Warn("image copy interrupted", "job", id, "err", err)
-	}
+	s.serveImage(w, r, r.PathValue("id"), 0)
 }
 
 func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
@@ -634,6 +637,9 @@ func (s *Server) poolFor(man *modelcache.Manifest, req *job.Request) (string, st
 	class, ok := s.cfg.EnginePools[eng]
 	if !ok {
 		return "", "model", fmt.Errorf("model: %q needs engine %q, which no pool of this scheduler serves (configure it with --engine-pool %s=CLASS)", req.Model, eng, eng)
+	}
+	if field, err := checkEngine(eng, req); err != nil {
+		return "", field, err
 	}
 	return class, "", nil
 }

@@ -127,16 +127,24 @@ func (e *contractEnv) putManifest(t *testing.T, name, body string) {
 // about 10ms, so a job that is retried shows it at once.
 func (e *contractEnv) startWorker(t *testing.T) {
 	t.Helper()
-	cache, err := modelcache.Open(t.TempDir(), e.reg.Src)
+	be, err := backends.New("cpu")
 	if err != nil {
 		t.Fatal(err)
 	}
-	be, err := backends.New("cpu")
+	e.startWorkerWith(t, be)
+}
+
+// startWorkerWith is startWorker with backend be; uploads are in
+// s3://outputs/uploads/.
+func (e *contractEnv) startWorkerWith(t *testing.T, be backends.Backend) {
+	t.Helper()
+	cache, err := modelcache.Open(t.TempDir(), e.reg.Src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w, err := New(Config{
 		Redis: asynq.RedisClientOpt{Addr: e.redis}, S3: e.s3.Client, Outputs: s3x.URL{Bucket: "outputs", Key: "outputs/"},
+		Uploads:  s3x.URL{Bucket: "outputs", Key: "uploads/"},
 		Registry: e.reg, Cache: cache, Backend: be, HostID: "h1", HeartbeatInterval: time.Hour,
 		RetryBase: 10 * time.Millisecond, RetryMax: 10 * time.Millisecond, Metrics: e.metrics,
 		Logger: slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelInfo})),

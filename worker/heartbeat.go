@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -17,12 +18,17 @@ type models struct {
 	m  map[string]*job.ModelState // by ref
 }
 
-// used records an acquire of ref (timings set, cold when the model was
-// not on disk) or, with timings nil, the end of its use by a job.
-func (ms *models) used(ref string, digests []string, timings map[string]float64, mapped, cold bool) {
+// used records an acquire of ref, a model or a LoRA by kind (timings set,
+// cold when it was not on disk), or, with timings nil, the end of its use
+// by a job.
+func (ms *models) used(ref, kind string, digests []string, timings map[string]float64, mapped, cold bool) {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
 	st := ms.state(ref)
+	st.Kind = ""
+	if kind != modelcache.KindModel {
+		st.Kind = kind
+	}
 	st.Digests = digests
 	st.Mapped = mapped
 	st.LastUsed = time.Now().UTC()
@@ -134,10 +140,23 @@ func (w *Worker) state(started time.Time) *job.Heartbeat {
 	if used, budget, err := w.cfg.Cache.Usage(); err == nil {
 		hb.CacheUsed, hb.CacheBudget = used, budget
 	}
+	if d, ok := w.cfg.Backend.(deviceReporter); ok {
+		hb.Device = d.DeviceName()
+		for i := range hb.Models {
+			hb.Models[i].OnDevice = slices.ContainsFunc(hb.Models[i].Digests, d.OnDevice)
+		}
+	}
 	if w.cfg.Advertise != nil {
 		hb.Peer = w.cfg.Advertise()
 	}
 	return hb
+}
+
+// deviceReporter is a backend that runs on a device of its own (cuda):
+// the device's name, and whether a file's weights are resident there.
+type deviceReporter interface {
+	DeviceName() string
+	OnDevice(digest string) bool
 }
 
 // digestsOf lists a manifest's file digests ("sha256:<hex>").

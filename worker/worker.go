@@ -13,35 +13,30 @@
 package worker
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"image/png"
 	"io"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
 	"os"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/uploads"
 )
 
 // Config configures a Worker. Fields without a stated default are required.
@@ -53,6 +48,12 @@ type Config struct {
 	// Outputs is the bucket and key prefix for images,
 	// e.g. s3://genfleet-outputs/outputs/.
 	Outputs s3x.URL
+	// Uploads is where the scheduler stores uploaded input images (init
+	// images, masks), e.g. s3://genfleet-outputs/uploads/; empty: jobs can
+	// name input images by s3:// ref only. MaxUploadBytes limits one
+	// image. Default 16 MiB.
+	Uploads        s3x.URL
+	MaxUploadBytes int64
 	// Registry resolves model refs; Cache holds the blobs.
 	Registry *modelcache.Registry
 	Cache    *modelcache.Cache
@@ -130,6 +131,7 @@ type Worker struct {
 	beatNow chan struct{}
 	models  models
 	fleet   *job.Fleet
+	uploads *uploads.Store
 }
 
 var (
@@ -155,36 +157,16 @@ func New(cfg Config) (*Worker, error) {
 		}
 		cfg.HostID = h
 	}
-	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 1
-	}
-	if cfg.ShutdownTimeout <= 0 {
-		cfg.ShutdownTimeout = 30 * time.Second
-	}
-	if cfg.CancelPoll <= 0 {
-		cfg.CancelPoll = 250 * time.Millisecond
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.HeartbeatInterval <= 0 {
-		cfg.HeartbeatInterval = 2 * time.Second
-	}
-	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 20 * time.Millisecond
-	}
-	if cfg.RecoverInterval <= 0 {
-		cfg.RecoverInterval = 5 * time.Second
-	}
-	if cfg.LeaseGrace <= 0 {
-		cfg.LeaseGrace = 5 * time.Second
-	}
-	if cfg.RetryBase <= 0 {
-		cfg.RetryBase = 2 * time.Second
-	}
-	if cfg.RetryMax <= 0 {
-		cfg.RetryMax = 5 * time.Minute
-	}
+	defaults.Positive(&cfg.Concurrency, 1)
+	defaults.Positive(&cfg.ShutdownTimeout, 30*time.Second)
+	defaults.Positive(&cfg.CancelPoll, 250*time.Millisecond)
+	defaults.Zero(&cfg.Logger, slog.Default())
+	defaults.Positive(&cfg.HeartbeatInterval, 2*time.Second)
+	defaults.Positive(&cfg.PollInterval, 20*time.Millisecond)
+	defaults.Positive(&cfg.RecoverInterval, 5*time.Second)
+	defaults.Positive(&cfg.LeaseGrace, 5*time.Second)
+	defaults.Positive(&cfg.RetryBase, 2*time.Second)
+	defaults.Positive(&cfg.RetryMax, 5*time.Minute)
 	rdb, ok := cfg.Redis.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
 		return nil, errors.New("worker: unsupported Redis connection option")
@@ -198,6 +180,7 @@ func New(cfg Config) (*Worker, error) {
 		log:     cfg.Logger.With("host", cfg.HostID, "pid", os.Getpid(), "backend", cfg.Backend.Name()),
 		metrics: newMetrics(cfg.Metrics),
 		pid:     os.Getpid(),
+		uploads: &uploads.Store{S3: cfg.S3, Root: cfg.Uploads, MaxBytes: cfg.MaxUploadBytes},
 	}
 	w.ownerPrefix = fmt.Sprintf("%s:%d:", cfg.HostID, w.pid)
 	w.baseCtx, w.baseCancel = context.WithCancelCause(context.Background())
@@ -463,123 +446,6 @@ func (w *Worker) markRunningLater(ctx context.Context, rec *job.Record) (stop fu
 		stopped = true
 		mu.Unlock()
 	}
-}
-
-// run is the pipeline: resolve → acquire (fetch, verify, map) → generate →
-// encode → upload. It fills rec.Timings as it goes.
-func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log *slog.Logger) (*job.Output, error) {
-	phase := func(name string, start time.Time) {
-		d := time.Since(start)
-		rec.Timings[name] = ms(d)
-		w.metrics.phase.WithLabelValues(name).Observe(d.Seconds())
-	}
-
-	t := time.Now()
-	man, err := w.cfg.Registry.Resolve(ctx, req.Model)
-	if err != nil {
-		return nil, fmt.Errorf("resolve model %q: %w", req.Model, err)
-	}
-	phase("resolve", t)
-	// Before anything is downloaded: a model of an engine this worker does
-	// not run was queued where it should not have been (a producer that
-	// picked the wrong pool); it fails at once, saying so.
-	if eng := man.EngineName(); !slices.Contains(w.cfg.Backend.Engines(), eng) {
-		return nil, fmt.Errorf("model %q needs engine %q, but this worker's backend %q runs %s; it was queued on %s, which is for workers of device class %q: %w",
-			req.Model, eng, w.cfg.Backend.Name(), strings.Join(w.cfg.Backend.Engines(), ", "), rec.Queue, w.cfg.Backend.DeviceClass(), errWrongEngine)
-	}
-
-	t = time.Now()
-	m, err := w.cfg.Cache.Acquire(ctx, man)
-	if err != nil {
-		return nil, err // names the model and file already
-	}
-	defer m.Close()
-	r := m.Report
-	for name, d := range map[string]time.Duration{"wait": r.Wait, "fetch": r.Fetch, "verify": r.Verify, "map": r.Map, "prefault": r.Prefault, "read": r.Read} {
-		rec.Timings[name] = ms(d)
-		w.metrics.phase.WithLabelValues(name).Observe(d.Seconds())
-	}
-	rec.Timings["acquire"] = ms(time.Since(t))
-	w.models.used(req.Model, digestsOf(m), map[string]float64{
-		"wait": rec.Timings["wait"], "fetch": rec.Timings["fetch"], "verify": rec.Timings["verify"], "map": rec.Timings["map"],
-	}, true, r.Origin != modelcache.OriginDisk)
-	defer w.models.used(req.Model, digestsOf(m), nil, false, false)
-	defer func() { w.models.ran(req.Model, rec.Timings) }()
-	switch {
-	case r.Hit:
-		w.metrics.cache.WithLabelValues("hit").Inc()
-	case r.Origin == modelcache.OriginWaited:
-		w.metrics.cache.WithLabelValues("waited").Inc()
-	default:
-		w.metrics.cache.WithLabelValues("miss").Inc()
-		select {
-		case w.beatNow <- struct{}{}:
-		default:
-		}
-	}
-	log.Debug("model acquired", "model", req.Model, "from", r.Origin, "fetched_bytes", r.FetchedBytes)
-	if len(m.Blobs) == 0 {
-		return nil, fmt.Errorf("model %q has no files: %w", req.Model, backends.ErrBadModel)
-	}
-	files := make([]backends.File, len(m.Blobs))
-	for i, b := range m.Blobs {
-		f := man.Files[i]
-		files[i] = backends.File{Role: f.Role, Name: f.Name, Digest: b.Digest, Path: b.Path, Data: b.Data}
-	}
-
-	t = time.Now()
-	var lastWrite time.Time
-	progress := func(step, total int) {
-		// Progress is advisory: throttle writes and ignore their errors.
-		if step == total || time.Since(lastWrite) > 200*time.Millisecond {
-			lastWrite = time.Now()
-			_ = w.store.SetProgress(context.WithoutCancel(ctx), rec.ID, step, total)
-		}
-	}
-	img, err := w.cfg.Backend.Generate(ctx, backends.Model{Name: req.Model, Files: files, Hold: m.Hold}, backends.Params{
-		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
-		Width: req.Width, Height: req.Height, Steps: req.Steps,
-		Seed: req.Seed, Guidance: req.Guidance,
-		SamplingMethod: req.SamplingMethod, Scheduler: req.Scheduler,
-	}, progress)
-	if err != nil {
-		return nil, fmt.Errorf("generate: %w", err)
-	}
-	phase("generate", t)
-
-	t = time.Now()
-	var buf bytes.Buffer
-	if err := png.Encode(&buf, img); err != nil {
-		return nil, fmt.Errorf("encode png: %w", err)
-	}
-	phase("encode", t)
-
-	t = time.Now()
-	sum := sha256.Sum256(buf.Bytes())
-	key, err := job.OutputKey(w.cfg.Outputs.Key, rec.ID)
-	if err != nil {
-		return nil, err // ProcessTask checked the id: not reached
-	}
-	_, err = w.cfg.S3.PutObject(ctx, &s3.PutObjectInput{
-		Bucket:        aws.String(w.cfg.Outputs.Bucket),
-		Key:           aws.String(key),
-		Body:          bytes.NewReader(buf.Bytes()),
-		ContentLength: aws.Int64(int64(buf.Len())),
-		ContentType:   aws.String("image/png"),
-		Metadata:      map[string]string{"genfleet-model-digest": files[0].Digest, "genfleet-job": rec.ID},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("upload output to s3://%s/%s: %w", w.cfg.Outputs.Bucket, key, err)
-	}
-	phase("upload", t)
-
-	b := img.Bounds()
-	return &job.Output{
-		Bucket: w.cfg.Outputs.Bucket, Key: key, URL: "s3://" + w.cfg.Outputs.Bucket + "/" + key,
-		ContentType: "image/png", Bytes: int64(buf.Len()), SHA256: hex.EncodeToString(sum[:]),
-		ModelDigest: files[0].Digest, Width: b.Dx(), Height: b.Dy(), CacheHit: r.Hit,
-		ModelSource: string(r.Origin), ModelWaitMS: ms(r.Wait), ModelFetchedBytes: r.FetchedBytes,
-	}, nil
 }
 
 // finish writes the record with status st and releases owner's claim.

@@ -33,13 +33,19 @@ func (*Backend) DeviceClass() string { return "cpu" }
 // Engines returns the built-in engine: the backend runs refgen models.
 func (*Backend) Engines() []string { return []string{refgen.Engine} }
 
+// Features returns the built-in engine's: init images, masks and LoRAs.
+func (*Backend) Features() []string { return refgen.Features }
+
 // Generate runs the refgen model in m.Main().Data (without copying it) for p and
 // returns an *image.NRGBA of exactly p.Width×p.Height. It checks ctx before
 // each step and between 64 MiB rounds of a step's sweep, and once ctx is
 // done returns an error wrapping ctx.Err(). progress, if not nil, is called
 // after each step. A model that is not a refgen model yields an error
-// wrapping backends.ErrBadModel; parameters refgen cannot honour yield a
-// plain error.
+// wrapping backends.ErrBadModel; parameters refgen cannot honour yield an
+// error wrapping backends.ErrBadParams. The job's LoRAs (m.LoRAs) are
+// applied from their mapped files; an init image and mask in p are
+// blended as package refgen says. One call makes one image, for p.Seed:
+// backends.GenerateAll makes a job's n.
 func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
 	f := m.Main()
 	model, err := refgen.Open(f.Data)
@@ -48,6 +54,9 @@ func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Par
 	}
 	g, err := model.NewGeneration(f.Digest, p)
 	if err != nil {
+		return nil, fmt.Errorf("cpu: %w", err)
+	}
+	if err := g.ApplyLoRAs(m.LoRAs); err != nil {
 		return nil, fmt.Errorf("cpu: %w", err)
 	}
 	for !g.Done() {

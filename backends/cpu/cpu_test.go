@@ -205,3 +205,45 @@ func BenchmarkGenerate(b *testing.B) {
 		}
 	}
 }
+
+// GenerateAll makes n images, image k the picture of seed+k alone, with
+// progress over all of them; LoRAs and an init image reach the engine.
+func TestGenerateAllAndFeatures(t *testing.T) {
+	m := makeModel(t, 1<<20)
+	b, _ := New()
+	p := params
+	p.N = 3
+	var last [2]int
+	imgs, err := backends.GenerateAll(context.Background(), b, m, p, func(step, total int) { last = [2]int{step, total} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(imgs) != 3 || last != [2]int{3 * p.Steps, 3 * p.Steps} {
+		t.Fatalf("%d images, last progress %v", len(imgs), last)
+	}
+	for k, img := range imgs {
+		q := params
+		q.Seed = params.Seed + int64(k)
+		if !bytes.Equal(img.(*image.NRGBA).Pix, generate(t, m, q).Pix) {
+			t.Errorf("image %d differs from a job with seed %d alone", k, q.Seed)
+		}
+	}
+	for _, f := range []string{backends.FeatureInitImage, backends.FeatureMask, backends.FeatureLoRAs} {
+		if !backends.Supports(b, f) {
+			t.Errorf("cpu does not list %s", f)
+		}
+	}
+	var lora bytes.Buffer
+	if err := refgen.MakeLoRA(&lora, refgen.LoRAOptions{Seed: 2}); err != nil {
+		t.Fatal(err)
+	}
+	withLoRA := m
+	withLoRA.LoRAs = []backends.LoRA{{Name: "style", Weight: 1, File: backends.File{Data: lora.Bytes()}}}
+	if bytes.Equal(generate(t, withLoRA, params).Pix, generate(t, m, params).Pix) {
+		t.Error("the LoRA did not change the image")
+	}
+	withLoRA.LoRAs[0].File.Data = m.Files[0].Data // a model, not a LoRA
+	if _, err := b.Generate(context.Background(), withLoRA, params, nil); !errors.Is(err, backends.ErrBadModel) {
+		t.Errorf("a model given as a LoRA: %v, want ErrBadModel", err)
+	}
+}

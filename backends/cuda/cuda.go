@@ -138,8 +138,19 @@ func (*Backend) DeviceClass() string { return "cuda" }
 // Engines returns the built-in engine: the backend runs refgen models.
 func (*Backend) Engines() []string { return []string{refgen.Engine} }
 
+// Features returns the built-in engine's: init images, masks and LoRAs.
+func (*Backend) Features() []string { return refgen.Features }
+
 // DeviceName returns the GPU's name as the driver reports it.
 func (b *Backend) DeviceName() string { return b.dev.name }
+
+// OnDevice reports whether the weights of the file with digest are
+// resident on the GPU now (the worker's heartbeat says so per model).
+func (b *Backend) OnDevice(digest string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.res.slots[digest] != nil
+}
 
 // Budget returns the device memory budget for resident weights.
 func (b *Backend) Budget() int64 { return b.budget }
@@ -192,6 +203,9 @@ func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Par
 	}
 	g, err := model.NewGeneration(f.Digest, p)
 	if err != nil {
+		return nil, fmt.Errorf("cuda: %w", err)
+	}
+	if err := g.ApplyLoRAs(m.LoRAs); err != nil {
 		return nil, fmt.Errorf("cuda: %w", err)
 	}
 	w := model.Weights()

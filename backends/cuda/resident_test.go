@@ -155,3 +155,12 @@ func TestResidentsIdle(t *testing.T) {
 		t.Errorf("idle %v, used %d", got, r.used)
 	}
 }
+
+// OnDevice tells a resident model's digest from others, without a GPU.
+func TestOnDevice(t *testing.T) {
+	b := &Backend{res: newResidents(1<<20, 0)}
+	b.res.add(&slot{key: "sha256:aa", bytes: 10}, time.Now())
+	if !b.OnDevice("sha256:aa") || b.OnDevice("sha256:bb") {
+		t.Fatalf("OnDevice(aa)=%v OnDevice(bb)=%v, want true, false", b.OnDevice("sha256:aa"), b.OnDevice("sha256:bb"))
+	}
+}

@@ -123,6 +123,9 @@ type Generation struct {
 	rippleK, rippleCos, rippleSin float64
 
 	laneCount [Lanes]int64
+	// loraDelta is, per lane, the sum of the applied LoRAs' deltas times
+	// their weights (ApplyLoRA): a step adds c_j·loraDelta[j] to lane j.
+	loraDelta [Lanes]float64
 	// round is the number of chunks per round, roundChunks except in
 	// tests of the round logic.
 	round   int
@@ -144,6 +147,11 @@ func (m *Model) NewGeneration(digest string, p backends.Params) (*Generation, er
 		return nil, fmt.Errorf("refgen: guidance %v is not a finite number: %w", p.Guidance, bad)
 	case p.SamplingMethod != "" || p.Scheduler != "":
 		return nil, fmt.Errorf("refgen: the built-in engine has one fixed sampler; sampling_method and scheduler are for engines such as sdcpp: %w", bad)
+	case len(p.Options) > 0:
+		return nil, fmt.Errorf("refgen: the built-in engine takes no engine options (docs/engines.md): %w", bad)
+	}
+	if err := checkInputs(p); err != nil {
+		return nil, err
 	}
 	g := &Generation{m: m, params: p, steps: p.Steps, round: roundChunks}
 
@@ -231,12 +239,40 @@ func (g *Generation) Step(ctx context.Context) error {
 		g.err = err
 		return err
 	}
+	g.finishStep(step, &c, &sums)
+	return nil
+}
+
+// finishStep adds the LoRAs' part of the sweep to sums and moves the
+// latent: the rest of a step once the weights are swept.
+func (g *Generation) finishStep(step int, c, sums *[Lanes]float64) {
 	var u [Lanes]float64
 	for j := range Lanes {
-		u[j] = math.Tanh(sums[j] / math.Sqrt(float64(max(g.laneCount[j], 1))/3))
+		s := sums[j] + c[j]*g.loraDelta[j]
+		u[j] = math.Tanh(s / math.Sqrt(float64(max(g.laneCount[j], 1))/3))
 	}
 	g.update(&u)
 	g.done = step
+}
+
+// ApplyLoRA applies l with weight to the generation's model, before the
+// first step: the steps sweep the model's weights as they are in the
+// mapping and add the LoRA's part from its factors (see LoRA). It fails,
+// wrapping backends.ErrBadModel, for a LoRA that does not fit the model.
+func (g *Generation) ApplyLoRA(l *LoRA, weight float64) error {
+	if g.done > 0 {
+		return fmt.Errorf("refgen: ApplyLoRA after %d steps: a LoRA applies to the whole generation", g.done)
+	}
+	if math.IsNaN(weight) || math.IsInf(weight, 0) {
+		return fmt.Errorf("refgen: LoRA weight %v is not finite: %w", weight, backends.ErrBadParams)
+	}
+	d, err := l.laneDelta(g.m)
+	if err != nil {
+		return err
+	}
+	for j := range Lanes {
+		g.loraDelta[j] += weight * d[j]
+	}
 	return nil
 }
 
@@ -394,6 +430,9 @@ func (g *Generation) Render() *image.NRGBA {
 		}()
 	}
 	wg.Wait()
+	if g.params.InitImage != nil {
+		blend(img, g.params)
+	}
 	return img
 }
 

@@ -43,6 +43,11 @@
 // chunk sums are added in chunk order, so the result does not depend on
 // GOMAXPROCS or scheduling. Products float64(w)·float64(c) of two float32
 // values are exact, so fused multiply-adds do not change the sums either.
+// A generation may apply LoRAs (lora.go: low-rank deltas whose part of
+// each sweep is computed from their factors, the mapped weights untouched)
+// and blend its picture over an init image, optionally through a mask
+// (blend.go).
+//
 // Results are bit-identical for a given binary; another architecture or a
 // port (such as a CUDA backend) may differ in the last bits of the
 // transcendental functions and should compare images with a tolerance.
@@ -69,6 +74,10 @@ const Family = "genfleet-refgen-v1"
 // Engine is the engine name manifests of refgen models carry (the
 // built-in engine; a manifest that names no engine means this one).
 const Engine = "refgen"
+
+// Features are what the built-in engine does beyond one text-to-image
+// picture: image to image (blend.go), inpainting and LoRAs (lora.go).
+var Features = []string{backends.FeatureInitImage, backends.FeatureMask, backends.FeatureLoRAs}
 
 // Metadata keys of a reference model.
 const (

@@ -3,7 +3,6 @@ package refgen
 import (
 	"context"
 	"fmt"
-	"math"
 )
 
 // ChunkSweeper computes the per-chunk lane sums of one step's sweep for
@@ -44,12 +43,7 @@ func (g *Generation) StepWith(ctx context.Context, sweep ChunkSweeper) error {
 			sums[j] += partial[k][j]
 		}
 	}
-	var u [Lanes]float64
-	for j := range Lanes {
-		u[j] = math.Tanh(sums[j] / math.Sqrt(float64(max(g.laneCount[j], 1))/3))
-	}
-	g.update(&u)
-	g.done = step
+	g.finishStep(step, &c, &sums)
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/genfleet/genfleet/backends/sdcpp/spec"
 	"github.com/genfleet/genfleet/modelformat"
 )
 
@@ -267,7 +268,8 @@ func TestFamilyCheckAgreesWithEngine(t *testing.T) {
 					}
 				}
 			}) {
-				args = append(args, roleFlags[role], paths[role])
+				flag, _ := spec.RoleFlag(role)
+				args = append(args, flag, paths[role])
 			}
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()

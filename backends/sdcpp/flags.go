@@ -1,96 +1,27 @@
 package sdcpp
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
-	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/backends/sdcpp/spec"
 )
 
 // The mapping from genfleet's model files and job parameters to the
-// engine's flags lives here and nowhere else. Every flag is one that
-// stable-diffusion.cpp documents in its help (the copies the tests check
-// against are in testdata/, with the version they were taken from).
+// engine's flags lives here and nowhere else; the flags, the engine's
+// choices and the rules a job must meet are data in package spec,
+// generated from the engine's own help.
 
-// roleFlags maps a manifest file's role to the engine flag that passes it.
-// A model is either one checkpoint (role "model") or split components with
-// at least a diffusion model.
-var roleFlags = map[string]string{
-	"model":                      "--model",
-	"diffusion_model":            "--diffusion-model",
-	"high_noise_diffusion_model": "--high-noise-diffusion-model",
-	"vae":                        "--vae",
-	"taesd":                      "--taesd",
-	"clip_l":                     "--clip_l",
-	"clip_g":                     "--clip_g",
-	"t5xxl":                      "--t5xxl",
-	"llm":                        "--llm",
-	"llm_vision":                 "--llm_vision",
-	"clip_vision":                "--clip_vision",
-	"control_net":                "--control-net",
-	"upscale_model":              "--upscale-model",
-}
+// Roles lists the file roles the backend accepts, sorted (spec.Roles).
+func Roles() []string { return spec.Roles() }
 
-// Roles lists the file roles the backend accepts, sorted.
-func Roles() []string {
-	r := make([]string, 0, len(roleFlags))
-	for k := range roleFlags {
-		r = append(r, k)
-	}
-	slices.Sort(r)
-	return r
-}
-
-// Flags for the job's parameters and for how the engine runs.
-const (
-	flagPrompt         = "--prompt"
-	flagNegativePrompt = "--negative-prompt"
-	flagWidth          = "--width"
-	flagHeight         = "--height"
-	flagSteps          = "--steps"
-	flagSeed           = "--seed"
-	flagCFGScale       = "--cfg-scale"
-	flagSamplingMethod = "--sampling-method"
-	flagScheduler      = "--scheduler"
-	flagOutput         = "--output"
-	// flagMmap makes the engine map the model files read-only instead of
-	// reading them into private memory, so that every engine process on a
-	// host shares the page cache the worker's model cache fills.
-	flagMmap = "--mmap"
-	// Server-only flags.
-	flagListenIP   = "--listen-ip"
-	flagListenPort = "--listen-port"
-)
-
-// SamplingMethods and Schedulers are the values the engine's help lists
-// for --sampling-method and --scheduler. A job that names another value
-// fails before the engine starts, with the list in the error.
-var (
-	SamplingMethods = []string{"euler", "euler_a", "heun", "dpm2", "dpm++2s_a", "dpm++2m", "dpm++2mv2",
-		"ipndm", "ipndm_v", "lcm", "ddim_trailing", "tcd", "res_multistep", "res_2s"}
-	Schedulers = []string{"discrete", "karras", "exponential", "ays", "gits", "smoothstep",
-		"sgm_uniform", "simple", "kl_optimal", "lcm", "bong_tangent"}
-)
-
-// CheckRoles checks the roles of a model's files against the flag table:
-// each one a role the engine takes, and a "model" or a "diffusion_model"
-// among them. (`genfleet models push` checks with it before uploading; the
-// backend again before running.) Duplicates are the caller's to refuse.
-func CheckRoles(roles []string) error {
-	main := false
-	for _, r := range roles {
-		if _, ok := roleFlags[r]; !ok {
-			return fmt.Errorf("engine %s has no role %q; roles: %s", Engine, r, strings.Join(Roles(), ", "))
-		}
-		main = main || r == "model" || r == "diffusion_model"
-	}
-	if !main {
-		return fmt.Errorf("engine %s needs a file with role model or diffusion_model", Engine)
-	}
-	return nil
-}
+// CheckRoles checks the roles of a model's files (spec.CheckRoles):
+// `genfleet models push` checks with it before uploading, the backend
+// again before running.
+func CheckRoles(roles []string) error { return spec.CheckRoles(roles) }
 
 // modelArgs returns the model's files in the order the engine gets them,
 // with their flags, or an error wrapping backends.ErrBadModel.
@@ -113,74 +44,93 @@ func modelArgs(m backends.Model) ([]string, error) {
 			return nil, fmt.Errorf("sdcpp: model %q: file %q has no path in the cache: %w", m.Name, f.Name, backends.ErrBadModel)
 		}
 	}
-	if err := CheckRoles(roles); err != nil {
+	if err := spec.CheckRoles(roles); err != nil {
 		return nil, fmt.Errorf("sdcpp: model %q: %w: %w", m.Name, err, backends.ErrBadModel)
 	}
 	var args []string
 	for i, f := range m.Files {
-		args = append(args, roleFlags[roles[i]], f.Path)
+		flag, _ := spec.RoleFlag(roles[i])
+		args = append(args, flag, f.Path)
 	}
 	return args, nil
 }
 
-// checkParams rejects what the engine would refuse or silently ignore.
-func checkParams(p backends.Params) error {
-	switch {
-	case p.Width < 1 || p.Height < 1:
-		return fmt.Errorf("sdcpp: image size %dx%d: %w", p.Width, p.Height, backends.ErrBadParams)
-	case p.Steps < 1:
-		return fmt.Errorf("sdcpp: steps %d: %w", p.Steps, backends.ErrBadParams)
-	case p.SamplingMethod != "" && !slices.Contains(SamplingMethods, p.SamplingMethod):
-		return fmt.Errorf("sdcpp: sampling_method %q is not one of %s: %w",
-			p.SamplingMethod, strings.Join(SamplingMethods, ", "), backends.ErrBadParams)
-	case p.Scheduler != "" && !slices.Contains(Schedulers, p.Scheduler):
-		return fmt.Errorf("sdcpp: scheduler %q is not one of %s: %w",
-			p.Scheduler, strings.Join(Schedulers, ", "), backends.ErrBadParams)
+// checkParams refuses what the engine would not run exactly as asked
+// (spec.CheckRequest, checkFeatures): the scheduler checks the same at
+// submit, but a producer may enqueue straight into Redis.
+func checkParams(m backends.Model, p backends.Params) error {
+	if err := checkFeatures(m, p); err != nil {
+		return err
+	}
+	err := spec.CheckRequest(spec.Request{
+		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt,
+		Width: p.Width, Height: p.Height, Steps: p.Steps,
+		SamplingMethod: p.SamplingMethod, Scheduler: p.Scheduler,
+	})
+	if err != nil {
+		return fmt.Errorf("sdcpp: %w: %w", err, backends.ErrBadParams)
 	}
 	return nil
 }
 
-// genArgs are the flags of one generation.
-func genArgs(p backends.Params) []string {
+// genArgs are the flags of one generation; prompt is the job's, with
+// whatever genfleet appends to it.
+func genArgs(p backends.Params, prompt string) []string {
 	args := []string{
-		flagPrompt, p.Prompt,
-		flagWidth, strconv.Itoa(p.Width),
-		flagHeight, strconv.Itoa(p.Height),
-		flagSteps, strconv.Itoa(p.Steps),
-		flagSeed, strconv.FormatInt(p.Seed, 10),
-		flagCFGScale, strconv.FormatFloat(p.Guidance, 'g', -1, 64),
+		spec.FlagPrompt, prompt,
+		spec.FlagWidth, strconv.Itoa(p.Width),
+		spec.FlagHeight, strconv.Itoa(p.Height),
+		spec.FlagSteps, strconv.Itoa(p.Steps),
+		spec.FlagSeed, strconv.FormatInt(p.Seed, 10),
+		spec.FlagCFGScale, strconv.FormatFloat(p.Guidance, 'g', -1, 64),
 	}
 	if p.NegativePrompt != "" {
-		args = append(args, flagNegativePrompt, p.NegativePrompt)
+		args = append(args, spec.FlagNegativePrompt, p.NegativePrompt)
 	}
 	if p.SamplingMethod != "" {
-		args = append(args, flagSamplingMethod, p.SamplingMethod)
+		args = append(args, spec.FlagSamplingMethod, p.SamplingMethod)
 	}
 	if p.Scheduler != "" {
-		args = append(args, flagScheduler, p.Scheduler)
+		args = append(args, spec.FlagScheduler, p.Scheduler)
 	}
 	return args
 }
 
 // cliArgs is the whole command line of a one-shot run after the program:
-// the model, the operator's extra flags, the job's parameters, the output
-// and --mmap.
-func cliArgs(model, extra []string, p backends.Params, output string) []string {
+// the model, the operator's extra flags, the job's parameters (its LoRAs
+// as tags in the prompt), its features' flags (rf: its files), the output
+// and, unless noMmap, --mmap.
+func cliArgs(model, extra []string, p backends.Params, ls []backends.LoRA, rf runFiles, output string, noMmap bool) []string {
 	args := append([]string{}, model...)
 	args = append(args, extra...)
-	args = append(args, genArgs(p)...)
-	return append(args, flagOutput, output, flagMmap)
+	args = append(args, genArgs(p, p.Prompt+loraTags(rf.loras, ls))...)
+	args = append(args, featureArgs(p, rf)...)
+	args = append(args, spec.FlagOutput, output)
+	return append(args, mmapArg(noMmap)...)
 }
 
-// serverArgs is the command line of an engine server for one model.
-func serverArgs(model, extra []string, port int) []string {
-	args := append([]string{flagListenIP, "127.0.0.1", flagListenPort, strconv.Itoa(port)}, model...)
+// serverArgs is the command line of an engine server for one model, whose
+// LoRA directory is loraDir.
+func serverArgs(model, extra []string, port int, loraDir string, noMmap bool) []string {
+	args := append([]string{spec.FlagListenIP, "127.0.0.1", spec.FlagListenPort, strconv.Itoa(port)}, model...)
 	args = append(args, extra...)
-	return append(args, flagMmap)
+	args = append(args, spec.FlagLoraModelDir, loraDir)
+	return append(args, mmapArg(noMmap)...)
 }
 
-// txt2img is the body of a request to the server's /sdapi/v1/txt2img.
-type txt2img struct {
+// mmapArg is --mmap, or nothing when Config.NoMmap asks for the engine's
+// private copies.
+func mmapArg(noMmap bool) []string {
+	if noMmap {
+		return nil
+	}
+	return []string{spec.FlagMmap}
+}
+
+// sdapiRequest is the body of a request to the server's
+// /sdapi/v1/txt2img, or with an init image /sdapi/v1/img2img (its
+// routes_sdapi.cpp reads these fields).
+type sdapiRequest struct {
 	Prompt         string  `json:"prompt"`
 	NegativePrompt string  `json:"negative_prompt,omitempty"`
 	Width          int     `json:"width"`
@@ -191,13 +141,53 @@ type txt2img struct {
 	BatchSize      int     `json:"batch_size"`
 	SamplerName    string  `json:"sampler_name,omitempty"`
 	Scheduler      string  `json:"scheduler,omitempty"`
+	// InitImages and Mask are base64 image files; DenoisingStrength is
+	// the strength (img2img only).
+	InitImages        []string    `json:"init_images,omitempty"`
+	Mask              string      `json:"mask,omitempty"`
+	DenoisingStrength *float64    `json:"denoising_strength,omitempty"`
+	LoRA              []sdapiLoRA `json:"lora,omitempty"`
 }
 
-func txt2imgRequest(p backends.Params) txt2img {
-	return txt2img{
-		Prompt: p.Prompt, NegativePrompt: p.NegativePrompt,
+// sdapiLoRA is a LoRA of a request: a path in the server's LoRA directory.
+type sdapiLoRA struct {
+	Path       string  `json:"path"`
+	Multiplier float64 `json:"multiplier"`
+}
+
+// sdapiPath is the server route that runs p.
+func sdapiPath(p backends.Params) string {
+	if p.InitImage != nil {
+		return "/sdapi/v1/img2img"
+	}
+	return "/sdapi/v1/txt2img"
+}
+
+// newSdapiRequest is the request for p, with the LoRAs ls linked in the
+// server's LoRA directory as loras; the job's engine options go in
+// <sd_cpp_extra_args> markup at the end of the prompt.
+func newSdapiRequest(p backends.Params, ls []backends.LoRA, loras []string) sdapiRequest {
+	prompt := p.Prompt
+	if params := spec.OptionParams(p.Options); params != nil {
+		b, _ := json.Marshal(params)
+		prompt += spec.ExtraArgsTag + string(b) + "</" + spec.ExtraArgsTag[1:]
+	}
+	r := sdapiRequest{
+		Prompt: prompt, NegativePrompt: p.NegativePrompt,
 		Width: p.Width, Height: p.Height, Steps: p.Steps,
-		CFGScale: p.Guidance, Seed: p.Seed, BatchSize: 1,
+		CFGScale: p.Guidance, Seed: p.Seed, BatchSize: images(p),
 		SamplerName: p.SamplingMethod, Scheduler: p.Scheduler,
 	}
+	if p.InitImage != nil {
+		r.InitImages = []string{base64.StdEncoding.EncodeToString(p.InitImage.Data)}
+		s := p.Strength
+		r.DenoisingStrength = &s
+		if p.Mask != nil {
+			r.Mask = base64.StdEncoding.EncodeToString(p.Mask.Data)
+		}
+	}
+	for i, name := range loras {
+		r.LoRA = append(r.LoRA, sdapiLoRA{Path: name, Multiplier: ls[i].Weight})
+	}
+	return r
 }

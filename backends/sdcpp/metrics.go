@@ -7,7 +7,8 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	runs         *prometheus.CounterVec
 	serverStarts *prometheus.CounterVec
-	serverLoad   prometheus.Histogram
+	serverStart  prometheus.Histogram
+	weightsLoad  *prometheus.HistogramVec
 	fallbacks    prometheus.Counter
 	servers      prometheus.GaugeFunc
 }
@@ -22,11 +23,18 @@ func newMetrics(b *Backend) *metrics {
 			Name: "genfleet_sdcpp_server_starts_total",
 			Help: "Engine servers started, by outcome (ready, failed); each ready start loaded a model.",
 		}, []string{"outcome"}),
-		serverLoad: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "genfleet_sdcpp_server_load_seconds",
-			Help:    "Time from starting an engine server to its first answer (loading the model).",
+		serverStart: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "genfleet_sdcpp_server_start_seconds",
+			Help: "Time from starting an engine server to its first answer: reading the model files' metadata and setting up. " +
+				"The engine loads the weights later, during the first generation (genfleet_sdcpp_weights_load_seconds).",
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
 		}),
+		weightsLoad: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "genfleet_sdcpp_weights_load_seconds",
+			Help: "Time the engine reported preparing weights (mapping, reading, copying to its backend) during a generation, " +
+				"by mode; observed for each generation that loaded weights: every process run, a server's first generation.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
+		}, []string{"mode"}),
 		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "genfleet_sdcpp_server_fallbacks_total",
 			Help: "Jobs run as a one-shot process because no engine server could take them.",
@@ -45,7 +53,7 @@ func newMetrics(b *Backend) *metrics {
 
 // RegisterMetrics registers the backend's collectors with reg.
 func (b *Backend) RegisterMetrics(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{b.met.runs, b.met.serverStarts, b.met.serverLoad, b.met.fallbacks, b.met.servers} {
+	for _, c := range []prometheus.Collector{b.met.runs, b.met.serverStarts, b.met.serverStart, b.met.weightsLoad, b.met.fallbacks, b.met.servers} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

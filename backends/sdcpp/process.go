@@ -100,15 +100,23 @@ func (p *process) exitError(what string) error {
 	if p.err == nil {
 		return nil
 	}
-	msg := p.out.lastError()
+	return fmt.Errorf("%s %s%s", what, p.status(), suffix(p.out.lastError()))
+}
+
+// status says how the process ended ("exited with status 1", "was killed
+// by signal: killed"); read after done.
+func (p *process) status() string {
 	var ee *exec.ExitError
 	if errors.As(p.err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return fmt.Errorf("%s was killed by %v%s", what, ws.Signal(), suffix(msg))
+			return fmt.Sprintf("was killed by signal: %v", ws.Signal())
 		}
-		return fmt.Errorf("%s exited with status %d%s", what, ee.ExitCode(), suffix(msg))
+		return fmt.Sprintf("exited with status %d", ee.ExitCode())
 	}
-	return fmt.Errorf("%s: %v%s", what, p.err, suffix(msg))
+	if p.err == nil {
+		return "exited with status 0"
+	}
+	return p.err.Error()
 }
 
 func suffix(msg string) string {

@@ -3,9 +3,9 @@
 // families) with stable-diffusion.cpp's programs, out of process.
 //
 // The worker hands the backend the cached files' paths while it holds
-// their leases; the engine always gets --mmap, so it maps the blobs
-// read-only and every engine process on the host shares the page cache
-// that genfleet's model cache fills. Two ways to run:
+// their leases; the engine gets --mmap (unless Config.NoMmap, a benchmark
+// knob), so it maps the blobs read-only and every engine process on the
+// host shares the page cache that genfleet's model cache fills. Two ways to run:
 //
 //   - one process per job: the command-line program (sd-cli; older
 //     releases call it sd) with the job's flags, writing a PNG that the
@@ -31,16 +31,17 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/backends/sdcpp/spec"
+	"github.com/genfleet/genfleet/internal/defaults"
 )
 
 // Engine is the engine name manifests of stable-diffusion.cpp models carry.
-const Engine = "sdcpp"
+const Engine = spec.Engine
 
 // Modes of running the engine.
 const (
@@ -76,6 +77,11 @@ type Config struct {
 	// StartTimeout bounds how long a server may take to load its model and
 	// answer. Default 10 minutes.
 	StartTimeout time.Duration
+	// NoMmap runs the engine without --mmap: each engine process then
+	// reads the weights into memory of its own instead of sharing the
+	// page cache. A benchmark knob (genfleet bench share --backend sdcpp
+	// measures both); a fleet wants the default, false.
+	NoMmap bool
 	// TmpDir holds each one-shot run's output. Default os.TempDir().
 	TmpDir string
 	// Logger defaults to slog.Default().
@@ -103,37 +109,21 @@ func init() {
 // returns an error wrapping backends.ErrUnavailable when neither program
 // is usable, saying why.
 func New(cfg Config) (*Backend, error) {
-	if cfg.Mode == "" {
-		cfg.Mode = ModeAuto
-	}
+	defaults.Zero(&cfg.Mode, ModeAuto)
 	switch cfg.Mode {
 	case ModeAuto, ModeServer, ModeProcess:
 	default:
 		return nil, fmt.Errorf("sdcpp: mode %q: want %s, %s or %s", cfg.Mode, ModeAuto, ModeServer, ModeProcess)
 	}
-	if cfg.DeviceClass == "" {
-		cfg.DeviceClass = "sdcpp"
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 30 * time.Minute
-	}
-	if cfg.KeepAlive <= 0 {
-		cfg.KeepAlive = 5 * time.Minute
-	}
-	if cfg.MaxServers <= 0 {
-		cfg.MaxServers = 1
-	}
-	if cfg.StartTimeout <= 0 {
-		cfg.StartTimeout = 10 * time.Minute
-	}
-	if cfg.TmpDir == "" {
-		cfg.TmpDir = os.TempDir()
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	defaults.Zero(&cfg.DeviceClass, "sdcpp")
+	defaults.Positive(&cfg.Timeout, 30*time.Minute)
+	defaults.Positive(&cfg.KeepAlive, 5*time.Minute)
+	defaults.Positive(&cfg.MaxServers, 1)
+	defaults.Positive(&cfg.StartTimeout, 10*time.Minute)
+	defaults.Zero(&cfg.TmpDir, os.TempDir())
+	defaults.Zero(&cfg.Logger, slog.Default())
 	for _, a := range cfg.Args {
-		if a == flagOutput || a == "-o" || a == flagListenPort || a == flagListenIP || a == "-l" {
+		if a == spec.FlagOutput || a == "-o" || a == spec.FlagListenPort || a == spec.FlagListenIP || a == "-l" {
 			return nil, fmt.Errorf("sdcpp: extra argument %s is set by genfleet itself", a)
 		}
 	}
@@ -145,7 +135,10 @@ func New(cfg Config) (*Backend, error) {
 		if cfg.CLI == "" {
 			names = []string{"sd-cli", "sd"}
 		}
-		p, err := findEngine(names, flagMmap)
+		p, err := findEngine(names, cfg.Args, b.log)
+		if errors.Is(err, errBadArgs) {
+			return nil, err
+		}
 		if err != nil {
 			why = append(why, "command-line program: "+err.Error())
 		}
@@ -156,7 +149,10 @@ func New(cfg Config) (*Backend, error) {
 		if cfg.Server == "" {
 			names = []string{"sd-server"}
 		}
-		p, err := findEngine(names, flagMmap)
+		p, err := findEngine(names, cfg.Args, b.log)
+		if errors.Is(err, errBadArgs) {
+			return nil, err
+		}
 		if err != nil && (cfg.Mode == ModeServer || cfg.Server != "") {
 			why = append(why, "server: "+err.Error())
 		}
@@ -177,29 +173,6 @@ func New(cfg Config) (*Backend, error) {
 	return b, nil
 }
 
-// findEngine returns the first of names that resolves to a program whose
-// --help lists every flag in need.
-func findEngine(names []string, need ...string) (string, error) {
-	var errs []string
-	for _, n := range names {
-		p, err := exec.LookPath(n)
-		if err != nil {
-			errs = append(errs, err.Error())
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		out, _ := exec.CommandContext(ctx, p, "--help").CombinedOutput()
-		cancel()
-		for _, flag := range need {
-			if !bytes.Contains(out, []byte(flag)) {
-				return "", fmt.Errorf("%s does not list %s in its --help; genfleet needs a stable-diffusion.cpp release that has it", p, flag)
-			}
-		}
-		return p, nil
-	}
-	return "", errors.New(strings.Join(errs, "; "))
-}
-
 // Name returns "sdcpp".
 func (*Backend) Name() string { return "sdcpp" }
 
@@ -208,6 +181,10 @@ func (b *Backend) DeviceClass() string { return b.cfg.DeviceClass }
 
 // Engines returns ["sdcpp"].
 func (*Backend) Engines() []string { return []string{Engine} }
+
+// Features returns the engine's: init images, masks and LoRAs
+// (spec.Features; jobs.go says how each is passed).
+func (*Backend) Features() []string { return spec.Features }
 
 // Programs returns the command-line program and the server program in use
 // ("" for one that is not).
@@ -221,25 +198,66 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// Generate runs the engine on m for p. Progress is the engine's step
-// progress. A model or parameters the engine cannot take yield errors
-// wrapping backends.ErrBadModel or backends.ErrBadParams before anything
-// runs; an engine failure carries the engine's last error line.
+var _ backends.Batcher = (*Backend)(nil)
+
+// Generate runs the engine on m for one image of p, seed p.Seed
+// (GenerateBatch with p.N 1).
 func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
-	if err := checkParams(p); err != nil {
+	p.N = 1
+	imgs, err := b.GenerateBatch(ctx, m, p, progress)
+	if err != nil {
+		return nil, err
+	}
+	return imgs[0], nil
+}
+
+// GenerateBatch runs the engine on m for the p.N images of p, image k
+// with seed p.Seed+k and the image the job of that seed alone makes: a
+// text-to-image job in one run (the engine's batch count); one with an
+// init image in a run per image, since the engine samples the init
+// image's latent once per batch, with the first seed (jobs.go). Progress
+// is the engine's step progress over all images. A model or parameters the
+// engine cannot take yield errors wrapping backends.ErrBadModel or
+// backends.ErrBadParams before anything runs; an engine failure carries
+// the engine's last error line.
+func (b *Backend) GenerateBatch(ctx context.Context, m backends.Model, p backends.Params, progress backends.ProgressFunc) ([]image.Image, error) {
+	if err := checkParams(m, p); err != nil {
 		return nil, err
 	}
 	margs, err := modelArgs(m)
 	if err != nil {
 		return nil, err
 	}
+	n := images(p)
+	if p.InitImage == nil || n == 1 {
+		return b.run(ctx, m, margs, p, progress)
+	}
+	imgs := make([]image.Image, 0, n)
+	for k := range n {
+		q := p
+		q.N, q.Seed = 1, p.Seed+int64(k)
+		var prog backends.ProgressFunc
+		if progress != nil {
+			prog = func(step, total int) { progress(k*total+step, n*total) }
+		}
+		img, err := b.run(ctx, m, margs, q, prog)
+		if err != nil {
+			return nil, fmt.Errorf("image %d of %d (seed %d): %w", k+1, n, q.Seed, err)
+		}
+		imgs = append(imgs, img...)
+	}
+	return imgs, nil
+}
+
+// run is one engine run for p: on the model's server, or a process.
+func (b *Backend) run(ctx context.Context, m backends.Model, margs []string, p backends.Params, progress backends.ProgressFunc) ([]image.Image, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, b.cfg.Timeout, fmt.Errorf("sdcpp: generation timed out after %v", b.cfg.Timeout))
 	defer cancel()
 	if b.servers != nil {
-		img, err := b.servers.generate(ctx, m, margs, p, progress)
+		imgs, err := b.servers.generate(ctx, m, margs, p, progress)
 		if !errors.Is(err, errNoServer) {
 			b.count(ctx, "server", err)
-			return img, err
+			return imgs, err
 		}
 		if b.cli == "" {
 			return nil, err
@@ -247,9 +265,9 @@ func (b *Backend) Generate(ctx context.Context, m backends.Model, p backends.Par
 		b.met.fallbacks.Inc()
 		b.log.Warn("engine server not available; running a process for this job", "model", m.Name, "reason", err.Error())
 	}
-	img, err := b.runOnce(ctx, margs, p, progress)
+	imgs, err := b.runOnce(ctx, m, margs, p, progress)
 	b.count(ctx, "process", err)
-	return img, err
+	return imgs, err
 }
 
 // count records a generation's outcome.
@@ -272,16 +290,21 @@ func (b *Backend) count(ctx context.Context, mode string, err error) {
 var errBadOutput = errors.New("engine output unusable")
 
 // runOnce runs the command-line program for one job.
-func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
+func (b *Backend) runOnce(ctx context.Context, m backends.Model, margs []string, p backends.Params, progress backends.ProgressFunc) ([]image.Image, error) {
 	dir, err := os.MkdirTemp(b.cfg.TmpDir, "genfleet-sdcpp-")
 	if err != nil {
 		return nil, fmt.Errorf("sdcpp: %w", err)
 	}
 	defer os.RemoveAll(dir)
+	rf, err := writeRunFiles(dir, m, p)
+	if err != nil {
+		return nil, err
+	}
 	outPath := filepath.Join(dir, "output.png")
 	out := &engineOutput{}
-	out.setJob(p.Steps, progress)
-	proc, err := startProcess(b.cli, cliArgs(margs, b.cfg.Args, p, outPath), dir, out)
+	out.setBatch(sampledSteps(p), images(p), progress)
+	start := out.mark()
+	proc, err := startProcess(b.cli, cliArgs(margs, b.cfg.Args, p, m.LoRAs, rf, outPath, b.cfg.NoMmap), dir, out)
 	if err != nil {
 		return nil, fmt.Errorf("sdcpp: start %s: %w", b.cli, err)
 	}
@@ -291,15 +314,75 @@ func (b *Backend) runOnce(ctx context.Context, margs []string, p backends.Params
 		proc.stop()
 		return nil, fmt.Errorf("sdcpp: engine killed: %w", context.Cause(ctx))
 	}
-	if err := proc.exitError("sdcpp: " + filepath.Base(b.cli)); err != nil {
+	if proc.err != nil {
 		b.log.Debug("engine output", "tail", out.tailText())
+		return nil, engineExit("sdcpp: "+filepath.Base(b.cli), proc, out, start)
+	}
+	if err := loraTrouble(filepath.Base(b.cli), out, start); err != nil {
 		return nil, err
 	}
-	data, err := readOutput(outPath)
-	if err != nil {
-		return nil, fmt.Errorf("sdcpp: %s exited 0 but %w%s: %w", filepath.Base(b.cli), err, lastLine(out), errBadOutput)
+	b.reportLoad(ctx, "process", out, start)
+	var imgs []image.Image
+	for _, path := range outputPaths(outPath, images(p)) {
+		data, err := readOutput(path)
+		if err != nil {
+			return nil, fmt.Errorf("sdcpp: %s exited 0 but %w (%s)%s: %w", filepath.Base(b.cli), err, filepath.Base(path), lastLine(out), errBadOutput)
+		}
+		img, err := decodeImage(data, lastLine(out))
+		if err != nil {
+			return nil, err
+		}
+		imgs = append(imgs, img)
 	}
-	return decodeImage(data, lastLine(out))
+	return imgs, nil
+}
+
+// loraTrouble is the error for a run in which the engine, after m, did not
+// find a LoRA (a fault of the host: the worker holds the files; retried)
+// or could not load one (the file is no LoRA it reads; not retried). The
+// engine itself only warns and goes on without the LoRA.
+func loraTrouble(prog string, out *engineOutput, m outputMark) error {
+	line, missing, failed := out.loraSince(m)
+	switch {
+	case failed:
+		return fmt.Errorf("sdcpp: %s could not load a LoRA: %s: %w", prog, line, backends.ErrBadModel)
+	case missing:
+		return fmt.Errorf("sdcpp: %s did not find a LoRA file: %s", prog, line)
+	}
+	return nil
+}
+
+// refused is the error for an engine that refused the model's files: it
+// wraps backends.ErrBadModel, so the job fails without a retry, and
+// carries the engine's own lines.
+func refused(prog, status, why string) error {
+	return fmt.Errorf("sdcpp: %s refused the model (%s): %s: %w", prog, status, why, backends.ErrBadModel)
+}
+
+// engineExit is the error for an engine process that ended with a
+// failure (what names it): a refusal of the model (refused), a model file
+// it did not find (a fault of the host, retried), or any other failure,
+// with the engine's last error line (retried).
+func engineExit(what string, proc *process, out *engineOutput, m outputMark) error {
+	if why, ok := out.refusedSince(m); ok {
+		return refused(strings.TrimPrefix(what, "sdcpp: "), proc.status(), why)
+	}
+	if line, ok := out.missingSince(m); ok {
+		return fmt.Errorf("%s %s: a model file was not there: %s", what, proc.status(), line)
+	}
+	return proc.exitError(what)
+}
+
+// reportLoad reports the weights' load time the engine logged since m,
+// if it loaded any: a metric, and the job's engine_load timing. It
+// returns the time and whether the engine loaded weights.
+func (b *Backend) reportLoad(ctx context.Context, mode string, out *engineOutput, m outputMark) (time.Duration, bool) {
+	d, ok := out.loadedSince(m)
+	if ok {
+		b.met.weightsLoad.WithLabelValues(mode).Observe(d.Seconds())
+		backends.ReportPhase(ctx, "engine_load", d)
+	}
+	return d, ok
 }
 
 // maxOutputBytes bounds an output image read back from the engine.

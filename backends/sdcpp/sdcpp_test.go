@@ -2,10 +2,12 @@ package sdcpp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/genfleet/genfleet/backends"
+	"github.com/genfleet/genfleet/backends/sdcpp/spec"
+	"github.com/genfleet/genfleet/modelformat"
 )
 
 // engineDir holds the stand-in engine, built once for the package's tests
@@ -104,8 +108,9 @@ func newBackend(t *testing.T, cfg Config) *Backend {
 	return b
 }
 
-// model writes a small file per role and returns the model as the worker
-// would hand it over, with a Hold that counts leases.
+// model writes a small safetensors file per role, with tensor names the
+// stand-in engine takes for that role's component, and returns the model
+// as the worker would hand it over, with a Hold that counts leases.
 func model(t *testing.T, name string, roles ...string) (backends.Model, *atomic.Int64) {
 	t.Helper()
 	dir := t.TempDir()
@@ -113,9 +118,12 @@ func model(t *testing.T, name string, roles ...string) (backends.Model, *atomic.
 	m := backends.Model{Name: name}
 	for i, r := range roles {
 		p := filepath.Join(dir, "sha256-"+r)
-		if err := os.WriteFile(p, []byte("weights of "+name+" "+r), 0o444); err != nil {
-			t.Fatal(err)
+		names := []string{"weight"} // the engine prefixes a component's names
+		if r == "model" {
+			names = []string{"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+				"model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.decoder.conv_in.weight"}
 		}
+		writeSafetensors(t, p, names...)
 		f := backends.File{Role: r, Name: r + ".gguf", Digest: fmt.Sprintf("sha256:%s-%d", name, i), Path: p}
 		m.Files = append(m.Files, f)
 	}
@@ -127,8 +135,26 @@ func model(t *testing.T, name string, roles ...string) (backends.Model, *atomic.
 	return m, held
 }
 
+// writeSafetensors writes a safetensors file with one small F32 tensor
+// per name.
+func writeSafetensors(t *testing.T, path string, names ...string) {
+	t.Helper()
+	var specs []modelformat.TensorSpec
+	for _, n := range names {
+		specs = append(specs, modelformat.TensorSpec{Name: n, DType: "F32", Shape: []int64{1},
+			Write: func(w io.Writer) error { _, err := w.Write(make([]byte, 4)); return err }})
+	}
+	var buf bytes.Buffer
+	if err := modelformat.WriteSafetensors(&buf, nil, specs); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o444); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func params() backends.Params {
-	return backends.Params{Prompt: "a lovely cat", NegativePrompt: "blurry", Width: 64, Height: 48, Steps: 6, Seed: 42, Guidance: 7.5}
+	return backends.Params{Prompt: "a lovely cat", NegativePrompt: "blurry", Width: 64, Height: 128, Steps: 6, Seed: 42, Guidance: 7.5}
 }
 
 type progressLog struct {
@@ -168,8 +194,8 @@ func TestProcessSingleCheckpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := img.Bounds(); got.Dx() != 64 || got.Dy() != 48 {
-		t.Errorf("image %v, want 64×48", got)
+	if got := img.Bounds(); got.Dx() != 64 || got.Dy() != 128 {
+		t.Errorf("image %v, want 64×128", got)
 	}
 	// The tensor-loading bar (37/37) is not job progress.
 	if got, want := prog.String(), "1/6 2/6 3/6 4/6 5/6 6/6"; got != want {
@@ -182,7 +208,7 @@ func TestProcessSingleCheckpoint(t *testing.T) {
 	args := runs[0].Args
 	for flag, want := range map[string]string{
 		"--model": m.Files[0].Path, "--prompt": "a lovely cat", "--negative-prompt": "blurry",
-		"--width": "64", "--height": "48", "--steps": "6", "--seed": "42", "--cfg-scale": "7.5",
+		"--width": "64", "--height": "128", "--steps": "6", "--seed": "42", "--cfg-scale": "7.5",
 		"--sampling-method": "dpm++2m", "--scheduler": "karras", "--threads": "2",
 	} {
 		if got, ok := argValue(args, flag); !ok || got != want {
@@ -211,7 +237,7 @@ func TestProcessSplitModel(t *testing.T) {
 	}
 	args := log()[0].Args
 	for _, f := range m.Files {
-		flag := roleFlags[f.Role]
+		flag, _ := spec.RoleFlag(f.Role)
 		if got, _ := argValue(args, flag); got != f.Path {
 			t.Errorf("%s = %q, want %q", flag, got, f.Path)
 		}
@@ -270,14 +296,17 @@ func TestEngineFailureCarriesItsLastErrorLine(t *testing.T) {
 	p.Prompt = "please fail"
 	_, err := b.Generate(t.Context(), m, p, nil)
 	if err == nil || !strings.Contains(err.Error(), "exited with status 1") ||
-		!strings.Contains(err.Error(), "[ERROR] stable-diffusion.cpp:2301 - generate failed") {
+		!strings.Contains(err.Error(), "[ERROR] main.cpp:952  - generate failed") {
 		t.Fatalf("err = %v", err)
 	}
-	// A model file the engine cannot open: its own message names the path.
+	if errors.Is(err, backends.ErrBadModel) || errors.Is(err, backends.ErrBadParams) {
+		t.Errorf("a failed generation is a fault worth a retry: %v", err)
+	}
+	// A model file the engine cannot find: its own message names the path.
 	missing, _ := model(t, "m", "model")
 	os.Remove(missing.Files[0].Path)
 	_, err = b.Generate(t.Context(), missing, params(), nil)
-	if err == nil || !strings.Contains(err.Error(), "init model loader from file failed: '"+missing.Files[0].Path+"'") {
+	if err == nil || !strings.Contains(err.Error(), "file "+missing.Files[0].Path+" not found") || errors.Is(err, backends.ErrBadModel) {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -550,58 +579,48 @@ func TestNewSaysWhyTheEngineIsUnavailable(t *testing.T) {
 	}
 }
 
-// helpFlags returns the flags a kept help text lists and its "values" lines.
-func helpFlags(t *testing.T, name string) (map[string]bool, map[string][]string) {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join("testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	flags, values := map[string]bool{}, map[string][]string{}
-	for _, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if v, ok := strings.CutPrefix(line, "values "); ok {
-			flag, list, _ := strings.Cut(v, ": ")
-			values[flag] = strings.Split(list, ", ")
-			continue
-		}
-		if !strings.HasPrefix(line, "-") {
-			continue
-		}
-		for _, f := range strings.Fields(strings.ReplaceAll(line, ",", " ")) {
-			if strings.HasPrefix(f, "-") {
-				flags[f] = true
-			}
-		}
-	}
-	return flags, values
-}
-
-func TestFlagsAreDocumented(t *testing.T) {
-	cliFlags, values := helpFlags(t, "sd-cli-help.txt")
-	srvFlags, _ := helpFlags(t, "sd-server-help.txt")
-	all, _ := model(t, "all", Roles()...)
+// Every flag genfleet passes is one the engine's help lists (captured
+// from the real programs, testdata/*-help.txt, from which spec's tables
+// are generated); the stand-in engine refuses any other.
+func TestFlagsAreInTheHelp(t *testing.T) {
+	all, _ := model(t, "all", spec.Roles()...)
 	margs, err := modelArgs(all)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := params()
 	p.SamplingMethod, p.Scheduler = "euler", "karras"
-	check := func(what string, args []string, documented map[string]bool) {
+	check := func(prog spec.Program, args []string) {
 		for _, a := range args {
-			if strings.HasPrefix(a, "-") && !documented[a] && !strings.HasPrefix(a, "--threads") {
-				t.Errorf("%s passes %s, which the engine's help does not list", what, a)
+			if strings.HasPrefix(a, "-") && !spec.HasFlag(prog, a) {
+				t.Errorf("%s gets %s, which its help does not list", prog, a)
 			}
 		}
 	}
 	// Values are never flags here (no prompt starts with "-" in params()).
-	check("a one-shot run", cliArgs(margs, nil, p, "out.png"), cliFlags)
-	check("a server", serverArgs(margs, nil, 1234), srvFlags)
-	if !slices.Equal(values["--sampling-method"], SamplingMethods) {
-		t.Errorf("SamplingMethods %v, help lists %v", SamplingMethods, values["--sampling-method"])
+	check(spec.CLI, cliArgs(margs, nil, p, nil, runFiles{}, "out.png", false))
+	check(spec.Server, serverArgs(margs, nil, 1234, "loras", false))
+	// Every feature and every option at once.
+	p.N, p.Strength = 3, 0.5
+	p.Options = map[string]any{}
+	for _, o := range spec.Options {
+		switch o.Kind {
+		case "bool":
+			p.Options[o.Name] = true
+		default:
+			p.Options[o.Name] = o.Max
+		}
 	}
-	if !slices.Equal(values["--scheduler"], Schedulers) {
-		t.Errorf("Schedulers %v, help lists %v", Schedulers, values["--scheduler"])
+	ls := []backends.LoRA{{Name: "style", Weight: 0.5, File: backends.File{Digest: "sha256:ab", Path: "/x"}}}
+	args := cliArgs(margs, nil, p, ls, runFiles{initImage: "i.png", mask: "m.png", loraDir: "loras", loras: []string{"ab.safetensors"}}, "out.png", false)
+	check(spec.CLI, args)
+	for _, f := range []string{spec.FlagBatchCount, spec.FlagInitImg, spec.FlagMask, spec.FlagStrength, spec.FlagLoraModelDir, "--clip-skip", "--vae-tiling"} {
+		if !slices.Contains(args, f) {
+			t.Errorf("%s missing from %v", f, args)
+		}
+	}
+	if prompt, _ := argValue(args, spec.FlagPrompt); prompt != p.Prompt+"<lora:ab.safetensors:0.5>" {
+		t.Errorf("prompt %q lacks the LoRA's tag", prompt)
 	}
 }
 
@@ -629,5 +648,33 @@ func TestProgressParsing(t *testing.T) {
 	}
 	if strings.Contains(o.tailText(), "it/s") {
 		t.Errorf("progress bars kept in the tail: %q", o.tailText())
+	}
+}
+
+// Config.NoMmap, the benchmark knob: the engine runs without --mmap, in
+// both modes, and the weight load it then logs (a read) is reported.
+func TestNoMmap(t *testing.T) {
+	for _, mode := range []string{ModeProcess, ModeServer} {
+		t.Run(mode, func(t *testing.T) {
+			log := engineLog(t)
+			b := newBackend(t, Config{Mode: mode, NoMmap: true})
+			m, _ := model(t, "sd15", "model")
+			var load time.Duration
+			ctx := backends.WithPhases(t.Context(), func(name string, d time.Duration) {
+				if name == "engine_load" {
+					load = d
+				}
+			})
+			if _, err := b.Generate(ctx, m, params(), nil); err != nil {
+				t.Fatal(err)
+			}
+			runs := log()
+			if len(runs) == 0 || slices.Contains(runs[0].Args, "--mmap") {
+				t.Errorf("engine runs %+v: want a first run without --mmap", runs)
+			}
+			if load != 820*time.Millisecond {
+				t.Errorf("engine_load %v, want the 0.82s the engine logged", load)
+			}
+		})
 	}
 }

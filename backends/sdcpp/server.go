@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -45,6 +46,9 @@ type server struct {
 	proc    *process
 	out     *engineOutput
 	release func() // the server's leases on the model files
+	// loraDir is the server's --lora-model-dir: a job links its LoRAs
+	// there while it runs (jobs.go).
+	loraDir string
 	stopped sync.Once
 	ready   chan struct{}
 	err     error // why the server could not start; read after ready
@@ -77,7 +81,7 @@ func modelKey(m backends.Model) string {
 // there is none. It returns an error wrapping errNoServer when no server
 // can take the job (all slots busy with other models, or the server failed
 // to start).
-func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []string, p backends.Params, progress backends.ProgressFunc) (image.Image, error) {
+func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []string, p backends.Params, progress backends.ProgressFunc) ([]image.Image, error) {
 	s, err := sp.acquire(ctx, m, margs)
 	if err != nil {
 		return nil, err
@@ -90,12 +94,18 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 	case <-ctx.Done():
 		return nil, fmt.Errorf("sdcpp: waiting for the engine server's previous job: %w", context.Cause(ctx))
 	}
-	s.out.setJob(p.Steps, progress)
+	loras, err := sp.linkLoRAs(ctx, s, m.LoRAs)
+	if err != nil {
+		return nil, err
+	}
+	defer loras.remove()
+	s.out.setBatch(sampledSteps(p), images(p), progress)
 	defer s.out.setJob(0, nil)
 
-	errsBefore := s.out.errorLines()
-	body, _ := json.Marshal(txt2imgRequest(p))
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.base+"/sdapi/v1/txt2img", bytes.NewReader(body))
+	mark := s.out.mark()
+	errsBefore := mark.errs // a server's output spans jobs: only this job's errors
+	body, _ := json.Marshal(newSdapiRequest(p, m.LoRAs, loras.names))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.base+sdapiPath(p), bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -108,8 +118,12 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 			sp.kill(s, "job cancelled or timed out")
 			return nil, fmt.Errorf("sdcpp: engine server killed: %w", context.Cause(ctx))
 		}
+		// The server died under the request (a crash, the OOM killer, a
+		// kill from outside) or stopped answering: a fault worth a retry,
+		// on a fresh server.
+		ended := s.endedHow(time.Second)
 		sp.kill(s, "request failed")
-		return nil, fmt.Errorf("sdcpp: engine server %s: %w%s", s.base, err, s.out.errorSince(errsBefore))
+		return nil, fmt.Errorf("sdcpp: engine server %s: %w%s%s", s.base, err, ended, s.out.errorSince(errsBefore))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 2*maxOutputBytes))
@@ -122,15 +136,9 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 	}
 	if resp.StatusCode != http.StatusOK {
 		s.out.awaitError(errsBefore, 300*time.Millisecond)
-		var e struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(data))
-		if json.Unmarshal(data, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		if len(msg) > 500 {
-			msg = msg[:500] + "…"
+		msg := errorAnswer(data)
+		if why, ok := s.out.refusedSince(mark); ok {
+			return nil, refused(filepath.Base(sp.b.server), "answered "+resp.Status+": "+msg, why)
 		}
 		err := fmt.Errorf("sdcpp: engine server answered %s: %s%s", resp.Status, msg, s.out.errorSince(errsBefore))
 		if resp.StatusCode == http.StatusBadRequest {
@@ -138,25 +146,71 @@ func (sp *serverPool) generate(ctx context.Context, m backends.Model, margs []st
 		}
 		return nil, err
 	}
-	s.out.drain(250 * time.Millisecond)
+	s.out.drain(mark, 250*time.Millisecond)
+	if d, ok := sp.b.reportLoad(ctx, "server", s.out, mark); ok {
+		sp.b.log.Info("engine server loaded the model's weights", "model", s.model, "load_ms", d.Milliseconds())
+	}
+	if err := loraTrouble(filepath.Base(sp.b.server), s.out, mark); err != nil {
+		return nil, err
+	}
 	var res struct {
 		Images []string `json:"images"`
 	}
 	if err := json.Unmarshal(data, &res); err != nil {
-		return nil, fmt.Errorf("sdcpp: engine server's answer is not the txt2img JSON: %v%s", err, s.out.errorSince(errsBefore))
+		return nil, fmt.Errorf("sdcpp: engine server's answer is not the sdapi JSON: %v%s", err, s.out.errorSince(errsBefore))
 	}
-	if len(res.Images) == 0 {
-		return nil, fmt.Errorf("sdcpp: engine server returned no image%s: %w", s.out.errorSince(errsBefore), errBadOutput)
+	if n := images(p); len(res.Images) != n {
+		return nil, fmt.Errorf("sdcpp: engine server returned %d image(s), the job asked for %d%s: %w", len(res.Images), n, s.out.errorSince(errsBefore), errBadOutput)
 	}
-	enc := res.Images[0]
-	if i := strings.Index(enc, ";base64,"); strings.HasPrefix(enc, "data:") && i >= 0 {
-		enc = enc[i+len(";base64,"):]
+	imgs := make([]image.Image, len(res.Images))
+	for k, enc := range res.Images {
+		if i := strings.Index(enc, ";base64,"); strings.HasPrefix(enc, "data:") && i >= 0 {
+			enc = enc[i+len(";base64,"):]
+		}
+		png, err := base64.StdEncoding.DecodeString(enc)
+		if err != nil {
+			return nil, fmt.Errorf("sdcpp: engine server's image %d is not base64: %v%s: %w", k, err, s.out.errorSince(errsBefore), errBadOutput)
+		}
+		if imgs[k], err = decodeImage(png, s.out.errorSince(errsBefore)); err != nil {
+			return nil, err
+		}
 	}
-	png, err := base64.StdEncoding.DecodeString(enc)
+	return imgs, nil
+}
+
+// linkedLoRAs are a job's LoRAs linked into a server's LoRA directory.
+type linkedLoRAs struct {
+	names  []string
+	remove func()
+}
+
+// linkLoRAs links the job's LoRAs into s's LoRA directory and has the
+// server read its list of LoRAs again (it knows only those listed when it
+// last looked), with s's generation slot held.
+func (sp *serverPool) linkLoRAs(ctx context.Context, s *server, ls []backends.LoRA) (linkedLoRAs, error) {
+	if len(ls) == 0 {
+		return linkedLoRAs{remove: func() {}}, nil
+	}
+	names, remove, err := linkLoRAs(s.loraDir, ls)
 	if err != nil {
-		return nil, fmt.Errorf("sdcpp: engine server's image is not base64: %v%s: %w", err, s.out.errorSince(errsBefore), errBadOutput)
+		return linkedLoRAs{}, err
 	}
-	return decodeImage(png, s.out.errorSince(errsBefore))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+"/sdapi/v1/loras", nil)
+	if err == nil {
+		var resp *http.Response
+		if resp, err = sp.client.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("answered %s", resp.Status)
+			}
+		}
+	}
+	if err != nil {
+		remove()
+		return linkedLoRAs{}, fmt.Errorf("sdcpp: engine server %s: list LoRAs: %w", s.base, err)
+	}
+	return linkedLoRAs{names: names, remove: remove}, nil
 }
 
 // acquire returns the running server of the model, starting it if needed,
@@ -250,6 +304,9 @@ func (s *server) stop() {
 		if s.release != nil {
 			s.release()
 		}
+		if s.loraDir != "" {
+			os.RemoveAll(s.loraDir)
+		}
 	})
 }
 
@@ -260,6 +317,38 @@ func (sp *serverPool) kill(s *server, why string) {
 	sp.mu.Lock()
 	sp.forget(s, why)
 	sp.mu.Unlock()
+}
+
+// endedHow waits up to d for the server's process to end and says how it
+// did (" (the server exited with status 1)"), or "" while it runs.
+func (s *server) endedHow(d time.Duration) string {
+	select {
+	case <-s.proc.done:
+		return " (the server " + s.proc.status() + ")"
+	case <-time.After(d):
+		return ""
+	}
+}
+
+// errorAnswer is the message of a server's error answer: stable-diffusion.cpp
+// answers {"error":"invalid params"} or {"error":"server_error",
+// "message":"…"} (an exception); anything else is shown as it came.
+func errorAnswer(data []byte) string {
+	var e struct {
+		Error   string `json:"error"`
+		Message string `json:"message"`
+	}
+	msg := strings.TrimSpace(string(data))
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		msg = e.Error
+		if e.Message != "" {
+			msg += ": " + e.Message
+		}
+	}
+	if len(msg) > 500 {
+		msg = msg[:500] + "…"
+	}
+	return msg
 }
 
 func (s *server) exited() bool {
@@ -308,8 +397,12 @@ func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 		return
 	}
 	s.base = fmt.Sprintf("http://127.0.0.1:%d", port)
+	if s.loraDir, err = os.MkdirTemp(b.cfg.TmpDir, "genfleet-sdcpp-loras-"); err != nil {
+		fail(err)
+		return
+	}
 	t0 := time.Now()
-	proc, err := startProcess(b.server, serverArgs(margs, b.cfg.Args, port), b.cfg.TmpDir, s.out)
+	proc, err := startProcess(b.server, serverArgs(margs, b.cfg.Args, port, s.loraDir, b.cfg.NoMmap), b.cfg.TmpDir, s.out)
 	if err != nil {
 		fail(err)
 		return
@@ -322,7 +415,21 @@ func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 	for {
 		select {
 		case <-proc.done:
-			fail(proc.exitError(filepath.Base(b.server)))
+			err := engineExit(filepath.Base(b.server), proc, s.out, outputMark{})
+			if errors.Is(err, backends.ErrBadModel) {
+				// No fallback to a process: it would refuse the model too.
+				b.met.serverStarts.WithLabelValues("failed").Inc()
+				s.err = err
+				s.stop()
+				sp.mu.Lock()
+				if sp.servers[s.key] == s {
+					delete(sp.servers, s.key)
+				}
+				sp.mu.Unlock()
+				close(s.ready)
+				return
+			}
+			fail(err)
 			return
 		case <-deadline.C:
 			fail(fmt.Errorf("no answer on %s after %v%s", s.base, b.cfg.StartTimeout, lastLine(s.out)))
@@ -341,8 +448,10 @@ func (sp *serverPool) start(s *server, m backends.Model, margs []string) {
 		}
 	}
 	b.met.serverStarts.WithLabelValues("ready").Inc()
-	b.met.serverLoad.Observe(time.Since(t0).Seconds())
-	b.log.Info("engine server ready", "model", m.Name, "addr", s.base, "pid", proc.cmd.Process.Pid, "load_ms", time.Since(t0).Milliseconds())
+	b.met.serverStart.Observe(time.Since(t0).Seconds())
+	// The engine has read the files' metadata; it loads the weights on
+	// the first generation (see generate).
+	b.log.Info("engine server ready", "model", m.Name, "addr", s.base, "pid", proc.cmd.Process.Pid, "start_ms", time.Since(t0).Milliseconds())
 	close(s.ready)
 	sp.reaperOnce.Do(func() { go sp.reap() })
 }

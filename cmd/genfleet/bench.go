@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,6 +19,8 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/genfleet/genfleet/backends/cuda"
+	"github.com/genfleet/genfleet/backends/sdcpp"
+	"github.com/genfleet/genfleet/backends/sdcpp/sd1"
 	"github.com/genfleet/genfleet/bench"
 )
 
@@ -35,12 +38,13 @@ type benchEntry struct {
 // benches are the benchmarks of package bench, each with the function
 // that parses its flags and runs it.
 var benches = map[string]benchEntry{
+	"batch":   {"one job of n images vs n jobs of one image on one worker (anchor): what a shared acquire and job saves per image", benchBatch},
 	"chaos":   {"jobs through the API to worker processes of one host, one SIGKILLed and restarted every few seconds: every job ends once, with the right image", benchChaos},
 	"fetch":   {"cold fetch S3 → verified blob vs the SDK transfer manager and fsync'ed disk writes (anchors)", benchFetch},
 	"load":    {"warm acquire: shared mmap vs read() into private memory (anchor)", benchLoad},
 	"queue":   {"no-op jobs through the API and genfleet workers vs raw asynq on the same Redis; idle start latency", benchQueue},
 	"routing": {"2 hosts, 2 models, cache budget for one: model loads with routing vs plain asynq", benchRouting},
-	"share":   {"N processes on one model: summed PSS with mmap vs read mode", benchShare},
+	"share":   {"N processes on one model: summed PSS with mmap vs read mode; --backend sdcpp: N stable-diffusion.cpp servers, --mmap vs without, and their warm start", benchShare},
 	"sim":     {"trace-driven simulation of 1,000 hosts and 100 models: S3 bytes, time to warm and cold starts with S3 only (anchor), peers, peers + warmth-aware scaling (and S3 only + warmth-aware scaling)", benchSim},
 	"spread":  {"N hosts cold-start one model against throttled S3: S3 bytes and time until all warm with peers vs S3 only and one host alone (anchors)", benchSpread},
 	"upload":  {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
@@ -262,6 +266,41 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	return bench.Queue(ctx, o, stderr)
 }
 
+func benchBatch(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench batch", stderr)
+	c := addCommon(f)
+	var o bench.BatchOptions
+	size := f.String("size", "16MiB", "size of the reference model")
+	f.IntVar(&o.Images, "images", 8, "n: images in the batch job, and one-image jobs in the anchor")
+	f.IntVar(&o.Width, "width", 256, "image width")
+	f.IntVar(&o.Height, "height", 256, "image height")
+	f.IntVar(&o.Steps, "steps", 2, "steps per image")
+	f.IntVar(&o.Rounds, "rounds", 3, "rounds, each one batch job and n single jobs; the figures are medians over rounds")
+	backend := f.String("backend", "cpu", "cpu (the built-in engine) or sdcpp (stable-diffusion.cpp, with the --sdcpp-… flags and --model)")
+	sf := addSdcppFlags(f)
+	f.StringVar(&o.SdcppModel, "model", "", "model file for --backend sdcpp, e.g. one `genfleet models make --arch sd1` wrote")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.ModelSize, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	switch *backend {
+	case "cpu":
+	case "sdcpp":
+		o.Sdcpp = &sdcpp.Config{CLI: *sf.cli, Server: *sf.server, Mode: *sf.mode, Args: strings.Fields(*sf.args),
+			DeviceClass: "sdcpp", Timeout: *sf.timeout, StartTimeout: *sf.start, NoMmap: !*sf.mmap}
+	default:
+		return nil, fmt.Errorf("--backend %q: want cpu or sdcpp", *backend)
+	}
+	if o.Redis, err = benchRedisOpt(f, c); err != nil {
+		return nil, err
+	}
+	o.S3 = c.s3Config()
+	return bench.Batch(ctx, o, stderr)
+}
+
 func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, error) {
 	f := newFlags("bench routing", stderr)
 	c := addCommon(f)
@@ -290,18 +329,59 @@ func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, er
 
 func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, error) {
 	f := newFlags("bench share", stderr)
-	var o bench.ShareOptions
-	size := f.String("size", "1GiB", "model size")
-	f.IntVar(&o.Procs, "procs", 4, "processes per mode")
-	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
+	backend := f.String("backend", "builtin", "whose processes share the model: builtin (holder processes of genfleet's model cache, mmap vs read mode) "+
+		"or sdcpp (worker processes, each with a stable-diffusion.cpp server on one cached model, the engine's --mmap vs without)")
+	procs := f.Int("procs", 4, "processes per mode (with --backend sdcpp the default is 3)")
+	dir := f.String("dir", "", "parent directory of the temporary files (default: the system temp dir)")
+	size := f.String("size", "1GiB", "model size (--backend builtin)")
+	c := addCommon(f)
+	var eo bench.ShareEngineOptions
+	f.StringVar(&eo.Server, "sdcpp-server", envOr("GENFLEET_SDCPP_SERVER", "sd-server"), "stable-diffusion.cpp server program, path or name in PATH (--backend sdcpp) (env GENFLEET_SDCPP_SERVER)")
+	f.StringVar(&eo.EngineArgs, "sdcpp-args", envOr("GENFLEET_SDCPP_ARGS", ""), "extra engine flags, e.g. \"--threads 2\" (--backend sdcpp) (env GENFLEET_SDCPP_ARGS)")
+	f.StringVar(&eo.ModelFile, "model-file", "", "model file the engines load as --model (--backend sdcpp; default: a random-weight SD 1.x checkpoint written for the run)")
+	dtype := f.String("dtype", string(sd1.F16), "type of the SD 1.x checkpoint written when there is no --model-file: f16, q8_0 or q4_0 (--backend sdcpp)")
+	f.DurationVar(&eo.JobTimeout, "job-timeout", 10*time.Minute, "longest one job may take, submit to finished (--backend sdcpp)")
+	f.BoolVar(&eo.Verbose, "v", false, "copy the workers' logs to stderr (--backend sdcpp)")
 	if err := f.parse(args, 0); err != nil {
 		return nil, err
 	}
-	var err error
-	if o.Size, err = parseSize(*size); err != nil {
-		return nil, fmt.Errorf("--size: %w", err)
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	switch *backend {
+	case "builtin":
+		for _, name := range []string{"sdcpp-server", "sdcpp-args", "model-file", "dtype", "job-timeout", "v", "redis", "s3-endpoint"} {
+			if set[name] {
+				return nil, fmt.Errorf("--%s applies to --backend sdcpp only", name)
+			}
+		}
+		o := bench.ShareOptions{Procs: *procs, Dir: *dir}
+		var err error
+		if o.Size, err = parseSize(*size); err != nil {
+			return nil, fmt.Errorf("--size: %w", err)
+		}
+		return bench.Share(ctx, o, stderr)
+	case "sdcpp":
+		if set["size"] {
+			return nil, errors.New("--size applies to --backend builtin only: the engine runs the model of --model-file, or an SD 1.x checkpoint whose size follows from --dtype")
+		}
+		eo.Procs, eo.Dir = *procs, *dir
+		if !set["procs"] {
+			eo.Procs = 3
+		}
+		var err error
+		if eo.DType, err = sd1.ParseDType(*dtype); err != nil {
+			return nil, fmt.Errorf("--dtype: %w", err)
+		}
+		if eo.Redis, err = benchRedisOpt(f, c); err != nil {
+			return nil, err
+		}
+		if eo.Redis != nil {
+			eo.WorkerRedis = *c.redis
+		}
+		eo.S3 = c.s3Config()
+		return bench.ShareEngine(ctx, eo, stderr)
 	}
-	return bench.Share(ctx, o, stderr)
+	return nil, fmt.Errorf("--backend %q: want builtin or sdcpp", *backend)
 }
 
 func benchSpread(ctx context.Context, args []string, stderr io.Writer) (any, error) {

@@ -69,6 +69,7 @@ func TestBenchResultsPrintAsTheyEncode(t *testing.T) {
 		&bench.FetchResult{}, &bench.FetchResult{SizeBytes: 1, GenfleetRunsMBps: []float64{1.5}, TargetsMet: true},
 		&bench.LoadResult{}, &bench.LoadResult{SizeBytes: 1, Ratio: 88.5},
 		&bench.ShareResult{}, &bench.ShareResult{Procs: 4, MmapPSSBytes: 1 << 30, ReadPSSRatio: 4.01},
+		&bench.ShareEngineResult{}, &bench.ShareEngineResult{Engine: "sdcpp", Procs: 3, MmapPSSRatio: 1.01, NoMmapFirstJobCPUMS: 7e3, TargetsMet: true},
 		&bench.QueueResult{}, &bench.QueueResult{Jobs: 10, RoundRatios: []float64{0.5}, AsynqRedisCPUUsPerJob: 77},
 		&bench.RoutingResult{}, &bench.RoutingResult{Jobs: 40, UnroutedLoads: 20, RoutedLoads: 2, TargetsMet: true},
 		&bench.UploadResult{}, &bench.UploadResult{Device: "H100", StrategiesGBps: map[string]float64{"staged": 42.1},
@@ -139,6 +140,11 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{[]string{"bench", "spread", "--hosts", "1"}, "--hosts must be at least 2"},
 		{[]string{"bench", "spread", "--s3-bandwidth", "fast"}, `--s3-bandwidth "fast"`},
 		{[]string{"bench", "sim", "--peer-bandwidth", "0"}, `--peer-bandwidth "0"`},
+		{[]string{"bench", "share", "--backend", "sdcpp", "--size", "1GiB"}, "--size applies to --backend builtin only"},
+		{[]string{"bench", "share", "--model-file", "x.gguf"}, "--model-file applies to --backend sdcpp only"},
+		{[]string{"bench", "share", "--backend", "sdcpp", "--dtype", "f8"}, "--dtype"},
+		{[]string{"bench", "share", "--backend", "sdcpp", "--sdcpp-server", "/nonexistent/sd-server"}, "GENFLEET_SDCPP_SERVER"},
+		{[]string{"bench", "share", "--backend", "refgen"}, `--backend "refgen": want builtin or sdcpp`},
 	} {
 		if code, _, stderr := runCLI(tc.args...); code == 0 || !strings.Contains(stderr, tc.want) {
 			t.Errorf("%v: exit %d, %q; want a failure naming %s", tc.args, code, stderr, tc.want)

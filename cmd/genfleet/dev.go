@@ -181,9 +181,10 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		go func() { defer wg.Done(); _ = cmd.Wait() }()
 	}
 
-	auth := ""
+	auth, signIn := "", ""
 	if len(rf.apiTokens()) > 0 {
 		auth = ` -H "Authorization: Bearer $GENFLEET_API_TOKEN"`
+		signIn = " (sign in with the API token)"
 	}
 	var exports strings.Builder
 	for _, kv := range shell {
@@ -195,6 +196,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stdout, `
 genfleet dev is running: API %s, %d %s worker processes sharing %s
+  web page %s/ui/%s
   embedded redis %s, embedded s3 %s (model "demo" registered)
 
 Try:
@@ -211,7 +213,7 @@ then:
   genfleet submit --model demo --prompt "a red fox" --seed 7 --width 256 --height 256 --steps 4 -o fox.png
 
 Ctrl-C stops everything.
-`, url, *workers, backend, cacheDir, mr.Addr(), s3Endpoint, url, auth, auth, url, auth, url, envHint, strings.TrimRight(exports.String(), "\n"))
+`, url, *workers, backend, cacheDir, url, signIn, mr.Addr(), s3Endpoint, url, auth, auth, url, auth, url, envHint, strings.TrimRight(exports.String(), "\n"))
 
 	err = serveScheduler(ctx, c, apiLn, pool, rf, log)
 	fmt.Fprintln(stderr, "genfleet dev: stopping")

@@ -70,6 +70,21 @@ func TestDevRunsTheWholeFleet(t *testing.T) {
 		t.Fatalf("image: %s, %d bytes", resp.Status, len(img))
 	}
 
+	// The banner names the web page next to the API, and the page lists
+	// the job.
+	if !strings.Contains(d.banner.String(), "web page "+url+"/ui/") {
+		t.Fatalf("banner does not name the web page %s/ui/:\n%s", url, d.banner.String())
+	}
+	resp, err = http.Get(url + "/ui/jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), "/ui/jobs/"+sub.ID) {
+		t.Fatalf("GET /ui/jobs: %s, job %s not listed", resp.Status, sub.ID)
+	}
+
 	// Ctrl-C stops the fleet, workers included.
 	d.stop()
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"image/png"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,9 +17,11 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/genfleet/genfleet/backends/sdcpp/spec"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/modelformat"
 )
 
 // standInEngine builds the stand-in stable-diffusion.cpp of the sdcpp
@@ -45,6 +48,22 @@ func standInEngine(t *testing.T) string {
 	return dir
 }
 
+// writeTensors writes a safetensors file of about size bytes: one F32
+// tensor named "weight". The stand-in engine reads the names.
+func writeTensors(t *testing.T, path string, size int) {
+	t.Helper()
+	n := int64(size / 4)
+	var buf bytes.Buffer
+	err := modelformat.WriteSafetensors(&buf, nil, []modelformat.TensorSpec{{Name: "weight", DType: "F32", Shape: []int64{n},
+		Write: func(w io.Writer) error { _, err := w.Write(make([]byte, 4*n)); return err }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSdcppModelsRunOnSdcppWorkers runs a split stable-diffusion.cpp model
 // through the whole fleet: the scheduler queues it on the sdcpp pool, the
 // sdcpp worker runs it on an engine server that it keeps for the next job,
@@ -60,17 +79,29 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 	t.Setenv("FAKESD_LOG", engineLog)
 	fl := newFleet(t, 1<<20, "cpu")
 
-	// A split model: a diffusion model and a VAE.
+	// A split model: a diffusion model, a VAE and a text encoder (the
+	// stand-in engine, like the real one, refuses a model that lacks one).
 	dir := t.TempDir()
 	diffusion := filepath.Join(dir, "flux-mini.gguf")
 	vae := filepath.Join(dir, "ae.safetensors")
-	os.WriteFile(diffusion, bytes.Repeat([]byte("d"), 200_000), 0o644)
-	os.WriteFile(vae, bytes.Repeat([]byte("v"), 50_000), 0o644)
+	clip := filepath.Join(dir, "clip_l.safetensors")
+	writeTensors(t, diffusion, 200_000)
+	writeTensors(t, vae, 50_000)
+	writeTensors(t, clip, 1000)
 	man, err := fl.reg.PushModel(t.Context(), "flux-mini", "sdcpp", []modelcache.PushFile{
 		{Path: diffusion, Role: "diffusion_model", Dest: s3x.URL{Bucket: modelsBucket, Key: "blobs/flux-mini/"}},
 		{Path: vae, Role: "vae", Dest: s3x.URL{Bucket: modelsBucket, Key: "blobs/flux-mini/"}},
+		{Path: clip, Role: "clip_l", Dest: s3x.URL{Bucket: modelsBucket, Key: "blobs/flux-mini/"}},
 	}, nil)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// A model the engine refuses: not a model file at all.
+	garbage := filepath.Join(dir, "garbage.safetensors")
+	os.WriteFile(garbage, bytes.Repeat([]byte("g"), 5000), 0o644)
+	if _, err := fl.reg.PushModel(t.Context(), "garbage", "sdcpp", []modelcache.PushFile{
+		{Path: garbage, Role: "model", Dest: s3x.URL{Bucket: modelsBucket, Key: "blobs/garbage/"}},
+	}, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -80,7 +111,7 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 		"--sdcpp-args", "--threads 2")
 
 	// Slow enough to watch the progress.
-	id := fl.submit(`{"model":"flux-mini","prompt":"a slow fox","seed":5,"width":128,"height":96,"steps":40,"sampling_method":"euler","scheduler":"simple"}`)
+	id := fl.submit(`{"model":"flux-mini","prompt":"a slow fox","seed":5,"width":128,"height":192,"steps":40,"sampling_method":"euler","scheduler":"simple"}`)
 	var sawProgress bool
 	rec := fl.wait(id, 90*time.Second, func(r job.Record) bool {
 		if r.Progress != nil && r.Progress.Steps == 40 && r.Progress.Step > 0 {
@@ -94,11 +125,16 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 	if !sawProgress {
 		t.Error("the job's status never showed the engine's step progress")
 	}
+	// The server's first generation loaded the weights (the stand-in logs
+	// 0.01 s mapping and 0.20 s loading).
+	if got := rec.Timings["engine_load"]; got != 210 {
+		t.Errorf("engine_load %v ms, want 210 (timings %v)", got, rec.Timings)
+	}
 	if rec.Queue != "pool:sdcpp" || rec.Worker == nil || rec.Worker.Backend != "sdcpp" || rec.Worker.Host != "sdhost" {
 		t.Errorf("ran on queue %q by %+v", rec.Queue, rec.Worker)
 	}
 	img, err := png.Decode(bytes.NewReader(fl.image(id)))
-	if err != nil || img.Bounds().Dx() != 128 || img.Bounds().Dy() != 96 {
+	if err != nil || img.Bounds().Dx() != 128 || img.Bounds().Dy() != 192 {
 		t.Fatalf("image: %v, %v", err, img)
 	}
 	// A second job, through `genfleet submit`, reuses the engine server.
@@ -132,7 +168,7 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 		case r.Prog == "sd-server":
 			starts++
 			for _, f := range man.Files {
-				if !strings.Contains(strings.Join(r.Args, " "), "--"+strings.ReplaceAll(f.Role, "_", "-")+" ") {
+				if flag, _ := spec.RoleFlag(f.Role); !strings.Contains(strings.Join(r.Args, " "), flag+" ") {
 					t.Errorf("server started without the %s file: %v", f.Role, r.Args)
 				}
 			}
@@ -197,6 +233,33 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 	}
 	if n, _ := fl.proxy.counts("/" + modelsBucket + "/blobs/flux-mini/flux-mini.gguf"); n != 1 {
 		t.Errorf("the diffusion model was fetched %d times, want 1 (by the sdcpp host only)", n)
+	}
+
+	// The engine refuses the garbage model: the job fails at its first
+	// attempt with the engine's own line.
+	id = fl.submit(`{"model":"garbage","prompt":"a fox","seed":1,"width":64,"height":64,"steps":2}`)
+	rec = fl.wait(id, 60*time.Second, nil)
+	if rec.Status != job.StatusFailed || rec.Attempt != 1 || !strings.Contains(rec.Error, "refused the model") ||
+		!strings.Contains(rec.Error, "model_loader.cpp:252  - unknown format") {
+		t.Errorf("refused model: %s attempt %d %q", rec.Status, rec.Attempt, rec.Error)
+	}
+
+	// What stable-diffusion.cpp would not run as asked is refused at
+	// submit, naming the field; its own choices pass.
+	for _, tc := range []struct{ body, field string }{
+		{`{"model":"flux-mini","prompt":"a fox <sd_cpp_extra_args>{\"width\":128}</sd_cpp_extra_args>","width":256,"height":256}`, "prompt"},
+		{`{"model":"flux-mini","prompt":"a fox","negative_prompt":"<sd_cpp_extra_args>{}</sd_cpp_extra_args>"}`, "negative_prompt"},
+		{`{"model":"flux-mini","prompt":"a fox","width":200,"height":136}`, "width"},
+		{`{"model":"flux-mini","prompt":"a fox","sampling_method":"euler_b"}`, "sampling_method"},
+		{`{"model":"flux-mini","prompt":"a fox","scheduler":"linear"}`, "scheduler"},
+		{`{"model":"flux-mini","prompt":"a fox","steps":1,"width":64,"height":64,"sampling_method":"dpm++2m_sde","scheduler":"beta"}`, ""},
+	} {
+		code, body := fl.do("POST", "/v1/jobs", tc.body)
+		var apiErr struct{ Field string }
+		json.Unmarshal(body, &apiErr)
+		if tc.field == "" && code != http.StatusAccepted || tc.field != "" && (code != http.StatusBadRequest || apiErr.Field != tc.field) {
+			t.Errorf("%s: %d %s, want field %q refused", tc.body, code, body, tc.field)
+		}
 	}
 
 	// The built-in engine has no sampler choice: refused at submit.

@@ -24,6 +24,9 @@ func (fl *fleet) rawDo(method, path, body string, hdr ...string) (*http.Response
 	if err != nil {
 		fl.t.Fatal(err)
 	}
+	if fl.token != "" {
+		req.Header.Set("Authorization", "Bearer "+fl.token)
+	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}

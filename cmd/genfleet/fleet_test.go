@@ -149,6 +149,8 @@ type fleet struct {
 	cacheDir string
 	workers  []*exec.Cmd
 	reg      *modelcache.Registry
+	// token, when set, is sent as the bearer token of the API requests.
+	token string
 }
 
 const (

@@ -211,6 +211,8 @@ type common struct {
 	s3PathStyle *bool
 	registry    *string
 	outputs     *string
+	uploads     *string
+	maxUpload   *string
 	logLevel    *string
 }
 
@@ -227,6 +229,8 @@ func addCommon(f flags) *common {
 		s3PathStyle: f.boolean("s3-path-style", "GENFLEET_S3_PATH_STYLE", true, "address buckets by path (needed by most S3-compatible servers)"),
 		registry:    f.str("registry", "GENFLEET_REGISTRY", "s3://genfleet-models/", "model registry: manifests live at <registry>manifests/<name>.json"),
 		outputs:     f.str("outputs", "GENFLEET_OUTPUTS", "s3://genfleet-outputs/outputs/", "bucket and prefix for output images"),
+		uploads:     f.str("uploads", "GENFLEET_UPLOADS", "", "bucket and prefix of uploaded input images (init images, masks); default: uploads/ in the --outputs bucket"),
+		maxUpload:   f.str("max-upload-size", "GENFLEET_MAX_UPLOAD_SIZE", "16MiB", "largest input image file taken (uploads and s3:// refs)"),
 		logLevel:    f.str("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error"),
 	}
 }
@@ -351,6 +355,30 @@ func (c *common) outputsURL() (s3x.URL, error) {
 		u.Key += "/"
 	}
 	return u, nil
+}
+
+// uploadsURL is --uploads, or uploads/ in the --outputs bucket, and
+// --max-upload-size in bytes.
+func (c *common) uploadsURL() (s3x.URL, int64, error) {
+	max, err := parseSize(*c.maxUpload)
+	if err != nil || max <= 0 {
+		return s3x.URL{}, 0, fmt.Errorf("--max-upload-size %q: want a positive size such as 16MiB", *c.maxUpload)
+	}
+	if *c.uploads == "" {
+		out, err := c.outputsURL()
+		if err != nil {
+			return s3x.URL{}, 0, err
+		}
+		return s3x.URL{Bucket: out.Bucket, Key: "uploads/"}, max, nil
+	}
+	u, err := s3x.ParseURL(*c.uploads)
+	if err != nil {
+		return s3x.URL{}, 0, fmt.Errorf("--uploads: %w", err)
+	}
+	if u.Key != "" && !strings.HasSuffix(u.Key, "/") {
+		u.Key += "/"
+	}
+	return u, max, nil
 }
 
 func (c *common) openRegistry(ctx context.Context) (*modelcache.Registry, *s3.Client, error) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/genfleet/genfleet/backends/refgen"
 	"github.com/genfleet/genfleet/backends/sdcpp"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/modelcache"
@@ -23,13 +24,15 @@ Commands:
   make --size 64MiB [--seed N] --out FILE   write a reference model (safetensors)
   make --arch sd1 [--split] [--dtype f16|q8_0|q4_0] [--seed N] --out FILE|DIR
                                             write a random-weight SD 1.x checkpoint for sdcpp
-  push FILE s3://bucket/key [--name NAME] [--engine ENGINE] [--part-size auto]
-                                            upload a model and register NAME
+  make --arch refgen-lora [--seed N] [--rank R] --out FILE
+                                            write a LoRA for the built-in engine
+  push FILE s3://bucket/key [--name NAME] [--engine ENGINE] [--kind lora] [--part-size auto]
+                                            upload a model (or a LoRA) and register NAME
   push --name NAME --engine ENGINE --file ROLE=PATH... s3://bucket/prefix/
                                             upload a split model's files (one
                                             --file per file, e.g. vae=ae.safetensors)
                                             and register NAME
-  register s3://bucket/key [--name NAME] [--engine ENGINE] [--part-size auto]
+  register s3://bucket/key [--name NAME] [--engine ENGINE] [--kind lora] [--part-size auto]
                                             register an object already in S3
                                             as NAME, without uploading it
   inspect FILE                              summarise a safetensors or GGUF header
@@ -203,7 +206,7 @@ func (f *fileFlags) Set(v string) error {
 	return nil
 }
 
-const modelsPushUsage = `usage: genfleet models push FILE s3://bucket/key [--name NAME] [--engine ENGINE]
+const modelsPushUsage = `usage: genfleet models push FILE s3://bucket/key [--name NAME] [--engine ENGINE] [--kind model|lora]
        genfleet models push --name NAME --engine ENGINE --file ROLE=PATH [--file ROLE=PATH ...] s3://bucket/prefix/`
 
 func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -211,6 +214,7 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	c := addCommon(f)
 	name := f.String("name", "", "registry name (default: the file name without extension; required with --file)")
 	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
+	kind := f.String("kind", modelcache.KindModel, "what the file is: "+modelcache.KindModel+" (a model jobs run) or "+modelcache.KindLoRA+" (a LoRA jobs apply to a model of the same engine, \"loras\")")
 	partSize := partSizeFlag(f)
 	var files fileFlags
 	f.Var(&files, "file", "a split model's file as `ROLE=PATH`, e.g. vae=ae.safetensors; repeat for each file and give a destination prefix instead of FILE and key")
@@ -237,7 +241,7 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return errUsage
 	case len(files) == 0 && len(pos) == 2:
 		role := ""
-		if eng != "" {
+		if eng != "" && *kind != modelcache.KindLoRA {
 			role = "model"
 		}
 		files = fileFlags{{Path: pos[0], Role: role}}
@@ -259,16 +263,27 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if len(pos) == 1 && u.Key != "" && !strings.HasSuffix(u.Key, "/") {
 		u.Key += "/" // --file: the destination is a prefix
 	}
-	if err := checkRoles(eng, files); err != nil {
+	k, err := checkKind(*kind, eng, files)
+	if err != nil {
 		return err
+	}
+	if k == modelcache.KindModel {
+		if err := checkRoles(eng, files); err != nil {
+			return err
+		}
 	}
 	for i := range files {
 		files[i].Dest = u
 		if err := checkModelFile(files[i].Path, eng); err != nil {
 			return err
 		}
+		if k == modelcache.KindLoRA {
+			if err := checkLoRAFile(files[i].Path, eng); err != nil {
+				return err
+			}
+		}
 	}
-	if eng == sdcpp.Engine {
+	if eng == sdcpp.Engine && k == modelcache.KindModel {
 		byRole := map[string]string{}
 		for _, pf := range files {
 			byRole[pf.Role] = pf.Path
@@ -291,7 +306,11 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	var prog *progress
 	var current string
-	m, err := reg.PushModel(ctx, n, eng, files, func(file string, done, total int64) {
+	spec := modelcache.Spec{Name: n, Engine: eng}
+	if k == modelcache.KindLoRA {
+		spec.Kind = k
+	}
+	m, err := reg.PushSpec(ctx, spec, files, func(file string, done, total int64) {
 		if prog == nil || file != current {
 			if prog != nil {
 				prog.done()
@@ -313,7 +332,46 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		fmt.Fprintf(stdout, "pushed %s (%s%s, %d bytes)\n", fl.URL, role, fl.Digest, fl.Size)
 	}
-	fmt.Fprintf(stdout, "registered %q (engine %s, %d file(s))\n", m.Name, m.EngineName(), len(m.Files))
+	what := ""
+	if m.KindName() != modelcache.KindModel {
+		what = ", kind " + m.KindName()
+	}
+	fmt.Fprintf(stdout, "registered %q (engine %s%s, %d file(s))\n", m.Name, m.EngineName(), what, len(m.Files))
+	return nil
+}
+
+// checkKind checks --kind: a model, or a LoRA of one file (roles mean
+// nothing for a LoRA). It returns the kind.
+func checkKind(kind, engine string, files []modelcache.PushFile) (string, error) {
+	switch kind {
+	case "", modelcache.KindModel:
+		return modelcache.KindModel, nil
+	case modelcache.KindLoRA:
+		if len(files) != 1 {
+			return "", fmt.Errorf("--kind %s: a LoRA is one file, got %d", kind, len(files))
+		}
+		if files[0].Role != "" {
+			return "", fmt.Errorf("--kind %s: a LoRA's file has no role; give FILE and a destination, not --file", kind)
+		}
+		return kind, nil
+	}
+	return "", fmt.Errorf("--kind %q: want %s or %s", kind, modelcache.KindModel, modelcache.KindLoRA)
+}
+
+// checkLoRAFile checks, before anything is uploaded, that the file at path
+// is a LoRA engine can apply: for the built-in engine, a reference LoRA
+// (refgen.OpenLoRA); for the others checkModelFile's check is all.
+func checkLoRAFile(path, engine string) error {
+	if engine != "" {
+		return nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if _, err := refgen.OpenLoRA(data); err != nil {
+		return fmt.Errorf("%s: engine %s takes LoRAs made by `genfleet models make --arch %s`: %w", path, modelcache.EngineBuiltin, archRefgenLoRA, err)
+	}
 	return nil
 }
 
@@ -416,7 +474,7 @@ func cmdModelsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return enc.Encode(models)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tENGINE\tFORMAT\tFILES\tBYTES\tDIGEST")
+	fmt.Fprintln(tw, "NAME\tENGINE\tKIND\tFORMAT\tFILES\tBYTES\tDIGEST")
 	for _, m := range models {
 		var size int64
 		digest := ""
@@ -426,7 +484,7 @@ func cmdModelsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 		if len(m.Files) > 0 {
 			digest = m.Files[0].Digest
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", m.Name, m.EngineName(), m.Format, len(m.Files), size, digest)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", m.Name, m.EngineName(), m.KindName(), m.Format, len(m.Files), size, digest)
 	}
 	return tw.Flush()
 }

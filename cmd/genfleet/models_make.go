@@ -16,14 +16,17 @@ import (
 
 // Architectures `genfleet models make` writes.
 const (
-	archRefgen = "refgen"
-	archSD1    = "sd1"
+	archRefgen     = "refgen"
+	archRefgenLoRA = "refgen-lora"
+	archSD1        = "sd1"
 )
 
 func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
 	f := newFlags("models make", stderr)
-	arch := f.String("arch", archRefgen, "what to write: "+archRefgen+" (the built-in engine's reference model, any --size) or "+
+	arch := f.String("arch", archRefgen, "what to write: "+archRefgen+" (the built-in engine's reference model, any --size), "+
+		archRefgenLoRA+" (a LoRA for it, to push with --kind lora) or "+
 		archSD1+" (a random-weight SD 1.x checkpoint that stable-diffusion.cpp loads)")
+	rank := f.Int("rank", 4, "the LoRA's rank (--arch "+archRefgenLoRA+")")
 	size := f.String("size", "64MiB", "file size, e.g. 64MiB or 4GiB (--arch "+archRefgen+")")
 	seed := f.Uint64("seed", 1, "weights seed; the same arguments and seed give the same bytes")
 	out := f.String("out", "", "output file; with --split, a directory (required)")
@@ -38,7 +41,25 @@ func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
 	}
 	set := map[string]bool{}
 	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	only := func(arch string, names ...string) error {
+		for _, name := range names {
+			if set[name] {
+				return fmt.Errorf("--%s does not apply to --arch %s", name, arch)
+			}
+		}
+		return nil
+	}
+	if *arch != archRefgenLoRA {
+		if err := only(*arch, "rank"); err != nil {
+			return err
+		}
+	}
 	switch *arch {
+	case archRefgenLoRA:
+		if err := only(*arch, "split", "dtype", "size"); err != nil {
+			return err
+		}
+		return makeRefgenLoRA(*out, refgen.LoRAOptions{Seed: *seed, Rank: *rank}, stdout)
 	case archRefgen:
 		for _, name := range []string{"split", "dtype"} {
 			if set[name] {
@@ -56,7 +77,23 @@ func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
 		}
 		return makeSD1(*out, *split, sd1.Options{Seed: *seed, DType: d}, stdout, stderr)
 	}
-	return fmt.Errorf("--arch %q: want %s or %s", *arch, archRefgen, archSD1)
+	return fmt.Errorf("--arch %q: want %s, %s or %s", *arch, archRefgen, archRefgenLoRA, archSD1)
+}
+
+// makeRefgenLoRA writes a reference LoRA to out (temp file, rename) and
+// prints how to push it.
+func makeRefgenLoRA(out string, o refgen.LoRAOptions, stdout io.Writer) error {
+	err := writeAtomic(out, func(w io.Writer) error { return refgen.MakeLoRA(w, o) })
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s (LoRA, %d bytes, rank %d, seed %d)\n", out, st.Size(), o.Rank, o.Seed)
+	fmt.Fprintf(stdout, "push with: genfleet models push %s s3://BUCKET/KEY --name NAME --kind lora\n", out)
+	return nil
 }
 
 func makeRefgen(out, size string, seed uint64, stdout io.Writer) error {
@@ -119,13 +156,19 @@ func makeSD1(out string, split bool, o sd1.Options, stdout, stderr io.Writer) er
 // writeModel writes a reference model to path through a temp file and a
 // rename, so an interrupted make never leaves a truncated model behind.
 func writeModel(path string, size int64, seed uint64) error {
+	return writeAtomic(path, func(w io.Writer) error { return refgen.Make(w, size, seed) })
+}
+
+// writeAtomic writes path through write, into a temp file that is synced
+// and renamed over path only once write succeeded.
+func writeAtomic(path string, write func(io.Writer) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
 	bw := bufio.NewWriterSize(tmp, 4<<20)
-	if err := refgen.Make(bw, size, seed); err != nil {
+	if err := write(bw); err != nil {
 		tmp.Close()
 		return err
 	}

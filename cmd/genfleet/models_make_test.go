@@ -32,7 +32,7 @@ func TestModelsMakeSD1Flags(t *testing.T) {
 		{"split with refgen", []string{"--split", "--out", filepath.Join(dir, "a")}, 1, "--split applies to --arch sd1 only"},
 		{"dtype with refgen", []string{"--arch", "refgen", "--dtype", "q8_0", "--out", filepath.Join(dir, "a")}, 1, "--dtype applies to --arch sd1 only"},
 		{"unknown dtype", []string{"--arch", "sd1", "--dtype", "q5_1", "--out", filepath.Join(dir, "a")}, 1, `unknown type "q5_1" (choices: f16, q8_0, q4_0)`},
-		{"unknown arch", []string{"--arch", "sdxl", "--out", filepath.Join(dir, "a")}, 1, `--arch "sdxl": want refgen or sd1`},
+		{"unknown arch", []string{"--arch", "sdxl", "--out", filepath.Join(dir, "a")}, 1, `--arch "sdxl": want refgen, refgen-lora or sd1`},
 		{"directory without split", []string{"--arch", "sd1", "--out", dir}, 1, "is a directory; give a file name, or --split"},
 		{"no out", []string{"--arch", "sd1"}, 2, "--out is required"},
 	}

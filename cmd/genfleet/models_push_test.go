@@ -164,8 +164,8 @@ func TestModelsPushSplit(t *testing.T) {
 		t.Fatalf("models ls: %d\n%s", code, stderr)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 2 || !reflect.DeepEqual(strings.Fields(lines[0]), []string{"NAME", "ENGINE", "FORMAT", "FILES", "BYTES", "DIGEST"}) ||
-		!reflect.DeepEqual(strings.Fields(lines[1])[:4], []string{"flux", "sdcpp", "mixed", "4"}) {
+	if len(lines) != 2 || !reflect.DeepEqual(strings.Fields(lines[0]), []string{"NAME", "ENGINE", "KIND", "FORMAT", "FILES", "BYTES", "DIGEST"}) ||
+		!reflect.DeepEqual(strings.Fields(lines[1])[:5], []string{"flux", "sdcpp", "model", "mixed", "4"}) {
 		t.Errorf("models ls:\n%s", out)
 	}
 }

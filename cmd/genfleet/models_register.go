@@ -12,7 +12,7 @@ import (
 	"github.com/genfleet/genfleet/modelcache"
 )
 
-const modelsRegisterUsage = `usage: genfleet models register s3://bucket/key [--name NAME] [--engine ENGINE] [--part-size auto|SIZE|none]`
+const modelsRegisterUsage = `usage: genfleet models register s3://bucket/key [--name NAME] [--engine ENGINE] [--kind model|lora] [--part-size auto|SIZE|none]`
 
 // cmdModelsRegister registers an object already in S3 as a model, without
 // uploading it again: it checks the object's header as models push checks
@@ -25,6 +25,7 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 	c := addCommon(f)
 	name := f.String("name", "", "registry name (default: the object's name without extension)")
 	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
+	kind := f.String("kind", modelcache.KindModel, "what the object is: "+modelcache.KindModel+" or "+modelcache.KindLoRA)
 	partSizeArg := partSizeFlag(f)
 	pos, rest := splitPositional(args, 1)
 	if err := f.parse(rest, 0); err != nil {
@@ -58,11 +59,17 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 		return fmt.Errorf("--name: %w", err)
 	}
 	role := ""
-	if eng != "" {
+	if eng != "" && *kind != modelcache.KindLoRA {
 		role = "model"
 	}
-	if err := checkRoles(eng, []modelcache.PushFile{{Path: u.String(), Role: role}}); err != nil {
+	k, err := checkKind(*kind, eng, []modelcache.PushFile{{Path: u.String(), Role: role}})
+	if err != nil {
 		return err
+	}
+	if k == modelcache.KindModel {
+		if err := checkRoles(eng, []modelcache.PushFile{{Path: u.String(), Role: role}}); err != nil {
+			return err
+		}
 	}
 
 	reg, cl, err := c.openRegistry(ctx)
@@ -109,11 +116,15 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 			how += fmt.Sprintf("; %d part digests", len(parts))
 		}
 	}
-	m, err := reg.Register(ctx, n, eng, []modelcache.File{mf})
+	spec := modelcache.Spec{Name: n, Engine: eng}
+	if k == modelcache.KindLoRA {
+		spec.Kind = k
+	}
+	m, err := reg.RegisterSpec(ctx, spec, []modelcache.File{mf})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "registered %q (engine %s): %s (%s, %d bytes; digest %s)\n", m.Name, m.EngineName(), u, mf.Digest, obj.Size, how)
+	fmt.Fprintf(stdout, "registered %q (engine %s, kind %s): %s (%s, %d bytes; digest %s)\n", m.Name, m.EngineName(), m.KindName(), u, mf.Digest, obj.Size, how)
 	return nil
 }
 

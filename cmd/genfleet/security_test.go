@@ -104,6 +104,12 @@ func TestAuthAndNoSecretsInLogsOrStatus(t *testing.T) {
 		{"wrong token", "POST", "/v1/jobs", token + "x"},
 		{"prefix of the token", "GET", "/v1/workers", token[:len(token)-1]},
 		{"no token, status", "GET", "/v1/jobs/whatever", ""},
+		{"no token, job list", "GET", "/v1/jobs", ""},
+		{"no token, queues", "GET", "/v1/queues", ""},
+		{"no token, upload", "POST", "/v1/uploads", ""},
+		{"no token, image k", "GET", "/v1/jobs/whatever/images/1", ""},
+		{"no token, OpenAI generations", "POST", "/v1/images/generations", ""},
+		{"no token, OpenAI edits", "POST", "/v1/images/edits", ""},
 	} {
 		code, hdr := call(tc.method, tc.path, jobBody(1), tc.tok)
 		if code != http.StatusUnauthorized || !strings.HasPrefix(hdr.Get("WWW-Authenticate"), "Bearer") {
@@ -131,7 +137,8 @@ func TestAuthAndNoSecretsInLogsOrStatus(t *testing.T) {
 	call("POST", "/v1/jobs", `{"model":"ghost","prompt":"x","width":64,"height":64,"steps":1}`, token)
 	call("POST", "/v1/jobs", `{"model":"s3://genfleet-models/nope/x.safetensors","prompt":"x","width":64,"height":64,"steps":1}`, token)
 	time.Sleep(3 * time.Second) // the failing upload is retried and logged
-	for _, p := range []string{"/v1/workers", "/v1/models", "/v1/jobs/" + id, "/v1/jobs/" + id + "/image"} {
+	for _, p := range []string{"/v1/workers", "/v1/models", "/v1/jobs/" + id, "/v1/jobs/" + id + "/image",
+		"/v1/jobs", "/v1/queues", "/ui/", "/ui/jobs", "/ui/jobs/" + id, "/ui/submit"} {
 		call("GET", p, "", token)
 	}
 	// Every job's record as the API reports it.

@@ -93,6 +93,8 @@ type routingFlags struct {
 	apiToken    *string
 	allowUnauth *bool
 	enginePools *string
+	openaiWait  *time.Duration
+	openaiModel *string
 }
 
 // apiTokens splits --api-token into its comma-separated tokens.
@@ -123,6 +125,8 @@ func addRoutingFlags(f flags) *routingFlags {
 		enginePools: f.str("engine-pool", "GENFLEET_ENGINE_POOL", "sdcpp=sdcpp", "device class that runs each model engine other than the built-in one, ENGINE=CLASS[,…]"),
 		apiToken:    apiTokenFlag(f),
 		allowUnauth: allowUnauthFlag(f),
+		openaiWait:  f.duration("openai-wait", "GENFLEET_OPENAI_WAIT", 5*time.Minute, "how long a request to the OpenAI images API (/v1/images/…) waits for its job before it is answered 504 (the job keeps running)"),
+		openaiModel: f.str("openai-default-model", "GENFLEET_OPENAI_DEFAULT_MODEL", "", "model of an OpenAI images API request that names none; empty: such a request is refused"),
 	}
 }
 
@@ -155,10 +159,16 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	if err != nil {
 		return err
 	}
+	up, maxUpload, err := c.uploadsURL()
+	if err != nil {
+		return err
+	}
 	srv, err := scheduler.New(scheduler.Config{
 		Redis: redisOpt, S3: cl, Registry: reg, Pool: pool, EnginePools: enginePools, CheckModels: true, Logger: log,
 		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
 		HostTimeout: *rf.hostTimeout, APITokens: rf.apiTokens(),
+		Uploads: up, MaxUploadBytes: maxUpload,
+		OpenAIWait: *rf.openaiWait, OpenAIDefaultModel: *rf.openaiModel,
 	})
 	if err != nil {
 		return err
@@ -166,8 +176,10 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	defer srv.Close()
 	reapCtx, stopReaper := context.WithCancel(ctx)
 	reaperDone := make(chan struct{})
+	samplerDone := make(chan struct{})
 	go func() { defer close(reaperDone); srv.RunReaper(reapCtx) }()
-	defer func() { stopReaper(); <-reaperDone }()
+	go func() { defer close(samplerDone); srv.RunSampler(reapCtx) }()
+	defer func() { stopReaper(); <-reaperDone; <-samplerDone }()
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	log.Info("scheduler listening", "addr", ln.Addr().String())
 	return serveHTTP(ctx, hs, ln)
@@ -226,6 +238,10 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	up, maxUpload, err := c.uploadsURL()
+	if err != nil {
+		return err
+	}
 	reg, cl, err := c.openRegistry(ctx)
 	if err != nil {
 		return err
@@ -274,6 +290,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	promReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := worker.New(worker.Config{
 		Redis: redisOpt, S3: cl, Outputs: outputs, Registry: reg, Cache: cache, Backend: be,
+		Uploads: up, MaxUploadBytes: maxUpload,
 		HostID: *hostID, Concurrency: *concurrency, ShutdownTimeout: *shutdown,
 		RetryBase: *retryBase, RetryMax: *retryMax,
 		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,

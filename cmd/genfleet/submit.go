@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,14 +27,22 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	prompt := f.String("prompt", "", "prompt (required)")
 	negative := f.String("negative-prompt", "", "negative prompt")
 	seed := f.Int64("seed", 0, "seed; same seed, same image")
-	width := f.Int("width", 512, "width in pixels (64..2048, multiple of 8)")
-	height := f.Int("height", 512, "height in pixels (64..2048, multiple of 8)")
+	width := f.Int("width", 512, "width in pixels (64..2048, multiple of 8; of 64 for sdcpp models)")
+	height := f.Int("height", 512, "height in pixels (64..2048, multiple of 8; of 64 for sdcpp models)")
 	steps := f.Int("steps", 20, "steps (1..200)")
 	guidance := f.Float64("guidance", job.DefaultGuidance, "guidance scale")
 	sampler := f.String("sampling-method", "", "engine sampler, e.g. euler_a (sdcpp models only; default: the engine's)")
 	sched := f.String("scheduler", "", "engine sigma schedule, e.g. karras (sdcpp models only; default: the engine's)")
+	n := f.Int("n", 1, fmt.Sprintf("images to make (1..%d), with seeds seed, seed+1, …", job.MaxN))
+	initImage := f.String("init-image", "", "image to start from (image to image): a PNG or JPEG FILE, uploaded first, or an upload:sha256:… or s3:// ref; its size is the job's unless --width/--height say otherwise")
+	mask := f.String("mask", "", "inpainting mask (FILE or ref like --init-image): light parts are changed, black parts kept; needs --init-image")
+	strength := f.Float64("strength", job.DefaultStrength, "how far the init image is changed, 0 (kept) to 1 (replaced); needs --init-image")
+	var loras loraFlags
+	f.Var(&loras, "lora", "apply a LoRA, `NAME[:WEIGHT]` (weight default 1); repeat for several")
+	var options optionFlags
+	f.Var(&options, "option", "engine option `NAME=VALUE` (docs/engines.md), e.g. clip_skip=2; repeat for several")
 	wait := f.Bool("wait", false, "wait until the job ends, showing progress")
-	out := f.String("o", "", "write the PNG to this file (implies --wait; its directory is checked before the job is submitted)")
+	out := f.String("o", "", "write the PNG to this file (implies --wait; its directory is checked before the job is submitted); with --n above 1, image k (k ≥ 1) goes to FILE-k.png")
 	idem := f.String("idempotency-key", "", "Idempotency-Key header: the same key with the same request returns the same job; with another request it is refused (422)")
 	timeout := f.Duration("timeout", 30*time.Minute, "give up waiting after this long")
 	if err := f.parse(args, 0); err != nil {
@@ -40,7 +50,21 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	req := job.Request{Model: *model, Prompt: *prompt, NegativePrompt: *negative, Seed: *seed,
 		Width: *width, Height: *height, Steps: *steps, Guidance: *guidance, OutputFormat: job.FormatPNG,
-		SamplingMethod: *sampler, Scheduler: *sched}
+		SamplingMethod: *sampler, Scheduler: *sched, N: job.Count(*n), LoRAs: loras, Options: options}
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if set["strength"] {
+		req.Strength = job.Float(*strength)
+	}
+	base := strings.TrimSuffix(*api, "/")
+	up := uploader{base: base, token: *apiToken}
+	if *initImage != "" {
+		// Check what can be checked before anything is uploaded.
+		req.InitImage = "s3://placeholder/x"
+		if *mask != "" {
+			req.Mask = req.InitImage
+		}
+	}
 	if err := req.Validate(); err != nil {
 		return fmt.Errorf("--%s", strings.ReplaceAll(err.Error(), "_", "-"))
 	}
@@ -50,8 +74,23 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 	}
+	if *initImage != "" {
+		var err error
+		var size [2]int
+		if req.InitImage, size, err = up.ref(ctx, "init-image", *initImage); err != nil {
+			return err
+		}
+		// The image's size is the job's, unless the flags say otherwise.
+		if size[0] > 0 && !set["width"] && !set["height"] {
+			req.Width, req.Height = size[0], size[1]
+		}
+		if *mask != "" {
+			if req.Mask, _, err = up.ref(ctx, "mask", *mask); err != nil {
+				return err
+			}
+		}
+	}
 	body, _ := json.Marshal(req)
-	base := strings.TrimSuffix(*api, "/")
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/jobs", bytes.NewReader(body))
 	if err != nil {
 		return err
@@ -109,8 +148,31 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *out == "" {
 		return nil
 	}
-	ireq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+created.ID+"/image", nil)
-	setToken(ireq, *apiToken)
+	for k := range max(len(rec.Outputs), 1) {
+		path := imagePath(*out, k)
+		if err := download(ctx, base+"/v1/jobs/"+created.ID+"/images/"+strconv.Itoa(k), *apiToken, path); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "wrote %s\n", path)
+	}
+	return nil
+}
+
+// imagePath is where -o out puts image k of a job: out itself for the
+// first, out with "-k" before its extension for the others.
+func imagePath(out string, k int) string {
+	if k == 0 {
+		return out
+	}
+	ext := filepath.Ext(out)
+	return strings.TrimSuffix(out, ext) + "-" + strconv.Itoa(k) + ext
+}
+
+// download writes the body of a GET of url to path, through a temp file
+// and a rename, so a failed download leaves nothing half-written.
+func download(ctx context.Context, url, token, path string) error {
+	ireq, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	setToken(ireq, token)
 	resp, err := http.DefaultClient.Do(ireq)
 	if err != nil {
 		return err
@@ -120,8 +182,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("GET image: %s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
-	// Write to a temp file and rename so a failed download leaves nothing half-written.
-	tmp, err := os.CreateTemp(filepath.Dir(*out), ".genfleet-*.png")
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".genfleet-*.png")
 	if err != nil {
 		return err
 	}
@@ -133,11 +194,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), *out); err != nil {
-		return err
-	}
-	fmt.Fprintf(stderr, "wrote %s\n", *out)
-	return nil
+	return os.Rename(tmp.Name(), path)
 }
 
 // checkOutputPath checks that the image can be written to path: it is not
