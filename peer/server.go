@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/modelcache"
 )
 
@@ -70,15 +71,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := checkToken(cfg.Token); err != nil {
 		return nil, fmt.Errorf("peer server: %w", err)
 	}
-	if cfg.Bandwidth == 0 {
-		cfg.Bandwidth = DefaultBandwidth
-	}
-	if cfg.MaxStreams <= 0 {
-		cfg.MaxStreams = 32
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	defaults.Zero(&cfg.Bandwidth, DefaultBandwidth) // negative: no cap
+	defaults.Positive(&cfg.MaxStreams, 32)
+	defaults.Zero(&cfg.Logger, slog.Default())
 	s := &Server{cfg: cfg, token: sha256.Sum256([]byte(cfg.Token)), streams: make(chan struct{}, cfg.MaxStreams)}
 	if cfg.Bandwidth > 0 {
 		s.limit = rate.NewLimiter(rate.Limit(cfg.Bandwidth), chunk)

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/modelcache"
 )
 
@@ -109,24 +110,12 @@ func NewSource(cfg SourceConfig) (*Source, error) {
 			DisableCompression:    true,
 		}}
 	}
-	if cfg.PartWait <= 0 {
-		cfg.PartWait = 10 * time.Second
-	}
-	if cfg.PeerStall <= 0 {
-		cfg.PeerStall = 5 * time.Second
-	}
-	if cfg.AvoidFor <= 0 {
-		cfg.AvoidFor = time.Minute
-	}
-	if cfg.LeaseTTL <= 0 {
-		cfg.LeaseTTL = 10 * time.Second
-	}
-	if cfg.MaxPeers <= 0 {
-		cfg.MaxPeers = 8
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	defaults.Positive(&cfg.PartWait, 10*time.Second)
+	defaults.Positive(&cfg.PeerStall, 5*time.Second)
+	defaults.Positive(&cfg.AvoidFor, time.Minute)
+	defaults.Positive(&cfg.LeaseTTL, 10*time.Second)
+	defaults.Positive(&cfg.MaxPeers, 8)
+	defaults.Zero(&cfg.Logger, slog.Default())
 	m, err := newSourceMetrics(cfg.Metrics)
 	if err != nil {
 		return nil, err

@@ -14,6 +14,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/genfleet/genfleet/internal/defaults"
 	"github.com/genfleet/genfleet/job"
 )
 
@@ -111,13 +112,9 @@ type AutoscalePolicy struct {
 // JobsPerWorker: the workers the running and warm-absorbed jobs keep busy,
 // plus the new ones.
 func Plan(p AutoscalePolicy, queued []QueuedModel, active map[string]int, hosts []HostView, hbs []job.Heartbeat) map[string]*ClassDemand {
-	if p.WarmFraction <= 0 {
-		p.WarmFraction = 0.5
-	}
+	defaults.Positive(&p.WarmFraction, 0.5)
+	defaults.Positive(&p.JobsPerWorker, JobsPerWorker)
 	J := p.JobsPerWorker
-	if J <= 0 {
-		J = JobsPerWorker
-	}
 	out := map[string]*ClassDemand{}
 	class := func(c string) *ClassDemand {
 		if out[c] == nil {

@@ -4,6 +4,8 @@ import (
 	"math"
 	"slices"
 	"sort"
+
+	"github.com/genfleet/genfleet/internal/defaults"
 )
 
 // Policy is how hosts get models and how the fleet scales.
@@ -76,32 +78,20 @@ func DefaultConfig() Config {
 
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	set := func(v *float64, def float64) {
-		if *v <= 0 {
-			*v = def
-		}
-	}
-	seti := func(v *int, def int) {
-		if *v <= 0 {
-			*v = def
-		}
-	}
-	seti(&c.MaxHosts, d.MaxHosts)
-	seti(&c.MinHosts, d.MinHosts)
-	seti(&c.StartHosts, d.StartHosts)
-	if c.WarmModels == 0 {
-		c.WarmModels = d.WarmModels
-	}
-	seti(&c.JobsPerWorker, d.JobsPerWorker)
-	set(&c.HostDown, d.HostDown)
-	set(&c.PeerUp, d.PeerUp)
-	set(&c.S3, d.S3)
-	set(&c.LoadRate, d.LoadRate)
-	set(&c.CacheBytes, d.CacheBytes)
-	set(&c.BootTime, d.BootTime)
-	set(&c.ScaleEvery, d.ScaleEvery)
-	set(&c.IdleBeforeRemove, d.IdleBeforeRemove)
-	set(&c.Step, d.Step)
+	defaults.Positive(&c.MaxHosts, d.MaxHosts)
+	defaults.Positive(&c.MinHosts, d.MinHosts)
+	defaults.Positive(&c.StartHosts, d.StartHosts)
+	defaults.Zero(&c.WarmModels, d.WarmModels) // negative: none
+	defaults.Positive(&c.JobsPerWorker, d.JobsPerWorker)
+	defaults.Positive(&c.HostDown, d.HostDown)
+	defaults.Positive(&c.PeerUp, d.PeerUp)
+	defaults.Positive(&c.S3, d.S3)
+	defaults.Positive(&c.LoadRate, d.LoadRate)
+	defaults.Positive(&c.CacheBytes, d.CacheBytes)
+	defaults.Positive(&c.BootTime, d.BootTime)
+	defaults.Positive(&c.ScaleEvery, d.ScaleEvery)
+	defaults.Positive(&c.IdleBeforeRemove, d.IdleBeforeRemove)
+	defaults.Positive(&c.Step, d.Step)
 	return c
 }
 
