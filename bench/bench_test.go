@@ -15,7 +15,8 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
-	ShareChild() // Share's holder processes are this binary, started again
+	ShareChild()  // Share's holder processes are this binary, started again
+	SpreadChild() // and so are Spread's hosts
 	dir, err := os.MkdirTemp("", "genfleet-bench-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -13,6 +13,10 @@
 //	Batch    one job of n images, against n jobs of one image
 //	Upload   weights from a file mapping to the GPU, against pinned memory
 //	Chaos    jobs while worker processes are SIGKILLed: none lost, none corrupt
+//	Spread   N hosts cold-start one model against throttled S3: with peers, against
+//	         S3 only (S3 bytes) and one host alone (time); with faults
+//	Sim      a trace-driven simulation (package fleetsim) of 1,000 hosts: peers and
+//	         warmth-aware scaling against S3 only
 //
 // A result's JSON encoding is the object `genfleet bench NAME --json` prints
 // (with the run's bench name, wall time and machine added), so its field
@@ -27,6 +31,7 @@
 // on free loopback ports, stopped and removed when it returns. Routing,
 // Chaos and ShareEngine run worker processes, an executable (genfleet
 // itself by default) started as `genfleet worker`; Share runs holder
-// processes the same way (see ShareChild). Queue and Batch run their
+// processes the same way (see ShareChild), and Spread its hosts (see
+// SpreadChild). Queue and Batch run their
 // scheduler and worker in this process.
 package bench

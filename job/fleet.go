@@ -35,6 +35,28 @@ type Heartbeat struct {
 	// (blobs/ and quarantine/) and its cap (0: none).
 	CacheUsed   int64 `json:"cache_used"`
 	CacheBudget int64 `json:"cache_budget"`
+	// Peer is what this process's blob server offers other hosts (the
+	// fleet-wide cache, package peer); nil when it serves none.
+	Peer *PeerState `json:"peer,omitempty"`
+}
+
+// PeerState is what a worker process's blob server offers other hosts.
+type PeerState struct {
+	// Addr is where peers reach the blob server ("host:port").
+	Addr string `json:"addr"`
+	// Blobs are the digests of complete blobs it serves.
+	Blobs []string `json:"blobs"`
+	// Partials are downloads in progress whose verified parts it serves.
+	Partials []PeerPartial `json:"partials,omitempty"`
+}
+
+// PeerPartial is a download in progress as a heartbeat advertises it.
+type PeerPartial struct {
+	Digest   string `json:"digest"`
+	Size     int64  `json:"size"`
+	PartSize int64  `json:"part_size"`
+	Parts    int    `json:"parts"`
+	Have     int    `json:"have"`
 }
 
 // BlobState is one cached file as a heartbeat reports it.
@@ -57,6 +79,13 @@ type ModelState struct {
 	OnDevice bool               `json:"on_device"` // resident in accelerator memory
 	LastUsed time.Time          `json:"last_used"`
 	Timings  map[string]float64 `json:"timings,omitempty"`
+	// ColdStartMS is what the process's last acquire of the model that
+	// found it off disk cost (wait + fetch + verify + map, ms): the
+	// measured cold start the autoscaler weighs. 0 until there was one.
+	ColdStartMS float64 `json:"cold_start_ms,omitempty"`
+	// JobMS is the run time of the process's last job on the model
+	// (generate + encode + upload, ms).
+	JobMS float64 `json:"job_ms,omitempty"`
 }
 
 // Redis keys of the fleet view.

@@ -269,8 +269,9 @@ type Report struct {
 	// Origin tells the three cases apart: on disk, installed by another
 	// fetcher while this call waited, or fetched by this call.
 	Origin Origin
-	// FetchedBytes is what this call downloaded from S3, including bytes of
-	// a download that failed or did not match its digest.
+	// FetchedBytes is what this call downloaded, from S3 or (for files with
+	// part digests, through a PartSource) from peers, including bytes of a
+	// download that failed or did not match its digest.
 	FetchedBytes int64
 	// Wait is the time blocked on another fetcher's lock.
 	Wait time.Duration

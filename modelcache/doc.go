@@ -5,7 +5,9 @@
 // # Layout of a cache root
 //
 //	<root>/blobs/sha256-<hex>   immutable, mode 0444, named by the sha256 of their content
-//	<root>/tmp/<key>.part       a download in progress (owned by whoever holds <key>'s lock)
+//	<root>/tmp/<key>.part       a download in progress (owned by whoever holds <key>'s lock);
+//	                            with part digests, the parts its .progress log records are
+//	                            verified, and other hosts may read them (OpenPeerBlob)
 //	<root>/locks/<key>.lock     flock(2) targets that serialise fetchers; never deleted
 //	<root>/locks/scrub-sha256-<hex>.lock  held by the one process scrubbing that blob
 //	<root>/refs/<hash>.json     what a raw s3:// ref resolved to ({url, etag, size, digest})

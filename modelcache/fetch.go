@@ -60,7 +60,7 @@ func (c *Cache) acquireDigest(ctx context.Context, f File) (*Blob, Report, error
 		if err != nil {
 			return nil, rep, err
 		}
-		p, err := c.download(ctx, u, info, blobKey(want), "sha256:"+want, &rep)
+		p, err := c.download(ctx, u, info, blobKey(want), "sha256:"+want, f, &rep)
 		if err != nil {
 			return nil, rep, err
 		}
@@ -110,7 +110,7 @@ func (c *Cache) acquireRef(ctx context.Context, f File) (*Blob, Report, error) {
 	}
 
 	rep.Origin = OriginFetched
-	p, err := c.download(ctx, u, info, refKey(urlHash), "", &rep)
+	p, err := c.download(ctx, u, info, refKey(urlHash), "", File{}, &rep)
 	if err != nil {
 		return nil, rep, err
 	}
@@ -175,15 +175,24 @@ type partial struct {
 	progress string // its progress log, removed once installed or discarded
 	hex      string // sha256 of the content
 	size     int64
+	// pf is the PartSource's download, if any: it is closed only once the
+	// blob is installed (and so offered to peers) or thrown away, so that
+	// peers waiting on this host (its S3 lease) never find it in between.
+	pf PartFetch
 }
 
-// discard removes the partial file unless it was installed.
+// discard removes the partial file unless it was installed, and ends the
+// PartSource's download.
 func (p *partial) discard() {
 	if p.f != nil {
 		p.f.Close()
 		os.Remove(p.path)
 		os.Remove(p.progress)
 		p.f = nil
+	}
+	if p.pf != nil {
+		p.pf.Close()
+		p.pf = nil
 	}
 }
 
@@ -202,31 +211,61 @@ func (p *partial) discard() {
 // retried; failed parts are retried up to FetchRetries times with
 // exponential backoff and jitter, resuming from the bytes already written.
 //
+// A file with part digests (pf.HasParts(), want set) is fetched in the
+// manifest's parts, each hashed as it lands and counted (written to the
+// progress log, fed to the whole-file hash) only once it matches its part
+// digest; a part that does not is thrown away and fetched again. Its parts
+// come through the Source's PartSource interface when it has one (peers),
+// else from S3. Parts recorded by an earlier run are hashed again before a
+// resumed download trusts them. The progress log of such a download names
+// the digest, which tells readers (PeerBlob) that every part it records
+// was verified.
+//
 // On error, a multi-part download that recorded finished parts is kept for
 // resuming, unless the object changed (ErrChanged): then, as after any
 // failed single-part download, the tmp files are removed.
-func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, want string, rep *Report) (*partial, error) {
+func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, want string, pf File, rep *Report) (*partial, error) {
 	t := time.Now()
 	defer func() { rep.Fetch += time.Since(t) }()
 	ft := &fetcher{src: c.src, u: u, etag: info.ETag, size: info.Size, digest: want, opts: c.opts}
 	path, progPath := c.tmpPath(key), c.progressPath(key)
 	hdr := progressHeader{V: progressVersion, URL: u.String(), ETag: info.ETag, Size: info.Size, PartSize: c.opts.PartSize}
 	ft.single = info.Size <= c.opts.PartSize || info.ETag == "" // without an ETag, parts could mix versions
+	if want != "" && pf.HasParts() && info.ETag != "" {
+		// The manifest's parts are the unit of fetching and verifying.
+		ft.single, ft.sums = false, pf.Parts
+		hdr.PartSize, hdr.Digest = pf.PartSize, want
+	}
 
 	var done []bool
 	if !ft.single {
-		if old, d, ok := c.readProgress(key); ok && old.ETag == info.ETag && old.Size == info.Size && old.URL == hdr.URL {
+		if old, d, ok := c.readProgress(key); ok && old.ETag == info.ETag && old.Size == info.Size && old.URL == hdr.URL &&
+			(ft.sums == nil || old.PartSize == hdr.PartSize) {
 			hdr, done = old, d // the recorded part size defines the parts
+			hdr.Digest = want
 		}
 	}
 	var err error
 	if done != nil {
 		ft.f, err = os.OpenFile(path, os.O_RDWR, 0)
-		if err == nil {
+		if err == nil && ft.sums != nil {
+			// Hash what an earlier run recorded before trusting it;
+			// the log is rewritten to name only the parts that pass.
+			err = c.checkResumed(ctx, ft.f, pf, done)
+			if err == nil {
+				ft.log, err = c.createProgress(key, hdr)
+			}
+			if err == nil {
+				err = ft.log.record(indices(done))
+			}
+		} else if err == nil {
 			ft.log, err = c.appendProgress(key)
 		}
 	} else {
 		os.Remove(progPath)
+		// A new inode, not the old one truncated: a reader of the old
+		// partial (PeerBlob) keeps the bytes it found verified.
+		os.Remove(path)
 		ft.f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 		if err == nil {
 			err = preallocate(ft.f, info.Size)
@@ -256,6 +295,7 @@ func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, w
 		p.n = min(partSize, info.Size-p.off)
 		if done != nil && done[i] {
 			p.written.Store(p.n)
+			p.verified.Store(ft.sums != nil)
 			resumed += p.n
 		} else {
 			ft.todo = append(ft.todo, i)
@@ -265,6 +305,17 @@ func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, w
 		c.opts.Logger.Info("resuming fetch", "url", u.String(), "have_bytes", resumed, "size", info.Size,
 			"parts_left", len(ft.todo), "parts", n)
 	}
+	if ft.sums != nil && len(ft.todo) > 0 {
+		if ps, ok := c.src.(PartSource); ok {
+			ft.pf, err = ps.OpenParts(ctx, PartFile{Bucket: u.Bucket, Key: u.Key, ETag: info.ETag,
+				Digest: want, Size: info.Size, PartSize: hdr.PartSize, Parts: pf.Parts})
+			if err != nil {
+				ft.f.Close()
+				ft.log.close()
+				return nil, fmt.Errorf("download %s: %w", u, err)
+			}
+		}
+	}
 
 	hexSum, err := ft.run(ctx)
 	rep.FetchedBytes += ft.fetched.Load()
@@ -272,6 +323,9 @@ func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, w
 		err = fmt.Errorf("download %s: %w", u, cerr)
 	}
 	if err != nil {
+		if ft.pf != nil {
+			ft.pf.Close()
+		}
 		ft.f.Close()
 		if ft.single || errors.Is(err, ErrChanged) || !c.resumable(key) {
 			c.discardPartial(key)
@@ -281,7 +335,44 @@ func (c *Cache) download(ctx context.Context, u s3x.URL, info ObjectInfo, key, w
 		}
 		return nil, err
 	}
-	return &partial{f: ft.f, path: path, progress: progPath, hex: hexSum, size: info.Size}, nil
+	return &partial{f: ft.f, path: path, progress: progPath, hex: hexSum, size: info.Size, pf: ft.pf}, nil
+}
+
+// checkResumed hashes each part that done says an earlier run finished
+// and clears done[i] for those that do not match their part digest.
+func (c *Cache) checkResumed(ctx context.Context, f *os.File, pf File, done []bool) error {
+	buf := make([]byte, min(int64(hashBufSize), pf.PartSize))
+	bad := 0
+	for i, d := range done {
+		if !d {
+			continue
+		}
+		off := int64(i) * pf.PartSize
+		got, err := hashRange(ctx, f, off, min(pf.PartSize, pf.Size-off), buf)
+		if err != nil {
+			return err
+		}
+		if "sha256:"+got != pf.Parts[i] {
+			done[i] = false
+			bad++
+		}
+	}
+	if bad > 0 {
+		c.opts.Logger.Warn("resumed download had parts that do not match their digests; fetching them again",
+			"url", pf.URL, "parts", bad)
+	}
+	return nil
+}
+
+// indices lists the i for which set[i].
+func indices(set []bool) []int {
+	var out []int
+	for i, ok := range set {
+		if ok {
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // install verifies p against want (skipped when want is "") and moves it

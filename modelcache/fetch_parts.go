@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,8 +52,24 @@ type fetchPart struct {
 	off, n int64
 	// written is how many bytes from off are in the file, contiguous. Only
 	// the part's worker stores it; the hasher and the progress reporter load
-	// it. A retry resumes from it: the ETag pin guarantees the same bytes.
+	// it. A retry resumes from it: the ETag pin guarantees the same bytes
+	// (and with part digests, the part's hash checks them).
 	written atomic.Int64
+	// verified is set, with part digests, once the part's bytes matched
+	// its digest; the hasher reads a part only then.
+	verified atomic.Bool
+}
+
+// hashable is how many bytes of p the whole-file hasher may read: with
+// part digests only a verified part counts, else whatever is written.
+func (ft *fetcher) hashable(p *fetchPart) int64 {
+	if ft.sums == nil {
+		return p.written.Load()
+	}
+	if p.verified.Load() {
+		return p.n
+	}
+	return 0
 }
 
 // fetcher downloads one object version into a preallocated file with
@@ -74,6 +92,12 @@ type fetcher struct {
 	log    *progressLog // nil for a single-part fetch: nothing to resume
 	// single means one plain GET of the whole object (size <= part size).
 	single bool
+	// sums, when set, are the part digests ("sha256:<hex>", one per part):
+	// each part is hashed as it lands and must match before it counts.
+	sums []string
+	// pf, when set, delivers the parts (a PartSource's download); else
+	// they come from src with ranged GETs.
+	pf PartFetch
 
 	fetched atomic.Int64  // bytes received from S3 by this run
 	landed  chan struct{} // capacity 1: some part's written grew
@@ -209,7 +233,7 @@ func (ft *fetcher) hash(ctx context.Context) (string, error) {
 		p := &ft.parts[i]
 		end := p.off + p.n
 		for off < end {
-			avail := p.off + p.written.Load()
+			avail := p.off + ft.hashable(p)
 			if avail <= off {
 				select {
 				case <-ft.landed:
@@ -242,9 +266,8 @@ func (ft *fetcher) signal() {
 // fetchPart downloads part i, retrying with backoff. It returns nil once the
 // part is entirely in the file.
 func (ft *fetcher) fetchPart(ctx context.Context, i int) error {
-	p := &ft.parts[i]
 	for attempt := 0; ; attempt++ {
-		err := ft.fetchOnce(ctx, p)
+		err := ft.fetchOnce(ctx, i)
 		if err == nil {
 			return nil
 		}
@@ -257,6 +280,13 @@ func (ft *fetcher) fetchPart(ctx context.Context, i int) error {
 			}
 			return err
 		}
+		var pm *partMismatchError
+		if ft.pf != nil && errors.As(err, &pm) {
+			// The source has heard which bytes were bad and asks
+			// elsewhere next: no reason to wait.
+			ft.opts.Logger.Debug("refetching corrupt part", "url", ft.u.String(), "part", i, "attempt", attempt+1, "err", err)
+			continue
+		}
 		d := backoff(attempt)
 		ft.opts.Logger.Debug("retrying part", "url", ft.u.String(), "part", i,
 			"attempt", attempt+1, "backoff", d, "err", err)
@@ -268,9 +298,30 @@ func (ft *fetcher) fetchPart(ctx context.Context, i int) error {
 
 // retryable reports whether another attempt at a part may succeed.
 func retryable(err error) bool {
+	var pm *partMismatchError
+	if errors.As(err, &pm) {
+		return true // fetched again, from scratch, perhaps from elsewhere
+	}
 	return !errors.Is(err, ErrChanged) && !errors.Is(err, ErrNotFound) &&
 		!errors.Is(err, errWrite)
 }
+
+// partMismatchError is a part whose bytes did not hash to its part digest.
+// It wraps ErrDigestMismatch, so that a part that keeps arriving wrong
+// until the retries run out fails the fetch as a digest mismatch.
+type partMismatchError struct {
+	u         s3x.URL
+	i         int
+	off, n    int64
+	got, want string
+}
+
+func (e *partMismatchError) Error() string {
+	return fmt.Sprintf("download %s: part %d (bytes %d-%d) hashes to sha256:%s but the manifest says %s; the part was thrown away",
+		e.u, e.i, e.off, e.off+e.n-1, e.got, e.want)
+}
+
+func (e *partMismatchError) Unwrap() error { return ErrDigestMismatch }
 
 // errWrite marks local file-system errors: retrying the GET does not help.
 var errWrite = errors.New("write to tmp file")
@@ -297,12 +348,25 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// fetchOnce makes one attempt at the rest of part p: one GET of the bytes
-// not yet written, under the stall watchdog.
-func (ft *fetcher) fetchOnce(ctx context.Context, p *fetchPart) error {
+// fetchOnce makes one attempt at the rest of part i: one GET of the bytes
+// not yet written, under the stall watchdog. With part digests it hashes
+// the part (what earlier attempts wrote, read back, then what arrives) and
+// checks it when complete: a part that does not match is thrown away
+// (written back to 0) and the attempt fails with a partMismatchError.
+func (ft *fetcher) fetchOnce(ctx context.Context, i int) error {
+	p := &ft.parts[i]
 	start := p.written.Load()
-	if start == p.n {
+	if start == p.n && (ft.sums == nil || p.verified.Load()) {
 		return nil
+	}
+	var ph hash.Hash
+	if ft.sums != nil {
+		ph = sha256.New()
+		if start > 0 {
+			if err := readInto(ph, ft.f, p.off, start); err != nil {
+				return fmt.Errorf("download %s: %w: read back part %d: %w", ft.u, errWrite, i, err)
+			}
+		}
 	}
 	pctx, pcancel := context.WithCancelCause(ctx)
 	defer pcancel(nil)
@@ -315,9 +379,14 @@ func (ft *fetcher) fetchOnce(ctx context.Context, p *fetchPart) error {
 	// A whole-object GET unless a retry resumes a broken one: then the
 	// rest, ranged, like any part.
 	whole := ft.single && start == 0
-	if whole {
+	switch {
+	case start == p.n:
+		body = io.NopCloser(strings.NewReader("")) // all written: check it
+	case whole:
 		body, err = ft.src.Get(pctx, ft.u.Bucket, ft.u.Key, ft.etag)
-	} else {
+	case ft.pf != nil:
+		body, err = ft.pf.Get(pctx, i, start)
+	default:
 		body, err = ft.src.GetRange(pctx, ft.u.Bucket, ft.u.Key, ft.etag, p.off+start, p.n-start)
 	}
 	if err != nil {
@@ -339,6 +408,9 @@ func (ft *fetcher) fetchOnce(ctx context.Context, p *fetchPart) error {
 			if _, err := ft.f.WriteAt(buf[:n], p.off+written); err != nil {
 				return fmt.Errorf("download %s: %w: %w", ft.u, errWrite, err)
 			}
+			if ph != nil {
+				ph.Write(buf[:n])
+			}
 			written += int64(n)
 			p.written.Store(written)
 			ft.signal()
@@ -358,7 +430,52 @@ func (ft *fetcher) fetchOnce(ctx context.Context, p *fetchPart) error {
 				"download %s: body is longer than the %d bytes Head reported", ft.u, ft.size)}
 		}
 	}
+	if ph != nil {
+		return ft.checkPart(i, hex.EncodeToString(ph.Sum(nil)))
+	}
 	return nil
+}
+
+// checkPart compares complete part i, which hashed to got, with its
+// digest, tells the PartFetch the verdict and, on a match, lets the hasher
+// read the part; on a mismatch the part is thrown away.
+func (ft *fetcher) checkPart(i int, got string) error {
+	p := &ft.parts[i]
+	ok := "sha256:"+got == ft.sums[i]
+	if ft.pf != nil {
+		ft.pf.Done(i, ok)
+	}
+	if !ok {
+		p.written.Store(0)
+		return &partMismatchError{u: ft.u, i: i, off: p.off, n: p.n, got: got, want: ft.sums[i]}
+	}
+	p.verified.Store(true)
+	ft.signal()
+	return nil
+}
+
+// readInto writes n bytes of f from off to w.
+func readInto(w io.Writer, f *os.File, off, n int64) error {
+	_, err := io.Copy(w, io.NewSectionReader(f, off, n))
+	return err
+}
+
+// hashRange returns the hex sha256 of n bytes of f from off, reading with
+// buf and checking ctx between reads.
+func hashRange(ctx context.Context, f *os.File, off, n int64, buf []byte) (string, error) {
+	h := sha256.New()
+	for end := off + n; off < end; {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		b := buf[:min(int64(len(buf)), end-off)]
+		if _, err := f.ReadAt(b, off); err != nil {
+			return "", err
+		}
+		h.Write(b)
+		off += int64(len(b))
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // stallCause returns errStalled (wrapped, with the original error) when the

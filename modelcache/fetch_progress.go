@@ -17,7 +17,7 @@ import (
 // power loss, cancelled context) resumes where it stopped, in this process or
 // another. The file is an append-only log:
 //
-//	{"v":1,"url":"s3://…","etag":"\"…\"","size":N,"part_size":P}   header, one JSON line
+//	{"v":1,"url":"s3://…","etag":"\"…\"","size":N,"part_size":P[,"digest":"sha256:…"]}   header, one JSON line
 //	<part index>                                                   one line per finished part
 //
 // A part's line is appended only after the part's bytes were written to
@@ -47,6 +47,10 @@ type progressHeader struct {
 	ETag     string `json:"etag"`
 	Size     int64  `json:"size"`
 	PartSize int64  `json:"part_size"`
+	// Digest is set ("sha256:<hex>") when the file has part digests: then
+	// every part the log records hashed to its part digest before it was
+	// recorded, and the parts are the manifest's.
+	Digest string `json:"digest,omitempty"`
 }
 
 // parts is how many parts the header's object splits into.

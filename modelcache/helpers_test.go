@@ -93,11 +93,24 @@ type env struct {
 	reg *Registry
 }
 
+// newEnv's registry pushes manifests without part digests (PartSize -1),
+// so that the tests of the plain S3 path control the fetch's part size
+// with Options.PartSize; tests of part digests set reg.PartSize or use
+// pushParts.
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	s := testenv.S3Server(t, "models")
 	src := NewS3Source(s.Client)
-	return &env{s3: s, src: src, reg: &Registry{Src: src, Root: s3x.URL{Bucket: "models"}}}
+	return &env{s3: s, src: src, reg: &Registry{Src: src, Root: s3x.URL{Bucket: "models"}, PartSize: -1}}
+}
+
+// pushParts is push with part digests of partSize bytes.
+func (e *env) pushParts(t *testing.T, name string, size int, partSize int64) (*Manifest, []byte) {
+	t.Helper()
+	saved := e.reg.PartSize
+	e.reg.PartSize = partSize
+	defer func() { e.reg.PartSize = saved }()
+	return e.push(t, name, size)
 }
 
 // randomBytes returns n reproducible pseudo-random bytes.

@@ -18,7 +18,9 @@ type Options struct {
 	FetchConcurrency int
 	// PartSize is the size of each ranged GET; an object of at most this
 	// size is fetched with one plain GET. It is also the unit of resuming:
-	// an interrupted fetch keeps the parts it finished. Default 16 MiB.
+	// an interrupted fetch keeps the parts it finished. A file whose
+	// manifest has part digests is fetched in the manifest's parts instead.
+	// Default 16 MiB.
 	PartSize int64
 	// StallTimeout cancels and retries a GET that receives no bytes for
 	// this long (waiting for the response counts). Default 30s.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -31,7 +32,7 @@ func TestRegister(t *testing.T) {
 		t.Errorf("manifest %+v", m)
 	}
 	got, err := e.reg.Resolve(t.Context(), "a")
-	if err != nil || len(got.Files) != 1 || got.Files[0] != file || got.Engine != "" {
+	if err != nil || len(got.Files) != 1 || !reflect.DeepEqual(got.Files[0], file) || got.Engine != "" {
 		t.Fatalf("resolve: %+v, %v", got, err)
 	}
 	c := openCache(t, t.TempDir(), e.src)
@@ -64,6 +65,33 @@ func TestRegister(t *testing.T) {
 	}
 	if _, err := e.reg.Register(t.Context(), "Bad Name", "", []File{file}); !errors.Is(err, ErrInvalidRef) {
 		t.Errorf("bad name: %v", err)
+	}
+}
+
+// Register keeps the part digests it is given; a count that does not match
+// the file's size is refused before anything is written.
+func TestRegisterPartDigests(t *testing.T) {
+	e := newEnv(t)
+	data := randomBytes(300<<10, 6)
+	e.putObject(t, "raw/p.safetensors", data)
+	h := NewPartHasher(MinManifestPartSize)
+	h.Write(data)
+	digest, ps, parts := h.Sum()
+	file := File{Name: "p.safetensors", URL: "s3://models/raw/p.safetensors", Size: int64(len(data)), Digest: digest, PartSize: ps, Parts: parts}
+	if _, err := e.reg.Register(t.Context(), "p", "", []File{file}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.reg.Resolve(t.Context(), "p")
+	if err != nil || !reflect.DeepEqual(got.Files[0], file) {
+		t.Fatalf("resolve: %+v, %v", got, err)
+	}
+	bad := file
+	bad.Parts = parts[:len(parts)-1]
+	if _, err := e.reg.Register(t.Context(), "q", "", []File{bad}); !errors.Is(err, ErrBadManifest) || !strings.Contains(err.Error(), "4 part digests, but") {
+		t.Fatalf("register with a part missing: %v", err)
+	}
+	if _, err := e.reg.Resolve(t.Context(), "q"); !errors.Is(err, ErrModelNotFound) {
+		t.Fatalf("a refused register left a manifest: %v", err)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,6 +62,12 @@ type File struct {
 	// Digest is "sha256:<hex>"; empty when unknown (a raw s3:// ref, whose
 	// digest the cache computes on fetch).
 	Digest string `json:"digest,omitempty"`
+	// PartSize and Parts are the part digests (see parts.go): Parts[i] is
+	// the "sha256:<hex>" of bytes [i·PartSize, (i+1)·PartSize) of the file.
+	// Both are empty in manifests written without them; such a file is
+	// fetched from S3 only.
+	PartSize int64    `json:"part_size,omitempty"`
+	Parts    []string `json:"parts,omitempty"`
 }
 
 // EngineBuiltin is the engine of a manifest that names none: genfleet's
@@ -118,8 +123,9 @@ func badManifest(err error) error {
 
 // Validate checks what the cache relies on: schema, name, at least one file,
 // and for each file a name, an s3:// URL naming an object, a non-negative
-// size and a well-formed digest if there is one. The error wraps
-// ErrBadManifest.
+// size, a well-formed digest if there is one, and part digests, if any,
+// that match the size (one per part, beside a whole-file digest). The
+// error wraps ErrBadManifest.
 func (m *Manifest) Validate() error {
 	if err := m.validate(); err != nil {
 		return badManifest(err)
@@ -175,6 +181,9 @@ func (m *Manifest) validate() error {
 			if _, err := parseDigest(f.Digest); err != nil {
 				return fmt.Errorf("manifest file %q: %w", f.Name, err)
 			}
+		}
+		if err := f.validateParts(); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -261,6 +270,22 @@ func formatOf(name string) string {
 type Registry struct {
 	Src  Source
 	Root s3x.URL
+	// PartSize is the part size of the part digests Push and PushModel
+	// record (see File.Parts): 0 means PartSizeFor(the file's size), a
+	// negative value records none.
+	PartSize int64
+}
+
+// partSizeFor is the part size a push records for a file of size bytes; 0
+// for none.
+func (r *Registry) partSizeFor(size int64) int64 {
+	switch {
+	case r.PartSize < 0:
+		return 0
+	case r.PartSize == 0:
+		return PartSizeFor(size)
+	}
+	return r.PartSize
 }
 
 func (r *Registry) prefix() string {
@@ -471,11 +496,12 @@ func (r *Registry) PushSpec(ctx context.Context, spec Spec, files []PushFile, pr
 		if progress != nil {
 			fn = func(done, total int64) { progress(pf.Path, done, total) }
 		}
-		size, digest, err := r.upload(ctx, pf.Path, dests[i], fn)
+		sum, err := r.upload(ctx, pf.Path, dests[i], fn)
 		if err != nil {
 			return nil, fmt.Errorf("push %s: %w", name, err)
 		}
-		m.Files[i].Size, m.Files[i].Digest = size, digest
+		m.Files[i].Size, m.Files[i].Digest = sum.size, sum.digest
+		m.Files[i].PartSize, m.Files[i].Parts = sum.partSize, sum.parts
 	}
 
 	m.Created = time.Now().UTC().Truncate(time.Second)
@@ -517,46 +543,56 @@ func checkPushable(localPath string, st os.FileInfo) error {
 	return nil
 }
 
-// upload hashes the file at localPath, uploads it to dest and checks the
-// upload: the file must not have changed meanwhile and the object must
-// have its size. It returns the size and the "sha256:<hex>" digest.
-func (r *Registry) upload(ctx context.Context, localPath string, dest s3x.URL, progress func(done, total int64)) (int64, string, error) {
+// fileSum is what upload learnt of a file: its size, digest and part
+// digests.
+type fileSum struct {
+	size     int64
+	digest   string
+	partSize int64
+	parts    []string
+}
+
+// upload hashes the file at localPath (whole, and in parts as
+// r.partSizeFor says), uploads it to dest and checks the upload: the file
+// must not have changed meanwhile and the object must have its size.
+func (r *Registry) upload(ctx context.Context, localPath string, dest s3x.URL, progress func(done, total int64)) (fileSum, error) {
 	f, err := os.Open(localPath)
 	if err != nil {
-		return 0, "", err
+		return fileSum{}, err
 	}
 	defer f.Close()
 	before, err := f.Stat()
 	if err != nil {
-		return 0, "", err
+		return fileSum{}, err
 	}
 	if err := checkPushable(localPath, before); err != nil {
-		return 0, "", err
+		return fileSum{}, err
 	}
 	size := before.Size()
-	h := sha256.New()
+	h := NewPartHasher(r.partSizeFor(size))
 	if _, err := io.Copy(h, f); err != nil {
-		return 0, "", fmt.Errorf("hash %s: %w", localPath, err)
+		return fileSum{}, fmt.Errorf("hash %s: %w", localPath, err)
 	}
-	digest := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	sum := fileSum{size: size}
+	sum.digest, sum.partSize, sum.parts = h.Sum()
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return 0, "", err
+		return fileSum{}, err
 	}
 	body := &progressReader{r: f, total: size, fn: progress}
 	if err := r.Src.Put(ctx, dest.Bucket, dest.Key, body, size); err != nil {
-		return 0, "", fmt.Errorf("upload %s: %w", localPath, err)
+		return fileSum{}, fmt.Errorf("upload %s: %w", localPath, err)
 	}
 	if after, err := f.Stat(); err != nil || after.Size() != size || !after.ModTime().Equal(before.ModTime()) {
-		return 0, "", fmt.Errorf("%s changed while it was pushed; push it again", localPath)
+		return fileSum{}, fmt.Errorf("%s changed while it was pushed; push it again", localPath)
 	}
 	info, err := r.Src.Head(ctx, dest.Bucket, dest.Key)
 	if err != nil {
-		return 0, "", fmt.Errorf("check upload of %s: %w", localPath, err)
+		return fileSum{}, fmt.Errorf("check upload of %s: %w", localPath, err)
 	}
 	if info.Size != size {
-		return 0, "", fmt.Errorf("%s holds %d bytes after upload, want %d", dest, info.Size, size)
+		return fileSum{}, fmt.Errorf("%s holds %d bytes after upload, want %d", dest, info.Size, size)
 	}
-	return size, digest, nil
+	return sum, nil
 }
 
 // ManifestError is a registered model whose manifest List could not use.

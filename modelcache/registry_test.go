@@ -57,6 +57,7 @@ func TestValidName(t *testing.T) {
 
 func TestPushThenResolve(t *testing.T) {
 	e := newEnv(t)
+	e.reg.PartSize = 0 // the default: 16 MiB part digests
 	data := randomBytes(100_000, 1)
 	p := writeFile(t, "tiny.safetensors", data)
 	var last, total int64
@@ -69,8 +70,9 @@ func TestPushThenResolve(t *testing.T) {
 	if last != int64(len(data)) || total != int64(len(data)) {
 		t.Errorf("last progress = %d/%d, want %d/%d", last, total, len(data), len(data))
 	}
-	want := File{Name: "tiny.safetensors", URL: "s3://models/weights/tiny.safetensors", Size: 100_000, Digest: "sha256:" + sha256Hex(data)}
-	if len(m.Files) != 1 || m.Files[0] != want {
+	want := File{Name: "tiny.safetensors", URL: "s3://models/weights/tiny.safetensors", Size: 100_000, Digest: "sha256:" + sha256Hex(data),
+		PartSize: DefaultManifestPartSize, Parts: []string{"sha256:" + sha256Hex(data)}}
+	if len(m.Files) != 1 || !reflect.DeepEqual(m.Files[0], want) {
 		t.Fatalf("pushed files = %+v, want [%+v]", m.Files, want)
 	}
 	if m.Schema != 1 || m.Name != "tiny" || m.Format != "safetensors" || m.Created.IsZero() {
@@ -290,6 +292,25 @@ func TestParseManifestRejects(t *testing.T) {
 		{"upper hex", func(m *Manifest) { m.Files[0].Digest = "sha256:" + strings.Repeat("AB", 32) }},
 		{"bad engine", func(m *Manifest) { m.Engine = "Sd CPP" }},
 		{"bad role", func(m *Manifest) { m.Files[0].Role = "--vae" }},
+		{"parts without part size", func(m *Manifest) { m.Files[0].Parts = []string{m.Files[0].Digest} }},
+		{"part size without parts", func(m *Manifest) { m.Files[0].PartSize = MinManifestPartSize }},
+		{"part size too small", func(m *Manifest) {
+			m.Files[0].PartSize, m.Files[0].Parts = 1024, []string{m.Files[0].Digest}
+		}},
+		{"too few parts", func(m *Manifest) {
+			m.Files[0].Size = MinManifestPartSize + 1
+			m.Files[0].PartSize, m.Files[0].Parts = MinManifestPartSize, []string{m.Files[0].Digest}
+		}},
+		{"too many parts", func(m *Manifest) {
+			m.Files[0].PartSize, m.Files[0].Parts = MinManifestPartSize, []string{m.Files[0].Digest, m.Files[0].Digest}
+		}},
+		{"bad part digest", func(m *Manifest) {
+			m.Files[0].PartSize, m.Files[0].Parts = MinManifestPartSize, []string{"sha256:00"}
+		}},
+		{"parts without a whole digest", func(m *Manifest) {
+			m.Files[0].PartSize, m.Files[0].Parts = MinManifestPartSize, []string{m.Files[0].Digest}
+			m.Files[0].Digest = ""
+		}},
 		{"unknown kind", func(m *Manifest) { m.Kind = "vae" }},
 		{"two-file lora", func(m *Manifest) {
 			m.Kind = KindLoRA
@@ -303,6 +324,15 @@ func TestParseManifestRejects(t *testing.T) {
 	data, _ := json.Marshal(good)
 	if _, err := ParseManifest(data); err != nil {
 		t.Fatalf("good manifest rejected: %v", err)
+	}
+	withParts := good
+	withParts.Files = []File{good.Files[0]}
+	withParts.Files[0].Size = 2*MinManifestPartSize + 1
+	withParts.Files[0].PartSize = MinManifestPartSize
+	withParts.Files[0].Parts = []string{good.Files[0].Digest, good.Files[0].Digest, good.Files[0].Digest}
+	data, _ = json.Marshal(withParts)
+	if m, err := ParseManifest(data); err != nil || !m.Files[0].HasParts() {
+		t.Fatalf("manifest with part digests: %+v, %v", m, err)
 	}
 	split := good
 	split.Engine = "sdcpp"
@@ -361,6 +391,7 @@ func TestResolveBadManifest(t *testing.T) {
 
 func TestPushModelSplit(t *testing.T) {
 	e := newEnv(t)
+	e.reg.PartSize = 0 // the default: 16 MiB part digests
 	dir := t.TempDir()
 	contents := map[string][]byte{}
 	var files []PushFile
@@ -396,6 +427,9 @@ func TestPushModelSplit(t *testing.T) {
 		{Name: "flux.gguf", Role: "diffusion_model", URL: "s3://models/flux/flux.gguf", Size: 1007, Digest: "sha256:" + sha256Hex(contents[files[0].Path])},
 		{Name: "ae.safetensors", Role: "vae", URL: "s3://models/flux/ae.safetensors", Size: 2007, Digest: "sha256:" + sha256Hex(contents[files[1].Path])},
 		{Name: "t5.safetensors", Role: "t5xxl", URL: "s3://models/shared/t5xxl-fp16.safetensors", Size: 3007, Digest: "sha256:" + sha256Hex(contents[files[2].Path])},
+	}
+	for i := range want { // each file is one part
+		want[i].PartSize, want[i].Parts = DefaultManifestPartSize, []string{want[i].Digest}
 	}
 	if !reflect.DeepEqual(m.Files, want) {
 		t.Fatalf("files = %+v\nwant %+v", m.Files, want)
@@ -532,5 +566,70 @@ func TestPushModelFailureKeepsManifest(t *testing.T) {
 	e.reg.Src = e.src
 	if _, err := e.reg.Resolve(t.Context(), "flux2"); !errors.Is(err, ErrModelNotFound) {
 		t.Errorf("Resolve after failed push: err = %v, want ErrModelNotFound", err)
+	}
+}
+
+// PartHasher computes the whole-file digest and one digest per part in one
+// pass, however the writes are cut; PartSizeFor keeps a file under 4096
+// parts.
+func TestPartHasher(t *testing.T) {
+	data := randomBytes(3*MinManifestPartSize+100, 9)
+	var want []string
+	for off := 0; off < len(data); off += MinManifestPartSize {
+		want = append(want, "sha256:"+sha256Hex(data[off:min(off+MinManifestPartSize, len(data))]))
+	}
+	for _, chunk := range []int{1, 999, MinManifestPartSize, len(data)} {
+		h := NewPartHasher(MinManifestPartSize)
+		for off := 0; off < len(data); off += chunk {
+			h.Write(data[off:min(off+chunk, len(data))])
+		}
+		digest, ps, parts := h.Sum()
+		if digest != "sha256:"+sha256Hex(data) || ps != MinManifestPartSize || !reflect.DeepEqual(parts, want) {
+			t.Errorf("writes of %d: digest %s, part size %d, parts %v; want %v", chunk, digest, ps, parts, want)
+		}
+	}
+	h := NewPartHasher(0)
+	h.Write(data)
+	if digest, ps, parts := h.Sum(); digest != "sha256:"+sha256Hex(data) || ps != 0 || parts != nil {
+		t.Errorf("without parts: %s %d %v", digest, ps, parts)
+	}
+	for _, tc := range []struct{ size, want int64 }{
+		{1, 16 << 20}, {64 << 30, 16 << 20}, {64<<30 + 1, 32 << 20}, {130e9, 32 << 20}, {1 << 40, 256 << 20},
+	} {
+		if got := PartSizeFor(tc.size); got != tc.want || PartCount(tc.size, got) > 4096 {
+			t.Errorf("PartSizeFor(%d) = %d, want %d", tc.size, got, tc.want)
+		}
+	}
+}
+
+// Push records part digests of Registry.PartSize bytes (none when it is
+// negative), and a cache fetches and verifies the model either way.
+func TestPushPartSize(t *testing.T) {
+	e := newEnv(t)
+	data := randomBytes(300<<10+5, 12)
+	p := writeFile(t, "parts.safetensors", data)
+	for _, tc := range []struct {
+		partSize  int64
+		wantParts int
+	}{{MinManifestPartSize, 5}, {-1, 0}} {
+		e.reg.PartSize = tc.partSize
+		m, err := e.reg.Push(t.Context(), p, s3x.URL{Bucket: "models", Key: "weights/"}, "parts", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := m.Files[0]
+		if len(f.Parts) != tc.wantParts || (tc.wantParts > 0) != f.HasParts() {
+			t.Fatalf("part size %d: manifest file %+v", tc.partSize, f)
+		}
+		for i, d := range f.Parts {
+			off := i * MinManifestPartSize
+			if d != "sha256:"+sha256Hex(data[off:min(off+MinManifestPartSize, len(data))]) {
+				t.Errorf("part %d digest %s is not the part's sha256", i, d)
+			}
+		}
+		got := acquire(t, openCache(t, t.TempDir(), e.src), m)
+		if !bytes.Equal(got.Blobs[0].Data, data) {
+			t.Fatal("acquired bytes differ")
+		}
 	}
 }

@@ -9,11 +9,13 @@ import (
 )
 
 // openPaths answer without a token: liveness and readiness probes come
-// from the kubelet, and /metrics from Prometheus, neither of which should
-// need the API's secret. None of them reveals a job, a prompt, an image or
-// a credential: /metrics carries counts by queue, route class and status
-// code only. Keep them off the public network (docs/reliability.md).
-var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true}
+// from the kubelet, /metrics from Prometheus and /autoscale from KEDA, none
+// of which should need the API's secret. None of them reveals a job, a
+// prompt, an image or a credential: /metrics carries counts by queue, route
+// class and status code only, /autoscale counts and seconds per device
+// class (its per-model detail is /v1/autoscale, behind the token). Keep
+// them off the public network (docs/reliability.md).
+var openPaths = map[string]bool{"/healthz": true, "/readyz": true, "/metrics": true, "/autoscale": true}
 
 // authenticate wraps next so that every request except openPaths must carry
 // "Authorization: Bearer <token>" with one of Config.APITokens. Without

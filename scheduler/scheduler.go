@@ -137,6 +137,7 @@ type Server struct {
 	view      fleetCache
 	manifests manifestCache
 	streams   *eventStreams
+	scale     autoscaleCache
 	uploads   *uploads.Store
 	history   queueHistory
 	seen      hostMemory
@@ -202,7 +203,7 @@ func New(cfg Config) (*Server, error) {
 		Help:    "Jobs per POST /v1/jobs:batch.",
 		Buckets: []float64{1, 10, 50, 100, 250, 500, 1000},
 	})
-	s.reg.MustRegister(s.submitted, s.requests, s.routed, s.moved, s.batchSize, &queueCollector{s: s},
+	s.reg.MustRegister(s.submitted, s.requests, s.routed, s.moved, s.batchSize, &queueCollector{s: s}, &autoscaleCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	mux := http.NewServeMux()
@@ -219,6 +220,8 @@ func New(cfg Config) (*Server, error) {
 	s.route(mux, "DELETE /v1/jobs/{id}", s.cancelJob)
 	s.route(mux, "GET /v1/models", s.listModels)
 	s.route(mux, "GET /v1/workers", s.listWorkers)
+	s.route(mux, "GET /v1/autoscale", s.getAutoscale)
+	s.route(mux, "GET /autoscale", s.getAutoscale) // open: see openPaths
 	s.route(mux, "GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

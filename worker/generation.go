@@ -68,7 +68,7 @@ func (w *Worker) acquireLoRAs(ctx context.Context, req *job.Request, mans []*mod
 	var held []*modelcache.Model
 	release := func() {
 		for i, m := range held {
-			w.models.used(req.LoRAs[i].Model, modelcache.KindLoRA, digestsOf(m), nil, false)
+			w.models.used(req.LoRAs[i].Model, modelcache.KindLoRA, digestsOf(m), nil, false, false)
 			m.Close()
 		}
 	}
@@ -81,7 +81,7 @@ func (w *Worker) acquireLoRAs(ctx context.Context, req *job.Request, mans []*mod
 		}
 		held = append(held, m)
 		w.countAcquire(m.Report)
-		w.models.used(req.LoRAs[i].Model, modelcache.KindLoRA, digestsOf(m), nil, true)
+		w.models.used(req.LoRAs[i].Model, modelcache.KindLoRA, digestsOf(m), nil, true, false)
 		b := m.Blobs[0]
 		out = append(out, backends.LoRA{
 			Name: req.LoRAs[i].Model, Weight: req.LoRAs[i].Weight,

@@ -18,17 +18,13 @@ type models struct {
 	m  map[string]*job.ModelState // by ref
 }
 
-func (ms *models) used(ref, kind string, digests []string, timings map[string]float64, mapped bool) {
+// used records an acquire of ref, a model or a LoRA by kind (timings set,
+// cold when it was not on disk), or, with timings nil, the end of its use
+// by a job.
+func (ms *models) used(ref, kind string, digests []string, timings map[string]float64, mapped, cold bool) {
 	ms.mu.Lock()
 	defer ms.mu.Unlock()
-	if ms.m == nil {
-		ms.m = map[string]*job.ModelState{}
-	}
-	st := ms.m[ref]
-	if st == nil {
-		st = &job.ModelState{Ref: ref}
-		ms.m[ref] = st
-	}
+	st := ms.state(ref)
 	st.Kind = ""
 	if kind != modelcache.KindModel {
 		st.Kind = kind
@@ -38,7 +34,33 @@ func (ms *models) used(ref, kind string, digests []string, timings map[string]fl
 	st.LastUsed = time.Now().UTC()
 	if timings != nil {
 		st.Timings = timings
+		if cold {
+			st.ColdStartMS = timings["wait"] + timings["fetch"] + timings["verify"] + timings["map"]
+		}
 	}
+}
+
+// ran records the run time of a job on ref from its record's timings.
+func (ms *models) ran(ref string, timings map[string]float64) {
+	if timings["generate"] == 0 {
+		return // the job did not get as far as the engine
+	}
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	ms.state(ref).JobMS = timings["generate"] + timings["encode"] + timings["upload"]
+}
+
+// state returns ref's entry, creating it. The caller holds ms.mu.
+func (ms *models) state(ref string) *job.ModelState {
+	if ms.m == nil {
+		ms.m = map[string]*job.ModelState{}
+	}
+	st := ms.m[ref]
+	if st == nil {
+		st = &job.ModelState{Ref: ref}
+		ms.m[ref] = st
+	}
+	return st
 }
 
 // snapshot returns the models, most recently used first, at most n.
@@ -123,6 +145,9 @@ func (w *Worker) state(started time.Time) *job.Heartbeat {
 		for i := range hb.Models {
 			hb.Models[i].OnDevice = slices.ContainsFunc(hb.Models[i].Digests, d.OnDevice)
 		}
+	}
+	if w.cfg.Advertise != nil {
+		hb.Peer = w.cfg.Advertise()
 	}
 	return hb
 }

@@ -24,8 +24,8 @@ func TestHeartbeatReportsTheDevice(t *testing.T) {
 		t.Fatalf("cpu backend reports device %q", hb.Device)
 	}
 	w.cfg.Backend = gpuBackend{w.cfg.Backend}
-	w.models.used("warm", modelcache.KindModel, []string{"sha256:x", "sha256:on"}, nil, false)
-	w.models.used("cold", modelcache.KindModel, []string{"sha256:off"}, nil, false)
+	w.models.used("warm", modelcache.KindModel, []string{"sha256:x", "sha256:on"}, nil, false, false)
+	w.models.used("cold", modelcache.KindModel, []string{"sha256:off"}, nil, false, false)
 	hb := w.state(time.Now())
 	if hb.Device != "Test GPU 80GB" {
 		t.Fatalf("device %q", hb.Device)

@@ -67,8 +67,9 @@ func (w *Worker) run(ctx context.Context, rec *job.Record, req *job.Request, log
 	rec.Timings["acquire"] = ms(time.Since(t))
 	w.models.used(req.Model, modelcache.KindModel, digestsOf(m), map[string]float64{
 		"wait": rec.Timings["wait"], "fetch": rec.Timings["fetch"], "verify": rec.Timings["verify"], "map": rec.Timings["map"],
-	}, true)
-	defer w.models.used(req.Model, modelcache.KindModel, digestsOf(m), nil, false)
+	}, true, r.Origin != modelcache.OriginDisk)
+	defer w.models.used(req.Model, modelcache.KindModel, digestsOf(m), nil, false, false)
+	defer func() { w.models.ran(req.Model, rec.Timings) }()
 	w.countAcquire(r)
 	log.Debug("model acquired", "model", req.Model, "from", r.Origin, "fetched_bytes", r.FetchedBytes)
 	w.publishModel(ctx, rec, r)

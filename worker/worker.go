@@ -100,6 +100,9 @@ type Config struct {
 	// (see modelcache.Scrubber); a zero Rate or Interval, the zero value,
 	// runs none.
 	Scrub modelcache.ScrubConfig
+	// Advertise, when set, says what this host's blob server offers its
+	// peers (package peer); each heartbeat carries it. Default none.
+	Advertise func() *job.PeerState
 	// Noop runs each job's bookkeeping (claim, records, cancel watch,
 	// metrics) but skips the model, the backend and the upload: for
 	// benchmarking genfleet's queueing overhead against plain asynq.

@@ -45,12 +45,18 @@ var benches = map[string]benchEntry{
 	"queue":   {"no-op jobs through the API and genfleet workers vs raw asynq on the same Redis; the batch endpoint vs asynq's Enqueue loop; idle start latency", benchQueue},
 	"routing": {"2 hosts, 2 models, cache budget for one: model loads with routing vs plain asynq", benchRouting},
 	"share":   {"N processes on one model: summed PSS with mmap vs read mode; --backend sdcpp: N stable-diffusion.cpp servers, --mmap vs without, and their warm start", benchShare},
+	"sim":     {"trace-driven simulation of 1,000 hosts and 100 models: S3 bytes, time to warm and cold starts with S3 only (anchor), peers, peers + warmth-aware scaling (and S3 only + warmth-aware scaling)", benchSim},
+	"spread":  {"N hosts cold-start one model against throttled S3: S3 bytes and time until all warm with peers vs S3 only and one host alone (anchors)", benchSpread},
 	"upload":  {"weights from a warm file mapping to the GPU: naive, genfleet's upload, the pinned ceiling (needs a CUDA driver)", benchUpload},
 	"verify":  {"first use of a cached model after boot (--verify per-boot re-hash) vs read() into private memory (anchor)", benchVerify},
 }
 
-// A holder process of genfleet bench share is this binary started again.
-func init() { bench.ShareChild() }
+// A holder process of genfleet bench share, and a host of genfleet bench
+// spread, is this binary started again.
+func init() {
+	bench.ShareChild()
+	bench.SpreadChild()
+}
 
 func benchUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: genfleet bench NAME [flags] [--json]")
@@ -378,6 +384,70 @@ func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, erro
 		return bench.ShareEngine(ctx, eo, stderr)
 	}
 	return nil, fmt.Errorf("--backend %q: want builtin or sdcpp", *backend)
+}
+
+func benchSpread(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench spread", stderr)
+	var o bench.SpreadOptions
+	f.IntVar(&o.Hosts, "hosts", 8, "hosts (processes with their own cache and blob server) that cold-start the model at once")
+	size := f.String("size", "2GiB", "model size")
+	partSize := f.String("part-size", "", "part size of the model's part digests (default: models push's, 16MiB)")
+	s3bw := f.String("s3-bandwidth", "200MB", "what the S3 server may send to all hosts together, per second (a throttling proxy in front of it)")
+	peerbw := f.String("peer-bandwidth", "250MB", "what each host's blob server may send, per second; 0: no cap")
+	f.BoolVar(&o.Faults, "faults", false, "also run the faults: the host pulling from S3 SIGKILLed mid-transfer, and a peer serving corrupt parts")
+	f.BoolVar(&o.Verbose, "v", false, "copy the hosts' logs to stderr")
+	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary files: S3's data and every host's cache, about (hosts + 1) × size (default: the system temp dir)")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	var err error
+	if o.Size, err = parseSize(*size); err != nil {
+		return nil, fmt.Errorf("--size: %w", err)
+	}
+	if *partSize != "" {
+		if o.PartSize, err = parseSize(*partSize); err != nil {
+			return nil, fmt.Errorf("--part-size: %w", err)
+		}
+	}
+	bw, err := parseSize(*s3bw)
+	if err != nil || bw <= 0 {
+		return nil, fmt.Errorf("--s3-bandwidth %q: want bytes per second, e.g. 200MB", *s3bw)
+	}
+	o.S3Bandwidth = float64(bw)
+	o.PeerBandwidth = -1
+	if *peerbw != "0" {
+		bw, err := parseSize(*peerbw)
+		if err != nil || bw <= 0 {
+			return nil, fmt.Errorf("--peer-bandwidth %q: want bytes per second, e.g. 250MB, or 0", *peerbw)
+		}
+		o.PeerBandwidth = float64(bw)
+	}
+	return bench.Spread(ctx, o, stderr)
+}
+
+func benchSim(ctx context.Context, args []string, stderr io.Writer) (any, error) {
+	f := newFlags("bench sim", stderr)
+	var o bench.SimOptions
+	f.IntVar(&o.Hosts, "hosts", 1000, "most hosts the simulated fleet may have")
+	f.IntVar(&o.Models, "models", 100, "models in the trace (three launched models are added)")
+	f.Float64Var(&o.Duration, "duration", 3600, "trace length, seconds")
+	s3bw := f.String("s3-bandwidth", "25GB", "S3's bandwidth to the whole fleet, per second")
+	peerbw := f.String("peer-bandwidth", "1GB", "what each host serves its peers, per second")
+	f.Uint64Var(&o.Seed, "seed", 1, "trace seed")
+	if err := f.parse(args, 0); err != nil {
+		return nil, err
+	}
+	for _, bw := range []struct {
+		flag, v string
+		to      *float64
+	}{{"--s3-bandwidth", *s3bw, &o.S3Bandwidth}, {"--peer-bandwidth", *peerbw, &o.PeerBandwidth}} {
+		n, err := parseSize(bw.v)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%s %q: want bytes per second, e.g. 25GB", bw.flag, bw.v)
+		}
+		*bw.to = float64(n)
+	}
+	return bench.Sim(ctx, o, stderr)
 }
 
 func benchUpload(ctx context.Context, args []string, stderr io.Writer) (any, error) {

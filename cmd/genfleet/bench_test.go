@@ -3,32 +3,36 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/genfleet/genfleet/bench"
+	"github.com/genfleet/genfleet/bench/fleetsim"
 )
 
 // sameJSON fails unless the object resultFields makes of v encodes as v
-// itself does (keys in any order).
+// itself does (keys in any order, at every depth).
 func sameJSON(t *testing.T, v any) {
 	t.Helper()
 	direct, err := json.Marshal(v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m map[string]any
-	if err := json.Unmarshal(direct, &m); err != nil {
-		t.Fatal(err)
-	}
-	want, _ := json.Marshal(m) // keys sorted, as a map's are
 	got, err := json.Marshal(resultFields(v))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(got) != string(want) {
-		t.Errorf("%T: resultFields encodes as\n%s\nwant\n%s", v, got, want)
+	var a, b any
+	if err := json.Unmarshal(direct, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(got, &b); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("%T: resultFields encodes as\n%s\nwant\n%s", v, got, direct)
 	}
 }
 
@@ -70,6 +74,10 @@ func TestBenchResultsPrintAsTheyEncode(t *testing.T) {
 		&bench.RoutingResult{}, &bench.RoutingResult{Jobs: 40, UnroutedLoads: 20, RoutedLoads: 2, TargetsMet: true},
 		&bench.UploadResult{}, &bench.UploadResult{Device: "H100", StrategiesGBps: map[string]float64{"staged": 42.1},
 			StagedGBpsByWorkers: map[string]float64{"1": 9, "16": 40}, RatioVsPinned: 0.9},
+		&bench.SpreadResult{}, &bench.SpreadResult{Hosts: 8, S3BytesRatio: 1.01, Peers: bench.SpreadRun{Warm: 8, HostSeconds: []float64{1, 2}},
+			Killed: &bench.SpreadRun{Killed: "killed-3"}},
+		&bench.SimResult{}, &bench.SimResult{Hosts: 1000, Policies: []fleetsim.Result{{Policy: fleetsim.Peers, S3Bytes: 1e12}},
+			S3BytesVsS3Only: map[fleetsim.Policy]float64{fleetsim.Peers: 0.02}},
 	} {
 		sameJSON(t, res)
 	}
@@ -129,6 +137,9 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{[]string{"bench", "fetch", "--size", "0"}, `--size: bad size "0"`},
 		{[]string{"bench", "upload", "--sweep-threads", "1,x"}, "--sweep-threads"},
 		{[]string{"bench", "nope"}, `unknown benchmark "nope"`},
+		{[]string{"bench", "spread", "--hosts", "1"}, "--hosts must be at least 2"},
+		{[]string{"bench", "spread", "--s3-bandwidth", "fast"}, `--s3-bandwidth "fast"`},
+		{[]string{"bench", "sim", "--peer-bandwidth", "0"}, `--peer-bandwidth "0"`},
 		{[]string{"bench", "share", "--backend", "sdcpp", "--size", "1GiB"}, "--size applies to --backend builtin only"},
 		{[]string{"bench", "share", "--model-file", "x.gguf"}, "--model-file applies to --backend sdcpp only"},
 		{[]string{"bench", "share", "--backend", "sdcpp", "--dtype", "f8"}, "--dtype"},

@@ -26,13 +26,13 @@ Commands:
                                             write a random-weight SD 1.x checkpoint for sdcpp
   make --arch refgen-lora [--seed N] [--rank R] --out FILE
                                             write a LoRA for the built-in engine
-  push FILE s3://bucket/key [--name NAME] [--engine ENGINE] [--kind lora]
+  push FILE s3://bucket/key [--name NAME] [--engine ENGINE] [--kind lora] [--part-size auto]
                                             upload a model (or a LoRA) and register NAME
   push --name NAME --engine ENGINE --file ROLE=PATH... s3://bucket/prefix/
                                             upload a split model's files (one
                                             --file per file, e.g. vae=ae.safetensors)
                                             and register NAME
-  register s3://bucket/key [--name NAME] [--engine ENGINE] [--kind lora]
+  register s3://bucket/key [--name NAME] [--engine ENGINE] [--kind lora] [--part-size auto]
                                             register an object already in S3
                                             as NAME, without uploading it
   inspect FILE                              summarise a safetensors or GGUF header
@@ -215,6 +215,7 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	name := f.String("name", "", "registry name (default: the file name without extension; required with --file)")
 	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
 	kind := f.String("kind", modelcache.KindModel, "what the file is: "+modelcache.KindModel+" (a model jobs run) or "+modelcache.KindLoRA+" (a LoRA jobs apply to a model of the same engine, \"loras\")")
+	partSize := partSizeFlag(f)
 	var files fileFlags
 	f.Var(&files, "file", "a split model's file as `ROLE=PATH`, e.g. vae=ae.safetensors; repeat for each file and give a destination prefix instead of FILE and key")
 	// Allow flags after the positional arguments too.
@@ -295,6 +296,9 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
+	if reg.PartSize, err = parsePartSize(*partSize); err != nil {
+		return err
+	}
 	for _, b := range []string{reg.Root.Bucket, u.Bucket} {
 		if err := s3x.EnsureBucket(ctx, cl, b); err != nil {
 			return err
@@ -369,6 +373,31 @@ func checkLoRAFile(path, engine string) error {
 		return fmt.Errorf("%s: engine %s takes LoRAs made by `genfleet models make --arch %s`: %w", path, modelcache.EngineBuiltin, archRefgenLoRA, err)
 	}
 	return nil
+}
+
+// partSizeFlag adds --part-size, the part size of the part digests that
+// models push and models register record.
+func partSizeFlag(f flags) *string {
+	return f.String("part-size", "auto", "size of the parts whose sha256 the manifest records, so that hosts can verify each part as it lands from S3 or a peer (docs/fleet.md): auto (16MiB, larger for files over 64GiB), a size of at least 64KiB, or none")
+}
+
+// parsePartSize turns --part-size into modelcache.Registry.PartSize: 0 for
+// auto, -1 for none.
+func parsePartSize(s string) (int64, error) {
+	switch s {
+	case "auto", "":
+		return 0, nil
+	case "none", "0":
+		return -1, nil
+	}
+	n, err := parseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("--part-size: %w", err)
+	}
+	if n < modelcache.MinManifestPartSize {
+		return 0, fmt.Errorf("--part-size %s: want at least %d bytes (64KiB), auto or none", s, modelcache.MinManifestPartSize)
+	}
+	return n, nil
 }
 
 // splitPositional takes the first n arguments that are not flags out of

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -14,21 +12,27 @@ import (
 	"github.com/genfleet/genfleet/modelcache"
 )
 
-const modelsRegisterUsage = `usage: genfleet models register s3://bucket/key [--name NAME] [--engine ENGINE] [--kind model|lora]`
+const modelsRegisterUsage = `usage: genfleet models register s3://bucket/key [--name NAME] [--engine ENGINE] [--kind model|lora] [--part-size auto|SIZE|none]`
 
 // cmdModelsRegister registers an object already in S3 as a model, without
 // uploading it again: it checks the object's header as models push checks
-// a file's, takes its sha256 from S3's full-object SHA-256 checksum when
-// the object has one and otherwise reads the object once to hash it, then
-// writes the manifest.
+// a file's, reads the object once to compute its sha256 and its part
+// digests (checking the sha256 against S3's full-object SHA-256 checksum
+// when the object has one), then writes the manifest. With --part-size
+// none and a checksum in S3 it reads nothing and records no part digests.
 func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("models register", stderr)
 	c := addCommon(f)
 	name := f.String("name", "", "registry name (default: the object's name without extension)")
 	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
 	kind := f.String("kind", modelcache.KindModel, "what the object is: "+modelcache.KindModel+" or "+modelcache.KindLoRA)
+	partSizeArg := partSizeFlag(f)
 	pos, rest := splitPositional(args, 1)
 	if err := f.parse(rest, 0); err != nil {
+		return err
+	}
+	partSize, err := parsePartSize(*partSizeArg)
+	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
@@ -88,36 +92,51 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 		return err
 	}
 
-	digest, how := "sha256:"+obj.SHA256, "from S3's SHA-256 checksum"
-	if obj.SHA256 == "" {
-		sum, err := hashObject(ctx, reg.Src, u, obj, newProgress(stderr, "hash "+u.String()))
-		if err != nil {
+	mf := modelcache.File{Name: file, Role: role, URL: u.String(), Size: obj.Size, Digest: "sha256:" + obj.SHA256}
+	how := "from S3's SHA-256 checksum"
+	if obj.SHA256 == "" || partSize >= 0 {
+		ps := partSize
+		if ps == 0 {
+			ps = modelcache.PartSizeFor(obj.Size)
+		}
+		h := modelcache.NewPartHasher(max(ps, 0))
+		if err := hashObject(ctx, reg.Src, u, obj, h, newProgress(stderr, "hash "+u.String())); err != nil {
 			return err
 		}
-		digest, how = sum, fmt.Sprintf("hashed, %d bytes read", obj.Size)
+		digest, ps, parts := h.Sum()
+		if obj.SHA256 != "" && digest != mf.Digest {
+			return fmt.Errorf("%s hashes to %s, but S3's SHA-256 checksum of it says %s: the object or its checksum is damaged; nothing was registered", u, digest, mf.Digest)
+		}
+		mf.Digest, mf.PartSize, mf.Parts = digest, ps, parts
+		how = fmt.Sprintf("hashed, %d bytes read", obj.Size)
+		if obj.SHA256 != "" {
+			how += "; matches S3's SHA-256 checksum"
+		}
+		if len(parts) > 0 {
+			how += fmt.Sprintf("; %d part digests", len(parts))
+		}
 	}
 	spec := modelcache.Spec{Name: n, Engine: eng}
 	if k == modelcache.KindLoRA {
 		spec.Kind = k
 	}
-	m, err := reg.RegisterSpec(ctx, spec, []modelcache.File{{Name: file, Role: role, URL: u.String(), Size: obj.Size, Digest: digest}})
+	m, err := reg.RegisterSpec(ctx, spec, []modelcache.File{mf})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "registered %q (engine %s, kind %s): %s (%s, %d bytes; digest %s)\n", m.Name, m.EngineName(), m.KindName(), u, digest, obj.Size, how)
+	fmt.Fprintf(stdout, "registered %q (engine %s, kind %s): %s (%s, %d bytes; digest %s)\n", m.Name, m.EngineName(), m.KindName(), u, mf.Digest, obj.Size, how)
 	return nil
 }
 
 // hashObject reads the object at u (pinned to obj's ETag, so a replaced
-// object fails rather than mixing versions) and returns its
-// "sha256:<hex>" digest, reporting progress to prog.
-func hashObject(ctx context.Context, src modelcache.Source, u s3x.URL, obj s3x.Object, prog *progress) (string, error) {
+// object fails rather than mixing versions) into h, reporting progress to
+// prog.
+func hashObject(ctx context.Context, src modelcache.Source, u s3x.URL, obj s3x.Object, h io.Writer, prog *progress) error {
 	body, err := src.Get(ctx, u.Bucket, u.Key, obj.ETag)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer body.Close()
-	h := sha256.New()
 	var done int64
 	buf := make([]byte, 4<<20)
 	for {
@@ -132,14 +151,14 @@ func hashObject(ctx context.Context, src modelcache.Source, u s3x.URL, obj s3x.O
 		}
 		if err != nil {
 			prog.done()
-			return "", fmt.Errorf("read %s: %w", u, err)
+			return fmt.Errorf("read %s: %w", u, err)
 		}
 	}
 	prog.done()
 	if done != obj.Size {
-		return "", fmt.Errorf("read %d bytes of %s, which holds %d", done, u, obj.Size)
+		return fmt.Errorf("read %d bytes of %s, which holds %d", done, u, obj.Size)
 	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+	return nil
 }
 
 // objectReaderAt reads an object version through ranged GETs, for header

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/genfleet/genfleet/internal/testenv"
 	"github.com/genfleet/genfleet/job"
+	"github.com/genfleet/genfleet/modelcache"
 )
 
 // putWithChecksum uploads data to bucket/key the way S3 clients do:
@@ -75,8 +77,10 @@ func modelBytes(t *testing.T, size int64, seed uint64) []byte {
 }
 
 // `genfleet models register` writes a manifest for an object already in
-// S3, with the object's sha256: S3's own checksum where it has a
-// full-object SHA-256, else read and hashed (with progress). Nothing is
+// S3, with the object's sha256 and part digests, read and hashed once
+// (with progress) and checked against S3's own checksum where it has a
+// full-object SHA-256; with --part-size none such a checksum is taken
+// without reading the object, and no part digests are recorded. Nothing is
 // uploaded again.
 func TestModelsRegister(t *testing.T) {
 	e := newPushEnv(t)
@@ -84,16 +88,20 @@ func TestModelsRegister(t *testing.T) {
 	for _, tc := range []struct {
 		name, how string
 		data      []byte
+		args      []string
 		hashed    bool
+		partSize  int64 // of the part digests recorded; 0: none
 	}{
-		{"with-sha256", "sha256", small, false},
-		{"no-checksum", "none", small, true},
-		{"multipart", "multipart", big, true},
+		{"with-sha256", "sha256", small, nil, true, modelcache.DefaultManifestPartSize},
+		{"with-sha256-no-parts", "sha256", small, []string{"--part-size", "none"}, false, 0},
+		{"no-checksum", "none", small, []string{"--part-size", "256KiB"}, true, 256 << 10},
+		{"no-checksum-no-parts", "none", small, []string{"--part-size", "none"}, true, 0},
+		{"multipart", "multipart", big, nil, true, modelcache.DefaultManifestPartSize},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			key := "w/" + tc.name + ".safetensors"
 			putWithChecksum(t, e.s.Client, "pushmodels", key, tc.data, tc.how)
-			code, out, stderr := e.run("models", "register", "s3://pushmodels/"+key)
+			code, out, stderr := e.run(append([]string{"models", "register", "s3://pushmodels/" + key}, tc.args...)...)
 			if code != 0 {
 				t.Fatalf("models register: %d\n%s\n%s", code, out, stderr)
 			}
@@ -105,6 +113,18 @@ func TestModelsRegister(t *testing.T) {
 			if f.URL != "s3://pushmodels/"+key || f.Size != int64(len(tc.data)) || f.Digest != sha256Of(tc.data) ||
 				f.Name != tc.name+".safetensors" || m.Engine != "" || m.Format != "safetensors" || len(m.Files) != 1 {
 				t.Errorf("manifest %+v, want digest %s and size %d", m, sha256Of(tc.data), len(tc.data))
+			}
+			var wantParts []string
+			if tc.partSize > 0 {
+				h := modelcache.NewPartHasher(tc.partSize)
+				h.Write(tc.data)
+				_, _, wantParts = h.Sum()
+			}
+			if f.PartSize != tc.partSize || !reflect.DeepEqual(f.Parts, wantParts) {
+				t.Errorf("part digests: size %d, %d digests; want size %d, %d digests", f.PartSize, len(f.Parts), tc.partSize, len(wantParts))
+			}
+			if tc.how == "sha256" && tc.hashed && !strings.Contains(out, "matches S3's SHA-256 checksum") {
+				t.Errorf("want the digest checked against S3's checksum:\n%s", out)
 			}
 			hashLines := strings.Count(stderr, `"what":"hash s3://pushmodels/`+key+`"`)
 			if tc.hashed && (hashLines == 0 || !strings.Contains(out, "hashed")) {
@@ -164,6 +184,8 @@ func TestModelsRegisterRefuses(t *testing.T) {
 		{"prefix", []string{"s3://pushmodels/w/"}, 1, []string{"names a prefix"}},
 		{"bad name", []string{"s3://pushmodels/w/flux.gguf", "--engine", "sdcpp", "--name", "Flux"}, 1, []string{"invalid model name"}},
 		{"not s3", []string{"/tmp/flux.gguf"}, 1, []string{"is not an s3:// URL"}},
+		{"part size too small", []string{"s3://pushmodels/w/flux.gguf", "--engine", "sdcpp", "--part-size", "1KiB"}, 1, []string{"--part-size 1KiB: want at least 65536 bytes"}},
+		{"part size not a size", []string{"s3://pushmodels/w/flux.gguf", "--engine", "sdcpp", "--part-size", "big"}, 1, []string{"--part-size"}},
 		{"no argument", nil, 2, []string{"usage: genfleet models register"}},
 	}
 	for _, tc := range tests {

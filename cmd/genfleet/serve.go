@@ -248,11 +248,15 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	recoverEvery := f.duration("recover-interval", "GENFLEET_RECOVER_INTERVAL", 5*time.Second, "how often this process requeues jobs whose worker died (their lease expired)")
 	leaseGrace := f.duration("lease-grace", "GENFLEET_LEASE_GRACE", 5*time.Second, "how long after its lease expired a dead worker's job is requeued (clock-skew margin between hosts)")
 	weightsFlag := f.str("priority-weights", "GENFLEET_PRIORITY_WEIGHTS", "high=6,normal=3,low=1", "how often each priority is tried first when all have jobs, PRIORITY=WEIGHT for high, normal and low (weighted, so low jobs never starve; host queues always go before pool queues)")
+	pf := addPeerFlags(f)
 	if err := f.parse(args, 0); err != nil {
 		return err
 	}
 	weights, err := parsePriorityWeights(*weightsFlag)
 	if err != nil {
+		return err
+	}
+	if err := pf.check(); err != nil {
 		return err
 	}
 	log := c.logger(stderr)
@@ -297,9 +301,17 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cache, err := modelcache.OpenWith(*cacheDir, modelcache.NewS3Source(cl), cacheOpts)
+	peers, err := pf.setup(modelcache.NewS3Source(cl), redisOpt, promReg, log)
+	if err != nil {
+		return err
+	}
+	defer peers.close()
+	cache, err := modelcache.OpenWith(*cacheDir, peers.src, cacheOpts)
 	if err != nil {
 		return fmt.Errorf("open model cache: %w", err)
+	}
+	if err := peers.serve(ctx, cache, promReg, log); err != nil {
+		return err
 	}
 	if err := s3x.EnsureBucket(ctx, cl, outputs.Bucket); err != nil {
 		log.Warn("outputs bucket not reachable yet", "bucket", outputs.Bucket, "err", err)
@@ -313,7 +325,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		RetryBase: *retryBase, RetryMax: *retryMax,
 		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,
 		HeartbeatInterval: *heartbeat, PollInterval: *poll,
-		Scrub:   scrub,
+		Scrub: scrub, Advertise: peers.advertise(cache, log),
 		Metrics: promReg, Logger: log,
 	})
 	if err != nil {
