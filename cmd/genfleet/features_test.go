@@ -296,9 +296,9 @@ func TestGenerationFeatures(t *testing.T) {
 		code  int
 		field string
 	}{
-		{base(1, `,"init_image":"` + small + `"`), 400, "init_image"},
-		{base(1, `,"init_image":"` + job.UploadRef(strings.Repeat("0", 64)) + `"`), 400, "init_image"},
-		{base(1, `,"init_image":"` + init + `","mask":"` + small + `"`), 400, "mask"},
+		{base(1, `,"init_image":"`+small+`"`), 400, "init_image"},
+		{base(1, `,"init_image":"`+job.UploadRef(strings.Repeat("0", 64))+`"`), 400, "init_image"},
+		{base(1, `,"init_image":"`+init+`","mask":"`+small+`"`), 400, "mask"},
 		{base(1, `,"loras":[{"model":"nope"}]`), 404, "loras[0].model"},
 		{base(1, `,"loras":[{"model":"demo2"}]`), 400, "loras[0].model"},
 		{`{"model":"style","prompt":"x"}`, 400, "model"},
