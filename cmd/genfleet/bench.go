@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -22,6 +21,7 @@ import (
 	"github.com/genfleet/genfleet/backends/sdcpp"
 	"github.com/genfleet/genfleet/backends/sdcpp/sd1"
 	"github.com/genfleet/genfleet/bench"
+	"github.com/genfleet/genfleet/internal/envflag"
 )
 
 // benchFunc parses one benchmark's flags from args into its options (the
@@ -181,7 +181,7 @@ func benchChaos(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	f.IntVar(&o.MaxKills, "max-kills", 0, "stop killing after this many kills (0: kill until every job has left its queue once)")
 	f.DurationVar(&o.Deadline, "deadline", 5*time.Minute, "a job not terminal this long after the last submit is lost (a killed job comes back only after asynq's lease recovery: 60–120s)")
 	f.BoolVar(&o.Verbose, "v", false, "copy worker logs to stderr")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
@@ -204,7 +204,7 @@ func benchFetch(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary files, on the disk to measure (default: the system temp dir)")
 	partSize := f.String("part-size", "", "genfleet part size (default: modelcache's default)")
 	f.IntVar(&o.Concurrency, "concurrency", 0, "genfleet GETs in flight (default: modelcache's default)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
@@ -226,7 +226,7 @@ func benchLoad(ctx context.Context, args []string, stderr io.Writer) (any, error
 	size := f.String("size", "2GiB", "model size")
 	f.IntVar(&o.Runs, "runs", 5, "timed acquisitions per mode (the best counts)")
 	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
@@ -249,7 +249,7 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	f.IntVar(&o.BatchSize, "batch-size", 1000, "jobs per POST /v1/jobs:batch (at most 1000)")
 	f.StringVar(&o.Client, "client", bench.QueueClientLean, "how the submitters talk to the API: lean (one keep-alive HTTP/1.1 connection each, like wrk) or net/http (Go's http.Client)")
 	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the first round's genfleet phase (API, worker and submitters) to this file")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
@@ -281,7 +281,7 @@ func benchBatch(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	backend := f.String("backend", "cpu", "cpu (the built-in engine) or sdcpp (stable-diffusion.cpp, with the --sdcpp-… flags and --model)")
 	sf := addSdcppFlags(f)
 	f.StringVar(&o.SdcppModel, "model", "", "model file for --backend sdcpp, e.g. one `genfleet models make --arch sd1` wrote")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
@@ -312,7 +312,7 @@ func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, er
 	f.IntVar(&o.InFlight, "inflight", 2, "jobs in flight at once")
 	f.IntVar(&o.Steps, "steps", 2, "steps per job")
 	f.BoolVar(&o.Verbose, "v", false, "print each job: model, cache hit, host that ran it, route reason")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
@@ -338,17 +338,16 @@ func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	size := f.String("size", "1GiB", "model size (--backend builtin)")
 	c := addCommon(f)
 	var eo bench.ShareEngineOptions
-	f.StringVar(&eo.Server, "sdcpp-server", envOr("GENFLEET_SDCPP_SERVER", "sd-server"), "stable-diffusion.cpp server program, path or name in PATH (--backend sdcpp) (env GENFLEET_SDCPP_SERVER)")
-	f.StringVar(&eo.EngineArgs, "sdcpp-args", envOr("GENFLEET_SDCPP_ARGS", ""), "extra engine flags, e.g. \"--threads 2\" (--backend sdcpp) (env GENFLEET_SDCPP_ARGS)")
+	f.StringVar(&eo.Server, "sdcpp-server", envflag.Or("GENFLEET_SDCPP_SERVER", "sd-server"), "stable-diffusion.cpp server program, path or name in PATH (--backend sdcpp) (env GENFLEET_SDCPP_SERVER)")
+	f.StringVar(&eo.EngineArgs, "sdcpp-args", envflag.Or("GENFLEET_SDCPP_ARGS", ""), "extra engine flags, e.g. \"--threads 2\" (--backend sdcpp) (env GENFLEET_SDCPP_ARGS)")
 	f.StringVar(&eo.ModelFile, "model-file", "", "model file the engines load as --model (--backend sdcpp; default: a random-weight SD 1.x checkpoint written for the run)")
 	dtype := f.String("dtype", string(sd1.F16), "type of the SD 1.x checkpoint written when there is no --model-file: f16, q8_0 or q4_0 (--backend sdcpp)")
 	f.DurationVar(&eo.JobTimeout, "job-timeout", 10*time.Minute, "longest one job may take, submit to finished (--backend sdcpp)")
 	f.BoolVar(&eo.Verbose, "v", false, "copy the workers' logs to stderr (--backend sdcpp)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
-	set := map[string]bool{}
-	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	set := f.Visited()
 	switch *backend {
 	case "builtin":
 		for _, name := range []string{"sdcpp-server", "sdcpp-args", "model-file", "dtype", "job-timeout", "v", "redis", "s3-endpoint"} {
@@ -397,7 +396,7 @@ func benchSpread(ctx context.Context, args []string, stderr io.Writer) (any, err
 	f.BoolVar(&o.Faults, "faults", false, "also run the faults: the host pulling from S3 SIGKILLed mid-transfer, and a peer serving corrupt parts")
 	f.BoolVar(&o.Verbose, "v", false, "copy the hosts' logs to stderr")
 	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary files: S3's data and every host's cache, about (hosts + 1) × size (default: the system temp dir)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
@@ -434,7 +433,7 @@ func benchSim(ctx context.Context, args []string, stderr io.Writer) (any, error)
 	s3bw := f.String("s3-bandwidth", "25GB", "S3's bandwidth to the whole fleet, per second")
 	peerbw := f.String("peer-bandwidth", "1GB", "what each host serves its peers, per second")
 	f.Uint64Var(&o.Seed, "seed", 1, "trace seed")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	for _, bw := range []struct {
@@ -459,7 +458,7 @@ func benchUpload(ctx context.Context, args []string, stderr io.Writer) (any, err
 	f.IntVar(&o.Reps, "reps", 3, "timed repetitions of each copy; the best is reported")
 	f.IntVar(&o.Threads, "threads", 0, "staging workers of genfleet's upload (default: GENFLEET_CUDA_UPLOAD_THREADS, else min(CPUs, 8))")
 	sweep := f.String("sweep-threads", "", "also time the staged upload with each of these worker counts, e.g. 1,2,4,8,16")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
@@ -481,7 +480,7 @@ func benchVerify(ctx context.Context, args []string, stderr io.Writer) (any, err
 	size := f.String("size", "2GiB", "model size")
 	f.IntVar(&o.Runs, "runs", 3, "measurements of each kind (the median counts)")
 	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
@@ -512,19 +511,8 @@ func parseCounts(s string) ([]int, error) {
 // the command line, else nil, and the benchmark starts a redis-server of
 // its own. Only the command line counts, not GENFLEET_REDIS.
 func benchRedisOpt(f flags, c *common) (asynq.RedisConnOpt, error) {
-	if !flagGiven(f, "redis") {
+	if !f.Visited()["redis"] {
 		return nil, nil
 	}
 	return c.redisOpt()
-}
-
-// flagGiven reports whether the command line set flag name.
-func flagGiven(f flags, name string) bool {
-	given := false
-	f.Visit(func(fl *flag.Flag) {
-		if fl.Name == name {
-			given = true
-		}
-	})
-	return given
 }

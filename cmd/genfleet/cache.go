@@ -65,8 +65,8 @@ type cacheFlags struct {
 
 func addCacheFlags(f flags) *cacheFlags {
 	return &cacheFlags{
-		dir:    f.str("cache-dir", "GENFLEET_CACHE_DIR", "/var/cache/genfleet", "model cache directory, shared by every worker process on the host"),
-		budget: f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs and quarantined files: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
+		dir:    f.EnvString("cache-dir", "GENFLEET_CACHE_DIR", "/var/cache/genfleet", "model cache directory, shared by every worker process on the host"),
+		budget: f.EnvString("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs and quarantined files: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
 	}
 }
 
@@ -114,7 +114,7 @@ func cmdCacheList(args []string, stdout, stderr io.Writer) error {
 	f := newFlags("cache ls", stderr)
 	cf := addCacheFlags(f)
 	asJSON := f.Bool("json", false, "print JSON: {used_bytes, blob_bytes, quarantine_bytes, budget_bytes, blobs: [...], quarantine: [...]}")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	c, err := openExistingCache(cf, true, "list")
@@ -191,8 +191,8 @@ func cmdCachePull(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	f := newFlags("cache pull", stderr)
 	c := addCommon(f)
 	cf := addCacheFlags(f)
-	pos, rest := splitPositional(args, 1)
-	if err := f.parse(rest, 0); err != nil {
+	pos, rest := f.SplitPositional(args, 1)
+	if err := f.ParseArgs(rest, 0); err != nil {
 		return err
 	}
 	if len(pos) != 1 {
@@ -264,8 +264,8 @@ func sumSizes(m *modelcache.Model) int64 {
 func cmdCacheVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("cache verify", stderr)
 	cf := addCacheFlags(f)
-	pos, rest := splitAllPositional(args)
-	if err := f.parse(rest, 0); err != nil {
+	pos, rest := f.SplitPositional(args, len(args))
+	if err := f.ParseArgs(rest, 0); err != nil {
 		return err
 	}
 	c, err := openExistingCache(cf, true, "verify")
@@ -308,7 +308,7 @@ func cmdCacheGC(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	f := newFlags("cache gc", stderr)
 	cf := addCacheFlags(f)
 	asJSON := f.Bool("json", false, "print the result as JSON")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	c, err := openExistingCache(cf, false, "collect")
@@ -345,8 +345,8 @@ func cmdCacheGC(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func cmdCacheRemove(args []string, stdout, stderr io.Writer) error {
 	f := newFlags("cache rm", stderr)
 	cf := addCacheFlags(f)
-	pos, rest := splitAllPositional(args)
-	if err := f.parse(rest, 0); err != nil {
+	pos, rest := f.SplitPositional(args, len(args))
+	if err := f.ParseArgs(rest, 0); err != nil {
 		return err
 	}
 	if len(pos) == 0 {
@@ -368,12 +368,6 @@ func cmdCacheRemove(args []string, stdout, stderr io.Writer) error {
 	return errors.Join(errs...)
 }
 
-// splitAllPositional is splitPositional with no limit on the positional
-// arguments.
-func splitAllPositional(args []string) (pos, rest []string) {
-	return splitPositional(args, len(args))
-}
-
 // loadFlags are the worker's model-loading and cache-policy flags.
 type loadFlags struct {
 	mode         *string
@@ -391,17 +385,17 @@ type loadFlags struct {
 
 func addLoadFlags(f flags) *loadFlags {
 	return &loadFlags{
-		mode:         f.str("load-mode", "GENFLEET_LOAD_MODE", "mmap", "how models are loaded: mmap (shared read-only mapping, one copy per host) or read (private copy per process)"),
-		advice:       f.str("advice", "GENFLEET_ADVICE", "none", "madvise for mapped models: none, willneed, sequential, random or populate (prefault every page before the job starts)"),
-		mlock:        f.boolean("mlock", "GENFLEET_MLOCK", false, "lock loaded models into RAM (needs RLIMIT_MEMLOCK ≥ model size, or CAP_IPC_LOCK)"),
-		budget:       f.str("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs and quarantined files: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
-		verify:       f.str("verify", "GENFLEET_VERIFY", string(modelcache.VerifyPerBoot), "re-hash a cached model before use: per-boot (its first use after each boot by any process on the host, and after any write to it), on-open (first use by each process) or never (only when fetched); a corrupt one is quarantined and fetched again"),
-		fetchConc:    f.integer("fetch-concurrency", "GENFLEET_FETCH_CONCURRENCY", modelcache.DefaultFetchConcurrency, "ranged GETs in flight per model file fetched from S3"),
-		partSize:     f.str("fetch-part-size", "GENFLEET_FETCH_PART_SIZE", "16MiB", "size of each ranged GET"),
-		fetchRetries: f.integer("fetch-retries", "GENFLEET_FETCH_RETRIES", 5, "retries of one part (with backoff) before a fetch fails and the job's attempt with it; -1: none"),
-		stall:        f.duration("fetch-stall-timeout", "GENFLEET_FETCH_STALL_TIMEOUT", 30*time.Second, "a part that receives no bytes for this long is cancelled and retried"),
-		scrubRate:    f.str("scrub-rate", "GENFLEET_SCRUB_RATE", "32MiB", "bytes per second the background scrubber may re-hash (one process per blob on a host at a time); 0 disables it"),
-		scrubEvery:   f.duration("scrub-interval", "GENFLEET_SCRUB_INTERVAL", modelcache.DefaultScrubInterval, "how long a blob's last hash stays good before the scrubber re-hashes it; 0 disables the scrubber"),
+		mode:         f.EnvString("load-mode", "GENFLEET_LOAD_MODE", "mmap", "how models are loaded: mmap (shared read-only mapping, one copy per host) or read (private copy per process)"),
+		advice:       f.EnvString("advice", "GENFLEET_ADVICE", "none", "madvise for mapped models: none, willneed, sequential, random or populate (prefault every page before the job starts)"),
+		mlock:        f.EnvBool("mlock", "GENFLEET_MLOCK", false, "lock loaded models into RAM (needs RLIMIT_MEMLOCK ≥ model size, or CAP_IPC_LOCK)"),
+		budget:       f.EnvString("cache-budget", "GENFLEET_CACHE_BUDGET", "", `cap on the cache's blobs and quarantined files: a size ("50GiB") or a percentage of the file system ("80%"); empty means no cap`),
+		verify:       f.EnvString("verify", "GENFLEET_VERIFY", string(modelcache.VerifyPerBoot), "re-hash a cached model before use: per-boot (its first use after each boot by any process on the host, and after any write to it), on-open (first use by each process) or never (only when fetched); a corrupt one is quarantined and fetched again"),
+		fetchConc:    f.EnvInt("fetch-concurrency", "GENFLEET_FETCH_CONCURRENCY", modelcache.DefaultFetchConcurrency, "ranged GETs in flight per model file fetched from S3"),
+		partSize:     f.EnvString("fetch-part-size", "GENFLEET_FETCH_PART_SIZE", "16MiB", "size of each ranged GET"),
+		fetchRetries: f.EnvInt("fetch-retries", "GENFLEET_FETCH_RETRIES", 5, "retries of one part (with backoff) before a fetch fails and the job's attempt with it; -1: none"),
+		stall:        f.EnvDuration("fetch-stall-timeout", "GENFLEET_FETCH_STALL_TIMEOUT", 30*time.Second, "a part that receives no bytes for this long is cancelled and retried"),
+		scrubRate:    f.EnvString("scrub-rate", "GENFLEET_SCRUB_RATE", "32MiB", "bytes per second the background scrubber may re-hash (one process per blob on a host at a time); 0 disables it"),
+		scrubEvery:   f.EnvDuration("scrub-interval", "GENFLEET_SCRUB_INTERVAL", modelcache.DefaultScrubInterval, "how long a blob's last hash stays good before the scrubber re-hashes it; 0 disables the scrubber"),
 	}
 }
 

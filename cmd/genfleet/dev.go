@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -36,16 +35,16 @@ const (
 
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("dev", stderr)
-	listen := f.str("listen", "GENFLEET_LISTEN", "127.0.0.1:8080", "API listen address")
+	listen := f.EnvString("listen", "GENFLEET_LISTEN", "127.0.0.1:8080", "API listen address")
 	workers := f.Int("workers", 2, "worker processes (they share one cache directory)")
 	dir := f.String("dir", "", "directory for the shared model cache (default: a temporary directory removed on exit)")
 	demoSize := f.String("demo-size", "32MiB", "size of the seeded demo model")
-	logLevel := f.str("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error")
-	backendName := f.str("backend", "GENFLEET_BACKEND", "cpu", "the workers' backend: "+fmt.Sprint(backends.Names())+" or auto (cuda where a GPU is usable, else cpu)")
+	logLevel := f.EnvString("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	backendName := f.EnvString("backend", "GENFLEET_BACKEND", "cpu", "the workers' backend: "+fmt.Sprint(backends.Names())+" or auto (cuda where a GPU is usable, else cpu)")
 	envFile := f.String("env-file", "", "also write the settings a second shell needs (export GENFLEET_… lines, for `. FILE`) to this file, mode 0600; it is removed when dev stops")
 	apiToken := apiTokenFlag(f)
 	allowUnauth := allowUnauthFlag(f)
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	// The in-process scheduler's routing and authentication settings.
@@ -58,9 +57,7 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return fmt.Errorf("--demo-size: %w", err)
 	}
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(*logLevel))
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	log := newLogger(stderr, *logLevel)
 
 	// The workers' backend, decided once here (so that "auto" means the
 	// same for every worker) and the scheduler's pool with it.

@@ -11,8 +11,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
+	"github.com/genfleet/genfleet/internal/redisx"
+	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/outputs"
 	"github.com/genfleet/genfleet/scheduler"
@@ -40,19 +41,19 @@ type lifecycleFlags struct {
 
 func addLifecycleFlags(f flags) *lifecycleFlags {
 	return &lifecycleFlags{
-		maxEventStreams: f.integer("max-event-streams", "GENFLEET_MAX_EVENT_STREAMS", 256, "most GET /v1/jobs/{id}/events streams open at once (each holds a Redis connection while it waits); one more gets 503"),
-		eventKeepAlive:  f.duration("event-keepalive", "GENFLEET_EVENT_KEEPALIVE", 15*time.Second, "how long an event stream stays silent before it sends a keep-alive comment"),
-		imageURL:        f.str("image-url", "GENFLEET_IMAGE_URL", outputs.ModePresigned, "image_url of each image of a succeeded job: presigned (an S3 GET signed for --image-url-expiry; clients fetch from S3), api (the API's own /v1/jobs/{id}/image and /images/{k}, for an S3 clients cannot reach) or none"),
-		imageURLExpiry:  f.duration("image-url-expiry", "GENFLEET_IMAGE_URL_EXPIRY", outputs.DefaultExpiry, "how long a presigned image_url works (at most 168h)"),
-		s3Public:        f.str("s3-public-endpoint", "GENFLEET_S3_PUBLIC_ENDPOINT", "", "S3 endpoint URL as clients reach it, which presigned image URLs are signed for; empty: --s3-endpoint"),
-		publicURL:       f.str("public-url", "GENFLEET_PUBLIC_URL", "", "the API's base URL as clients reach it (https://host[:port]), for --image-url api in webhooks and behind proxies; empty: each request's own host"),
-		retention:       f.duration("output-retention", "GENFLEET_OUTPUT_RETENTION", 0, "delete images older than this from the outputs bucket (a sweep every --output-sweep-interval; an S3 lifecycle rule does it better where the server has them); 0 keeps them"),
-		sweepInterval:   f.duration("output-sweep-interval", "GENFLEET_OUTPUT_SWEEP_INTERVAL", time.Hour, "how often the retention sweep lists the outputs prefix"),
-		webhookSecret:   f.str("webhook-secret", "GENFLEET_WEBHOOK_SECRET", "", "secret that signs webhook POSTs (HMAC-SHA256), at least 16 bytes; during a rotation NEW,OLD (each signs); empty: jobs with a webhook are refused. Prefer the environment: flags show in ps"),
-		webhookAllow:    f.str("webhook-allow-net", "GENFLEET_WEBHOOK_ALLOW_NET", "", "internal addresses webhooks may reach all the same, CIDR[,…] (e.g. 10.0.0.0/8 for receivers on a private network, 127.0.0.0/8 for tests); by default loopback, private, link-local and reserved addresses are refused"),
-		webhookMaxAge:   f.duration("webhook-max-age", "GENFLEET_WEBHOOK_MAX_AGE", 24*time.Hour, "how long a failing webhook delivery is retried (with backoff) before it is given up"),
-		webhookTimeout:  f.duration("webhook-timeout", "GENFLEET_WEBHOOK_TIMEOUT", 10*time.Second, "how long one webhook POST may take"),
-		webhookConc:     f.integer("webhook-concurrency", "GENFLEET_WEBHOOK_CONCURRENCY", 16, "webhook POSTs in flight at once"),
+		maxEventStreams: f.EnvInt("max-event-streams", "GENFLEET_MAX_EVENT_STREAMS", 256, "most GET /v1/jobs/{id}/events streams open at once (each holds a Redis connection while it waits); one more gets 503"),
+		eventKeepAlive:  f.EnvDuration("event-keepalive", "GENFLEET_EVENT_KEEPALIVE", 15*time.Second, "how long an event stream stays silent before it sends a keep-alive comment"),
+		imageURL:        f.EnvString("image-url", "GENFLEET_IMAGE_URL", outputs.ModePresigned, "image_url of each image of a succeeded job: presigned (an S3 GET signed for --image-url-expiry; clients fetch from S3), api (the API's own /v1/jobs/{id}/image and /images/{k}, for an S3 clients cannot reach) or none"),
+		imageURLExpiry:  f.EnvDuration("image-url-expiry", "GENFLEET_IMAGE_URL_EXPIRY", outputs.DefaultExpiry, "how long a presigned image_url works (at most 168h)"),
+		s3Public:        f.EnvString("s3-public-endpoint", "GENFLEET_S3_PUBLIC_ENDPOINT", "", "S3 endpoint URL as clients reach it, which presigned image URLs are signed for; empty: --s3-endpoint"),
+		publicURL:       f.EnvString("public-url", "GENFLEET_PUBLIC_URL", "", "the API's base URL as clients reach it (https://host[:port]), for --image-url api in webhooks and behind proxies; empty: each request's own host"),
+		retention:       f.EnvDuration("output-retention", "GENFLEET_OUTPUT_RETENTION", 0, "delete images older than this from the outputs bucket (a sweep every --output-sweep-interval; an S3 lifecycle rule does it better where the server has them); 0 keeps them"),
+		sweepInterval:   f.EnvDuration("output-sweep-interval", "GENFLEET_OUTPUT_SWEEP_INTERVAL", time.Hour, "how often the retention sweep lists the outputs prefix"),
+		webhookSecret:   f.EnvString("webhook-secret", "GENFLEET_WEBHOOK_SECRET", "", "secret that signs webhook POSTs (HMAC-SHA256), at least 16 bytes; during a rotation NEW,OLD (each signs); empty: jobs with a webhook are refused. Prefer the environment: flags show in ps"),
+		webhookAllow:    f.EnvString("webhook-allow-net", "GENFLEET_WEBHOOK_ALLOW_NET", "", "internal addresses webhooks may reach all the same, CIDR[,…] (e.g. 10.0.0.0/8 for receivers on a private network, 127.0.0.0/8 for tests); by default loopback, private, link-local and reserved addresses are refused"),
+		webhookMaxAge:   f.EnvDuration("webhook-max-age", "GENFLEET_WEBHOOK_MAX_AGE", 24*time.Hour, "how long a failing webhook delivery is retried (with backoff) before it is given up"),
+		webhookTimeout:  f.EnvDuration("webhook-timeout", "GENFLEET_WEBHOOK_TIMEOUT", 10*time.Second, "how long one webhook POST may take"),
+		webhookConc:     f.EnvInt("webhook-concurrency", "GENFLEET_WEBHOOK_CONCURRENCY", 16, "webhook POSTs in flight at once"),
 	}
 }
 
@@ -86,9 +87,9 @@ func (l *lifecycleFlags) deliverer(opt asynq.RedisConnOpt, srv *scheduler.Server
 	if err != nil {
 		return nil, nil, err
 	}
-	rdb, ok := opt.MakeRedisClient().(redis.UniversalClient)
-	if !ok {
-		return nil, nil, fmt.Errorf("webhooks: unsupported Redis connection option")
+	rdb, err := redisx.Client(opt)
+	if err != nil {
+		return nil, nil, fmt.Errorf("webhooks: %w", err)
 	}
 	d, err := webhook.New(webhook.Config{Redis: rdb, Secrets: secrets, Job: srv.JobForWebhook, Policy: policy,
 		Timeout: *l.webhookTimeout, MaxAge: *l.webhookMaxAge, Concurrency: *l.webhookConc, Metrics: srv.Metrics(), Logger: log})
@@ -109,7 +110,7 @@ func (l *lifecycleFlags) apply(ctx context.Context, c *common, cl *s3.Client, cf
 		sc := c.s3Config()
 		sc.Endpoint = *l.s3Public
 		var err error
-		if signer, err = c.s3ClientFor(ctx, sc); err != nil {
+		if signer, err = s3x.Connect(ctx, sc); err != nil {
 			return fmt.Errorf("--s3-public-endpoint: %w", err)
 		}
 	}

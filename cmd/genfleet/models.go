@@ -219,8 +219,8 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	var files fileFlags
 	f.Var(&files, "file", "a split model's file as `ROLE=PATH`, e.g. vae=ae.safetensors; repeat for each file and give a destination prefix instead of FILE and key")
 	// Allow flags after the positional arguments too.
-	pos, rest := splitPositional(args, 2)
-	if err := f.parse(rest, 0); err != nil {
+	pos, rest := f.SplitPositional(args, 2)
+	if err := f.ParseArgs(rest, 0); err != nil {
 		return err
 	}
 	eng := *engine
@@ -400,32 +400,9 @@ func parsePartSize(s string) (int64, error) {
 	return n, nil
 }
 
-// splitPositional takes the first n arguments that are not flags out of
-// args, so that "push FILE URL --name x" and "push --name x FILE URL" both work.
-func splitPositional(args []string, n int) (pos, rest []string) {
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if len(pos) < n && !strings.HasPrefix(a, "-") {
-			pos = append(pos, a)
-			continue
-		}
-		rest = append(rest, a)
-		if strings.HasPrefix(a, "-") && !strings.Contains(a, "=") && i+1 < len(args) && !isBoolFlag(a) {
-			rest = append(rest, args[i+1])
-			i++
-		}
-	}
-	return pos, rest
-}
-
-func isBoolFlag(a string) bool {
-	a = strings.TrimLeft(a, "-")
-	return a == "s3-path-style" || a == "h" || a == "help"
-}
-
 func cmdModelsInspect(args []string, stdout, stderr io.Writer) error {
 	f := newFlags("models inspect", stderr)
-	if err := f.parse(args, 1); err != nil {
+	if err := f.ParseArgs(args, 1); err != nil {
 		return err
 	}
 	if f.NArg() != 1 {
@@ -450,7 +427,7 @@ func cmdModelsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 	f := newFlags("models ls", stderr)
 	c := addCommon(f)
 	asJSON := f.Bool("json", false, "print JSON")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	reg, _, err := c.openRegistry(ctx)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -32,15 +31,14 @@ func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
 	out := f.String("out", "", "output file; with --split, a directory (required)")
 	split := f.Bool("split", false, "write the checkpoint's components as separate files for models push --file ROLE=FILE (--arch "+archSD1+")")
 	dtype := f.String("dtype", string(sd1.F16), "type of the weight matrices: f16 (safetensors), q8_0 or q4_0 (GGUF) (--arch "+archSD1+")")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	if *out == "" {
 		fmt.Fprintln(stderr, "--out is required")
 		return errUsage
 	}
-	set := map[string]bool{}
-	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	set := f.Visited()
 	only := func(arch string, names ...string) error {
 		for _, name := range names {
 			if set[name] {

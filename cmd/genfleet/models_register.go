@@ -27,8 +27,8 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
 	kind := f.String("kind", modelcache.KindModel, "what the object is: "+modelcache.KindModel+" or "+modelcache.KindLoRA)
 	partSizeArg := partSizeFlag(f)
-	pos, rest := splitPositional(args, 1)
-	if err := f.parse(rest, 0); err != nil {
+	pos, rest := f.SplitPositional(args, 1)
+	if err := f.ParseArgs(rest, 0); err != nil {
 		return err
 	}
 	partSize, err := parsePartSize(*partSizeArg)

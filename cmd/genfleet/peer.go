@@ -32,11 +32,11 @@ type peerFlags struct {
 
 func addPeerFlags(f flags) *peerFlags {
 	return &peerFlags{
-		token:     f.str("fleet-token", "GENFLEET_FLEET_TOKEN", "", "token shared by the fleet's workers (at least 16 characters): with it, models with part digests are fetched from peers first; the blob server (--peer-listen) requires it of every peer. Empty: S3 only. Prefer the environment: flags show in ps"),
-		listen:    f.str("peer-listen", "GENFLEET_PEER_LISTEN", "", "address of the blob server that serves this host's models to its peers, e.g. :9092; empty: serve none (and take no part in electing the host that pulls a model from S3)"),
-		advertise: f.str("peer-advertise", "GENFLEET_PEER_ADVERTISE", "", "host:port peers reach the blob server at (heartbeats advertise it); default: --peer-listen's address, or this host's first non-loopback IP with its port"),
-		bandwidth: f.str("peer-bandwidth", "GENFLEET_PEER_BANDWIDTH", "250MB", "bytes per second the blob server may send to all peers together, e.g. 250MB, 1GiB; 0: no cap"),
-		wait:      f.duration("peer-wait", "GENFLEET_PEER_WAIT", 10*time.Second, "how long a part that no peer has yet is waited for (while another host pulls it from S3) before it is fetched from S3; keep it below --fetch-stall-timeout"),
+		token:     f.EnvString("fleet-token", "GENFLEET_FLEET_TOKEN", "", "token shared by the fleet's workers (at least 16 characters): with it, models with part digests are fetched from peers first; the blob server (--peer-listen) requires it of every peer. Empty: S3 only. Prefer the environment: flags show in ps"),
+		listen:    f.EnvString("peer-listen", "GENFLEET_PEER_LISTEN", "", "address of the blob server that serves this host's models to its peers, e.g. :9092; empty: serve none (and take no part in electing the host that pulls a model from S3)"),
+		advertise: f.EnvString("peer-advertise", "GENFLEET_PEER_ADVERTISE", "", "host:port peers reach the blob server at (heartbeats advertise it); default: --peer-listen's address, or this host's first non-loopback IP with its port"),
+		bandwidth: f.EnvString("peer-bandwidth", "GENFLEET_PEER_BANDWIDTH", "250MB", "bytes per second the blob server may send to all peers together, e.g. 250MB, 1GiB; 0: no cap"),
+		wait:      f.EnvDuration("peer-wait", "GENFLEET_PEER_WAIT", 10*time.Second, "how long a part that no peer has yet is waited for (while another host pulls it from S3) before it is fetched from S3; keep it below --fetch-stall-timeout"),
 	}
 }
 

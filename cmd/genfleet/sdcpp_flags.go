@@ -19,16 +19,16 @@ type sdcppFlags struct {
 
 func addSdcppFlags(f flags) *sdcppFlags {
 	return &sdcppFlags{
-		cli:        f.str("sdcpp-cli", "GENFLEET_SDCPP_CLI", "", "stable-diffusion.cpp command-line program (path or name in PATH); default sd-cli, else sd"),
-		server:     f.str("sdcpp-server", "GENFLEET_SDCPP_SERVER", "", "stable-diffusion.cpp server program; default sd-server when in PATH"),
-		mode:       f.str("sdcpp-mode", "GENFLEET_SDCPP_MODE", sdcpp.ModeAuto, "auto (a server per model when the server program is found, else a process per job), server or process"),
-		args:       f.str("sdcpp-args", "GENFLEET_SDCPP_ARGS", "", "extra engine flags for every run, space-separated, e.g. \"--threads 8 --vae-tiling\"; each must be one the programs' --help lists (checked at start)"),
-		pool:       f.str("sdcpp-pool", "GENFLEET_SDCPP_POOL", "sdcpp", "device class (pool queue pool:<class>) of an sdcpp worker; the scheduler's --engine-pool must map sdcpp to it"),
-		keepAlive:  f.duration("sdcpp-keep-alive", "GENFLEET_SDCPP_KEEP_ALIVE", 5*time.Minute, "how long an engine server with no jobs keeps its model loaded"),
-		timeout:    f.duration("sdcpp-timeout", "GENFLEET_SDCPP_TIMEOUT", 30*time.Minute, "longest one generation may run before the engine is killed"),
-		start:      f.duration("sdcpp-start-timeout", "GENFLEET_SDCPP_START_TIMEOUT", 10*time.Minute, "longest an engine server may take to load its model"),
-		maxServers: f.integer("sdcpp-max-servers", "GENFLEET_SDCPP_MAX_SERVERS", 1, "engine servers (models kept loaded) per worker process"),
-		mmap:       f.boolean("sdcpp-mmap", "GENFLEET_SDCPP_MMAP", true, "give the engine --mmap, so all engine processes on the host share one copy of the weights; false (each engine reads a private copy) is a benchmark knob, for genfleet bench share --backend sdcpp"),
+		cli:        f.EnvString("sdcpp-cli", "GENFLEET_SDCPP_CLI", "", "stable-diffusion.cpp command-line program (path or name in PATH); default sd-cli, else sd"),
+		server:     f.EnvString("sdcpp-server", "GENFLEET_SDCPP_SERVER", "", "stable-diffusion.cpp server program; default sd-server when in PATH"),
+		mode:       f.EnvString("sdcpp-mode", "GENFLEET_SDCPP_MODE", sdcpp.ModeAuto, "auto (a server per model when the server program is found, else a process per job), server or process"),
+		args:       f.EnvString("sdcpp-args", "GENFLEET_SDCPP_ARGS", "", "extra engine flags for every run, space-separated, e.g. \"--threads 8 --vae-tiling\"; each must be one the programs' --help lists (checked at start)"),
+		pool:       f.EnvString("sdcpp-pool", "GENFLEET_SDCPP_POOL", "sdcpp", "device class (pool queue pool:<class>) of an sdcpp worker; the scheduler's --engine-pool must map sdcpp to it"),
+		keepAlive:  f.EnvDuration("sdcpp-keep-alive", "GENFLEET_SDCPP_KEEP_ALIVE", 5*time.Minute, "how long an engine server with no jobs keeps its model loaded"),
+		timeout:    f.EnvDuration("sdcpp-timeout", "GENFLEET_SDCPP_TIMEOUT", 30*time.Minute, "longest one generation may run before the engine is killed"),
+		start:      f.EnvDuration("sdcpp-start-timeout", "GENFLEET_SDCPP_START_TIMEOUT", 10*time.Minute, "longest an engine server may take to load its model"),
+		maxServers: f.EnvInt("sdcpp-max-servers", "GENFLEET_SDCPP_MAX_SERVERS", 1, "engine servers (models kept loaded) per worker process"),
+		mmap:       f.EnvBool("sdcpp-mmap", "GENFLEET_SDCPP_MMAP", true, "give the engine --mmap, so all engine processes on the host share one copy of the weights; false (each engine reads a private copy) is a benchmark knob, for genfleet bench share --backend sdcpp"),
 	}
 }
 

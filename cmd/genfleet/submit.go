@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -19,8 +18,8 @@ import (
 
 func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	f := newFlags("submit", stderr)
-	apiURL := f.str("api", "GENFLEET_API", "http://127.0.0.1:8080", "scheduler API base URL")
-	apiToken := f.str("api-token", "GENFLEET_API_TOKEN", "", "bearer token the scheduler requires (prefer the environment: flags show in ps)")
+	apiURL := f.EnvString("api", "GENFLEET_API", "http://127.0.0.1:8080", "scheduler API base URL")
+	apiToken := f.EnvString("api-token", "GENFLEET_API_TOKEN", "", "bearer token the scheduler requires (prefer the environment: flags show in ps)")
 	model := f.String("model", "", "model name or s3://bucket/key (required)")
 	prompt := f.String("prompt", "", "prompt (required)")
 	negative := f.String("negative-prompt", "", "negative prompt")
@@ -43,14 +42,13 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	out := f.String("o", "", "write the PNG to this file (implies --wait; its directory is checked before the job is submitted); with --n above 1, image k (k ≥ 1) goes to FILE-k.png")
 	idem := f.String("idempotency-key", "", "Idempotency-Key header: the same key with the same request returns the same job; with another request it is refused (422)")
 	timeout := f.Duration("timeout", 30*time.Minute, "give up waiting after this long")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	req := job.Request{Model: *model, Prompt: *prompt, NegativePrompt: *negative, Seed: *seed,
 		Width: *width, Height: *height, Steps: *steps, Guidance: *guidance, OutputFormat: job.FormatPNG,
 		SamplingMethod: *sampler, Scheduler: *sched, N: job.Count(*n), LoRAs: loras, Options: options}
-	set := map[string]bool{}
-	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	set := f.Visited()
 	if set["strength"] {
 		req.Strength = job.Float(*strength)
 	}
