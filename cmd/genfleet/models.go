@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
-	"github.com/genfleet/genfleet/backends/refgen"
-	"github.com/genfleet/genfleet/backends/sdcpp"
+	"github.com/genfleet/genfleet/internal/modelcheck"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/modelcache"
 	"github.com/genfleet/genfleet/modelformat"
@@ -66,124 +64,6 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stderr, "unknown models command %q\n\n%s", args[0], modelsUsage)
 	return errUsage
-}
-
-// checkRoles checks the roles of a model's files for engine (empty: the
-// built-in one): no two files may share a role. The built-in engine takes
-// one full checkpoint; sdcpp takes the roles of its flag table, among them a
-// model or a diffusion_model; other engines' backends check their own roles.
-func checkRoles(engine string, files []modelcache.PushFile) error {
-	seen := map[string]string{}
-	for _, pf := range files {
-		if other, dup := seen[pf.Role]; dup && pf.Role != "" {
-			return fmt.Errorf("%s and %s both have role %q", other, pf.Path, pf.Role)
-		}
-		seen[pf.Role] = pf.Path
-	}
-	switch engine {
-	case "":
-		if len(files) != 1 || (files[0].Role != "" && files[0].Role != "model") {
-			return fmt.Errorf("engine %s takes one file with role model", modelcache.EngineBuiltin)
-		}
-	case sdcpp.Engine:
-		// The backend's own flag table decides which roles it takes.
-		roles := make([]string, len(files))
-		for i, pf := range files {
-			roles[i] = pf.Role
-		}
-		if err := sdcpp.CheckRoles(roles); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// checkModelFile checks, before anything is uploaded, that the file at
-// path is a model file engine can load (see checkModel).
-func checkModelFile(path, engine string) error {
-	fh, size, err := openModelFile(path)
-	if err != nil {
-		return err
-	}
-	defer fh.Close()
-	return checkModel(fh, size, path, engine)
-}
-
-// checkModel checks that the size bytes read through r, named name in
-// errors (a path or an s3:// URL), are a model file engine can load:
-// safetensors for the built-in engine; safetensors, GGUF or a PyTorch
-// .ckpt (a zip) for the others.
-func checkModel(r io.ReaderAt, size int64, name, engine string) error {
-	if engine == "" {
-		if _, err := modelformat.ParseSafetensors(r, size); err != nil {
-			return fmt.Errorf("%s: engine %s takes safetensors: %w", name, modelcache.EngineBuiltin, err)
-		}
-		return nil
-	}
-	want := fmt.Sprintf("engine %s takes safetensors, GGUF or a PyTorch .ckpt (zip) file", engine)
-	magic := make([]byte, 4)
-	if n, _ := r.ReadAt(magic, 0); n == 4 && string(magic) == "PK\x03\x04" {
-		if strings.EqualFold(filepath.Ext(name), ".ckpt") {
-			return nil
-		}
-		return fmt.Errorf("%s is a zip file but not named *.ckpt; %s", name, want)
-	}
-	_, _, err := parseModel(r, size, name)
-	if errors.Is(err, modelformat.ErrUnknownFormat) {
-		return fmt.Errorf("%w; %s", err, want)
-	}
-	return err
-}
-
-// openModelFile opens the regular file at path and returns its size.
-func openModelFile(path string) (*os.File, int64, error) {
-	fh, err := os.Open(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	st, err := fh.Stat()
-	if err != nil {
-		fh.Close()
-		return nil, 0, err
-	}
-	if !st.Mode().IsRegular() {
-		fh.Close()
-		return nil, 0, fmt.Errorf("%s is not a regular file", path)
-	}
-	return fh, st.Size(), nil
-}
-
-// parseModelFile parses the header of the safetensors or GGUF file at
-// path (see parseModel).
-func parseModelFile(path string) (string, interface{ Summary(io.Writer) }, error) {
-	fh, size, err := openModelFile(path)
-	if err != nil {
-		return "", nil, err
-	}
-	defer fh.Close()
-	return parseModel(fh, size, path)
-}
-
-// parseModel parses the header of the safetensors or GGUF file of size
-// bytes read through r; it returns the format and the parsed header, which
-// summarises itself. Errors name the file as name.
-func parseModel(r io.ReaderAt, size int64, name string) (string, interface{ Summary(io.Writer) }, error) {
-	format, err := modelformat.Detect(r, size)
-	if err != nil {
-		return "", nil, fmt.Errorf("%s: %w", name, err)
-	}
-	if format == modelformat.FormatGGUF {
-		g, err := modelformat.ParseGGUFHeader(r, size)
-		if err != nil {
-			return "", nil, fmt.Errorf("%s: %w", name, err)
-		}
-		return format, g, nil
-	}
-	s, err := modelformat.ParseSafetensors(r, size)
-	if err != nil {
-		return "", nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return format, s, nil
 }
 
 // fileFlags collects repeated --file ROLE=PATH flags.
@@ -263,34 +143,12 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if len(pos) == 1 && u.Key != "" && !strings.HasSuffix(u.Key, "/") {
 		u.Key += "/" // --file: the destination is a prefix
 	}
-	k, err := checkKind(*kind, eng, files)
-	if err != nil {
-		return err
-	}
-	if k == modelcache.KindModel {
-		if err := checkRoles(eng, files); err != nil {
-			return err
-		}
-	}
 	for i := range files {
 		files[i].Dest = u
-		if err := checkModelFile(files[i].Path, eng); err != nil {
-			return err
-		}
-		if k == modelcache.KindLoRA {
-			if err := checkLoRAFile(files[i].Path, eng); err != nil {
-				return err
-			}
-		}
 	}
-	if eng == sdcpp.Engine && k == modelcache.KindModel {
-		byRole := map[string]string{}
-		for _, pf := range files {
-			byRole[pf.Role] = pf.Path
-		}
-		if err := sdcpp.CheckFamily(byRole); err != nil {
-			return err
-		}
+	k, err := modelcheck.Files(*kind, eng, files)
+	if err != nil {
+		return err
 	}
 	reg, cl, err := c.openRegistry(ctx)
 	if err != nil {
@@ -340,41 +198,6 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return nil
 }
 
-// checkKind checks --kind: a model, or a LoRA of one file (roles mean
-// nothing for a LoRA). It returns the kind.
-func checkKind(kind, engine string, files []modelcache.PushFile) (string, error) {
-	switch kind {
-	case "", modelcache.KindModel:
-		return modelcache.KindModel, nil
-	case modelcache.KindLoRA:
-		if len(files) != 1 {
-			return "", fmt.Errorf("--kind %s: a LoRA is one file, got %d", kind, len(files))
-		}
-		if files[0].Role != "" {
-			return "", fmt.Errorf("--kind %s: a LoRA's file has no role; give FILE and a destination, not --file", kind)
-		}
-		return kind, nil
-	}
-	return "", fmt.Errorf("--kind %q: want %s or %s", kind, modelcache.KindModel, modelcache.KindLoRA)
-}
-
-// checkLoRAFile checks, before anything is uploaded, that the file at path
-// is a LoRA engine can apply: for the built-in engine, a reference LoRA
-// (refgen.OpenLoRA); for the others checkModelFile's check is all.
-func checkLoRAFile(path, engine string) error {
-	if engine != "" {
-		return nil
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	if _, err := refgen.OpenLoRA(data); err != nil {
-		return fmt.Errorf("%s: engine %s takes LoRAs made by `genfleet models make --arch %s`: %w", path, modelcache.EngineBuiltin, archRefgenLoRA, err)
-	}
-	return nil
-}
-
 // partSizeFlag adds --part-size, the part size of the part digests that
 // models push and models register record.
 func partSizeFlag(f flags) *string {
@@ -410,7 +233,7 @@ func cmdModelsInspect(args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	path := f.Arg(0)
-	format, header, err := parseModelFile(path)
+	format, header, err := modelcheck.ParseFile(path)
 	if err != nil {
 		return err
 	}

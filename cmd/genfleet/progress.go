@@ -110,9 +110,9 @@ func (p *progress) rate(done int64, now time.Time) (float64, bool) {
 	return math.Round(mbps*100) / 100, true // two decimals are plenty
 }
 
-// done ends the terminal line.
+// done ends the terminal line, if one was shown.
 func (p *progress) done() {
-	if p.tty {
+	if p.tty && !p.shown.IsZero() {
 		fmt.Fprintln(p.w)
 	}
 }
