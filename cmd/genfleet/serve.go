@@ -15,12 +15,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/backends"
 	_ "github.com/genfleet/genfleet/backends/cpu"  // registers "cpu"
 	_ "github.com/genfleet/genfleet/backends/cuda" // registers "cuda"
+	"github.com/genfleet/genfleet/internal/redisx"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/peer"
 	"github.com/genfleet/genfleet/scheduler"
 	"github.com/genfleet/genfleet/worker"
 )
@@ -247,7 +250,8 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := pf.check(); err != nil {
+	peerCfg, err := pf.config()
+	if err != nil {
 		return err
 	}
 	log := c.logger(stderr)
@@ -292,16 +296,18 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	peers, err := pf.setup(modelcache.NewS3Source(cl), redisOpt, promReg, log)
+	peerCfg.Origin, peerCfg.Metrics, peerCfg.Logger = modelcache.NewS3Source(cl), promReg, log
+	peerCfg.Redis = func() (redis.UniversalClient, error) { return redisx.Client(redisOpt) }
+	peers, err := peer.NewHost(peerCfg)
 	if err != nil {
 		return err
 	}
-	defer peers.close()
-	cache, err := modelcache.OpenWith(*cacheDir, peers.src, cacheOpts)
+	defer peers.Close()
+	cache, err := modelcache.OpenWith(*cacheDir, peers.Source(), cacheOpts)
 	if err != nil {
 		return fmt.Errorf("open model cache: %w", err)
 	}
-	if err := peers.serve(ctx, cache, promReg, log); err != nil {
+	if err := peers.Serve(ctx, cache); err != nil {
 		return err
 	}
 	if err := s3x.EnsureBucket(ctx, cl, outputs.Bucket); err != nil {
@@ -316,7 +322,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		RetryBase: *retryBase, RetryMax: *retryMax,
 		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,
 		HeartbeatInterval: *heartbeat, PollInterval: *poll,
-		Scrub: scrub, Advertise: peers.advertise(cache, log),
+		Scrub: scrub, Advertise: peers.Advertise(cache),
 		Metrics: promReg, Logger: log,
 	})
 	if err != nil {
