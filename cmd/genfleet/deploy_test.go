@@ -52,6 +52,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
+	"github.com/genfleet/genfleet/internal/cli"
 	"github.com/genfleet/genfleet/internal/envflag"
 )
 
@@ -1615,7 +1616,7 @@ func TestComposeSdcppWorker(t *testing.T) {
 		t.Fatalf("worker-sdcpp build %+v", s.Build)
 	}
 	env := composeEnv(s)
-	pools, err := parseEnginePools(deployFlagDefault(t, "scheduler", "engine-pool"))
+	pools, err := cli.ParseEnginePools(deployFlagDefault(t, "scheduler", "engine-pool"))
 	if err != nil {
 		t.Fatal(err)
 	}

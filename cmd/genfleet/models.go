@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/genfleet/genfleet/internal/cli"
 	"github.com/genfleet/genfleet/internal/modelcheck"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/modelcache"
@@ -45,7 +46,7 @@ Commands:
 func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, modelsUsage)
-		return errUsage
+		return cli.ErrUsage
 	}
 	switch args[0] {
 	case "make":
@@ -63,7 +64,7 @@ func cmdModels(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return nil
 	}
 	fmt.Fprintf(stderr, "unknown models command %q\n\n%s", args[0], modelsUsage)
-	return errUsage
+	return cli.ErrUsage
 }
 
 // fileFlags collects repeated --file ROLE=PATH flags.
@@ -90,8 +91,8 @@ const modelsPushUsage = `usage: genfleet models push FILE s3://bucket/key [--nam
        genfleet models push --name NAME --engine ENGINE --file ROLE=PATH [--file ROLE=PATH ...] s3://bucket/prefix/`
 
 func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("models push", stderr)
-	c := addCommon(f)
+	f := cli.NewFlags("models push", stderr)
+	c := cli.AddCommon(f)
 	name := f.String("name", "", "registry name (default: the file name without extension; required with --file)")
 	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
 	kind := f.String("kind", modelcache.KindModel, "what the file is: "+modelcache.KindModel+" (a model jobs run) or "+modelcache.KindLoRA+" (a LoRA jobs apply to a model of the same engine, \"loras\")")
@@ -114,11 +115,11 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		dest = pos[0]
 		if n == "" {
 			fmt.Fprintln(stderr, "--name is required with --file")
-			return errUsage
+			return cli.ErrUsage
 		}
 	case len(files) > 0 && len(pos) == 2:
 		fmt.Fprintf(stderr, "give either FILE and a destination, or --file ROLE=PATH flags and a destination prefix, not both\n%s\n", modelsPushUsage)
-		return errUsage
+		return cli.ErrUsage
 	case len(files) == 0 && len(pos) == 2:
 		role := ""
 		if eng != "" && *kind != modelcache.KindLoRA {
@@ -131,7 +132,7 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 	default:
 		fmt.Fprintln(stderr, modelsPushUsage)
-		return errUsage
+		return cli.ErrUsage
 	}
 	if err := modelcache.ValidName(n); err != nil {
 		return fmt.Errorf("--name: %w", err)
@@ -150,7 +151,7 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	reg, cl, err := c.openRegistry(ctx)
+	reg, cl, err := c.OpenRegistry(ctx)
 	if err != nil {
 		return err
 	}
@@ -162,7 +163,7 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 			return err
 		}
 	}
-	var prog *progress
+	var prog *cli.Progress
 	var current string
 	spec := modelcache.Spec{Name: n, Engine: eng}
 	if k == modelcache.KindLoRA {
@@ -171,14 +172,14 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	m, err := reg.PushSpec(ctx, spec, files, func(file string, done, total int64) {
 		if prog == nil || file != current {
 			if prog != nil {
-				prog.done()
+				prog.Done()
 			}
-			prog, current = newProgress(stderr, "push "+n+" "+filepath.Base(file)), file
+			prog, current = cli.NewProgress(stderr, "push "+n+" "+filepath.Base(file)), file
 		}
-		prog.update(done, total)
+		prog.Update(done, total)
 	})
 	if prog != nil {
-		prog.done()
+		prog.Done()
 	}
 	if err != nil {
 		return err
@@ -200,7 +201,7 @@ func cmdModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 
 // partSizeFlag adds --part-size, the part size of the part digests that
 // models push and models register record.
-func partSizeFlag(f flags) *string {
+func partSizeFlag(f cli.Flags) *string {
 	return f.String("part-size", "auto", "size of the parts whose sha256 the manifest records, so that hosts can verify each part as it lands from S3 or a peer (docs/fleet.md): auto (16MiB, larger for files over 64GiB), a size of at least 64KiB, or none")
 }
 
@@ -213,7 +214,7 @@ func parsePartSize(s string) (int64, error) {
 	case "none", "0":
 		return -1, nil
 	}
-	n, err := parseSize(s)
+	n, err := cli.ParseSize(s)
 	if err != nil {
 		return 0, fmt.Errorf("--part-size: %w", err)
 	}
@@ -224,13 +225,13 @@ func parsePartSize(s string) (int64, error) {
 }
 
 func cmdModelsInspect(args []string, stdout, stderr io.Writer) error {
-	f := newFlags("models inspect", stderr)
+	f := cli.NewFlags("models inspect", stderr)
 	if err := f.ParseArgs(args, 1); err != nil {
 		return err
 	}
 	if f.NArg() != 1 {
 		fmt.Fprintln(stderr, "usage: genfleet models inspect FILE")
-		return errUsage
+		return cli.ErrUsage
 	}
 	path := f.Arg(0)
 	format, header, err := modelcheck.ParseFile(path)
@@ -247,13 +248,13 @@ func cmdModelsInspect(args []string, stdout, stderr io.Writer) error {
 }
 
 func cmdModelsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("models ls", stderr)
-	c := addCommon(f)
+	f := cli.NewFlags("models ls", stderr)
+	c := cli.AddCommon(f)
 	asJSON := f.Bool("json", false, "print JSON")
 	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
-	reg, _, err := c.openRegistry(ctx)
+	reg, _, err := c.OpenRegistry(ctx)
 	if err != nil {
 		return err
 	}

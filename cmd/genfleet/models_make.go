@@ -11,6 +11,7 @@ import (
 
 	"github.com/genfleet/genfleet/backends/refgen"
 	"github.com/genfleet/genfleet/backends/sdcpp/sd1"
+	"github.com/genfleet/genfleet/internal/cli"
 )
 
 // Architectures `genfleet models make` writes.
@@ -21,7 +22,7 @@ const (
 )
 
 func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
-	f := newFlags("models make", stderr)
+	f := cli.NewFlags("models make", stderr)
 	arch := f.String("arch", archRefgen, "what to write: "+archRefgen+" (the built-in engine's reference model, any --size), "+
 		archRefgenLoRA+" (a LoRA for it, to push with --kind lora) or "+
 		archSD1+" (a random-weight SD 1.x checkpoint that stable-diffusion.cpp loads)")
@@ -36,7 +37,7 @@ func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
 	}
 	if *out == "" {
 		fmt.Fprintln(stderr, "--out is required")
-		return errUsage
+		return cli.ErrUsage
 	}
 	set := f.Visited()
 	only := func(arch string, names ...string) error {
@@ -95,7 +96,7 @@ func makeRefgenLoRA(out string, o refgen.LoRAOptions, stdout io.Writer) error {
 }
 
 func makeRefgen(out, size string, seed uint64, stdout io.Writer) error {
-	n, err := parseSize(size)
+	n, err := cli.ParseSize(size)
 	if err != nil {
 		return fmt.Errorf("--size: %w", err)
 	}
@@ -130,12 +131,12 @@ func makeSD1(out string, split bool, o sd1.Options, stdout, stderr io.Writer) er
 			return err
 		}
 		start := time.Now()
-		prog := newProgress(stderr, "make "+filepath.Base(paths[i]))
-		err = fl.WriteFile(paths[i], o, func(done int64) { prog.update(done, total) })
+		prog := cli.NewProgress(stderr, "make "+filepath.Base(paths[i]))
+		err = fl.WriteFile(paths[i], o, func(done int64) { prog.Update(done, total) })
 		if err == nil {
-			prog.update(total, total)
+			prog.Update(total, total)
 		}
-		prog.done()
+		prog.Done()
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"path"
 	"strings"
 
+	"github.com/genfleet/genfleet/internal/cli"
 	"github.com/genfleet/genfleet/internal/modelcheck"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/modelcache"
@@ -21,8 +22,8 @@ const modelsRegisterUsage = `usage: genfleet models register s3://bucket/key [--
 // when the object has one), then writes the manifest. With --part-size
 // none and a checksum in S3 it reads nothing and records no part digests.
 func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("models register", stderr)
-	c := addCommon(f)
+	f := cli.NewFlags("models register", stderr)
+	c := cli.AddCommon(f)
 	name := f.String("name", "", "registry name (default: the object's name without extension)")
 	engine := f.String("engine", "", "engine that runs the model, e.g. sdcpp; empty means the built-in engine "+modelcache.EngineBuiltin)
 	kind := f.String("kind", modelcache.KindModel, "what the object is: "+modelcache.KindModel+" or "+modelcache.KindLoRA)
@@ -37,7 +38,7 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 	}
 	if len(pos) != 1 {
 		fmt.Fprintln(stderr, modelsRegisterUsage)
-		return errUsage
+		return cli.ErrUsage
 	}
 	u, err := s3x.ParseURL(pos[0])
 	if err != nil {
@@ -73,7 +74,7 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 		}
 	}
 
-	reg, cl, err := c.openRegistry(ctx)
+	reg, cl, err := c.OpenRegistry(ctx)
 	if err != nil {
 		return err
 	}
@@ -92,9 +93,9 @@ func cmdModelsRegister(ctx context.Context, args []string, stdout, stderr io.Wri
 	if err := modelcheck.Check(ra, obj.Size, u.String(), eng); err != nil {
 		return err
 	}
-	prog := newProgress(stderr, "hash "+u.String())
-	mf, read, err := reg.HashObject(ctx, u, obj, partSize, prog.update)
-	prog.done()
+	prog := cli.NewProgress(stderr, "hash "+u.String())
+	mf, read, err := reg.HashObject(ctx, u, obj, partSize, prog.Update)
+	prog.Done()
 	if err != nil {
 		return err
 	}

@@ -13,11 +13,12 @@ import (
 	"time"
 
 	"github.com/genfleet/genfleet/client"
+	"github.com/genfleet/genfleet/internal/cli"
 	"github.com/genfleet/genfleet/job"
 )
 
 func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("submit", stderr)
+	f := cli.NewFlags("submit", stderr)
 	apiURL := f.EnvString("api", "GENFLEET_API", "http://127.0.0.1:8080", "scheduler API base URL")
 	apiToken := f.EnvString("api-token", "GENFLEET_API_TOKEN", "", "bearer token the scheduler requires (prefer the environment: flags show in ps)")
 	model := f.String("model", "", "model name or s3://bucket/key (required)")

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/genfleet/genfleet/client"
+	"github.com/genfleet/genfleet/internal/units"
 	"github.com/genfleet/genfleet/job"
 )
 
@@ -75,7 +76,7 @@ func (v *eventView) show(ev client.Event) {
 		case "waited":
 			v.line(fmt.Sprintf("model %s: waited %.0f ms for another process's download", d.Model, d.WaitMS))
 		default:
-			v.line(fmt.Sprintf("model %s: fetched %s from S3, ready in %.0f ms", d.Model, humanBytes(d.FetchedBytes), d.AcquireMS))
+			v.line(fmt.Sprintf("model %s: fetched %s from S3, ready in %.0f ms", d.Model, units.FormatSize(d.FetchedBytes), d.AcquireMS))
 		}
 	case job.EventRequeued:
 		v.line("back in the queue: " + d.Error)

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -20,10 +20,10 @@ import (
 	"github.com/genfleet/genfleet/webhook"
 )
 
-// lifecycleFlags configure what the scheduler does for a job besides
+// LifecycleFlags configure what the scheduler does for a job besides
 // queueing it: its event streams (and, with the features that follow,
 // webhooks and image URLs).
-type lifecycleFlags struct {
+type LifecycleFlags struct {
 	maxEventStreams *int
 	eventKeepAlive  *time.Duration
 	imageURL        *string
@@ -39,8 +39,9 @@ type lifecycleFlags struct {
 	webhookConc     *int
 }
 
-func addLifecycleFlags(f flags) *lifecycleFlags {
-	return &lifecycleFlags{
+// AddLifecycleFlags adds the job lifecycle flags to f.
+func AddLifecycleFlags(f Flags) *LifecycleFlags {
+	return &LifecycleFlags{
 		maxEventStreams: f.EnvInt("max-event-streams", "GENFLEET_MAX_EVENT_STREAMS", 256, "most GET /v1/jobs/{id}/events streams open at once (each holds a Redis connection while it waits); one more gets 503"),
 		eventKeepAlive:  f.EnvDuration("event-keepalive", "GENFLEET_EVENT_KEEPALIVE", 15*time.Second, "how long an event stream stays silent before it sends a keep-alive comment"),
 		imageURL:        f.EnvString("image-url", "GENFLEET_IMAGE_URL", outputs.ModePresigned, "image_url of each image of a succeeded job: presigned (an S3 GET signed for --image-url-expiry; clients fetch from S3), api (the API's own /v1/jobs/{id}/image and /images/{k}, for an S3 clients cannot reach) or none"),
@@ -58,7 +59,7 @@ func addLifecycleFlags(f flags) *lifecycleFlags {
 }
 
 // webhookSecrets splits --webhook-secret.
-func (l *lifecycleFlags) webhookSecrets() []string {
+func (l *LifecycleFlags) webhookSecrets() []string {
 	var out []string
 	for _, s := range strings.Split(*l.webhookSecret, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -69,7 +70,7 @@ func (l *lifecycleFlags) webhookSecrets() []string {
 }
 
 // webhookPolicy parses --webhook-allow-net.
-func (l *lifecycleFlags) webhookPolicy() (webhook.Policy, error) {
+func (l *LifecycleFlags) webhookPolicy() (webhook.Policy, error) {
 	allow, err := webhook.ParseAllow(*l.webhookAllow)
 	if err != nil {
 		return webhook.Policy{}, fmt.Errorf("--webhook-allow-net: %w", err)
@@ -77,8 +78,8 @@ func (l *lifecycleFlags) webhookPolicy() (webhook.Policy, error) {
 	return webhook.Policy{Allow: allow}, nil
 }
 
-// deliverer returns the webhook deliverer for srv, or nil without a secret.
-func (l *lifecycleFlags) deliverer(opt asynq.RedisConnOpt, srv *scheduler.Server, log *slog.Logger) (*webhook.Deliverer, func(), error) {
+// Deliverer returns the webhook deliverer for srv, or nil without a secret.
+func (l *LifecycleFlags) Deliverer(opt asynq.RedisConnOpt, srv *scheduler.Server, log *slog.Logger) (*webhook.Deliverer, func(), error) {
 	secrets := l.webhookSecrets()
 	if len(secrets) == 0 {
 		return nil, func() {}, nil
@@ -100,14 +101,14 @@ func (l *lifecycleFlags) deliverer(opt asynq.RedisConnOpt, srv *scheduler.Server
 	return d, func() { rdb.Close() }, nil
 }
 
-// apply sets the scheduler's lifecycle settings from the flags; cl is the
+// Apply sets the scheduler's lifecycle settings from the flags; cl is the
 // scheduler's S3 client.
-func (l *lifecycleFlags) apply(ctx context.Context, c *common, cl *s3.Client, cfg *scheduler.Config) error {
+func (l *LifecycleFlags) Apply(ctx context.Context, c *Common, cl *s3.Client, cfg *scheduler.Config) error {
 	cfg.MaxEventStreams, cfg.EventKeepAlive = *l.maxEventStreams, *l.eventKeepAlive
 	cfg.OutputRetention = *l.retention
 	signer := cl
-	if *l.imageURL == outputs.ModePresigned && *l.s3Public != "" && *l.s3Public != *c.s3Endpoint {
-		sc := c.s3Config()
+	if *l.imageURL == outputs.ModePresigned && *l.s3Public != "" && *l.s3Public != *c.S3Endpoint {
+		sc := c.S3Config()
 		sc.Endpoint = *l.s3Public
 		var err error
 		if signer, err = s3x.Connect(ctx, sc); err != nil {
@@ -126,27 +127,27 @@ func (l *lifecycleFlags) apply(ctx context.Context, c *common, cl *s3.Client, cf
 	return nil
 }
 
-// sweeper returns the output retention sweep, or nil without a retention.
+// Sweeper returns the output retention sweep, or nil without a retention.
 // It never deletes uploads, which by default live in the outputs bucket.
-func (l *lifecycleFlags) sweeper(c *common, cl *s3.Client, reg prometheus.Registerer, log *slog.Logger) (*outputs.Sweeper, error) {
+func (l *LifecycleFlags) Sweeper(c *Common, cl *s3.Client, reg prometheus.Registerer, log *slog.Logger) (*outputs.Sweeper, error) {
 	if *l.retention <= 0 {
 		return nil, nil
 	}
-	u, err := c.outputsURL()
+	u, err := c.OutputsURL()
 	if err != nil {
 		return nil, err
 	}
-	up, _, err := c.uploadsURL()
+	up, _, err := c.UploadsURL()
 	if err != nil {
 		return nil, err
 	}
 	return outputs.NewSweeper(outputs.SweepConfig{S3: cl, Outputs: u, Uploads: up, Retention: *l.retention, Interval: *l.sweepInterval, Metrics: reg, Logger: log})
 }
 
-// parsePriorityWeights parses --priority-weights "high=6,normal=3,low=1".
+// ParsePriorityWeights parses --priority-weights "high=6,normal=3,low=1".
 // Every priority must be named, each with a weight of at least 1 (the
 // worker checks that too).
-func parsePriorityWeights(s string) (map[job.Priority]int, error) {
+func ParsePriorityWeights(s string) (map[job.Priority]int, error) {
 	out := map[job.Priority]int{}
 	for _, kv := range strings.Split(s, ",") {
 		kv = strings.TrimSpace(kv)

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -7,9 +7,9 @@ import (
 	"github.com/genfleet/genfleet/peer"
 )
 
-// peerFlags configure a worker's part in the fleet-wide model cache
+// PeerFlags configure a worker's part in the fleet-wide model cache
 // (package peer, docs/fleet.md).
-type peerFlags struct {
+type PeerFlags struct {
 	token     *string
 	listen    *string
 	advertise *string
@@ -17,8 +17,9 @@ type peerFlags struct {
 	wait      *time.Duration
 }
 
-func addPeerFlags(f flags) *peerFlags {
-	return &peerFlags{
+// AddPeerFlags adds the fleet-wide cache flags to f.
+func AddPeerFlags(f Flags) *PeerFlags {
+	return &PeerFlags{
 		token:     f.EnvString("fleet-token", "GENFLEET_FLEET_TOKEN", "", "token shared by the fleet's workers (at least 16 characters): with it, models with part digests are fetched from peers first; the blob server (--peer-listen) requires it of every peer. Empty: S3 only. Prefer the environment: flags show in ps"),
 		listen:    f.EnvString("peer-listen", "GENFLEET_PEER_LISTEN", "", "address of the blob server that serves this host's models to its peers, e.g. :9092; empty: serve none (and take no part in electing the host that pulls a model from S3)"),
 		advertise: f.EnvString("peer-advertise", "GENFLEET_PEER_ADVERTISE", "", "host:port peers reach the blob server at (heartbeats advertise it); default: --peer-listen's address, or this host's first non-loopback IP with its port"),
@@ -27,9 +28,9 @@ func addPeerFlags(f flags) *peerFlags {
 	}
 }
 
-// config is the peer.HostConfig the flags describe, checked (Origin,
+// Config is the peer.HostConfig the flags describe, checked (Origin,
 // Redis, Metrics and Logger are the caller's to set).
-func (pf *peerFlags) config() (peer.HostConfig, error) {
+func (pf *PeerFlags) Config() (peer.HostConfig, error) {
 	cfg := peer.HostConfig{Token: *pf.token, Listen: *pf.listen, Advertise: *pf.advertise, PartWait: *pf.wait}
 	if cfg.Token == "" {
 		return cfg, cfg.Check()
@@ -42,11 +43,11 @@ func (pf *peerFlags) config() (peer.HostConfig, error) {
 }
 
 // bytesPerSecond is --peer-bandwidth for peer.HostConfig: -1 for no cap.
-func (pf *peerFlags) bytesPerSecond() (float64, error) {
+func (pf *PeerFlags) bytesPerSecond() (float64, error) {
 	if *pf.bandwidth == "0" {
 		return -1, nil
 	}
-	n, err := parseSize(*pf.bandwidth)
+	n, err := ParseSize(*pf.bandwidth)
 	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("--peer-bandwidth %q: want bytes per second, e.g. 250MB, or 0 for no cap", *pf.bandwidth)
 	}

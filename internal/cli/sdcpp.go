@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -9,16 +9,17 @@ import (
 	"github.com/genfleet/genfleet/backends/sdcpp"
 )
 
-// sdcppFlags configure the sdcpp backend (worker --backend sdcpp).
-type sdcppFlags struct {
+// SdcppFlags configure the sdcpp backend (worker --backend sdcpp).
+type SdcppFlags struct {
 	cli, server, mode, args, pool *string
 	keepAlive, timeout, start     *time.Duration
 	maxServers                    *int
 	mmap                          *bool
 }
 
-func addSdcppFlags(f flags) *sdcppFlags {
-	return &sdcppFlags{
+// AddSdcppFlags adds the sdcpp backend's flags to f.
+func AddSdcppFlags(f Flags) *SdcppFlags {
+	return &SdcppFlags{
 		cli:        f.EnvString("sdcpp-cli", "GENFLEET_SDCPP_CLI", "", "stable-diffusion.cpp command-line program (path or name in PATH); default sd-cli, else sd"),
 		server:     f.EnvString("sdcpp-server", "GENFLEET_SDCPP_SERVER", "", "stable-diffusion.cpp server program; default sd-server when in PATH"),
 		mode:       f.EnvString("sdcpp-mode", "GENFLEET_SDCPP_MODE", sdcpp.ModeAuto, "auto (a server per model when the server program is found, else a process per job), server or process"),
@@ -32,12 +33,18 @@ func addSdcppFlags(f flags) *sdcppFlags {
 	}
 }
 
-func (sf *sdcppFlags) open(log *slog.Logger) (*sdcpp.Backend, error) {
-	b, err := sdcpp.New(sdcpp.Config{
+// Config is the sdcpp backend's config the flags describe, logging to log.
+func (sf *SdcppFlags) Config(log *slog.Logger) sdcpp.Config {
+	return sdcpp.Config{
 		CLI: *sf.cli, Server: *sf.server, Mode: *sf.mode, Args: strings.Fields(*sf.args),
 		DeviceClass: *sf.pool, KeepAlive: *sf.keepAlive, Timeout: *sf.timeout,
 		StartTimeout: *sf.start, MaxServers: *sf.maxServers, NoMmap: !*sf.mmap, Logger: log,
-	})
+	}
+}
+
+// Open starts the sdcpp backend the flags describe.
+func (sf *SdcppFlags) Open(log *slog.Logger) (*sdcpp.Backend, error) {
+	b, err := sdcpp.New(sf.Config(log))
 	if err != nil {
 		return nil, err
 	}
@@ -46,8 +53,8 @@ func (sf *sdcppFlags) open(log *slog.Logger) (*sdcpp.Backend, error) {
 	return b, nil
 }
 
-// parseEnginePools parses --engine-pool "sdcpp=sdcpp,other=gpu".
-func parseEnginePools(s string) (map[string]string, error) {
+// ParseEnginePools parses --engine-pool "sdcpp=sdcpp,other=gpu".
+func ParseEnginePools(s string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, kv := range strings.Split(s, ",") {
 		kv = strings.TrimSpace(kv)
