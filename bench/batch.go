@@ -17,6 +17,7 @@ import (
 	"github.com/genfleet/genfleet/backends"
 	"github.com/genfleet/genfleet/backends/cpu"
 	"github.com/genfleet/genfleet/backends/sdcpp"
+	"github.com/genfleet/genfleet/client"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
@@ -123,11 +124,11 @@ func Batch(ctx context.Context, o BatchOptions, progress io.Writer) (*BatchResul
 	}
 	defer fl.stop()
 
-	body := func(seed, n int) []byte {
-		return fmt.Appendf(nil, `{"model":"demo","prompt":"a batch","seed":%d,"width":%d,"height":%d,"steps":%d,"n":%d}`,
-			seed, o.Width, o.Height, o.Steps, n)
+	body := func(seed, n int) job.Request {
+		return job.Request{Model: "demo", Prompt: "a batch", Seed: int64(seed), Width: o.Width, Height: o.Height, Steps: o.Steps,
+			Guidance: job.DefaultGuidance, N: job.Count(n)}
 	}
-	if _, err := fl.runJobs(ctx, [][]byte{body(0, 1)}); err != nil {
+	if _, err := fl.runJobs(ctx, []job.Request{body(0, 1)}); err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
 	res := &BatchResult{Engine: fl.engine, Images: o.Images, Rounds: o.Rounds, ModelBytes: fl.modelBytes, Width: o.Width, Height: o.Height, Steps: o.Steps}
@@ -135,10 +136,10 @@ func Batch(ctx context.Context, o BatchOptions, progress io.Writer) (*BatchResul
 	n := o.Images
 	for r := range o.Rounds {
 		batch := func() (time.Duration, []*job.Record, error) {
-			return fl.timeJobs(ctx, [][]byte{body(100*r, n)})
+			return fl.timeJobs(ctx, []job.Request{body(100*r, n)})
 		}
 		singles := func() (time.Duration, []*job.Record, error) {
-			bodies := make([][]byte, n)
+			bodies := make([]job.Request, n)
 			for k := range bodies {
 				bodies[k] = body(100*r+k, 1)
 			}
@@ -185,8 +186,7 @@ func timing(recs []*job.Record, phase string) float64 {
 
 // batchFleet is a scheduler and one worker in this process.
 type batchFleet struct {
-	api        string
-	client     *http.Client
+	api        *client.Client
 	store      *job.Store
 	engine     string
 	modelBytes int64
@@ -291,7 +291,7 @@ func startBatchFleet(ctx context.Context, o BatchOptions, opt asynq.RedisConnOpt
 	wdone := make(chan struct{})
 	go func() { defer close(wdone); _ = w.Run(wctx) }()
 	return &batchFleet{
-		api: "http://" + ln.Addr().String(), client: &http.Client{}, store: job.NewStore(rdb),
+		api: client.New("http://"+ln.Addr().String(), ""), store: job.NewStore(rdb),
 		engine: engine, modelBytes: modelBytes,
 		stop: func() {
 			stopWorker()
@@ -307,14 +307,14 @@ func startBatchFleet(ctx context.Context, o BatchOptions, opt asynq.RedisConnOpt
 }
 
 // runJobs submits the bodies at once and waits for every job to succeed.
-func (f *batchFleet) runJobs(ctx context.Context, bodies [][]byte) ([]*job.Record, error) {
+func (f *batchFleet) runJobs(ctx context.Context, bodies []job.Request) ([]*job.Record, error) {
 	ids := make([]string, len(bodies))
 	for i, b := range bodies {
-		id, err := postJob(ctx, f.client, f.api, b)
+		a, err := f.api.Submit(ctx, b)
 		if err != nil {
 			return nil, err
 		}
-		ids[i] = id
+		ids[i] = a.ID
 	}
 	recs := make([]*job.Record, len(ids))
 	deadline := time.Now().Add(30 * time.Minute)
@@ -343,7 +343,7 @@ func (f *batchFleet) runJobs(ctx context.Context, bodies [][]byte) ([]*job.Recor
 
 // timeJobs is runJobs with the time from the first submit to the last
 // job's end (its record's finished_at).
-func (f *batchFleet) timeJobs(ctx context.Context, bodies [][]byte) (time.Duration, []*job.Record, error) {
+func (f *batchFleet) timeJobs(ctx context.Context, bodies []job.Request) (time.Duration, []*job.Record, error) {
 	start := time.Now()
 	recs, err := f.runJobs(ctx, bodies)
 	if err != nil {

@@ -34,6 +34,7 @@ import (
 
 	"github.com/genfleet/genfleet/backends"
 	"github.com/genfleet/genfleet/backends/cpu"
+	"github.com/genfleet/genfleet/client"
 	"github.com/genfleet/genfleet/internal/lineprefix"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
@@ -229,7 +230,7 @@ func runChaos(ctx context.Context, cfg ChaosOptions, sv chaosServices, logw io.W
 	hs := &http.Server{Handler: sched.Handler()}
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
-	api := "http://" + ln.Addr().String()
+	api := &client.Client{BaseURL: "http://" + ln.Addr().String(), HTTP: &http.Client{Timeout: 30 * time.Second}}
 
 	env := append(os.Environ(),
 		"GENFLEET_REDIS="+sv.redisAddr,
@@ -319,7 +320,6 @@ func runChaos(ctx context.Context, cfg ChaosOptions, sv chaosServices, logw io.W
 
 	// Submit every job through the API.
 	start := time.Now()
-	client := &http.Client{Timeout: 30 * time.Second}
 	ids := make([]string, cfg.Jobs)
 	bodies := make([]job.Request, cfg.Jobs)
 	var wg sync.WaitGroup
@@ -334,14 +334,16 @@ func runChaos(ctx context.Context, cfg ChaosOptions, sv chaosServices, logw io.W
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			body := fmt.Sprintf(`{"model":"chaos","prompt":%q,"seed":%d,"width":64,"height":64,"steps":%d}`, bodies[i].Prompt, i, cfg.Steps)
-			id, err := postJob(ctx, client, api, []byte(body))
+			a, err := api.Submit(ctx, bodies[i])
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil && submitErr == nil {
-				submitErr = err
+			if err != nil {
+				if submitErr == nil {
+					submitErr = err
+				}
+				return
 			}
-			ids[i] = id
+			ids[i] = a.ID
 		}()
 	}
 	wg.Wait()
@@ -376,7 +378,7 @@ func runChaos(ctx context.Context, cfg ChaosOptions, sv chaosServices, logw io.W
 			if recs[i] != nil {
 				continue
 			}
-			rec, err := getJob(ctx, client, api, id)
+			rec, err := api.Job(ctx, id)
 			if err == nil && rec.Status.Terminal() {
 				recs[i] = rec
 				continue

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,7 +19,6 @@ import (
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/internal/testenv"
 	"github.com/genfleet/genfleet/internal/units"
-	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
 )
 
@@ -192,20 +190,6 @@ func mbps(size int64, d time.Duration) float64 {
 	return float64(size) / 1e6 / d.Seconds()
 }
 
-// postJob submits body to the API at api (http://host:port) and returns
-// the accepted job's id, or the API's error.
-func postJob(ctx context.Context, client *http.Client, api string, body []byte) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+"/v1/jobs", bytes.NewReader(body))
-	if err != nil {
-		return "", err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	return acceptedID(resp)
-}
-
 // acceptedID reads and closes the body of a response to POST /v1/jobs and
 // returns the accepted job's id, or the API's error.
 func acceptedID(resp *http.Response) (string, error) {
@@ -225,25 +209,4 @@ func acceptedID(resp *http.Response) (string, error) {
 		return "", fmt.Errorf("POST /v1/jobs: %s: %s", resp.Status, out.Error)
 	}
 	return out.ID, nil
-}
-
-// getJob reads job id's record through the API at api.
-func getJob(ctx context.Context, client *http.Client, api, id string) (*job.Record, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, api+"/v1/jobs/"+id, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /v1/jobs/%s: %s", id, resp.Status)
-	}
-	var rec job.Record
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&rec); err != nil {
-		return nil, fmt.Errorf("GET /v1/jobs/%s: %w", id, err)
-	}
-	return &rec, nil
 }

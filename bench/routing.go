@@ -20,6 +20,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/genfleet/genfleet/client"
 	"github.com/genfleet/genfleet/internal/lineprefix"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/job"
@@ -178,7 +179,7 @@ func (r *routingRun) run(ctx context.Context) (int, float64, error) {
 	hs := &http.Server{Handler: sched.Handler()}
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
-	api := "http://" + ln.Addr().String()
+	api := client.New("http://"+ln.Addr().String(), "")
 
 	budget := fmt.Sprint(r.o.ModelSize + r.o.ModelSize/2) // room for one model, not two
 	var procs []*exec.Cmd
@@ -214,7 +215,6 @@ func (r *routingRun) run(ctx context.Context) (int, float64, error) {
 	}
 
 	store := job.NewStore(rdb)
-	client := &http.Client{}
 	sem := make(chan struct{}, r.o.InFlight)
 	var mu sync.Mutex
 	var recs []*job.Record
@@ -227,8 +227,9 @@ func (r *routingRun) run(ctx context.Context) (int, float64, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			body := fmt.Sprintf(`{"model":%q,"prompt":"bench %d","seed":%d,"width":64,"height":64,"steps":%d}`, model, i, i, r.o.Steps)
-			rec, err := submitAndWait(ctx, client, store, api, []byte(body), 5*time.Minute)
+			req := job.Request{Model: model, Prompt: fmt.Sprintf("bench %d", i), Seed: int64(i), Width: 64, Height: 64, Steps: r.o.Steps,
+				Guidance: job.DefaultGuidance}
+			rec, err := submitAndWait(ctx, api, store, req, 5*time.Minute)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -263,11 +264,12 @@ func (r *routingRun) run(ctx context.Context) (int, float64, error) {
 }
 
 // submitAndWait posts a job and polls its record until it ends.
-func submitAndWait(ctx context.Context, client *http.Client, store *job.Store, api string, body []byte, timeout time.Duration) (*job.Record, error) {
-	id, err := postJob(ctx, client, api, body)
+func submitAndWait(ctx context.Context, api *client.Client, store *job.Store, req job.Request, timeout time.Duration) (*job.Record, error) {
+	a, err := api.Submit(ctx, req)
 	if err != nil {
 		return nil, err
 	}
+	id := a.ID
 	deadline := time.Now().Add(timeout)
 	for {
 		rec, err := store.Get(ctx, id)

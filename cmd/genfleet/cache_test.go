@@ -111,23 +111,6 @@ func TestCacheVerifyFindsCorruptBlob(t *testing.T) {
 	}
 }
 
-func TestParseBudget(t *testing.T) {
-	for _, tt := range []struct {
-		in    string
-		bytes int64
-		pct   float64
-		ok    bool
-	}{
-		{"", 0, 0, true}, {"50GiB", 50 << 30, 0, true}, {"80%", 0, 80, true}, {"12.5 %", 0, 12.5, true},
-		{"0%", 0, 0, false}, {"150%", 0, 0, false}, {"lots", 0, 0, false},
-	} {
-		b, p, err := parseBudget(tt.in)
-		if (err == nil) != tt.ok || b != tt.bytes || p != tt.pct {
-			t.Errorf("parseBudget(%q) = %d, %g, %v", tt.in, b, p, err)
-		}
-	}
-}
-
 func TestCachePull(t *testing.T) {
 	s := testenv.S3Server(t, "pullmodels")
 	reg := &modelcache.Registry{Src: modelcache.NewS3Source(s.Client), Root: s3x.URL{Bucket: "pullmodels"}}
@@ -364,5 +347,50 @@ func TestBenchVerifySmall(t *testing.T) {
 	}
 	if res.Size != 8<<20 || res.WarmRead <= 0 || res.WarmFirst <= res.WarmChecked || res.Report <= 0 || res.WarmRatio <= 0 || res.ColdRatio <= 0 {
 		t.Fatalf("bench verify result %+v", res)
+	}
+}
+
+// `genfleet cache pull` of a model small enough to arrive before the first
+// periodic report: its speed is not bytes over the microseconds since the
+// progress line appeared. No path on one machine moves 100 GB/s.
+func TestCachePullSpeedIsPhysical(t *testing.T) {
+	e := newPushEnv(t)
+	model := filepath.Join(t.TempDir(), "tiny.safetensors")
+	if err := writeModel(model, 1<<20, 1); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := e.run("models", "push", model, "s3://pushmodels/blobs/"); code != 0 {
+		t.Fatalf("models push: %d %s", code, stderr)
+	}
+	code, out, stderr := e.run("cache", "pull", "tiny", "--cache-dir", filepath.Join(t.TempDir(), "cache"))
+	if code != 0 {
+		t.Fatalf("cache pull: %d\n%s\n%s", code, out, stderr)
+	}
+	type progressLine struct {
+		Done   int64    `json:"done"`
+		Total  int64    `json:"total"`
+		MBPerS *float64 `json:"mb_per_s"`
+	}
+	var lines []progressLine
+	for _, l := range strings.Split(stderr, "\n") {
+		if !strings.Contains(l, `"event":"progress"`) {
+			continue
+		}
+		var pl progressLine
+		if err := json.Unmarshal([]byte(l), &pl); err != nil {
+			t.Fatalf("progress line %q: %v", l, err)
+		}
+		lines = append(lines, pl)
+	}
+	if len(lines) == 0 {
+		t.Fatalf("no progress lines:\n%s", stderr)
+	}
+	for _, l := range lines {
+		if l.MBPerS != nil && *l.MBPerS > 100_000 {
+			t.Errorf("progress says %.0f MB/s:\n%s", *l.MBPerS, stderr)
+		}
+	}
+	if last := lines[len(lines)-1]; last.Done != 1<<20 || last.Total != 1<<20 {
+		t.Errorf("last progress line %+v, want 1 MiB of 1 MiB", last)
 	}
 }

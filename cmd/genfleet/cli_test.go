@@ -104,21 +104,6 @@ func TestModelsMakeRejectsBadSize(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-	}{
-		{"65536", 65536}, {"64MiB", 64 << 20}, {"4GiB", 4 << 30}, {"1.5GB", 1500000000}, {"2K", 2048},
-	}
-	for _, tt := range tests {
-		got, err := parseSize(tt.in)
-		if err != nil || got != tt.want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
-		}
-	}
-}
-
 // isolateAWSEnv leaves the test with no AWS or GENFLEET_S3_* settings from
 // the machine it runs on: no credentials in the environment, no shared
 // config files, no instance metadata service.

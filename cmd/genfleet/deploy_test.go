@@ -51,6 +51,9 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
+
+	"github.com/genfleet/genfleet/internal/cli"
+	"github.com/genfleet/genfleet/internal/envflag"
 )
 
 var updateDeployDocs = flag.Bool("update-deploy-docs", false, "rewrite the flag reference in docs/deploy.md from the binary's flag table")
@@ -80,7 +83,7 @@ var (
 // deployFlagTable builds every command's flag set by running
 // `genfleet CMD... -h` for each command the usage texts list (recursively,
 // so new commands and subcommands are found), parses the printed defaults,
-// and so also fills knownEnv. GENFLEET_* variables of the test's own
+// and so also fills envflag.Known. GENFLEET_* variables of the test's own
 // environment are cleared first: they would show up as defaults.
 func deployFlagTable(t *testing.T) []commandFlags {
 	t.Helper()
@@ -198,16 +201,12 @@ func lookupFlag(table []commandFlags, cmd, name string) (flagInfo, bool) {
 	return flagInfo{}, false
 }
 
-// knownEnvSnapshot returns knownEnv after every flag set was built.
+// knownEnvSnapshot returns the variables flags read (envflag.Known) after
+// every flag set was built.
 func knownEnvSnapshot(t *testing.T) map[string]bool {
 	t.Helper()
 	deployFlagTable(t)
-	knownEnvMu.Lock()
-	defer knownEnvMu.Unlock()
-	m := make(map[string]bool, len(knownEnv))
-	for k := range knownEnv {
-		m[k] = true
-	}
+	m := envflag.Known()
 	for _, must := range []string{"GENFLEET_REDIS", "GENFLEET_LISTEN", "GENFLEET_CACHE_DIR", "GENFLEET_METRICS_LISTEN", "GENFLEET_SHUTDOWN_TIMEOUT"} {
 		if !m[must] {
 			t.Fatalf("knownEnv lacks %s after building all flag sets: %v", must, m)
@@ -1617,7 +1616,7 @@ func TestComposeSdcppWorker(t *testing.T) {
 		t.Fatalf("worker-sdcpp build %+v", s.Build)
 	}
 	env := composeEnv(s)
-	pools, err := parseEnginePools(deployFlagDefault(t, "scheduler", "engine-pool"))
+	pools, err := cli.ParseEnginePools(deployFlagDefault(t, "scheduler", "engine-pool"))
 	if err != nil {
 		t.Fatal(err)
 	}

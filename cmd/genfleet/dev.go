@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/genfleet/genfleet/backends"
 	"github.com/genfleet/genfleet/backends/refgen"
+	"github.com/genfleet/genfleet/internal/cli"
 	"github.com/genfleet/genfleet/internal/lineprefix"
 	"github.com/genfleet/genfleet/internal/s3x"
 )
@@ -35,32 +35,30 @@ const (
 )
 
 func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("dev", stderr)
-	listen := f.str("listen", "GENFLEET_LISTEN", "127.0.0.1:8080", "API listen address")
+	f := cli.NewFlags("dev", stderr)
+	listen := f.EnvString("listen", "GENFLEET_LISTEN", "127.0.0.1:8080", "API listen address")
 	workers := f.Int("workers", 2, "worker processes (they share one cache directory)")
 	dir := f.String("dir", "", "directory for the shared model cache (default: a temporary directory removed on exit)")
 	demoSize := f.String("demo-size", "32MiB", "size of the seeded demo model")
-	logLevel := f.str("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error")
-	backendName := f.str("backend", "GENFLEET_BACKEND", "cpu", "the workers' backend: "+fmt.Sprint(backends.Names())+" or auto (cuda where a GPU is usable, else cpu)")
+	logLevel := f.EnvString("log-level", "GENFLEET_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	backendName := f.EnvString("backend", "GENFLEET_BACKEND", "cpu", "the workers' backend: "+fmt.Sprint(backends.Names())+" or auto (cuda where a GPU is usable, else cpu)")
 	envFile := f.String("env-file", "", "also write the settings a second shell needs (export GENFLEET_… lines, for `. FILE`) to this file, mode 0600; it is removed when dev stops")
 	apiToken := apiTokenFlag(f)
 	allowUnauth := allowUnauthFlag(f)
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	// The in-process scheduler's routing and authentication settings.
-	rf := addRoutingFlags(newFlags("dev-internal", io.Discard))
+	rf := addRoutingFlags(cli.NewFlags("dev-internal", io.Discard))
 	rf.apiToken, rf.allowUnauth = apiToken, allowUnauth
 	if err := checkAPIExposure(*listen, rf.apiTokens(), *allowUnauth); err != nil {
 		return err
 	}
-	size, err := parseSize(*demoSize)
+	size, err := cli.ParseSize(*demoSize)
 	if err != nil {
 		return fmt.Errorf("--demo-size: %w", err)
 	}
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(*logLevel))
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	log := cli.NewLogger(stderr, *logLevel)
 
 	// The workers' backend, decided once here (so that "auto" means the
 	// same for every worker) and the scheduler's pool with it.
@@ -113,9 +111,9 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	// The in-process scheduler's connection settings; the workers and a
 	// second shell get the same ones through the environment (shellEnv).
-	c := addCommon(newFlags("dev-internal", io.Discard))
-	*c.redis, *c.s3Endpoint, *c.s3Access, *c.s3Secret, *c.logLevel = mr.Addr(), s3Endpoint, devAccessKey, devSecretKey, *logLevel
-	*c.s3Region, *c.s3PathStyle = "us-east-1", true
+	c := cli.AddCommon(cli.NewFlags("dev-internal", io.Discard))
+	*c.Redis, *c.S3Endpoint, *c.S3AccessKey, *c.S3SecretKey, *c.LogLevel = mr.Addr(), s3Endpoint, devAccessKey, devSecretKey, *logLevel
+	*c.S3Region, *c.S3PathStyle = "us-east-1", true
 	url := "http://" + apiLn.Addr().String()
 	shell := shellEnv(c, url)
 	if *envFile != "" {
@@ -131,11 +129,11 @@ func cmdDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := writeModel(modelPath, size, 1); err != nil {
 		return fmt.Errorf("make demo model: %w", err)
 	}
-	reg, cl, err := c.openRegistry(ctx)
+	reg, cl, err := c.OpenRegistry(ctx)
 	if err != nil {
 		return err
 	}
-	outputs, _ := c.outputsURL()
+	outputs, _ := c.OutputsURL()
 	for _, b := range []string{reg.Root.Bucket, outputs.Bucket} {
 		if err := s3x.EnsureBucket(ctx, cl, b); err != nil {
 			return fmt.Errorf("embedded s3: %w", err)
@@ -230,16 +228,16 @@ type envVar struct{ name, value string }
 // need to reach a dev fleet: its Redis, its S3 server and keys, the registry
 // and outputs it uses, and its API. The API token is not among them: it is
 // the user's own secret, and already in their hands.
-func shellEnv(c *common, api string) []envVar {
+func shellEnv(c *cli.Common, api string) []envVar {
 	return []envVar{
-		{"GENFLEET_REDIS", *c.redis},
-		{"GENFLEET_S3_ENDPOINT", *c.s3Endpoint},
-		{"GENFLEET_S3_ACCESS_KEY", *c.s3Access},
-		{"GENFLEET_S3_SECRET_KEY", *c.s3Secret},
-		{"GENFLEET_S3_REGION", *c.s3Region},
-		{"GENFLEET_S3_PATH_STYLE", strconv.FormatBool(*c.s3PathStyle)},
-		{"GENFLEET_REGISTRY", *c.registry},
-		{"GENFLEET_OUTPUTS", *c.outputs},
+		{"GENFLEET_REDIS", *c.Redis},
+		{"GENFLEET_S3_ENDPOINT", *c.S3Endpoint},
+		{"GENFLEET_S3_ACCESS_KEY", *c.S3AccessKey},
+		{"GENFLEET_S3_SECRET_KEY", *c.S3SecretKey},
+		{"GENFLEET_S3_REGION", *c.S3Region},
+		{"GENFLEET_S3_PATH_STYLE", strconv.FormatBool(*c.S3PathStyle)},
+		{"GENFLEET_REGISTRY", *c.Registry},
+		{"GENFLEET_OUTPUTS", *c.Outputs},
 		{"GENFLEET_API", api},
 	}
 }

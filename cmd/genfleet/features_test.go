@@ -89,17 +89,12 @@ func halfMask(t *testing.T, w, h int) []byte {
 	return buf.Bytes()
 }
 
-// upload posts data as the raw body of POST /v1/uploads and returns the
-// answer's ref.
+// upload uploads data (POST /v1/uploads) and returns its ref.
 func (fl *fleet) upload(data []byte) string {
 	fl.t.Helper()
-	code, b := fl.do("POST", "/v1/uploads", string(data), "Content-Type", "image/png")
-	if code != http.StatusCreated {
-		fl.t.Fatalf("POST /v1/uploads = %d %s", code, b)
-	}
-	var info struct{ Ref string }
-	if err := json.Unmarshal(b, &info); err != nil || info.Ref == "" {
-		fl.t.Fatalf("upload answered %s", b)
+	info, err := fl.client().Upload(fl.t.Context(), data)
+	if err != nil || info.Ref == "" {
+		fl.t.Fatalf("upload: %+v %v", info, err)
 	}
 	return info.Ref
 }
@@ -115,9 +110,14 @@ func (fl *fleet) succeed(id string) job.Record {
 
 func (fl *fleet) imageK(id string, k int) []byte {
 	fl.t.Helper()
-	code, b := fl.do("GET", fmt.Sprintf("/v1/jobs/%s/images/%d", id, k), "")
-	if code != http.StatusOK {
-		fl.t.Fatalf("GET image %d of %s = %d %s", k, id, code, b)
+	img, err := fl.client().Image(fl.t.Context(), id, k)
+	if err != nil {
+		fl.t.Fatalf("image %d of %s: %v", k, id, err)
+	}
+	defer img.Close()
+	b, err := io.ReadAll(img)
+	if err != nil {
+		fl.t.Fatalf("image %d of %s: %v", k, id, err)
 	}
 	return b
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/genfleet/genfleet/client"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/internal/testenv"
 	"github.com/genfleet/genfleet/job"
@@ -273,17 +274,16 @@ func (fl *fleet) submit(body string, hdr ...string) string {
 	return r.ID
 }
 
+// client is the Go client of the fleet's API, with the fleet's token.
+func (fl *fleet) client() *client.Client { return client.New(fl.api.URL, fl.token) }
+
 func (fl *fleet) get(id string) job.Record {
 	fl.t.Helper()
-	code, b := fl.do("GET", "/v1/jobs/"+id, "")
-	if code != http.StatusOK {
-		fl.t.Fatalf("GET /v1/jobs/%s = %d %s", id, code, b)
-	}
-	var rec job.Record
-	if err := json.Unmarshal(b, &rec); err != nil {
+	rec, err := fl.client().Job(context.Background(), id)
+	if err != nil {
 		fl.t.Fatal(err)
 	}
-	return rec
+	return *rec
 }
 
 // wait polls until the job reaches a terminal status or until(rec) holds.

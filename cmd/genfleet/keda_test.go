@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"sigs.k8s.io/yaml"
 
+	"github.com/genfleet/genfleet/internal/envflag"
 	"github.com/genfleet/genfleet/internal/testenv"
 	"github.com/genfleet/genfleet/job"
 )
@@ -170,7 +171,5 @@ func knownEnvVar(t *testing.T, env string) bool {
 	for _, cmd := range []string{"scheduler", "worker"} {
 		runCLI(cmd, "-h")
 	}
-	knownEnvMu.Lock()
-	defer knownEnvMu.Unlock()
-	return knownEnv[env]
+	return envflag.Known()[env]
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/genfleet/genfleet/backends/refgen"
 	"github.com/genfleet/genfleet/backends/sdcpp/sd1"
+	"github.com/genfleet/genfleet/internal/cli"
 )
 
 // Architectures `genfleet models make` writes.
@@ -22,7 +22,7 @@ const (
 )
 
 func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
-	f := newFlags("models make", stderr)
+	f := cli.NewFlags("models make", stderr)
 	arch := f.String("arch", archRefgen, "what to write: "+archRefgen+" (the built-in engine's reference model, any --size), "+
 		archRefgenLoRA+" (a LoRA for it, to push with --kind lora) or "+
 		archSD1+" (a random-weight SD 1.x checkpoint that stable-diffusion.cpp loads)")
@@ -32,15 +32,14 @@ func cmdModelsMake(args []string, stdout, stderr io.Writer) error {
 	out := f.String("out", "", "output file; with --split, a directory (required)")
 	split := f.Bool("split", false, "write the checkpoint's components as separate files for models push --file ROLE=FILE (--arch "+archSD1+")")
 	dtype := f.String("dtype", string(sd1.F16), "type of the weight matrices: f16 (safetensors), q8_0 or q4_0 (GGUF) (--arch "+archSD1+")")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	if *out == "" {
 		fmt.Fprintln(stderr, "--out is required")
-		return errUsage
+		return cli.ErrUsage
 	}
-	set := map[string]bool{}
-	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	set := f.Visited()
 	only := func(arch string, names ...string) error {
 		for _, name := range names {
 			if set[name] {
@@ -97,7 +96,7 @@ func makeRefgenLoRA(out string, o refgen.LoRAOptions, stdout io.Writer) error {
 }
 
 func makeRefgen(out, size string, seed uint64, stdout io.Writer) error {
-	n, err := parseSize(size)
+	n, err := cli.ParseSize(size)
 	if err != nil {
 		return fmt.Errorf("--size: %w", err)
 	}
@@ -132,12 +131,12 @@ func makeSD1(out string, split bool, o sd1.Options, stdout, stderr io.Writer) er
 			return err
 		}
 		start := time.Now()
-		prog := newProgress(stderr, "make "+filepath.Base(paths[i]))
-		err = fl.WriteFile(paths[i], o, func(done int64) { prog.update(done, total) })
+		prog := cli.NewProgress(stderr, "make "+filepath.Base(paths[i]))
+		err = fl.WriteFile(paths[i], o, func(done int64) { prog.Update(done, total) })
 		if err == nil {
-			prog.update(total, total)
+			prog.Update(total, total)
 		}
-		prog.done()
+		prog.Done()
 		if err != nil {
 			return err
 		}

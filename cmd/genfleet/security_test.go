@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/internal/testenv"
@@ -180,51 +179,4 @@ func listJobIDs(t *testing.T, addr, pass string) []string {
 		ids = append(ids, strings.TrimPrefix(k, "genfleet:job:"))
 	}
 	return ids
-}
-
-// --redis-tls and rediss:// turn TLS on with the server's name to verify;
-// a bad Redis URI's error does not echo its password.
-func TestRedisTLSOptions(t *testing.T) {
-	tests := []struct {
-		name       string
-		args       []string
-		tls        bool
-		serverName string
-	}{
-		{"plain", []string{"--redis", "10.0.0.5:6379"}, false, ""},
-		{"flag", []string{"--redis", "redis.internal:6380", "--redis-tls"}, true, "redis.internal"},
-		{"rediss URI", []string{"--redis", "rediss://:pw@redis.example.com:6380/1"}, true, "redis.example.com"},
-		{"redis URI and flag", []string{"--redis", "redis://redis.example.com:6379", "--redis-tls"}, true, "redis.example.com"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			f := newFlags("test", io.Discard)
-			c := addCommon(f)
-			if err := f.parse(tt.args, 0); err != nil {
-				t.Fatal(err)
-			}
-			opt, err := c.redisOpt()
-			if err != nil {
-				t.Fatal(err)
-			}
-			o, ok := opt.(asynq.RedisClientOpt)
-			if !ok {
-				t.Fatalf("%T", opt)
-			}
-			if (o.TLSConfig != nil) != tt.tls {
-				t.Fatalf("TLS %v, want %v", o.TLSConfig != nil, tt.tls)
-			}
-			if tt.tls && (o.TLSConfig.ServerName != tt.serverName || o.TLSConfig.InsecureSkipVerify) {
-				t.Fatalf("ServerName %q (insecure %v), want %q verified", o.TLSConfig.ServerName, o.TLSConfig.InsecureSkipVerify, tt.serverName)
-			}
-		})
-	}
-	f := newFlags("test", io.Discard)
-	c := addCommon(f)
-	if err := f.parse([]string{"--redis", "redis://:s3cr3t-pw@host:notaport/x"}, 0); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.redisOpt(); err == nil || strings.Contains(err.Error(), "s3cr3t-pw") {
-		t.Fatalf("error %v: want an error without the password", err)
-	}
 }

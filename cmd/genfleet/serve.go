@@ -9,37 +9,40 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/genfleet/genfleet/backends"
 	_ "github.com/genfleet/genfleet/backends/cpu"  // registers "cpu"
 	_ "github.com/genfleet/genfleet/backends/cuda" // registers "cuda"
+	"github.com/genfleet/genfleet/internal/cli"
+	"github.com/genfleet/genfleet/internal/redisx"
 	"github.com/genfleet/genfleet/internal/s3x"
 	"github.com/genfleet/genfleet/modelcache"
+	"github.com/genfleet/genfleet/peer"
 	"github.com/genfleet/genfleet/scheduler"
 	"github.com/genfleet/genfleet/worker"
 )
 
 func cmdScheduler(ctx context.Context, args []string, stderr io.Writer) error {
-	f := newFlags("scheduler", stderr)
-	c := addCommon(f)
-	listen := f.str("listen", "GENFLEET_LISTEN", ":8080", "HTTP listen address")
-	pool := f.str("pool", "GENFLEET_POOL", "cpu", "device class whose pool queue receives jobs")
+	f := cli.NewFlags("scheduler", stderr)
+	c := cli.AddCommon(f)
+	listen := f.EnvString("listen", "GENFLEET_LISTEN", ":8080", "HTTP listen address")
+	pool := f.EnvString("pool", "GENFLEET_POOL", "cpu", "device class whose pool queue receives jobs")
 	rf := addRoutingFlags(f)
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	// Refuse an open API on a reachable address before binding anything.
 	if err := checkAPIExposure(*listen, rf.apiTokens(), *rf.allowUnauth); err != nil {
 		return err
 	}
-	log := c.logger(stderr)
+	log := c.Logger(stderr)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *listen, err)
@@ -93,7 +96,7 @@ type routingFlags struct {
 	apiToken    *string
 	allowUnauth *bool
 	enginePools *string
-	lifecycle   *lifecycleFlags
+	lifecycle   *cli.LifecycleFlags
 	openaiWait  *time.Duration
 	openaiModel *string
 }
@@ -109,59 +112,51 @@ func (rf *routingFlags) apiTokens() []string {
 	return out
 }
 
-func addRoutingFlags(f flags) *routingFlags {
-	warmDefault := 0.5
-	if v, ok := os.LookupEnv(envName("GENFLEET_WARM_FRACTION")); ok {
-		if x, err := strconv.ParseFloat(v, 64); err == nil {
-			warmDefault = x
-		} else {
-			f.badEnv("GENFLEET_WARM_FRACTION", v, err)
-		}
-	}
+func addRoutingFlags(f cli.Flags) *routingFlags {
 	return &routingFlags{
-		enabled:     f.boolean("routing", "GENFLEET_ROUTING", true, "send jobs to a host where their model is warm (off: every job to the pool queue)"),
-		warm:        f.Float64("warm-fraction", warmDefault, "resident fraction at which a model counts as warm on a host (env GENFLEET_WARM_FRACTION)"),
-		backlogCap:  f.integer("backlog-cap", "GENFLEET_BACKLOG_CAP", 0, "most jobs queued for one host before routing falls back to the pool; 0 = 2 per worker slot"),
-		hostTimeout: f.duration("host-timeout", "GENFLEET_HOST_TIMEOUT", 10*time.Second, "silence after which a host's queued jobs move back to the pool"),
-		enginePools: f.str("engine-pool", "GENFLEET_ENGINE_POOL", "sdcpp=sdcpp", "device class that runs each model engine other than the built-in one, ENGINE=CLASS[,…]"),
+		enabled:     f.EnvBool("routing", "GENFLEET_ROUTING", true, "send jobs to a host where their model is warm (off: every job to the pool queue)"),
+		warm:        f.EnvFloat64("warm-fraction", "GENFLEET_WARM_FRACTION", 0.5, "resident fraction at which a model counts as warm on a host"),
+		backlogCap:  f.EnvInt("backlog-cap", "GENFLEET_BACKLOG_CAP", 0, "most jobs queued for one host before routing falls back to the pool; 0 = 2 per worker slot"),
+		hostTimeout: f.EnvDuration("host-timeout", "GENFLEET_HOST_TIMEOUT", 10*time.Second, "silence after which a host's queued jobs move back to the pool"),
+		enginePools: f.EnvString("engine-pool", "GENFLEET_ENGINE_POOL", "sdcpp=sdcpp", "device class that runs each model engine other than the built-in one, ENGINE=CLASS[,…]"),
 		apiToken:    apiTokenFlag(f),
 		allowUnauth: allowUnauthFlag(f),
-		lifecycle:   addLifecycleFlags(f),
-		openaiWait:  f.duration("openai-wait", "GENFLEET_OPENAI_WAIT", 5*time.Minute, "how long a request to the OpenAI images API (/v1/images/…) waits for its job before it is answered 504 (the job keeps running)"),
-		openaiModel: f.str("openai-default-model", "GENFLEET_OPENAI_DEFAULT_MODEL", "", "model of an OpenAI images API request that names none; empty: such a request is refused"),
+		lifecycle:   cli.AddLifecycleFlags(f),
+		openaiWait:  f.EnvDuration("openai-wait", "GENFLEET_OPENAI_WAIT", 5*time.Minute, "how long a request to the OpenAI images API (/v1/images/…) waits for its job before it is answered 504 (the job keeps running)"),
+		openaiModel: f.EnvString("openai-default-model", "GENFLEET_OPENAI_DEFAULT_MODEL", "", "model of an OpenAI images API request that names none; empty: such a request is refused"),
 	}
 }
 
 // apiTokenFlag and allowUnauthFlag are the API's authentication flags, for
 // every command that serves the API.
-func apiTokenFlag(f flags) *string {
-	return f.str("api-token", "GENFLEET_API_TOKEN", "", "bearer token clients must send (several, comma-separated, during a rotation); empty = no authentication, allowed only on a loopback --listen or with --allow-unauthenticated. Prefer the environment: flags show in ps")
+func apiTokenFlag(f cli.Flags) *string {
+	return f.EnvString("api-token", "GENFLEET_API_TOKEN", "", "bearer token clients must send (several, comma-separated, during a rotation); empty = no authentication, allowed only on a loopback --listen or with --allow-unauthenticated. Prefer the environment: flags show in ps")
 }
 
-func allowUnauthFlag(f flags) *bool {
-	return f.boolean("allow-unauthenticated", "GENFLEET_ALLOW_UNAUTHENTICATED", false, "serve the API without --api-token on an address other hosts can reach (anyone who reaches it can submit jobs and read their images); without it such a scheduler refuses to start")
+func allowUnauthFlag(f cli.Flags) *bool {
+	return f.EnvBool("allow-unauthenticated", "GENFLEET_ALLOW_UNAUTHENTICATED", false, "serve the API without --api-token on an address other hosts can reach (anyone who reaches it can submit jobs and read their images); without it such a scheduler refuses to start")
 }
 
 // serveScheduler runs the API and the reaper on ln until ctx ends. It
 // refuses an unauthenticated API on an address other hosts can reach (see
 // checkAPIExposure), judging by the address ln really bound.
-func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string, rf *routingFlags, log *slog.Logger) error {
+func serveScheduler(ctx context.Context, c *cli.Common, ln net.Listener, pool string, rf *routingFlags, log *slog.Logger) error {
 	if err := checkAPIExposure(ln.Addr().String(), rf.apiTokens(), *rf.allowUnauth); err != nil {
 		return err
 	}
-	redisOpt, err := c.redisOpt()
+	redisOpt, err := c.RedisOpt()
 	if err != nil {
 		return err
 	}
-	enginePools, err := parseEnginePools(*rf.enginePools)
+	enginePools, err := cli.ParseEnginePools(*rf.enginePools)
 	if err != nil {
 		return err
 	}
-	reg, cl, err := c.openRegistry(ctx)
+	reg, cl, err := c.OpenRegistry(ctx)
 	if err != nil {
 		return err
 	}
-	up, maxUpload, err := c.uploadsURL()
+	up, maxUpload, err := c.UploadsURL()
 	if err != nil {
 		return err
 	}
@@ -172,7 +167,7 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 		Uploads: up, MaxUploadBytes: maxUpload,
 		OpenAIWait: *rf.openaiWait, OpenAIDefaultModel: *rf.openaiModel,
 	}
-	if err := rf.lifecycle.apply(ctx, c, cl, &cfg); err != nil {
+	if err := rf.lifecycle.Apply(ctx, c, cl, &cfg); err != nil {
 		return err
 	}
 	srv, err := scheduler.New(cfg)
@@ -182,7 +177,7 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 	defer srv.Close()
 	// Beside the API, stopped after it: the retention sweep and the
 	// webhook deliverer.
-	sweep, err := rf.lifecycle.sweeper(c, cl, srv.Metrics(), log)
+	sweep, err := rf.lifecycle.Sweeper(c, cl, srv.Metrics(), log)
 	if err != nil {
 		return err
 	}
@@ -190,7 +185,7 @@ func serveScheduler(ctx context.Context, c *common, ln net.Listener, pool string
 		sweep.Start()
 		defer sweep.Shutdown()
 	}
-	hooks, closeHooks, err := rf.lifecycle.deliverer(redisOpt, srv, log)
+	hooks, closeHooks, err := rf.lifecycle.Deliverer(redisOpt, srv, log)
 	if err != nil {
 		return err
 	}
@@ -231,54 +226,55 @@ func serveHTTP(ctx context.Context, hs *http.Server, ln net.Listener) error {
 }
 
 func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
-	f := newFlags("worker", stderr)
-	c := addCommon(f)
-	cacheDir := f.str("cache-dir", "GENFLEET_CACHE_DIR", "/var/cache/genfleet", "model cache directory, shared by every worker process on the host")
-	lf := addLoadFlags(f)
-	backendName := f.str("backend", "GENFLEET_BACKEND", "cpu", "backend: "+fmt.Sprint(backends.Names())+" or auto")
-	sf := addSdcppFlags(f)
-	concurrency := f.integer("concurrency", "GENFLEET_CONCURRENCY", 1, "jobs run at once by this process")
-	hostID := f.str("host-id", "GENFLEET_HOST_ID", "", "host id (queue host:<id>); default the hostname")
-	metricsListen := f.str("metrics-listen", "GENFLEET_METRICS_LISTEN", ":9091", "address for /metrics and /healthz; empty disables")
-	shutdown := f.duration("shutdown-timeout", "GENFLEET_SHUTDOWN_TIMEOUT", 30*time.Second, "time in-flight jobs get to finish on SIGTERM before they are handed back")
-	heartbeat := f.duration("heartbeat-interval", "GENFLEET_HEARTBEAT_INTERVAL", 2*time.Second, "how often this process publishes its state; it expires after 3 intervals")
-	poll := f.duration("poll-interval", "GENFLEET_POLL_INTERVAL", 20*time.Millisecond, "how often an idle worker checks its queues (bounds idle start latency)")
-	retryBase := f.duration("retry-base", "GENFLEET_RETRY_BASE", 2*time.Second, "backoff before the first retry of a job that failed transiently; doubles per retry")
-	retryMax := f.duration("retry-max", "GENFLEET_RETRY_MAX", 5*time.Minute, "longest backoff between retries")
-	recoverEvery := f.duration("recover-interval", "GENFLEET_RECOVER_INTERVAL", 5*time.Second, "how often this process requeues jobs whose worker died (their lease expired)")
-	leaseGrace := f.duration("lease-grace", "GENFLEET_LEASE_GRACE", 5*time.Second, "how long after its lease expired a dead worker's job is requeued (clock-skew margin between hosts)")
-	weightsFlag := f.str("priority-weights", "GENFLEET_PRIORITY_WEIGHTS", "high=6,normal=3,low=1", "how often each priority is tried first when all have jobs, PRIORITY=WEIGHT for high, normal and low (weighted, so low jobs never starve; host queues always go before pool queues)")
-	pf := addPeerFlags(f)
-	if err := f.parse(args, 0); err != nil {
+	f := cli.NewFlags("worker", stderr)
+	c := cli.AddCommon(f)
+	cacheDir := f.EnvString("cache-dir", "GENFLEET_CACHE_DIR", "/var/cache/genfleet", "model cache directory, shared by every worker process on the host")
+	lf := cli.AddLoadFlags(f)
+	backendName := f.EnvString("backend", "GENFLEET_BACKEND", "cpu", "backend: "+fmt.Sprint(backends.Names())+" or auto")
+	sf := cli.AddSdcppFlags(f)
+	concurrency := f.EnvInt("concurrency", "GENFLEET_CONCURRENCY", 1, "jobs run at once by this process")
+	hostID := f.EnvString("host-id", "GENFLEET_HOST_ID", "", "host id (queue host:<id>); default the hostname")
+	metricsListen := f.EnvString("metrics-listen", "GENFLEET_METRICS_LISTEN", ":9091", "address for /metrics and /healthz; empty disables")
+	shutdown := f.EnvDuration("shutdown-timeout", "GENFLEET_SHUTDOWN_TIMEOUT", 30*time.Second, "time in-flight jobs get to finish on SIGTERM before they are handed back")
+	heartbeat := f.EnvDuration("heartbeat-interval", "GENFLEET_HEARTBEAT_INTERVAL", 2*time.Second, "how often this process publishes its state; it expires after 3 intervals")
+	poll := f.EnvDuration("poll-interval", "GENFLEET_POLL_INTERVAL", 20*time.Millisecond, "how often an idle worker checks its queues (bounds idle start latency)")
+	retryBase := f.EnvDuration("retry-base", "GENFLEET_RETRY_BASE", 2*time.Second, "backoff before the first retry of a job that failed transiently; doubles per retry")
+	retryMax := f.EnvDuration("retry-max", "GENFLEET_RETRY_MAX", 5*time.Minute, "longest backoff between retries")
+	recoverEvery := f.EnvDuration("recover-interval", "GENFLEET_RECOVER_INTERVAL", 5*time.Second, "how often this process requeues jobs whose worker died (their lease expired)")
+	leaseGrace := f.EnvDuration("lease-grace", "GENFLEET_LEASE_GRACE", 5*time.Second, "how long after its lease expired a dead worker's job is requeued (clock-skew margin between hosts)")
+	weightsFlag := f.EnvString("priority-weights", "GENFLEET_PRIORITY_WEIGHTS", "high=6,normal=3,low=1", "how often each priority is tried first when all have jobs, PRIORITY=WEIGHT for high, normal and low (weighted, so low jobs never starve; host queues always go before pool queues)")
+	pf := cli.AddPeerFlags(f)
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
-	weights, err := parsePriorityWeights(*weightsFlag)
+	weights, err := cli.ParsePriorityWeights(*weightsFlag)
 	if err != nil {
 		return err
 	}
-	if err := pf.check(); err != nil {
-		return err
-	}
-	log := c.logger(stderr)
-	redisOpt, err := c.redisOpt()
+	peerCfg, err := pf.Config()
 	if err != nil {
 		return err
 	}
-	outputs, err := c.outputsURL()
+	log := c.Logger(stderr)
+	redisOpt, err := c.RedisOpt()
 	if err != nil {
 		return err
 	}
-	up, maxUpload, err := c.uploadsURL()
+	outputs, err := c.OutputsURL()
 	if err != nil {
 		return err
 	}
-	reg, cl, err := c.openRegistry(ctx)
+	up, maxUpload, err := c.UploadsURL()
+	if err != nil {
+		return err
+	}
+	reg, cl, err := c.OpenRegistry(ctx)
 	if err != nil {
 		return err
 	}
 	var be backends.Backend
 	if *backendName == "sdcpp" {
-		be, err = sf.open(log)
+		be, err = sf.Open(log)
 	} else {
 		be, err = selectBackend(*backendName, log)
 	}
@@ -293,24 +289,26 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	cacheOpts, err := lf.options(promReg, log)
+	cacheOpts, err := lf.Options(promReg, log)
 	if err != nil {
 		return err
 	}
-	scrub, err := lf.scrubConfig()
+	scrub, err := lf.ScrubConfig()
 	if err != nil {
 		return err
 	}
-	peers, err := pf.setup(modelcache.NewS3Source(cl), redisOpt, promReg, log)
+	peerCfg.Origin, peerCfg.Metrics, peerCfg.Logger = modelcache.NewS3Source(cl), promReg, log
+	peerCfg.Redis = func() (redis.UniversalClient, error) { return redisx.Client(redisOpt) }
+	peers, err := peer.NewHost(peerCfg)
 	if err != nil {
 		return err
 	}
-	defer peers.close()
-	cache, err := modelcache.OpenWith(*cacheDir, peers.src, cacheOpts)
+	defer peers.Close()
+	cache, err := modelcache.OpenWith(*cacheDir, peers.Source(), cacheOpts)
 	if err != nil {
 		return fmt.Errorf("open model cache: %w", err)
 	}
-	if err := peers.serve(ctx, cache, promReg, log); err != nil {
+	if err := peers.Serve(ctx, cache); err != nil {
 		return err
 	}
 	if err := s3x.EnsureBucket(ctx, cl, outputs.Bucket); err != nil {
@@ -325,7 +323,7 @@ func cmdWorker(ctx context.Context, args []string, stderr io.Writer) error {
 		RetryBase: *retryBase, RetryMax: *retryMax,
 		RecoverInterval: *recoverEvery, LeaseGrace: *leaseGrace,
 		HeartbeatInterval: *heartbeat, PollInterval: *poll,
-		Scrub: scrub, Advertise: peers.advertise(cache, log),
+		Scrub: scrub, Advertise: peers.Advertise(cache),
 		Metrics: promReg, Logger: log,
 	})
 	if err != nil {

@@ -1,28 +1,26 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/genfleet/genfleet/client"
+	"github.com/genfleet/genfleet/internal/cli"
 	"github.com/genfleet/genfleet/job"
 )
 
 func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	f := newFlags("submit", stderr)
-	api := f.str("api", "GENFLEET_API", "http://127.0.0.1:8080", "scheduler API base URL")
-	apiToken := f.str("api-token", "GENFLEET_API_TOKEN", "", "bearer token the scheduler requires (prefer the environment: flags show in ps)")
+	f := cli.NewFlags("submit", stderr)
+	apiURL := f.EnvString("api", "GENFLEET_API", "http://127.0.0.1:8080", "scheduler API base URL")
+	apiToken := f.EnvString("api-token", "GENFLEET_API_TOKEN", "", "bearer token the scheduler requires (prefer the environment: flags show in ps)")
 	model := f.String("model", "", "model name or s3://bucket/key (required)")
 	prompt := f.String("prompt", "", "prompt (required)")
 	negative := f.String("negative-prompt", "", "negative prompt")
@@ -45,19 +43,17 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	out := f.String("o", "", "write the PNG to this file (implies --wait; its directory is checked before the job is submitted); with --n above 1, image k (k ≥ 1) goes to FILE-k.png")
 	idem := f.String("idempotency-key", "", "Idempotency-Key header: the same key with the same request returns the same job; with another request it is refused (422)")
 	timeout := f.Duration("timeout", 30*time.Minute, "give up waiting after this long")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return err
 	}
 	req := job.Request{Model: *model, Prompt: *prompt, NegativePrompt: *negative, Seed: *seed,
 		Width: *width, Height: *height, Steps: *steps, Guidance: *guidance, OutputFormat: job.FormatPNG,
 		SamplingMethod: *sampler, Scheduler: *sched, N: job.Count(*n), LoRAs: loras, Options: options}
-	set := map[string]bool{}
-	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	set := f.Visited()
 	if set["strength"] {
 		req.Strength = job.Float(*strength)
 	}
-	base := strings.TrimSuffix(*api, "/")
-	up := uploader{base: base, token: *apiToken}
+	api := client.New(*apiURL, *apiToken)
 	if *initImage != "" {
 		// Check what can be checked before anything is uploaded.
 		req.InitImage = "s3://placeholder/x"
@@ -77,7 +73,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *initImage != "" {
 		var err error
 		var size [2]int
-		if req.InitImage, size, err = up.ref(ctx, "init-image", *initImage); err != nil {
+		if req.InitImage, size, err = imageRef(ctx, api, "init-image", *initImage); err != nil {
 			return err
 		}
 		// The image's size is the job's, unless the flags say otherwise.
@@ -85,26 +81,13 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			req.Width, req.Height = size[0], size[1]
 		}
 		if *mask != "" {
-			if req.Mask, _, err = up.ref(ctx, "mask", *mask); err != nil {
+			if req.Mask, _, err = imageRef(ctx, api, "mask", *mask); err != nil {
 				return err
 			}
 		}
 	}
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/jobs", bytes.NewReader(body))
+	created, err := api.Submit(ctx, req, client.IdempotencyKey(*idem))
 	if err != nil {
-		return err
-	}
-	hreq.Header.Set("Content-Type", "application/json")
-	setToken(hreq, *apiToken)
-	if *idem != "" {
-		hreq.Header.Set("Idempotency-Key", *idem)
-	}
-	var created struct {
-		ID     string `json:"id"`
-		Status string `json:"status"`
-	}
-	if err := doJSON(hreq, http.StatusAccepted, &created); err != nil {
 		return err
 	}
 	if *out == "" && !*wait {
@@ -114,10 +97,12 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	// The job's events as they happen; a scheduler without them is polled.
-	rec, err := watchJob(ctx, base, *apiToken, created.ID, stderr)
-	if errors.Is(err, errNoEvents) {
+	v := &eventView{w: stderr, id: created.ID, tty: isTerminal(stderr)}
+	rec, err := api.Follow(ctx, created.ID, v.show)
+	v.end()
+	if errors.Is(err, client.ErrNoEvents) {
 		fmt.Fprintf(stderr, "job %s queued\n", created.ID)
-		rec, err = pollJob(ctx, base, *apiToken, created.ID, stderr)
+		rec, err = api.Poll(ctx, created.ID, pollView(stderr, created.ID))
 	}
 	if err != nil {
 		return fmt.Errorf("waiting for job %s: %w", created.ID, err)
@@ -133,7 +118,7 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	// many where it could not (the record was unreadable when it was sent).
 	for k := range max(len(rec.Outputs), *n, 1) {
 		path := imagePath(*out, k)
-		if err := download(ctx, base+"/v1/jobs/"+created.ID+"/images/"+strconv.Itoa(k), *apiToken, path); err != nil {
+		if err := download(ctx, api, created.ID, k, path); err != nil {
 			return err
 		}
 		fmt.Fprintf(stderr, "wrote %s\n", path)
@@ -141,33 +126,17 @@ func cmdSubmit(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
-// pollJob asks for job id every 200 ms until it ends, showing its status
-// as it changes.
-func pollJob(ctx context.Context, base, token, id string, stderr io.Writer) (job.Record, error) {
-	var rec job.Record
+// pollView shows job id's status on w as it changes, for Poll.
+func pollView(w io.Writer, id string) func(*job.Record) {
 	lastLine := ""
-	for {
-		rec = job.Record{}
-		greq, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/jobs/"+id, nil)
-		setToken(greq, token)
-		if err := doJSON(greq, http.StatusOK, &rec); err != nil {
-			return rec, err
-		}
+	return func(rec *job.Record) {
 		line := string(rec.Status)
 		if rec.Progress != nil {
 			line = fmt.Sprintf("%s step %d/%d", rec.Status, rec.Progress.Step, rec.Progress.Steps)
 		}
 		if line != lastLine {
-			fmt.Fprintf(stderr, "job %s %s\n", id, line)
+			fmt.Fprintf(w, "job %s %s\n", id, line)
 			lastLine = line
-		}
-		if rec.Status.Terminal() {
-			return rec, nil
-		}
-		select {
-		case <-ctx.Done():
-			return rec, fmt.Errorf("gave up (last status %s): %w", rec.Status, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
@@ -182,26 +151,20 @@ func imagePath(out string, k int) string {
 	return strings.TrimSuffix(out, ext) + "-" + strconv.Itoa(k) + ext
 }
 
-// download writes the body of a GET of url to path, through a temp file
-// and a rename, so a failed download leaves nothing half-written.
-func download(ctx context.Context, url, token, path string) error {
-	ireq, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	setToken(ireq, token)
-	resp, err := http.DefaultClient.Do(ireq)
+// download writes image k of job id to path, through a temp file and a
+// rename, so a failed download leaves nothing half-written.
+func download(ctx context.Context, api *client.Client, id string, k int, path string) error {
+	img, err := api.Image(ctx, id, k)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("GET image: %s: %s", resp.Status, strings.TrimSpace(string(b)))
-	}
+	defer img.Close()
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".genfleet-*.png")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, resp.Body); err != nil {
+	if _, err := io.Copy(tmp, img); err != nil {
 		tmp.Close()
 		return fmt.Errorf("download image: %w", err)
 	}
@@ -234,41 +197,4 @@ func checkOutputPath(path string) error {
 	}
 	tmp.Close()
 	return os.Remove(tmp.Name())
-}
-
-// setToken adds "Authorization: Bearer token" to req unless token is empty.
-func setToken(req *http.Request, token string) {
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-}
-
-// doJSON sends req and decodes a JSON answer with status want into v;
-// any other status becomes an error carrying the API's message.
-func doJSON(req *http.Request, want int, v any) error {
-	return doJSONWith(http.DefaultClient, req, want, v)
-}
-
-// doJSONWith is doJSON with a given client.
-func doJSONWith(client *http.Client, req *http.Request, want int, v any) error {
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != want {
-		var e struct {
-			Error string `json:"error"`
-			Field string `json:"field"`
-		}
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s %s: %s: %s", req.Method, req.URL.Path, resp.Status, e.Error)
-		}
-		return fmt.Errorf("%s %s: %s", req.Method, req.URL.Path, resp.Status)
-	}
-	return json.Unmarshal(b, v)
 }

@@ -1,14 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
 
+	"github.com/genfleet/genfleet/client"
 	"github.com/genfleet/genfleet/job"
 )
 
@@ -74,14 +73,9 @@ func (o *optionFlags) Set(v string) error {
 	return nil
 }
 
-// uploader uploads input images to the scheduler.
-type uploader struct {
-	base, token string
-}
-
-// ref returns the job's ref for --flag value: a ref as it is, or the ref
-// of FILE once uploaded, with the image's width and height.
-func (u uploader) ref(ctx context.Context, flag, value string) (string, [2]int, error) {
+// imageRef returns the job's ref for --flag value: a ref as it is, or the
+// ref of FILE once uploaded, with the image's width and height.
+func imageRef(ctx context.Context, api *client.Client, flag, value string) (string, [2]int, error) {
 	if strings.HasPrefix(value, "s3://") || strings.HasPrefix(value, job.UploadRefPrefix) {
 		return value, [2]int{}, nil
 	}
@@ -89,17 +83,8 @@ func (u uploader) ref(ctx context.Context, flag, value string) (string, [2]int, 
 	if err != nil {
 		return "", [2]int{}, fmt.Errorf("--%s: %w", flag, err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.base+"/v1/uploads", bytes.NewReader(data))
+	info, err := api.Upload(ctx, data)
 	if err != nil {
-		return "", [2]int{}, err
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	setToken(req, u.token)
-	var info struct {
-		Ref           string
-		Width, Height int
-	}
-	if err := doJSON(req, http.StatusCreated, &info); err != nil {
 		return "", [2]int{}, fmt.Errorf("--%s %s: %w", flag, value, err)
 	}
 	return info.Ref, [2]int{info.Width, info.Height}, nil

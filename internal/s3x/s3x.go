@@ -95,6 +95,28 @@ func NewClient(ctx context.Context, cfg Config) (*s3.Client, error) {
 	}), nil
 }
 
+// Connect is NewClient for genfleet's commands: when neither cfg nor the
+// AWS credential chain holds credentials, its error (still wrapping
+// ErrNoCredentials) ends with which settings to set, the command-line
+// flags with their GENFLEET_* variables or AWS's own, rather than with
+// what the chain tried last.
+func Connect(ctx context.Context, cfg Config) (*s3.Client, error) {
+	cl, err := NewClient(ctx, cfg)
+	if errors.Is(err, ErrNoCredentials) {
+		keys := "--s3-access-key and --s3-secret-key (GENFLEET_S3_ACCESS_KEY, GENFLEET_S3_SECRET_KEY)"
+		if cfg.Endpoint == "" {
+			return nil, fmt.Errorf("no S3 endpoint and %w: for an S3-compatible server (MinIO, versitygw, the one `genfleet dev` prints) "+
+				"set --s3-endpoint (GENFLEET_S3_ENDPOINT) and %s; for AWS S3 set those keys or AWS credentials "+
+				"(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials, an instance or pod role)", err, keys)
+		}
+		return nil, fmt.Errorf("S3 endpoint %s: %w: set %s", cfg.Endpoint, err, keys)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("s3: %w", err)
+	}
+	return cl, nil
+}
+
 // URL is a parsed s3://bucket/key reference. Key may be empty or end in "/"
 // when the URL names a prefix.
 type URL struct {
@@ -135,6 +157,16 @@ func ParseURL(s string) (URL, error) {
 		}
 	}
 	return URL{Bucket: bucket, Key: key}, nil
+}
+
+// ParsePrefix is ParseURL for a bucket and key prefix: a key that is not
+// empty gets a trailing "/" when it lacks one.
+func ParsePrefix(s string) (URL, error) {
+	u, err := ParseURL(s)
+	if err == nil && u.Key != "" && !strings.HasSuffix(u.Key, "/") {
+		u.Key += "/"
+	}
+	return u, err
 }
 
 // IsNotFound reports whether err is S3's answer for a missing bucket or key.

@@ -1,7 +1,7 @@
 // Package sse reads Server-Sent Events (text/event-stream), as the HTML
 // standard's event stream interpretation does: data lines joined with
 // newlines, the event type (default "message"), the last event id carried
-// over, retry times, comments skipped. genfleet's CLI reads a job's events
+// over, retry times, comments skipped. Package client reads a job's events
 // with it (GET /v1/jobs/{id}/events).
 package sse
 

@@ -1,10 +1,11 @@
-package main
+// Package benchcmd is genfleet's bench command: each benchmark of package
+// bench with its flags, and the printing of its result.
+package benchcmd
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,9 +20,10 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/genfleet/genfleet/backends/cuda"
-	"github.com/genfleet/genfleet/backends/sdcpp"
 	"github.com/genfleet/genfleet/backends/sdcpp/sd1"
 	"github.com/genfleet/genfleet/bench"
+	"github.com/genfleet/genfleet/internal/cli"
+	"github.com/genfleet/genfleet/internal/envflag"
 )
 
 // benchFunc parses one benchmark's flags from args into its options (the
@@ -71,13 +73,13 @@ func benchUsage(w io.Writer) {
 	}
 }
 
-// cmdBench runs a benchmark. With --json the last line of stdout is one
+// Run runs genfleet bench with args (the benchmark's name and flags). With --json the last line of stdout is one
 // JSON object; without it the result is printed as "key: value" lines.
-func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		benchUsage(stderr)
 		if len(args) == 0 {
-			return errUsage
+			return cli.ErrUsage
 		}
 		return nil
 	}
@@ -85,7 +87,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if !ok {
 		fmt.Fprintf(stderr, "unknown benchmark %q\n\n", args[0])
 		benchUsage(stderr)
-		return errUsage
+		return cli.ErrUsage
 	}
 	asJSON := false
 	rest := make([]string, 0, len(args))
@@ -170,8 +172,8 @@ func emptyValue(v reflect.Value) bool {
 }
 
 func benchChaos(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench chaos", stderr)
-	c := addCommon(f)
+	f := cli.NewFlags("bench chaos", stderr)
+	c := cli.AddCommon(f)
 	var o bench.ChaosOptions
 	f.IntVar(&o.Jobs, "jobs", 300, "jobs to submit through the API (64×64, distinct seeds)")
 	f.IntVar(&o.Workers, "workers", 3, "worker processes sharing one cache directory (one host)")
@@ -181,64 +183,64 @@ func benchChaos(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	f.IntVar(&o.MaxKills, "max-kills", 0, "stop killing after this many kills (0: kill until every job has left its queue once)")
 	f.DurationVar(&o.Deadline, "deadline", 5*time.Minute, "a job not terminal this long after the last submit is lost (a killed job comes back only after asynq's lease recovery: 60–120s)")
 	f.BoolVar(&o.Verbose, "v", false, "copy worker logs to stderr")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
-	if o.ModelSize, err = parseSize(*size); err != nil {
+	if o.ModelSize, err = cli.ParseSize(*size); err != nil {
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	if o.Redis, err = benchRedisOpt(f, c); err != nil {
 		return nil, err
 	}
-	o.S3 = c.s3Config()
+	o.S3 = c.S3Config()
 	return bench.Chaos(ctx, o, stderr)
 }
 
 func benchFetch(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench fetch", stderr)
-	c := addCommon(f)
+	f := cli.NewFlags("bench fetch", stderr)
+	c := cli.AddCommon(f)
 	var o bench.FetchOptions
 	size := f.String("size", "2GiB", "model size")
 	f.IntVar(&o.Runs, "runs", 5, "timed runs of each contender (the median counts)")
 	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary files, on the disk to measure (default: the system temp dir)")
 	partSize := f.String("part-size", "", "genfleet part size (default: modelcache's default)")
 	f.IntVar(&o.Concurrency, "concurrency", 0, "genfleet GETs in flight (default: modelcache's default)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
-	if o.Size, err = parseSize(*size); err != nil || o.Size <= 0 {
+	if o.Size, err = cli.ParseSize(*size); err != nil || o.Size <= 0 {
 		return nil, fmt.Errorf("--size: bad size %q", *size)
 	}
 	if *partSize != "" {
-		if o.PartSize, err = parseSize(*partSize); err != nil {
+		if o.PartSize, err = cli.ParseSize(*partSize); err != nil {
 			return nil, fmt.Errorf("--part-size: %w", err)
 		}
 	}
-	o.S3 = c.s3Config()
+	o.S3 = c.S3Config()
 	return bench.Fetch(ctx, o, stderr)
 }
 
 func benchLoad(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench load", stderr)
+	f := cli.NewFlags("bench load", stderr)
 	var o bench.LoadOptions
 	size := f.String("size", "2GiB", "model size")
 	f.IntVar(&o.Runs, "runs", 5, "timed acquisitions per mode (the best counts)")
 	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
-	if o.Size, err = parseSize(*size); err != nil {
+	if o.Size, err = cli.ParseSize(*size); err != nil {
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	return bench.Load(ctx, o, stderr)
 }
 
 func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench queue", stderr)
-	c := addCommon(f)
+	f := cli.NewFlags("bench queue", stderr)
+	c := cli.AddCommon(f)
 	var o bench.QueueOptions
 	f.IntVar(&o.Jobs, "jobs", 10000, "no-op jobs per side and round")
 	f.IntVar(&o.Rounds, "rounds", 5, "rounds, each raw asynq then genfleet; the figures are medians over rounds")
@@ -249,14 +251,14 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	f.IntVar(&o.BatchSize, "batch-size", 1000, "jobs per POST /v1/jobs:batch (at most 1000)")
 	f.StringVar(&o.Client, "client", bench.QueueClientLean, "how the submitters talk to the API: lean (one keep-alive HTTP/1.1 connection each, like wrk) or net/http (Go's http.Client)")
 	cpuProfile := f.String("cpuprofile", "", "write a CPU profile of the first round's genfleet phase (API, worker and submitters) to this file")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
 	if o.Redis, err = benchRedisOpt(f, c); err != nil {
 		return nil, err
 	}
-	o.S3 = c.s3Config()
+	o.S3 = c.S3Config()
 	if *cpuProfile != "" {
 		profile, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -269,8 +271,8 @@ func benchQueue(ctx context.Context, args []string, stderr io.Writer) (any, erro
 }
 
 func benchBatch(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench batch", stderr)
-	c := addCommon(f)
+	f := cli.NewFlags("bench batch", stderr)
+	c := cli.AddCommon(f)
 	var o bench.BatchOptions
 	size := f.String("size", "16MiB", "size of the reference model")
 	f.IntVar(&o.Images, "images", 8, "n: images in the batch job, and one-image jobs in the anchor")
@@ -279,76 +281,76 @@ func benchBatch(ctx context.Context, args []string, stderr io.Writer) (any, erro
 	f.IntVar(&o.Steps, "steps", 2, "steps per image")
 	f.IntVar(&o.Rounds, "rounds", 3, "rounds, each one batch job and n single jobs; the figures are medians over rounds")
 	backend := f.String("backend", "cpu", "cpu (the built-in engine) or sdcpp (stable-diffusion.cpp, with the --sdcpp-… flags and --model)")
-	sf := addSdcppFlags(f)
+	sf := cli.AddSdcppFlags(f)
 	f.StringVar(&o.SdcppModel, "model", "", "model file for --backend sdcpp, e.g. one `genfleet models make --arch sd1` wrote")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
-	if o.ModelSize, err = parseSize(*size); err != nil {
+	if o.ModelSize, err = cli.ParseSize(*size); err != nil {
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	switch *backend {
 	case "cpu":
 	case "sdcpp":
-		o.Sdcpp = &sdcpp.Config{CLI: *sf.cli, Server: *sf.server, Mode: *sf.mode, Args: strings.Fields(*sf.args),
-			DeviceClass: "sdcpp", Timeout: *sf.timeout, StartTimeout: *sf.start, NoMmap: !*sf.mmap}
+		cfg := sf.Config(nil)
+		cfg.DeviceClass = "sdcpp" // the pool the benchmark's scheduler sends sdcpp jobs to
+		o.Sdcpp = &cfg
 	default:
 		return nil, fmt.Errorf("--backend %q: want cpu or sdcpp", *backend)
 	}
 	if o.Redis, err = benchRedisOpt(f, c); err != nil {
 		return nil, err
 	}
-	o.S3 = c.s3Config()
+	o.S3 = c.S3Config()
 	return bench.Batch(ctx, o, stderr)
 }
 
 func benchRouting(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench routing", stderr)
-	c := addCommon(f)
+	f := cli.NewFlags("bench routing", stderr)
+	c := cli.AddCommon(f)
 	var o bench.RoutingOptions
 	size := f.String("size", "64MiB", "size of each of the two models")
 	f.IntVar(&o.Jobs, "jobs", 40, "jobs, alternating between the two models")
 	f.IntVar(&o.InFlight, "inflight", 2, "jobs in flight at once")
 	f.IntVar(&o.Steps, "steps", 2, "steps per job")
 	f.BoolVar(&o.Verbose, "v", false, "print each job: model, cache hit, host that ran it, route reason")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
-	if o.ModelSize, err = parseSize(*size); err != nil {
+	if o.ModelSize, err = cli.ParseSize(*size); err != nil {
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	if o.Redis, err = benchRedisOpt(f, c); err != nil {
 		return nil, err
 	}
 	if o.Redis != nil {
-		o.WorkerRedis = *c.redis
+		o.WorkerRedis = *c.Redis
 	}
-	o.S3 = c.s3Config()
+	o.S3 = c.S3Config()
 	return bench.Routing(ctx, o, stderr)
 }
 
 func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench share", stderr)
+	f := cli.NewFlags("bench share", stderr)
 	backend := f.String("backend", "builtin", "whose processes share the model: builtin (holder processes of genfleet's model cache, mmap vs read mode) "+
 		"or sdcpp (worker processes, each with a stable-diffusion.cpp server on one cached model, the engine's --mmap vs without)")
 	procs := f.Int("procs", 4, "processes per mode (with --backend sdcpp the default is 3)")
 	dir := f.String("dir", "", "parent directory of the temporary files (default: the system temp dir)")
 	size := f.String("size", "1GiB", "model size (--backend builtin)")
-	c := addCommon(f)
+	c := cli.AddCommon(f)
 	var eo bench.ShareEngineOptions
-	f.StringVar(&eo.Server, "sdcpp-server", envOr("GENFLEET_SDCPP_SERVER", "sd-server"), "stable-diffusion.cpp server program, path or name in PATH (--backend sdcpp) (env GENFLEET_SDCPP_SERVER)")
-	f.StringVar(&eo.EngineArgs, "sdcpp-args", envOr("GENFLEET_SDCPP_ARGS", ""), "extra engine flags, e.g. \"--threads 2\" (--backend sdcpp) (env GENFLEET_SDCPP_ARGS)")
+	f.StringVar(&eo.Server, "sdcpp-server", envflag.Or("GENFLEET_SDCPP_SERVER", "sd-server"), "stable-diffusion.cpp server program, path or name in PATH (--backend sdcpp) (env GENFLEET_SDCPP_SERVER)")
+	f.StringVar(&eo.EngineArgs, "sdcpp-args", envflag.Or("GENFLEET_SDCPP_ARGS", ""), "extra engine flags, e.g. \"--threads 2\" (--backend sdcpp) (env GENFLEET_SDCPP_ARGS)")
 	f.StringVar(&eo.ModelFile, "model-file", "", "model file the engines load as --model (--backend sdcpp; default: a random-weight SD 1.x checkpoint written for the run)")
 	dtype := f.String("dtype", string(sd1.F16), "type of the SD 1.x checkpoint written when there is no --model-file: f16, q8_0 or q4_0 (--backend sdcpp)")
 	f.DurationVar(&eo.JobTimeout, "job-timeout", 10*time.Minute, "longest one job may take, submit to finished (--backend sdcpp)")
 	f.BoolVar(&eo.Verbose, "v", false, "copy the workers' logs to stderr (--backend sdcpp)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
-	set := map[string]bool{}
-	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	set := f.Visited()
 	switch *backend {
 	case "builtin":
 		for _, name := range []string{"sdcpp-server", "sdcpp-args", "model-file", "dtype", "job-timeout", "v", "redis", "s3-endpoint"} {
@@ -358,7 +360,7 @@ func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, erro
 		}
 		o := bench.ShareOptions{Procs: *procs, Dir: *dir}
 		var err error
-		if o.Size, err = parseSize(*size); err != nil {
+		if o.Size, err = cli.ParseSize(*size); err != nil {
 			return nil, fmt.Errorf("--size: %w", err)
 		}
 		return bench.Share(ctx, o, stderr)
@@ -378,16 +380,16 @@ func benchShare(ctx context.Context, args []string, stderr io.Writer) (any, erro
 			return nil, err
 		}
 		if eo.Redis != nil {
-			eo.WorkerRedis = *c.redis
+			eo.WorkerRedis = *c.Redis
 		}
-		eo.S3 = c.s3Config()
+		eo.S3 = c.S3Config()
 		return bench.ShareEngine(ctx, eo, stderr)
 	}
 	return nil, fmt.Errorf("--backend %q: want builtin or sdcpp", *backend)
 }
 
 func benchSpread(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench spread", stderr)
+	f := cli.NewFlags("bench spread", stderr)
 	var o bench.SpreadOptions
 	f.IntVar(&o.Hosts, "hosts", 8, "hosts (processes with their own cache and blob server) that cold-start the model at once")
 	size := f.String("size", "2GiB", "model size")
@@ -397,26 +399,26 @@ func benchSpread(ctx context.Context, args []string, stderr io.Writer) (any, err
 	f.BoolVar(&o.Faults, "faults", false, "also run the faults: the host pulling from S3 SIGKILLed mid-transfer, and a peer serving corrupt parts")
 	f.BoolVar(&o.Verbose, "v", false, "copy the hosts' logs to stderr")
 	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary files: S3's data and every host's cache, about (hosts + 1) × size (default: the system temp dir)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
-	if o.Size, err = parseSize(*size); err != nil {
+	if o.Size, err = cli.ParseSize(*size); err != nil {
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	if *partSize != "" {
-		if o.PartSize, err = parseSize(*partSize); err != nil {
+		if o.PartSize, err = cli.ParseSize(*partSize); err != nil {
 			return nil, fmt.Errorf("--part-size: %w", err)
 		}
 	}
-	bw, err := parseSize(*s3bw)
+	bw, err := cli.ParseSize(*s3bw)
 	if err != nil || bw <= 0 {
 		return nil, fmt.Errorf("--s3-bandwidth %q: want bytes per second, e.g. 200MB", *s3bw)
 	}
 	o.S3Bandwidth = float64(bw)
 	o.PeerBandwidth = -1
 	if *peerbw != "0" {
-		bw, err := parseSize(*peerbw)
+		bw, err := cli.ParseSize(*peerbw)
 		if err != nil || bw <= 0 {
 			return nil, fmt.Errorf("--peer-bandwidth %q: want bytes per second, e.g. 250MB, or 0", *peerbw)
 		}
@@ -426,7 +428,7 @@ func benchSpread(ctx context.Context, args []string, stderr io.Writer) (any, err
 }
 
 func benchSim(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench sim", stderr)
+	f := cli.NewFlags("bench sim", stderr)
 	var o bench.SimOptions
 	f.IntVar(&o.Hosts, "hosts", 1000, "most hosts the simulated fleet may have")
 	f.IntVar(&o.Models, "models", 100, "models in the trace (three launched models are added)")
@@ -434,14 +436,14 @@ func benchSim(ctx context.Context, args []string, stderr io.Writer) (any, error)
 	s3bw := f.String("s3-bandwidth", "25GB", "S3's bandwidth to the whole fleet, per second")
 	peerbw := f.String("peer-bandwidth", "1GB", "what each host serves its peers, per second")
 	f.Uint64Var(&o.Seed, "seed", 1, "trace seed")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	for _, bw := range []struct {
 		flag, v string
 		to      *float64
 	}{{"--s3-bandwidth", *s3bw, &o.S3Bandwidth}, {"--peer-bandwidth", *peerbw, &o.PeerBandwidth}} {
-		n, err := parseSize(bw.v)
+		n, err := cli.ParseSize(bw.v)
 		if err != nil || n <= 0 {
 			return nil, fmt.Errorf("%s %q: want bytes per second, e.g. 25GB", bw.flag, bw.v)
 		}
@@ -451,7 +453,7 @@ func benchSim(ctx context.Context, args []string, stderr io.Writer) (any, error)
 }
 
 func benchUpload(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench upload", stderr)
+	f := cli.NewFlags("bench upload", stderr)
 	var o bench.UploadOptions
 	size := f.String("size", "4GiB", "model size")
 	f.StringVar(&o.Dir, "dir", "", "directory for the model file (default: the system temp directory)")
@@ -459,11 +461,11 @@ func benchUpload(ctx context.Context, args []string, stderr io.Writer) (any, err
 	f.IntVar(&o.Reps, "reps", 3, "timed repetitions of each copy; the best is reported")
 	f.IntVar(&o.Threads, "threads", 0, "staging workers of genfleet's upload (default: GENFLEET_CUDA_UPLOAD_THREADS, else min(CPUs, 8))")
 	sweep := f.String("sweep-threads", "", "also time the staged upload with each of these worker counts, e.g. 1,2,4,8,16")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
-	if o.Size, err = parseSize(*size); err != nil {
+	if o.Size, err = cli.ParseSize(*size); err != nil {
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	if o.Strategy, err = cuda.ParseStrategy(*strategy); err != nil {
@@ -476,16 +478,16 @@ func benchUpload(ctx context.Context, args []string, stderr io.Writer) (any, err
 }
 
 func benchVerify(ctx context.Context, args []string, stderr io.Writer) (any, error) {
-	f := newFlags("bench verify", stderr)
+	f := cli.NewFlags("bench verify", stderr)
 	var o bench.VerifyOptions
 	size := f.String("size", "2GiB", "model size")
 	f.IntVar(&o.Runs, "runs", 3, "measurements of each kind (the median counts)")
 	f.StringVar(&o.Dir, "dir", "", "parent directory of the temporary cache (default: the system temp dir)")
-	if err := f.parse(args, 0); err != nil {
+	if err := f.ParseArgs(args, 0); err != nil {
 		return nil, err
 	}
 	var err error
-	if o.Size, err = parseSize(*size); err != nil {
+	if o.Size, err = cli.ParseSize(*size); err != nil {
 		return nil, fmt.Errorf("--size: %w", err)
 	}
 	return bench.Verify(ctx, o, stderr)
@@ -511,20 +513,9 @@ func parseCounts(s string) ([]int, error) {
 // benchRedisOpt is the Redis a benchmark runs on: --redis when given on
 // the command line, else nil, and the benchmark starts a redis-server of
 // its own. Only the command line counts, not GENFLEET_REDIS.
-func benchRedisOpt(f flags, c *common) (asynq.RedisConnOpt, error) {
-	if !flagGiven(f, "redis") {
+func benchRedisOpt(f cli.Flags, c *cli.Common) (asynq.RedisConnOpt, error) {
+	if !f.Visited()["redis"] {
 		return nil, nil
 	}
-	return c.redisOpt()
-}
-
-// flagGiven reports whether the command line set flag name.
-func flagGiven(f flags, name string) bool {
-	given := false
-	f.Visit(func(fl *flag.Flag) {
-		if fl.Name == name {
-			given = true
-		}
-	})
-	return given
+	return c.RedisOpt()
 }

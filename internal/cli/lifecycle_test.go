@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"strings"
@@ -8,7 +8,7 @@ import (
 )
 
 func TestParsePriorityWeights(t *testing.T) {
-	got, err := parsePriorityWeights(" high=8, normal=2 ,low=1")
+	got, err := ParsePriorityWeights(" high=8, normal=2 ,low=1")
 	if err != nil || got[job.PriorityHigh] != 8 || got[job.PriorityNormal] != 2 || got[job.PriorityLow] != 1 {
 		t.Fatalf("got %v, %v", got, err)
 	}
@@ -20,7 +20,7 @@ func TestParsePriorityWeights(t *testing.T) {
 		{"high=6,high=3,normal=3,low=1", "twice"},
 		{"high", "not PRIORITY=WEIGHT"},
 	} {
-		if _, err := parsePriorityWeights(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := ParsePriorityWeights(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: error %v, want one saying %q", tc.in, err, tc.want)
 		}
 	}

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"encoding/json"
@@ -18,7 +18,7 @@ const progressInterval = 500 * time.Millisecond
 // one report), so until this much time has passed no speed is shown.
 const minRateWindow = 50 * time.Millisecond
 
-// progress shows the progress of one transfer on w: a line rewritten in
+// Progress shows the progress of one transfer on w: a line rewritten in
 // place on a terminal, one JSON object per line otherwise
 //
 //	{"event":"progress","what":"push demo demo.safetensors","done":1048576,"total":67108864,"mb_per_s":212.4}
@@ -34,8 +34,8 @@ const minRateWindow = 50 * time.Millisecond
 // body once to sign it and then rewinds it to send it, and only the second
 // pass is the transfer.
 //
-// A progress is used by one goroutine at a time.
-type progress struct {
+// A Progress is used by one goroutine at a time.
+type Progress struct {
 	w     io.Writer
 	label string
 	tty   bool
@@ -48,20 +48,20 @@ type progress struct {
 	shown    time.Time // when the last line was written; zero: none yet
 }
 
-// newProgress returns the progress of a transfer labelled label, written
+// NewProgress returns the progress of a transfer labelled label, written
 // to w. Whether w is a terminal decides the form.
-func newProgress(w io.Writer, label string) *progress {
+func NewProgress(w io.Writer, label string) *Progress {
 	tty := false
 	if f, ok := w.(*os.File); ok {
 		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
 			tty = true
 		}
 	}
-	return &progress{w: w, label: label, tty: tty, now: time.Now}
+	return &Progress{w: w, label: label, tty: tty, now: time.Now}
 }
 
-// update reports that done of total bytes are in place.
-func (p *progress) update(done, total int64) {
+// Update reports that done of total bytes are in place.
+func (p *Progress) Update(done, total int64) {
 	now := p.now()
 	if !p.started || done < p.lastDone {
 		p.started, p.origin, p.base = true, now, done
@@ -101,7 +101,7 @@ func (p *progress) update(done, total int64) {
 
 // rate is the speed in MB/s at now with done bytes in place, and whether
 // the window since the origin is long enough to tell.
-func (p *progress) rate(done int64, now time.Time) (float64, bool) {
+func (p *Progress) rate(done int64, now time.Time) (float64, bool) {
 	elapsed := now.Sub(p.origin)
 	if elapsed < minRateWindow {
 		return 0, false
@@ -110,9 +110,9 @@ func (p *progress) rate(done int64, now time.Time) (float64, bool) {
 	return math.Round(mbps*100) / 100, true // two decimals are plenty
 }
 
-// done ends the terminal line.
-func (p *progress) done() {
-	if p.tty {
+// Done ends the terminal line, if one was shown.
+func (p *Progress) Done() {
+	if p.tty && !p.shown.IsZero() {
 		fmt.Fprintln(p.w)
 	}
 }
