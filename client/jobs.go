@@ -75,27 +75,11 @@ type BatchJob struct {
 }
 
 // BatchItem is the API's answer for one job of a batch, in the job's
-// place: queued (ID, Queue, Status), a duplicate (ID of the first job,
-// Duplicate), or refused (Error, Field and Code, the status a submit of
-// that job alone would have got).
-type BatchItem struct {
-	ID        string     `json:"id,omitempty"`
-	Queue     string     `json:"queue,omitempty"`
-	Status    job.Status `json:"status,omitempty"`
-	Duplicate bool       `json:"duplicate,omitempty"`
-	Error     string     `json:"error,omitempty"`
-	Field     string     `json:"field,omitempty"`
-	Code      int        `json:"code,omitempty"`
-}
+// place (see job.BatchItem).
+type BatchItem = job.BatchItem
 
 // BatchResult is the API's answer to a batch submit.
-type BatchResult struct {
-	// Jobs holds one item per job submitted, in order.
-	Jobs       []BatchItem `json:"jobs"`
-	Queued     int         `json:"queued"`
-	Duplicates int         `json:"duplicates"`
-	Failed     int         `json:"failed"`
-}
+type BatchResult = job.BatchResult
 
 // SubmitBatch submits up to 1,000 jobs in one request (POST
 // /v1/jobs:batch). Each job is checked on its own: one that is refused is

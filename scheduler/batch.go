@@ -27,28 +27,6 @@ type batchItem struct {
 	IdempotencyKey string          `json:"idempotency_key,omitempty"`
 }
 
-// batchResult is the answer for one item, in the item's place: the job's
-// id and queue (status "queued"), the earlier job's id (duplicate), or why
-// the item was not queued (error, field, and the status a POST /v1/jobs of
-// it alone would have got).
-type batchResult struct {
-	ID        string     `json:"id,omitempty"`
-	Queue     string     `json:"queue,omitempty"`
-	Status    job.Status `json:"status,omitempty"`
-	Duplicate bool       `json:"duplicate,omitempty"`
-	Error     string     `json:"error,omitempty"`
-	Field     string     `json:"field,omitempty"`
-	Code      int        `json:"code,omitempty"`
-}
-
-// batchResponse is the body of a 200 to POST /v1/jobs:batch.
-type batchResponse struct {
-	Jobs       []batchResult `json:"jobs"`
-	Queued     int           `json:"queued"`
-	Duplicates int           `json:"duplicates"`
-	Failed     int           `json:"failed"`
-}
-
 // createBatch is POST /v1/jobs:batch: up to MaxBatchJobs requests, each
 // checked on its own, the valid ones enqueued together in pipelined Redis
 // round trips (submit). It answers 200 with one result per item, in order,
@@ -103,7 +81,7 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.submit(r.Context(), subs)
-	resp := batchResponse{Jobs: make([]batchResult, len(subs))}
+	resp := job.BatchResult{Jobs: make([]job.BatchItem, len(subs))}
 	for i, sub := range subs {
 		switch {
 		case sub.fail != nil:
@@ -111,13 +89,13 @@ func (s *Server) createBatch(w http.ResponseWriter, r *http.Request) {
 			if b.Field == "Idempotency-Key" {
 				b.Field = "idempotency_key" // where a batch carries it
 			}
-			resp.Jobs[i] = batchResult{Error: b.Error, Field: b.Field, Code: sub.fail.code}
+			resp.Jobs[i] = job.BatchItem{Error: b.Error, Field: b.Field, Code: sub.fail.code}
 			resp.Failed++
 		case sub.dup:
-			resp.Jobs[i] = batchResult{ID: sub.id, Duplicate: true}
+			resp.Jobs[i] = job.BatchItem{ID: sub.id, Duplicate: true}
 			resp.Duplicates++
 		default:
-			resp.Jobs[i] = batchResult{ID: sub.id, Queue: sub.route.Queue, Status: job.StatusQueued}
+			resp.Jobs[i] = job.BatchItem{ID: sub.id, Queue: sub.route.Queue, Status: job.StatusQueued}
 			resp.Queued++
 		}
 	}
