@@ -18,12 +18,18 @@ import (
 // lease recovery (lease 30s, recovered 5s after it expired, checked every
 // 5s by each worker process), so this test takes about 45s. The workers
 // are built as this test binary is (-race or not), so that they run the
-// jobs about as fast as the test computes the expected images: fast enough
-// for both, slow enough that the kills land while jobs run.
+// jobs about as fast as the test computes the expected images; without the
+// race detector both are many times faster, and the jobs get ten times the
+// steps on an eight times larger model, so that the kills (1s and 2s in)
+// still land while jobs run.
 // `genfleet bench chaos` is the long version.
 func TestChaosKilledWorkersLoseNoJob(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end, ~45s")
+	}
+	steps, size := 20, int64(1<<20)
+	if !testenv.RaceEnabled {
+		steps, size = 200, 8<<20
 	}
 	rd := testenv.Redis(t)
 	s3srv := testenv.S3Server(t, chaosModels, chaosOutputs)
@@ -31,7 +37,7 @@ func TestChaosKilledWorkersLoseNoJob(t *testing.T) {
 	defer cancel()
 	res, err := Chaos(ctx, ChaosOptions{
 		Redis: asynq.RedisClientOpt{Addr: rd.Addr}, S3: s3srv.Config,
-		Jobs: 30, Workers: 3, Steps: 20, ModelSize: 1 << 20,
+		Jobs: 30, Workers: 3, Steps: steps, ModelSize: size,
 		KillEvery: time.Second, MaxKills: 2, Deadline: 150 * time.Second,
 		Executable: genfleetBinary(t),
 	}, testLog{t})

@@ -1,6 +1,8 @@
 package cpu
 
 import (
+	"github.com/genfleet/genfleet/internal/testenv"
+
 	"bytes"
 	"context"
 	"errors"
@@ -163,7 +165,7 @@ func TestGenerateBadModel(t *testing.T) {
 // a small fraction of the model: the weights are read in place.
 func TestGenerateDoesNotCopyWeights(t *testing.T) {
 	size := int64(32 << 20)
-	if raceEnabled {
+	if testenv.RaceEnabled {
 		size = 4 << 20
 	}
 	m := makeModel(t, size)

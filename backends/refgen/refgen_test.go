@@ -1,6 +1,8 @@
 package refgen
 
 import (
+	"github.com/genfleet/genfleet/internal/testenv"
+
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -148,7 +150,7 @@ func (p *prefixWriter) ReadAt(b []byte, off int64) (int, error) {
 }
 
 func TestMakeSplitsBlocks(t *testing.T) {
-	if testing.Short() || raceEnabled {
+	if testing.Short() || testenv.RaceEnabled {
 		t.Skip("writes 130 MiB: skipped with -short and -race")
 	}
 	size := int64(2*BlockParams*4 + 1<<20 + 1)

@@ -1,5 +1,0 @@
-//go:build !race
-
-package refgen
-
-const raceEnabled = false
