@@ -339,9 +339,11 @@ func (s *Store) RefreshClaim(ctx context.Context, id, owner string, ttl time.Dur
 // delay). A terminal status that is already final publishes no second
 // completed event: a retried completion repeats this script. It also
 // scores the job in the index of recent jobs (KEYS[4], see RecentKey) at
-// ARGV[11] and trims the index to its cap (ARGV[12]).
+// ARGV[11] and trims the index to its cap (ARGV[12]). With ARGV[13] "1" it
+// writes nothing when the job already ended (FinishUnlessEnded).
 var finishScript = redis.NewScript(publishFunc + notifyFunc + startedFunc + `
 local prev = redis.call("HGET", KEYS[1], "final")
+if ARGV[13] == "1" and prev then return 0 end
 if ARGV[3] ~= "" and redis.call("GET", KEYS[2]) == ARGV[3] then started(KEYS[1], KEYS[3], ARGV[10]) end
 if ARGV[2] ~= "" then
 	redis.call("HSET", KEYS[1], "run", ARGV[1], "final", ARGV[2])
@@ -363,14 +365,31 @@ return 1`)
 // event (a job going back to its queue, as requeued). owner's claim is
 // released (owner "" releases nothing).
 func (s *Store) Finish(ctx context.Context, run *Record, owner string) error {
+	_, err := s.finish(ctx, run, owner, false)
+	return err
+}
+
+// FinishUnlessEnded is Finish, without a claim, for a job that ended
+// without its worker writing it (it died on the last attempt): it writes
+// run and reports true unless the record already says the job ended, in
+// which case it changes nothing.
+func (s *Store) FinishUnlessEnded(ctx context.Context, run *Record) (bool, error) {
+	return s.finish(ctx, run, "", true)
+}
+
+func (s *Store) finish(ctx context.Context, run *Record, owner string, unlessEnded bool) (bool, error) {
 	keys, args, err := finishArgs(run, owner)
 	if err != nil {
-		return err
+		return false, err
 	}
-	if err := finishScript.Run(ctx, s.rdb, keys, args...).Err(); err != nil {
-		return fmt.Errorf("write job record %s: %w", run.ID, err)
+	if unlessEnded {
+		args[len(args)-1] = "1"
 	}
-	return nil
+	n, err := finishScript.Run(ctx, s.rdb, keys, args...).Int()
+	if err != nil {
+		return false, fmt.Errorf("write job record %s: %w", run.ID, err)
+	}
+	return n == 1, nil
 }
 
 // QueueFinish queues what Finish does on pipe, for a caller that sends it
@@ -413,7 +432,7 @@ func finishArgs(run *Record, owner string) ([]string, []any, error) {
 	}
 	return []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID), RecentKey},
 		[]any{b, final, owner, RecordTTL.Milliseconds(), typ, data, notify, time.Now().UnixMilli(), run.ID, startedData(run),
-			recentScore(run), RecentCap}, nil
+			recentScore(run), RecentCap, ""}, nil
 }
 
 var releaseClaimScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)

@@ -90,3 +90,39 @@ func TestStartClaimFinishFinal(t *testing.T) {
 		t.Fatal("a cancelled job was claimed")
 	}
 }
+
+// FinishUnlessEnded writes the record of a job that has not ended, with its
+// completed event, and leaves one that ended as it was.
+func TestFinishUnlessEnded(t *testing.T) {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.Redis(t).Addr})
+	defer rdb.Close()
+	s := NewStore(rdb)
+	req := valid()
+	if _, err := s.Start(ctx, &Record{ID: "dead", Status: StatusRunning, Request: &req}, "w1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	failed := &Record{ID: "dead", Status: StatusFailed, Error: "its worker died", Request: &req}
+	if wrote, err := s.FinishUnlessEnded(ctx, failed); err != nil || !wrote {
+		t.Fatalf("FinishUnlessEnded of a running job = %v, %v; want written", wrote, err)
+	}
+	if rec, err := s.Get(ctx, "dead"); err != nil || rec.Status != StatusFailed || rec.Error != "its worker died" {
+		t.Fatalf("record %+v, %v", rec, err)
+	}
+	if ev, err := s.LastEvent(ctx, "dead"); err != nil || ev == nil || ev.Type != EventCompleted {
+		t.Fatalf("last event %+v, %v; want completed", ev, err)
+	}
+
+	if _, err := s.Start(ctx, &Record{ID: "done", Status: StatusRunning, Request: &req}, "w1", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Finish(ctx, &Record{ID: "done", Status: StatusSucceeded, Request: &req}, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	if wrote, err := s.FinishUnlessEnded(ctx, &Record{ID: "done", Status: StatusFailed, Error: "late", Request: &req}); err != nil || wrote {
+		t.Fatalf("FinishUnlessEnded of an ended job = %v, %v; want nothing written", wrote, err)
+	}
+	if rec, err := s.Get(ctx, "done"); err != nil || rec.Status != StatusSucceeded {
+		t.Fatalf("record %+v, %v; want succeeded as it was", rec, err)
+	}
+}

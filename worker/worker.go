@@ -218,6 +218,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		DelayedTaskCheckInterval: time.Second,
 		RecovererInterval:        w.cfg.RecoverInterval,
 		LeaseExpiryGrace:         w.cfg.LeaseGrace,
+		LeaseExpiredArchived:     w.leaseExpiredArchived,
 		QueueOrder:               w.order.next,
 		ShutdownTimeout:          w.cfg.ShutdownTimeout,
 		BaseContext:              func() context.Context { return w.baseCtx },

@@ -33,34 +33,8 @@ func TestWebhookEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	var mu sync.Mutex
-	var got []webhook.Payload
-	var verdicts []error
-	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		var p webhook.Payload
-		_ = json.Unmarshal(b, &p)
-		mu.Lock()
-		got = append(got, p)
-		verdicts = append(verdicts, webhook.Verify(testWebhookSecret, r.Header.Get(webhook.SignatureHeader), b, webhook.DefaultTolerance, time.Now()))
-		mu.Unlock()
-		w.WriteHeader(http.StatusOK)
-	}))
-	defer recv.Close()
-	loopback := webhook.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
-	fl := newFleetWith(t, 1<<20, func(c *scheduler.Config) {
-		c.Webhooks, c.WebhookPolicy = true, loopback
-		c.Images, _ = outputs.NewURLs(outputs.Config{Mode: outputs.ModePresigned, S3: c.S3})
-	})
-	rdb := redis.NewClient(&redis.Options{Addr: fl.redis.Addr})
-	defer rdb.Close()
-	d, err := webhook.New(webhook.Config{Redis: rdb, Secrets: []string{testWebhookSecret}, Job: fl.sched.JobForWebhook,
-		Policy: loopback, Poll: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Start()
-	defer d.Shutdown()
+	fl, sink := newWebhookFleet(t, 1<<20)
+	recv := sink.srv
 	fl.startWorker()
 
 	id := fl.submit(`{"model":"demo","prompt":"hooked","seed":3,"width":128,"height":128,"steps":4,"n":2,
@@ -80,13 +54,9 @@ func TestWebhookEndToEnd(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	got := sink.payloads(t)
 	events := map[string]webhook.Payload{}
-	for i, p := range got {
-		if verdicts[i] != nil {
-			t.Fatalf("POST %d (%s): signature check failed: %v", i, p.Event, verdicts[i])
-		}
+	for _, p := range got {
 		events[p.Event] = p
 	}
 	if len(got) != 2 || events["started"].Job == nil || events["completed"].Job == nil {
@@ -132,4 +102,60 @@ func TestWebhookEndToEnd(t *testing.T) {
 		t.Fatalf("gopher webhook: %d %s", code, b)
 	}
 	fl.stopWorkers()
+}
+
+// webhookSink is a real HTTP receiver of webhook POSTs, each checked
+// against testWebhookSecret.
+type webhookSink struct {
+	srv      *httptest.Server
+	mu       sync.Mutex
+	got      []webhook.Payload
+	verdicts []error
+}
+
+// payloads returns what the receiver got so far, failing t on a POST
+// whose signature check failed.
+func (s *webhookSink) payloads(t *testing.T) []webhook.Payload {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, p := range s.got {
+		if s.verdicts[i] != nil {
+			t.Fatalf("POST %d (%s): signature check failed: %v", i, p.Event, s.verdicts[i])
+		}
+	}
+	return append([]webhook.Payload(nil), s.got...)
+}
+
+// newWebhookFleet returns a fleet whose scheduler takes webhooks to
+// loopback receivers (its model of modelSize bytes), with a webhook
+// deliverer running against its Redis, and a receiver.
+func newWebhookFleet(t *testing.T, modelSize int64) (*fleet, *webhookSink) {
+	sink := &webhookSink{}
+	sink.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		var p webhook.Payload
+		_ = json.Unmarshal(b, &p)
+		sink.mu.Lock()
+		sink.got = append(sink.got, p)
+		sink.verdicts = append(sink.verdicts, webhook.Verify(testWebhookSecret, r.Header.Get(webhook.SignatureHeader), b, webhook.DefaultTolerance, time.Now()))
+		sink.mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(sink.srv.Close)
+	loopback := webhook.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+	fl := newFleetWith(t, modelSize, func(c *scheduler.Config) {
+		c.Webhooks, c.WebhookPolicy = true, loopback
+		c.Images, _ = outputs.NewURLs(outputs.Config{Mode: outputs.ModePresigned, S3: c.S3})
+	})
+	rdb := redis.NewClient(&redis.Options{Addr: fl.redis.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	d, err := webhook.New(webhook.Config{Redis: rdb, Secrets: []string{testWebhookSecret}, Job: fl.sched.JobForWebhook,
+		Policy: loopback, Poll: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Start()
+	t.Cleanup(d.Shutdown)
+	return fl, sink
 }

@@ -31,6 +31,9 @@ type recoverer struct {
 
 	// how long after its lease expired a task is recovered (genfleet patch).
 	grace time.Duration
+
+	// called after a lease-expired task was archived (genfleet patch).
+	archived func(ctx context.Context, task *TaskInfo, err error)
 }
 
 type recovererParams struct {
@@ -41,6 +44,7 @@ type recovererParams struct {
 	grace          time.Duration
 	retryDelayFunc RetryDelayFunc
 	isFailureFunc  func(error) bool
+	archived       func(ctx context.Context, task *TaskInfo, err error)
 }
 
 func newRecoverer(params recovererParams) *recoverer {
@@ -53,6 +57,7 @@ func newRecoverer(params recovererParams) *recoverer {
 		grace:          params.grace,
 		retryDelayFunc: params.retryDelayFunc,
 		isFailureFunc:  params.isFailureFunc,
+		archived:       params.archived,
 	}
 }
 
@@ -130,7 +135,13 @@ func (r *recoverer) retry(msg *base.TaskMessage, err error) {
 }
 
 func (r *recoverer) archive(msg *base.TaskMessage, err error) {
-	if err := r.broker.Archive(context.Background(), msg, err.Error()); err != nil {
-		r.logger.Warnf("recoverer: could not move task to archive: %v", err)
+	if aerr := r.broker.Archive(context.Background(), msg, err.Error()); aerr != nil {
+		r.logger.Warnf("recoverer: could not move task to archive: %v", aerr)
+		return
+	}
+	if r.archived != nil {
+		info := newTaskInfo(msg, base.TaskStateArchived, time.Time{}, nil)
+		info.LastErr = err.Error()
+		r.archived(context.Background(), info, err)
 	}
 }

@@ -226,6 +226,15 @@ type Config struct {
 	// patch). If unset or zero, 30 seconds.
 	LeaseExpiryGrace time.Duration
 
+	// LeaseExpiredArchived, if set, is called after the recoverer archived
+	// a task whose lease expired on its last attempt (its worker died and
+	// no retry is left), with the task as archived and the error it was
+	// archived with (genfleet patch): no handler returns for such a task,
+	// so this is where a server learns that it ended. It is called once
+	// per archived task, by the server whose recoverer archived it, from
+	// the recoverer's goroutine.
+	LeaseExpiredArchived func(ctx context.Context, task *TaskInfo, err error)
+
 	// DequeueHook, if set, runs in the script that dequeues each task, in
 	// the same round trip (genfleet patch; see DequeueHook). Not run with a
 	// Redis Cluster client.
@@ -604,6 +613,7 @@ func NewServerFromRedisClient(c redis.UniversalClient, cfg Config) *Server {
 		queues:         qnames,
 		interval:       recovererInterval,
 		grace:          leaseExpiryGrace,
+		archived:       cfg.LeaseExpiredArchived,
 	})
 	healthchecker := newHealthChecker(healthcheckerParams{
 		logger:          logger,
