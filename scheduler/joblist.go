@@ -115,6 +115,10 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 	}
+	base := apiBase(r)
+	for i, rec := range out {
+		out[i] = s.withImageURLs(ctx, rec, base)
+	}
 	writeJSON(w, http.StatusOK, jobList{Jobs: out})
 }
 

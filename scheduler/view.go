@@ -17,16 +17,24 @@ import (
 // caller's client reached it ("" when there is no request: the configured
 // public URL or a path is used).
 func (s *Server) jobView(ctx context.Context, rec *job.Record, base string) *job.Record {
-	v := *rec
-	if s.cfg.Images != nil && rec.Status == job.StatusSucceeded && rec.Result != nil && !s.outputExpired(rec) {
-		s.imageURLs(ctx, &v, base)
-	}
+	v := s.withImageURLs(ctx, rec, base)
 	if rec.Request != nil && rec.Request.Webhook != nil {
 		attempts, err := s.store.WebhookAttempts(ctx, rec.ID)
 		if err != nil {
 			s.log.Warn("webhook attempts", "job", rec.ID, "err", err)
 		}
 		v.WebhookAttempts = attempts
+	}
+	return v
+}
+
+// withImageURLs returns rec, or, for a job that succeeded and whose images
+// the retention has not deleted yet, a copy of it with each image's URL
+// (see imageURLs). GET /v1/jobs gives its entries these.
+func (s *Server) withImageURLs(ctx context.Context, rec *job.Record, base string) *job.Record {
+	v := *rec
+	if s.cfg.Images != nil && rec.Status == job.StatusSucceeded && rec.Result != nil && !s.outputExpired(rec) {
+		s.imageURLs(ctx, &v, base)
 	}
 	return &v
 }

@@ -18,8 +18,9 @@ import (
 // server that a plain HTTP client, without credentials, fetches the PNG
 // with, the same bytes the API serves; each image of a job of several has
 // its own, in outputs[], and the completed event carries them all; the API
-// mode gives the API's own URL. Past the output retention the job has no
-// image_url and its images are reported deleted.
+// mode gives the API's own URL; the job list's entry has them too. Past the
+// output retention the job has no image_url and its images are reported
+// deleted.
 func TestImageURLOfASucceededJob(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
@@ -78,6 +79,13 @@ func TestImageURLOfASucceededJob(t *testing.T) {
 	if err := json.Unmarshal(last, &done); err != nil || done.ImageURL == "" || len(done.Outputs) != 2 ||
 		done.Outputs[0].ImageURL == "" || done.Outputs[1].ImageURL == "" {
 		t.Fatalf("completed event %s: want both outputs, each with an image_url (%v)", last, err)
+	}
+	// The job list's entry carries them as well.
+	code, b := fl.do("GET", "/v1/jobs?status=succeeded", "")
+	var list struct{ Jobs []job.Record }
+	if err := json.Unmarshal(b, &list); err != nil || code != http.StatusOK || len(list.Jobs) != 1 ||
+		list.Jobs[0].ImageURL == "" || len(list.Jobs[0].Outputs) != 2 || list.Jobs[0].Outputs[1].ImageURL == "" {
+		t.Fatalf("GET /v1/jobs: %d %s (%v); want the job with both image URLs", code, b, err)
 	}
 	// Past the retention: no URL, and the image is gone.
 	time.Sleep(time.Until(rec.FinishedAt.Add(3*time.Second + 100*time.Millisecond)))
