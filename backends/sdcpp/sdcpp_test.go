@@ -491,6 +491,50 @@ func TestServerKeepsTheModelLoaded(t *testing.T) {
 		})
 }
 
+// A model file replaced at its path (the model cache quarantined a blob
+// that failed re-verification and fetched it again: same digest, a new
+// file) is not served by the server that loaded the old file: the next job
+// starts a server on the new one, and the old server is stopped to make
+// room.
+func TestServerNotReusedForAReplacedFile(t *testing.T) {
+	log := engineLog(t)
+	b := newBackend(t, Config{Mode: ModeServer, KeepAlive: time.Minute})
+	m, _ := model(t, "sd1", "model")
+	if _, err := b.Generate(t.Context(), m, params(), nil); err != nil {
+		t.Fatal(err)
+	}
+	// The cache's re-fetch: a new file renamed over the path.
+	path := m.Files[0].Path
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".new", data, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Generate(t.Context(), m, params(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Generate(t.Context(), m, params(), nil); err != nil {
+		t.Fatal(err)
+	}
+	starts := 0
+	for _, r := range log() {
+		if r.Prog == "sd-server" && (len(r.Args) == 0 || r.Args[0] != "txt2img") {
+			starts++
+		}
+	}
+	if starts != 2 {
+		t.Errorf("%d server starts, want 2: one on the old file, one on the new", starts)
+	}
+	if n := len(b.servers.running()); n != 1 {
+		t.Errorf("%d servers running, want 1 (the old one stopped for the new)", n)
+	}
+}
+
 func TestServerFailureCancelAndRestart(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "child.pid")
 	t.Setenv("FAKESD_CHILDPID", pidFile)

@@ -14,8 +14,10 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/genfleet/genfleet/backends"
@@ -68,13 +70,32 @@ func newServerPool(b *Backend) *serverPool {
 	}
 }
 
-// modelKey names a model by its files' digests and roles.
+// modelKey names a model by its files' roles, digests and the files
+// themselves (device and inode): a blob the model cache quarantined (it
+// failed re-verification) and fetched again is a new file at the same
+// path, and must not be served by a server that loaded the corrupt one,
+// whose mapping still holds the old file. That server takes no more jobs
+// and stops after its keep-alive, or sooner when its slot is needed.
 func modelKey(m backends.Model) string {
 	parts := make([]string, len(m.Files))
 	for i, f := range m.Files {
-		parts[i] = f.Role + "=" + f.Digest
+		parts[i] = f.Role + "=" + f.Digest + "@" + fileIdentity(f.Path)
 	}
 	return strings.Join(parts, ",")
+}
+
+// fileIdentity is "device:inode" of the file at path, or "" when it cannot
+// be read (the server's start then fails on the path itself).
+func fileIdentity(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return strconv.FormatUint(uint64(st.Dev), 10) + ":" + strconv.FormatUint(st.Ino, 10)
 }
 
 // generate runs one job on the model's server, starting the server when
