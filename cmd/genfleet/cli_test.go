@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/genfleet/genfleet/internal/testenv"
 )
 
 func runCLI(args ...string) (int, string, string) {
@@ -104,31 +106,12 @@ func TestModelsMakeRejectsBadSize(t *testing.T) {
 	}
 }
 
-// isolateAWSEnv leaves the test with no AWS or GENFLEET_S3_* settings from
-// the machine it runs on: no credentials in the environment, no shared
-// config files, no instance metadata service.
-func isolateAWSEnv(t *testing.T) {
-	t.Helper()
-	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-		"AWS_DEFAULT_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-		"GENFLEET_S3_ENDPOINT", "GENFLEET_S3_ACCESS_KEY", "GENFLEET_S3_SECRET_KEY"} {
-		t.Setenv(k, "")
-		os.Unsetenv(k)
-	}
-	home := t.TempDir()
-	t.Setenv("HOME", home)
-	t.Setenv("AWS_CONFIG_FILE", filepath.Join(home, "no-config"))
-	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(home, "no-credentials"))
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-}
-
 // A command that needs S3 on a machine with no endpoint and no
 // credentials says which flags to set, after the SDK's own words; AWS
 // credentials from the environment or the shared credentials file still
 // work where they exist.
 func TestS3CredentialsHint(t *testing.T) {
-	isolateAWSEnv(t)
+	testenv.IsolateAWS(t)
 	code, _, stderr := runCLI("models", "ls")
 	if code != 1 {
 		t.Fatalf("models ls with no S3 settings: exit %d\n%s", code, stderr)
