@@ -108,3 +108,11 @@ func (w *Worker) skipDuplicate(ctx context.Context, id string, payload []byte, p
 		"ended_request_digest", ended, "task_request_digest", newDigest,
 		"task_payload_sha256", hex.EncodeToString(sum[:]))
 }
+
+// handedBack reports whether ctx, a handler's, ended because asynq handed
+// its job back to the queue at the end of the shutdown timeout: asynq then
+// cancels the handler's context with no cause of its own, before Run
+// cancels every handler with errShutdown.
+func (w *Worker) handedBack(ctx context.Context) bool {
+	return w.stopping.Load() && errors.Is(ctx.Err(), context.Canceled)
+}

@@ -132,6 +132,8 @@ type Worker struct {
 	// it cancelled to write their records.
 	running  sync.WaitGroup
 	inFlight atomic.Int64
+	// stopping is set when Run begins to shut down (see handedBack).
+	stopping atomic.Bool
 	// beatNow asks the heartbeat loop for an immediate beat.
 	beatNow chan struct{}
 	models  models
@@ -258,6 +260,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	<-ctx.Done()
 	w.log.Info("worker shutting down", "timeout", w.cfg.ShutdownTimeout)
 	scrub.Shutdown() // background work first: it holds no job
+	w.stopping.Store(true)
 	srv.Shutdown()
 	// Heartbeats stop after the last job was finished or handed back, so the
 	// scheduler never sees a silent host that still holds work.
@@ -408,7 +411,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		w.finishDone(wctx, rec, job.StatusCancelled, started, owner)
 		log.Info("job cancelled")
 		return nil
-	case errors.Is(context.Cause(jctx), errShutdown):
+	case errors.Is(context.Cause(jctx), errShutdown) || w.handedBack(ctx):
 		// Handed back: asynq has requeued the task; another worker runs it.
 		rec.Status, rec.Error = job.StatusQueued, "worker shut down; job handed back to the queue"
 		w.finish(wctx, rec, job.StatusQueued, rec.Error, started, owner)

@@ -345,7 +345,8 @@ func TestTransientS3FaultRetries(t *testing.T) {
 }
 
 // SIGTERM with a job that outlasts the shutdown timeout: the worker hands
-// the job back and exits 0; another worker runs it; exactly one output.
+// the job back, its record says so (not a failed attempt), and the worker
+// exits 0; another worker runs it; exactly one output.
 func TestWorkerSIGTERMHandsBackJob(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
@@ -358,8 +359,8 @@ func TestWorkerSIGTERMHandsBackJob(t *testing.T) {
 	})
 	fl.stopWorkers()
 	rec := fl.get(id)
-	if rec.Status != job.StatusQueued {
-		t.Fatalf("after SIGTERM the job is %s (%q), want queued (handed back)", rec.Status, rec.Error)
+	if rec.Status != job.StatusQueued || rec.Error != "worker shut down; job handed back to the queue" {
+		t.Fatalf("after SIGTERM the job is %s (%q), want queued (handed back), saying so", rec.Status, rec.Error)
 	}
 	fl.startWorker()
 	rec = fl.wait(id, 120*time.Second, nil)
