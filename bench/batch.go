@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"time"
 
@@ -264,19 +262,11 @@ func startBatchFleet(ctx context.Context, o BatchOptions, opt asynq.RedisConnOpt
 	if err != nil {
 		return nil, err
 	}
-	sched, err := scheduler.New(scheduler.Config{Redis: opt, S3: s3cl, Registry: reg, Pool: "cpu", Logger: log,
-		CheckModels: true, Routing: scheduler.Policy{Enabled: true}})
+	_, addr, stopAPI, err := serveAPI(scheduler.Config{Redis: opt, S3: s3cl, Registry: reg, Pool: "cpu", Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { sched.Close() })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	hs := &http.Server{Handler: sched.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = hs.Serve(ln) }()
-	undo = append(undo, func() { hs.Close() })
+	undo = append(undo, stopAPI)
 	w, err := worker.New(worker.Config{Redis: opt, S3: s3cl, Outputs: s3x.URL{Bucket: "genfleet-outputs", Key: "outputs/"},
 		Registry: reg, Cache: cache, Backend: be, HostID: "bench-batch", Concurrency: 1, Logger: log})
 	if err != nil {
@@ -291,15 +281,14 @@ func startBatchFleet(ctx context.Context, o BatchOptions, opt asynq.RedisConnOpt
 	wdone := make(chan struct{})
 	go func() { defer close(wdone); _ = w.Run(wctx) }()
 	return &batchFleet{
-		api: client.New("http://"+ln.Addr().String(), ""), store: job.NewStore(rdb),
+		api: client.New("http://"+addr, ""), store: job.NewStore(rdb),
 		engine: engine, modelBytes: modelBytes,
 		stop: func() {
 			stopWorker()
 			<-wdone
 			w.Close()
 			rdb.Close()
-			hs.Close()
-			sched.Close()
+			stopAPI()
 			stopS3()
 			os.RemoveAll(dir)
 		},

@@ -40,6 +40,26 @@ func startRedis(opt asynq.RedisConnOpt) (_ asynq.RedisConnOpt, stop func(), _ er
 	return asynq.RedisClientOpt{Addr: srv.Addr}, func() { srv.Stop(); os.RemoveAll(dir) }, nil
 }
 
+// startWorkerRedis is startRedis for a benchmark whose worker processes
+// need a --redis: workerAddr when set, else the address of the Redis
+// started or given (which must then be a plain address). bench names the
+// benchmark in the error.
+func startWorkerRedis(opt asynq.RedisConnOpt, workerAddr, bench string) (_ asynq.RedisConnOpt, addr string, stop func(), _ error) {
+	opt, stop, err := startRedis(opt)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	if workerAddr != "" {
+		return opt, workerAddr, stop, nil
+	}
+	ro, ok := opt.(asynq.RedisClientOpt)
+	if !ok {
+		stop()
+		return nil, "", nil, fmt.Errorf("bench %s: worker processes need a Redis address for a %T", bench, opt)
+	}
+	return opt, ro.Addr, stop, nil
+}
+
 // startS3 returns an S3 client for a benchmark, with the given buckets,
 // and the settings to reach the same server from another process: the
 // server cfg names when its Endpoint is set, else a versitygw started from

@@ -467,20 +467,11 @@ func startNoopFleet(ctx context.Context, s3cfg s3x.Config, opt asynq.RedisConnOp
 	if err != nil {
 		return nil, err
 	}
-	// As `genfleet serve` runs it: models checked at submit, routing on.
-	sched, err := scheduler.New(scheduler.Config{Redis: opt, S3: s3cl, Registry: reg, Pool: "cpu", Logger: log,
-		CheckModels: true, Routing: scheduler.Policy{Enabled: true}})
+	sched, addr, stopAPI, err := serveAPI(scheduler.Config{Redis: opt, S3: s3cl, Registry: reg, Pool: "cpu", Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { sched.Close() })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	hs := &http.Server{Handler: sched.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = hs.Serve(ln) }()
-	undo = append(undo, func() { hs.Close() })
+	undo = append(undo, stopAPI)
 	be, err := cpu.New()
 	if err != nil {
 		return nil, err
@@ -499,7 +490,7 @@ func startNoopFleet(ctx context.Context, s3cfg s3x.Config, opt asynq.RedisConnOp
 	reaperDone := make(chan struct{})
 	go func() { defer close(reaperDone); sched.RunReaper(reapCtx) }()
 	return &noopFleet{
-		addr:  ln.Addr().String(),
+		addr:  addr,
 		conns: make(chan *apiConn, 64),
 		done:  func() float64 { return counterValue(promReg, "genfleet_worker_jobs_total", "succeeded") },
 		stopAll: func() {
@@ -508,8 +499,7 @@ func startNoopFleet(ctx context.Context, s3cfg s3x.Config, opt asynq.RedisConnOp
 			w.Close()
 			stopReaper()
 			<-reaperDone
-			hs.Close()
-			sched.Close()
+			stopAPI()
 			stopS3()
 			os.RemoveAll(dir)
 		},

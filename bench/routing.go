@@ -80,19 +80,11 @@ func Routing(ctx context.Context, o RoutingOptions, progress io.Writer) (*Routin
 	if err != nil {
 		return nil, err
 	}
-	redisOpt, stopRedis, err := startRedis(o.Redis)
+	redisOpt, redisAddr, stopRedis, err := startWorkerRedis(o.Redis, o.WorkerRedis, "routing")
 	if err != nil {
 		return nil, err
 	}
 	defer stopRedis()
-	redisAddr := o.WorkerRedis
-	if redisAddr == "" {
-		ro, ok := redisOpt.(asynq.RedisClientOpt)
-		if !ok {
-			return nil, fmt.Errorf("bench routing: worker processes need a Redis address for a %T", redisOpt)
-		}
-		redisAddr = ro.Addr
-	}
 	dir, err := os.MkdirTemp("", "genfleet-bench-routing-")
 	if err != nil {
 		return nil, err

@@ -172,19 +172,11 @@ func ShareEngine(ctx context.Context, o ShareEngineOptions, progress io.Writer) 
 	if err != nil {
 		return nil, err
 	}
-	redisOpt, stopRedis, err := startRedis(o.Redis)
+	redisOpt, redisAddr, stopRedis, err := startWorkerRedis(o.Redis, o.WorkerRedis, "share")
 	if err != nil {
 		return nil, err
 	}
 	defer stopRedis()
-	redisAddr := o.WorkerRedis
-	if redisAddr == "" {
-		ro, ok := redisOpt.(asynq.RedisClientOpt)
-		if !ok {
-			return nil, fmt.Errorf("bench share: worker processes need a Redis address for a %T", redisOpt)
-		}
-		redisAddr = ro.Addr
-	}
 	dir, err := os.MkdirTemp(o.Dir, "genfleet-bench-share-")
 	if err != nil {
 		return nil, err
