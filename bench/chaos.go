@@ -37,6 +37,7 @@ import (
 	"github.com/genfleet/genfleet/client"
 	"github.com/genfleet/genfleet/internal/lineprefix"
 	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/internal/testenv"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
 	"github.com/genfleet/genfleet/scheduler"
@@ -532,14 +533,14 @@ type chaosFleet struct {
 
 	mu    sync.Mutex
 	procs map[int]*exec.Cmd
-	logs  []*lockedBuffer // every process's log, dead ones included
+	logs  []*testenv.Buffer // every process's log, dead ones included
 }
 
 func (f *chaosFleet) start(i int) error {
 	cmd := exec.Command(f.self, "worker", "--cache-dir", f.cacheDir, "--host-id", chaosHost,
 		"--metrics-listen", "", "--heartbeat-interval", "250ms", "--shutdown-timeout", "5s", "--retry-base", "500ms")
 	cmd.Env = f.env
-	log := &lockedBuffer{}
+	log := &testenv.Buffer{}
 	var w io.Writer = log
 	if f.verbose {
 		w = io.MultiWriter(log, lineprefix.New(f.stderr, fmt.Sprintf("w%d | ", i)))
@@ -664,22 +665,4 @@ func (p *putCounter) puts(bucket, key string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.counts["/"+bucket+"/"+key]
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

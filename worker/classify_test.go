@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,24 +23,6 @@ import (
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
 )
-
-// lockedBuffer is a log destination the worker's goroutines share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // counterValue is the value of counter name{label=value} in reg, 0 when
 // absent.
@@ -84,13 +64,13 @@ type contractEnv struct {
 	insp    *asynq.Inspector
 	good    *modelcache.Manifest
 	metrics *prometheus.Registry
-	log     *lockedBuffer
+	log     *testenv.Buffer
 }
 
 func newContractEnv(t *testing.T) *contractEnv {
 	t.Helper()
 	e := &contractEnv{redis: testenv.Redis(t).Addr, s3: testenv.S3Server(t, "models", "outputs"),
-		metrics: prometheus.NewRegistry(), log: &lockedBuffer{}}
+		metrics: prometheus.NewRegistry(), log: &testenv.Buffer{}}
 	e.reg = &modelcache.Registry{Src: modelcache.NewS3Source(e.s3.Client), Root: s3x.URL{Bucket: "models"}}
 	model := filepath.Join(t.TempDir(), "good.safetensors")
 	f, err := os.Create(model)
@@ -299,7 +279,7 @@ func TestForeignJobIDsRefused(t *testing.T) {
 func TestDuplicateOfEndedJobCountedAndLogged(t *testing.T) {
 	addr := testenv.Redis(t).Addr
 	reg := prometheus.NewRegistry()
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	w := noopWorkerOn(t, asynq.RedisClientOpt{Addr: addr}, "h1", 1)
 	w.metrics = newMetrics(reg)
 	w.log = slog.New(slog.NewJSONHandler(logs, nil))

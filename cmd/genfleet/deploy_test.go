@@ -54,6 +54,7 @@ import (
 
 	"github.com/genfleet/genfleet/internal/cli"
 	"github.com/genfleet/genfleet/internal/envflag"
+	"github.com/genfleet/genfleet/internal/testenv"
 )
 
 var updateDeployDocs = flag.Bool("update-deploy-docs", false, "rewrite the flag reference in docs/deploy.md from the binary's flag table")
@@ -304,7 +305,7 @@ func probeRoles() (map[string]map[string]int, error) {
 		}
 		cmd := exec.Command(self, args...)
 		cmd.Env = env
-		logs := &lockedBuffer{}
+		logs := &testenv.Buffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			return nil, err
@@ -320,7 +321,7 @@ func probeRoles() (map[string]map[string]int, error) {
 			<-done
 		}
 		if err != nil {
-			return nil, fmt.Errorf("genfleet %s: %v\nlog:\n%s", role, err, cmd.Stdout.(*lockedBuffer).String())
+			return nil, fmt.Errorf("genfleet %s: %v\nlog:\n%s", role, err, cmd.Stdout.(*testenv.Buffer).String())
 		}
 		out[role] = got
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/genfleet/genfleet/internal/sse"
+	"github.com/genfleet/genfleet/internal/testenv"
 	"github.com/genfleet/genfleet/job"
 )
 
@@ -114,8 +115,8 @@ func TestDevRunsTheWholeFleet(t *testing.T) {
 type devFleet struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	api    string        // the API's base URL, from the banner
-	banner *lockedBuffer // stdout
+	api    string          // the API's base URL, from the banner
+	banner *testenv.Buffer // stdout
 	exited chan error
 }
 
@@ -129,9 +130,9 @@ func startDev(t *testing.T, args ...string) *devFleet {
 	}
 	cmd := exec.Command(self, append([]string{"dev", "--listen", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), childEnv+"=1")
-	d := &devFleet{t: t, cmd: cmd, banner: &lockedBuffer{}, exited: make(chan error, 1)}
+	d := &devFleet{t: t, cmd: cmd, banner: &testenv.Buffer{}, exited: make(chan error, 1)}
 	cmd.Stdout = d.banner
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/genfleet/genfleet/backends/sdcpp/spec"
 	"github.com/genfleet/genfleet/internal/s3x"
+	"github.com/genfleet/genfleet/internal/testenv"
 	"github.com/genfleet/genfleet/job"
 	"github.com/genfleet/genfleet/modelcache"
 	"github.com/genfleet/genfleet/modelformat"
@@ -205,7 +206,7 @@ func TestSdcppModelsRunOnSdcppWorkers(t *testing.T) {
 	go func() { done <- clash.Wait() }()
 	select {
 	case err := <-done:
-		out := clash.Stdout.(*lockedBuffer).String()
+		out := clash.Stdout.(*testenv.Buffer).String()
 		if err == nil || !strings.Contains(out, `host id "cpuhost" is in use by a worker of device class "cpu"`) {
 			t.Errorf("clashing worker: %v\n%s", err, out)
 		}

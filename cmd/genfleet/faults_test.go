@@ -107,7 +107,7 @@ func TestRedisOutageLosesNoJob(t *testing.T) {
 	}
 	lostWrites := 0
 	for _, w := range fl.workers {
-		lostWrites += strings.Count(w.Stdout.(*lockedBuffer).String(), `msg="write job record"`)
+		lostWrites += strings.Count(w.Stdout.(*testenv.Buffer).String(), `msg="write job record"`)
 	}
 	t.Logf("all %d jobs succeeded %v after the outage began; attempts %v; record writes that failed during the outage: %d",
 		len(ids), time.Since(outage).Round(time.Millisecond), attempts, lostWrites)

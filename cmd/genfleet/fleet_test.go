@@ -236,7 +236,7 @@ func (fl *fleet) startWorkerOn(hostID, cacheDir string, extra ...string) *exec.C
 		"GENFLEET_OUTPUTS=s3://"+outputsBucket+"/outputs/",
 		"GENFLEET_LOG_LEVEL=debug",
 	)
-	cmd.Stdout = &lockedBuffer{}
+	cmd.Stdout = &testenv.Buffer{}
 	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
 		fl.t.Fatal(err)
@@ -248,7 +248,7 @@ func (fl *fleet) startWorkerOn(hostID, cacheDir string, extra ...string) *exec.C
 			_ = cmd.Wait()
 		}
 		if fl.t.Failed() {
-			fl.t.Logf("worker pid %d log:\n%s", cmd.Process.Pid, cmd.Stdout.(*lockedBuffer).String())
+			fl.t.Logf("worker pid %d log:\n%s", cmd.Process.Pid, cmd.Stdout.(*testenv.Buffer).String())
 		}
 	})
 	return cmd

@@ -54,7 +54,7 @@ func TestAuthAndNoSecretsInLogsOrStatus(t *testing.T) {
 		"GENFLEET_S3_ACCESS_KEY="+testenv.AccessKey, "GENFLEET_S3_SECRET_KEY="+testenv.SecretKey,
 		"GENFLEET_REGISTRY=s3://"+modelsBucket+"/", "GENFLEET_OUTPUTS=s3://"+outputsBucket+"/outputs/",
 		"GENFLEET_LOG_LEVEL=debug")
-	var schedLog lockedBuffer
+	var schedLog testenv.Buffer
 	sched.Stdout, sched.Stderr = &schedLog, &schedLog
 	if err := sched.Start(); err != nil {
 		t.Fatal(err)
@@ -152,7 +152,7 @@ func TestAuthAndNoSecretsInLogsOrStatus(t *testing.T) {
 	_ = sched.Process.Signal(os.Interrupt)
 	_ = sched.Wait()
 
-	texts := map[string]string{"scheduler log": schedLog.String(), "worker log": fl.workers[0].Stdout.(*lockedBuffer).String(), "API answers": answers.String()}
+	texts := map[string]string{"scheduler log": schedLog.String(), "worker log": fl.workers[0].Stdout.(*testenv.Buffer).String(), "API answers": answers.String()}
 	if !strings.Contains(texts["worker log"], "level=DEBUG") || !strings.Contains(texts["scheduler log"], "job enqueued") {
 		t.Fatalf("logs look empty: worker %d bytes, scheduler %d bytes", len(texts["worker log"]), len(texts["scheduler log"]))
 	}

@@ -67,7 +67,7 @@ func TestSchedulerRefusesOpenAPI(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		cmd := exec.CommandContext(ctx, self, args...)
 		cmd.Env = append(os.Environ(), childEnv+"=1")
-		var stderrBuf lockedBuffer
+		var stderrBuf testenv.Buffer
 		cmd.Stderr = &stderrBuf
 		err := cmd.Run()
 		cancel()
@@ -101,7 +101,7 @@ func TestSchedulerRefusesOpenAPI(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			var logs lockedBuffer
+			var logs testenv.Buffer
 			exited := make(chan error, 1)
 			go func() { exited <- cmdScheduler(ctx, append(slices.Clone(conn), tc.args...), &logs) }()
 			addr := waitListening(t, &logs, exited)
@@ -123,7 +123,7 @@ func TestSchedulerRefusesOpenAPI(t *testing.T) {
 
 // waitListening waits for the scheduler's "scheduler listening" log line
 // and returns a loopback address that reaches it.
-func waitListening(t *testing.T, logs *lockedBuffer, exited <-chan error) string {
+func waitListening(t *testing.T, logs *testenv.Buffer, exited <-chan error) string {
 	t.Helper()
 	re := regexp.MustCompile(`scheduler listening" addr=\S*:(\d+)`)
 	deadline := time.Now().Add(30 * time.Second)
