@@ -111,6 +111,9 @@ func (h *Handler) request(w http.ResponseWriter, model, prompt string, n *int, s
 	if model == "" {
 		model = h.cfg.DefaultModel
 	}
+	if m, ok := h.cfg.ModelAliases[model]; ok {
+		model = m
+	}
 	if model == "" {
 		fail(w, http.StatusBadRequest, typeInvalid, "model", "", "model is required: name a genfleet model (GET /v1/models lists them)", "")
 		return nil, false

@@ -46,6 +46,11 @@ type Config struct {
 	// DefaultModel is the genfleet model of a request that names none.
 	// Default "": such a request is refused, naming "model".
 	DefaultModel string
+	// ModelAliases maps model names clients send (OpenAI's own, such as
+	// "dall-e-3" or "gpt-image-1", which tools often send unasked) to the
+	// genfleet models that run them. A name not in it is taken as a
+	// genfleet model.
+	ModelAliases map[string]string
 	// Wait is how long a request waits for its job before it is answered
 	// 504 (the job keeps running). A client may ask for less with the
 	// X-Genfleet-Wait header (seconds or a Go duration); OpenAI's SDKs

@@ -159,7 +159,7 @@ func newUploads(cfg Config) *uploads.Store {
 // requests reach genfleet's API through inner, the API's handler without
 // authentication: mux's routes are behind it already.
 func (s *Server) mountOpenAI(mux *http.ServeMux, inner http.Handler) error {
-	oa, err := openai.New(openai.Config{API: inner, DefaultModel: s.cfg.OpenAIDefaultModel, Wait: s.cfg.OpenAIWait,
+	oa, err := openai.New(openai.Config{API: inner, DefaultModel: s.cfg.OpenAIDefaultModel, ModelAliases: s.cfg.OpenAIModelAliases, Wait: s.cfg.OpenAIWait,
 		MaxFormBytes: 3*max(s.cfg.MaxUploadBytes, uploads.DefaultMaxBytes) + 1<<20, Logger: s.log})
 	if err != nil {
 		return err

@@ -115,6 +115,9 @@ type Config struct {
 	// request that names none; default "": the request is refused.
 	OpenAIWait         time.Duration
 	OpenAIDefaultModel string
+	// OpenAIModelAliases maps model names OpenAI's clients send to
+	// genfleet models (openai.Config.ModelAliases).
+	OpenAIModelAliases map[string]string
 	Logger             *slog.Logger
 }
 

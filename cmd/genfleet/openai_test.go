@@ -40,6 +40,7 @@ func newOpenAIFleet(t *testing.T, defaultModel string) *fleet {
 		c.Uploads = s3x.URL{Bucket: outputsBucket, Key: "uploads/"}
 		c.APITokens = []string{openaiToken}
 		c.OpenAIDefaultModel = defaultModel
+		c.OpenAIModelAliases = map[string]string{"dall-e-3": "demo"}
 	})
 	fl.token = openaiToken
 	fl.startWorker()
@@ -134,6 +135,21 @@ func TestOpenAIImagesAPI(t *testing.T) {
 	json.Unmarshal(recBody, &rec)
 	if rec.Request == nil || rec.Request.Model != "demo" || rec.Request.Seed != 7 || rec.Request.N != 2 || rec.Request.Width != 64 {
 		t.Errorf("the job asked for %+v", rec.Request)
+	}
+	// An OpenAI model name the scheduler aliases runs its genfleet model;
+	// one it does not is refused as an unknown model, naming it.
+	code, _, b = fl.authed("POST", "/v1/images/generations", "application/json",
+		[]byte(`{"model":"dall-e-3","prompt":"a red fox","size":"64x64","seed":7,"steps":2}`))
+	res = imagesResponse{}
+	if code != 200 || json.Unmarshal(b, &res) != nil || len(res.Data) != 1 {
+		t.Fatalf("aliased model: %d %s", code, b)
+	}
+	if _, _, recBody = fl.authed("GET", "/v1/jobs/"+res.JobID, "", nil); !strings.Contains(string(recBody), `"model": "demo"`) {
+		t.Errorf("the aliased job: %s", recBody)
+	}
+	if code, _, b = fl.authed("POST", "/v1/images/generations", "application/json",
+		[]byte(`{"model":"gpt-image-1","prompt":"a red fox","size":"64x64"}`)); code < 400 || code >= 500 || !strings.Contains(string(b), "gpt-image-1") {
+		t.Errorf("unaliased OpenAI model: %d %s; want a 4xx naming it", code, b)
 	}
 	// response_format url: the API's own image URL, which needs the token.
 	code, _, b = fl.authed("POST", "/v1/images/generations", "application/json",

@@ -99,6 +99,7 @@ type routingFlags struct {
 	lifecycle   *cli.LifecycleFlags
 	openaiWait  *time.Duration
 	openaiModel *string
+	openaiAlias *string
 }
 
 // apiTokens splits --api-token into its comma-separated tokens.
@@ -124,6 +125,7 @@ func addRoutingFlags(f cli.Flags) *routingFlags {
 		lifecycle:   cli.AddLifecycleFlags(f),
 		openaiWait:  f.EnvDuration("openai-wait", "GENFLEET_OPENAI_WAIT", 5*time.Minute, "how long a request to the OpenAI images API (/v1/images/…) waits for its job before it is answered 504 (the job keeps running)"),
 		openaiModel: f.EnvString("openai-default-model", "GENFLEET_OPENAI_DEFAULT_MODEL", "", "model of an OpenAI images API request that names none; empty: such a request is refused"),
+		openaiAlias: f.EnvString("openai-model-alias", "GENFLEET_OPENAI_MODEL_ALIAS", "", "model names OpenAI's clients send, run as genfleet models, NAME=MODEL[,…], e.g. dall-e-3=sdxl,gpt-image-1=sdxl; other names are taken as genfleet models"),
 	}
 }
 
@@ -152,6 +154,10 @@ func serveScheduler(ctx context.Context, c *cli.Common, ln net.Listener, pool st
 	if err != nil {
 		return err
 	}
+	aliases, err := cli.ParsePairs("--openai-model-alias", "NAME=MODEL", *rf.openaiAlias)
+	if err != nil {
+		return err
+	}
 	reg, cl, err := c.OpenRegistry(ctx)
 	if err != nil {
 		return err
@@ -165,7 +171,7 @@ func serveScheduler(ctx context.Context, c *cli.Common, ln net.Listener, pool st
 		Routing:     scheduler.Policy{Enabled: *rf.enabled, WarmFraction: *rf.warm, BacklogCap: *rf.backlogCap},
 		HostTimeout: *rf.hostTimeout, APITokens: rf.apiTokens(),
 		Uploads: up, MaxUploadBytes: maxUpload,
-		OpenAIWait: *rf.openaiWait, OpenAIDefaultModel: *rf.openaiModel,
+		OpenAIWait: *rf.openaiWait, OpenAIDefaultModel: *rf.openaiModel, OpenAIModelAliases: aliases,
 	}
 	if err := rf.lifecycle.Apply(ctx, c, cl, &cfg); err != nil {
 		return err

@@ -25,3 +25,19 @@ func TestParsePriorityWeights(t *testing.T) {
 		}
 	}
 }
+
+func TestParsePairs(t *testing.T) {
+	got, err := ParsePairs("--openai-model-alias", "NAME=MODEL", " dall-e-3=sdxl, gpt-image-1 = sdxl ,")
+	if err != nil || len(got) != 2 || got["dall-e-3"] != "sdxl" || got["gpt-image-1"] != "sdxl" {
+		t.Fatalf("ParsePairs = %v, %v", got, err)
+	}
+	if got, err := ParsePairs("--x", "K=V", ""); err != nil || len(got) != 0 {
+		t.Fatalf("empty: %v, %v", got, err)
+	}
+	for _, bad := range []string{"dall-e-3", "=sdxl", "dall-e-3="} {
+		if _, err := ParsePairs("--openai-model-alias", "NAME=MODEL", bad); err == nil || !strings.Contains(err.Error(), "--openai-model-alias") ||
+			!strings.Contains(err.Error(), "NAME=MODEL") {
+			t.Errorf("%q: %v; want an error naming the flag and the form", bad, err)
+		}
+	}
+}

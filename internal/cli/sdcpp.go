@@ -55,17 +55,24 @@ func (sf *SdcppFlags) Open(log *slog.Logger) (*sdcpp.Backend, error) {
 
 // ParseEnginePools parses --engine-pool "sdcpp=sdcpp,other=gpu".
 func ParseEnginePools(s string) (map[string]string, error) {
+	return ParsePairs("--engine-pool", "ENGINE=CLASS", s)
+}
+
+// ParsePairs parses the value s of flag, "K=V[,K=V…]", into a map; want
+// names K and V for the error.
+func ParsePairs(flag, want, s string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, kv := range strings.Split(s, ",") {
 		kv = strings.TrimSpace(kv)
 		if kv == "" {
 			continue
 		}
-		eng, class, ok := strings.Cut(kv, "=")
-		if !ok || eng == "" || class == "" {
-			return nil, fmt.Errorf("--engine-pool %q: want ENGINE=CLASS[,ENGINE=CLASS…]", kv)
+		k, v, ok := strings.Cut(kv, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" || v == "" {
+			return nil, fmt.Errorf("%s %q: want %s[,%s…]", flag, kv, want, want)
 		}
-		out[strings.TrimSpace(eng)] = strings.TrimSpace(class)
+		out[k] = v
 	}
 	return out, nil
 }
