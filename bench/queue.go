@@ -353,7 +353,7 @@ type rawAsynq struct {
 func startRawAsynq(opt asynq.RedisConnOpt, conc int) (*rawAsynq, error) {
 	r := &rawAsynq{opt: opt}
 	r.srv = asynq.NewServer(opt, asynq.Config{
-		Concurrency: conc, Queues: map[string]int{"bench:raw": 1},
+		Concurrency: conc, Queues: map[string]int{rawQueue: 1},
 		TaskCheckInterval: 20 * time.Millisecond, LogLevel: asynq.ErrorLevel,
 	})
 	mux := asynq.NewServeMux()
@@ -390,23 +390,7 @@ func (r *rawAsynq) rate(ctx context.Context, n, clients int) (float64, error) {
 	r.goal, r.all = base+int64(n), all
 	r.mu.Unlock()
 	start := time.Now()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	var firstErr atomic.Value
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-				if _, err := r.cl.EnqueueContext(ctx, asynq.NewTask("bench:noop", []byte(fmt.Sprint(i))), asynq.Queue("bench:raw")); err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err, _ := firstErr.Load().(error); err != nil {
+	if err := r.enqueue(ctx, n, clients); err != nil {
 		return 0, err
 	}
 	select {
@@ -417,6 +401,32 @@ func (r *rawAsynq) rate(ctx context.Context, n, clients int) (float64, error) {
 		return 0, ctx.Err()
 	}
 	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+// rawQueue is the queue of raw asynq's no-op tasks.
+const rawQueue = "bench:raw"
+
+// enqueue enqueues n no-op tasks into rawQueue from clients goroutines
+// through asynq's Client.Enqueue, and returns the first error.
+func (r *rawAsynq) enqueue(ctx context.Context, n, clients int) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+				if _, err := r.cl.EnqueueContext(ctx, asynq.NewTask("bench:noop", []byte(strconv.FormatInt(i, 10))), asynq.Queue(rawQueue)); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	err, _ := firstErr.Load().(error)
+	return err
 }
 
 // noopFleet is a scheduler and one worker, in this process, running no-op

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,34 +45,18 @@ func batchRound(ctx context.Context, raw *rawAsynq, fl *noopFleet, insp *asynq.I
 // enqueuePhase is the anchor of batchRound: n tasks through raw asynq's
 // Client.Enqueue into its paused queue, then run.
 func enqueuePhase(ctx context.Context, raw *rawAsynq, insp *asynq.Inspector, n, clients int) (float64, error) {
-	const rawQueue = "bench:raw"
 	if err := insp.PauseQueue(rawQueue); err != nil {
 		return 0, err
 	}
 	base := raw.done.Load()
 	start := time.Now()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	var firstErr atomic.Value
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-				if _, err := raw.cl.EnqueueContext(ctx, asynq.NewTask("bench:noop", []byte(strconv.FormatInt(i, 10))), asynq.Queue(rawQueue)); err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	enqErr := raw.enqueue(ctx, n, clients)
 	rate := float64(n) / time.Since(start).Seconds()
 	if err := insp.UnpauseQueue(rawQueue); err != nil {
 		return 0, err
 	}
-	if err, _ := firstErr.Load().(error); err != nil {
-		return 0, err
+	if enqErr != nil {
+		return 0, enqErr
 	}
 	if err := waitCount(ctx, func() float64 { return float64(raw.done.Load()) }, float64(base)+float64(n), 10*time.Minute); err != nil {
 		return 0, fmt.Errorf("raw asynq: %w", err)

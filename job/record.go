@@ -378,12 +378,9 @@ func (s *Store) FinishUnlessEnded(ctx context.Context, run *Record) (bool, error
 }
 
 func (s *Store) finish(ctx context.Context, run *Record, owner string, unlessEnded bool) (bool, error) {
-	keys, args, err := finishArgs(run, owner)
+	keys, args, err := finishArgs(run, owner, unlessEnded)
 	if err != nil {
 		return false, err
-	}
-	if unlessEnded {
-		args[len(args)-1] = "1"
 	}
 	n, err := finishScript.Run(ctx, s.rdb, keys, args...).Int()
 	if err != nil {
@@ -397,7 +394,7 @@ func (s *Store) finish(ctx context.Context, run *Record, owner string, unlessEnd
 // function must be called once the pipeline has run: it reports the
 // outcome, and writes the record itself where the pipeline could not.
 func (s *Store) QueueFinish(ctx context.Context, pipe redis.Pipeliner, run *Record, owner string) (result func() error) {
-	keys, args, err := finishArgs(run, owner)
+	keys, args, err := finishArgs(run, owner, false)
 	if err != nil {
 		return func() error { return err }
 	}
@@ -416,7 +413,7 @@ func (s *Store) QueueFinish(ctx context.Context, pipe redis.Pipeliner, run *Reco
 	}
 }
 
-func finishArgs(run *Record, owner string) ([]string, []any, error) {
+func finishArgs(run *Record, owner string, unlessEnded bool) ([]string, []any, error) {
 	b, err := encodeRecord(run)
 	if err != nil {
 		return nil, nil, err
@@ -426,13 +423,18 @@ func finishArgs(run *Record, owner string) ([]string, []any, error) {
 		final = string(run.Status)
 	}
 	typ, data := finishEvent(run)
-	notify := ""
-	if run.Request != nil && run.Request.Webhook.Wants(typ) {
-		notify = "1"
-	}
+	notify := flag(run.Request != nil && run.Request.Webhook.Wants(typ))
 	return []string{recordKey(run.ID), claimKey(run.ID), EventsKey(run.ID), RecentKey},
 		[]any{b, final, owner, RecordTTL.Milliseconds(), typ, data, notify, time.Now().UnixMilli(), run.ID, startedData(run),
-			recentScore(run), RecentCap, ""}, nil
+			recentScore(run), RecentCap, flag(unlessEnded)}, nil
+}
+
+// flag is a boolean as the scripts take it: "1" or "".
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return ""
 }
 
 var releaseClaimScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
@@ -461,11 +463,7 @@ func (s *Store) SetProgress(ctx context.Context, id string, step, steps int) err
 // Progress is SetProgress that also queues a webhook delivery of the
 // progress event when notify is set (the job's webhook wants progress).
 func (s *Store) Progress(ctx context.Context, id string, step, steps int, notify bool) error {
-	n := ""
-	if notify {
-		n = "1"
-	}
-	return progressScript.Run(ctx, s.rdb, []string{recordKey(id), EventsKey(id)}, step, steps, n, time.Now().UnixMilli(), id).Err()
+	return progressScript.Run(ctx, s.rdb, []string{recordKey(id), EventsKey(id)}, step, steps, flag(notify), time.Now().UnixMilli(), id).Err()
 }
 
 // RequestCancel sets the cancel flag of id. A worker that runs the job
